@@ -1,0 +1,141 @@
+"""Crash-safe writes: every file and dataset is written beside its final place and renamed into it.
+
+Datasets (directories) are published by an atomic symlink swap: ``data/raw`` is a symlink to a
+versioned sibling ``data/.raw.v<timestamp>``. A reader that resolves ``data/raw`` sees either the
+previous complete version or the new complete one, never a mix; a run killed at any moment leaves
+only a hidden staging directory that the next publish sweeps away.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARTITION_PREFIX = "part-"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike, default=None):
+    path = Path(path)
+    if not path.exists():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def partition_key(symbol: str) -> str:
+    """The partition a ticker's rows live in: its first character, hex-encoded.
+
+    Hex of the first byte keeps file-name order equal to Symbol order (pyarrow reads a dataset's
+    files in sorted path order), so the dataset reads back sorted by Symbol then Date, and a change
+    to one ticker rewrites only the ~1/26 of the data that shares its first letter.
+    """
+    return symbol.encode("utf-8")[:1].hex() or "00"
+
+
+def partition_file(key: str) -> str:
+    return f"{PARTITION_PREFIX}{key}.parquet"
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
+    """Write one Parquet file atomically (zstd: small on disk, fast to read)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def _versions(final: Path) -> list[Path]:
+    return sorted(final.parent.glob(f".{final.name}.v*"))
+
+
+def current_version(final: str | os.PathLike) -> Path | None:
+    """The directory a published dataset currently points to, or None."""
+    final = Path(final)
+    if final.is_symlink() or final.is_dir():
+        return final.resolve()
+    return None
+
+
+@contextlib.contextmanager
+def publish_dir(final: str | os.PathLike, *, seed_from_current: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory; on clean exit make it the dataset at ``final`` atomically.
+
+    ``seed_from_current`` hard-links the current version's files into the staging directory first,
+    so an incremental writer only replaces the partitions that changed (hard links cost no copy).
+    On an exception the staging directory is removed and ``final`` is untouched.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Sweep staging left by a killed run.
+    for stale in final.parent.glob(f".{final.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        current = current_version(final)
+        if seed_from_current and current is not None:
+            for item in current.iterdir():
+                if item.is_file():
+                    os.link(item, staging / item.name)
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    version = final.parent / f".{final.name}.v{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    os.rename(staging, version)
+    if final.exists() and not final.is_symlink():
+        # A plain directory from an older layout or a user: move it aside, then swap.
+        os.rename(final, final.parent / f".{final.name}.v0-legacy-{uuid.uuid4().hex[:6]}")
+    link_tmp = final.parent / f".{final.name}.link-{uuid.uuid4().hex[:8]}"
+    os.symlink(version.name, link_tmp)
+    os.replace(link_tmp, final)  # the atomic step
+    for old in _versions(final):
+        if old != version:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_published(final: str | os.PathLike) -> None:
+    final = Path(final)
+    if final.is_symlink():
+        final.unlink()
+    elif final.exists():
+        shutil.rmtree(final)
+    for old in _versions(final):
+        shutil.rmtree(old, ignore_errors=True)
