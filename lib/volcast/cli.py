@@ -1,0 +1,85 @@
+"""Command line: `python run_pipeline.py [run options]`, `... serve`, `... dag`, `... refresh-notebooks`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import config
+from .errors import UserError
+
+SUBCOMMANDS = ("run", "serve", "dag", "refresh-notebooks")
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_pipeline.py",
+        description="Run the volcast stages (ingest -> features -> train) as papermill notebooks. "
+        "Other commands: 'serve' (API + dashboard), 'dag' (print the DAG), 'refresh-notebooks'.",
+    )
+    parser.add_argument("--source", help="Kaggle-layout folder or .zip, 'kaggle' or 'demo' "
+                        "(default: kaggle when credentials exist, else demo)")
+    parser.add_argument("--output-dir", default=None, help=f"where everything goes (default {config.DEFAULT_OUTPUT_DIR})")
+    parser.add_argument("--stages", default=None, help="comma-separated subset of " + ",".join(config.STAGES))
+    parser.add_argument("--param", action="append", default=[], metavar="STAGE.NAME=VALUE",
+                        help="set a notebook parameter, e.g. features.window=10 (repeatable)")
+    parser.add_argument("--force", action="store_true", help="re-run stages even when up to date")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
+    return parser
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_pipeline.py serve",
+                                     description="Start the JSON API and the Voila dashboard on the latest model.")
+    parser.add_argument("--output-dir", default=None)
+    parser.add_argument("--host", default=config.DEFAULT_HOST)
+    parser.add_argument("--api-port", type=int, default=config.DEFAULT_API_PORT)
+    parser.add_argument("--dashboard-port", type=int, default=config.DEFAULT_DASHBOARD_PORT)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in SUBCOMMANDS else "run"
+    try:
+        if command == "serve":
+            args = _serve_parser().parse_args(argv)
+            from . import serve
+
+            return serve.serve(args.output_dir or config.DEFAULT_OUTPUT_DIR, host=args.host,
+                               api_port=args.api_port, dashboard_port=args.dashboard_port)
+        if command == "dag":
+            from . import pipeline
+
+            print(pipeline.mermaid())
+            return 0
+        if command == "refresh-notebooks":
+            from . import pipeline
+
+            pipeline.refresh_notebooks(argv or None)
+            return 0
+        return _run(_run_parser().parse_args(argv))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from . import pipeline
+
+    stages = pipeline.parse_stages(args.stages)
+    params = pipeline.parse_params(args.param)
+    try:
+        pipeline.run_pipeline(args.output_dir, source=args.source, stages=stages, params=params,
+                              force=args.force, jobs=args.jobs, progress=not args.no_progress)
+    except pipeline.StageFailed as exc:
+        if exc.user_error:
+            print(f"error: {exc.error.removeprefix('UserError: ')}", file=sys.stderr)
+        else:
+            print(f"error: stage {exc.stage} failed: {exc.error}", file=sys.stderr)
+        print(f"  the executed notebook shows where: {exc.notebook}", file=sys.stderr)
+        return 2 if exc.user_error else 1
+    return 0
