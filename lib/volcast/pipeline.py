@@ -44,6 +44,13 @@ class Stage:
     outputs: tuple[str, ...]  # Layout attributes
     code: tuple[str, ...]  # modules of lib/volcast the stage executes
     after: tuple[str, ...] = ()
+    notebook_only: tuple[str, ...] = ()  # notebook parameters that only steer what it shows
+
+    def run_function(self):
+        """The library function the notebook calls with its parameters (``volcast.<stage>.run``)."""
+        import importlib
+
+        return importlib.import_module(f"volcast.{self.name}").run
 
     @property
     def notebook_path(self) -> Path:
@@ -54,7 +61,7 @@ DAG: tuple[Stage, ...] = (
     Stage("ingest", "01_ingest.ipynb", inputs=("source",), outputs=("raw_dir", "quarantine_dir"),
           code=("ingest.py",)),
     Stage("features", "02_features.ipynb", inputs=("raw_dir",), outputs=("features_dir",),
-          code=("features.py",), after=("ingest",)),
+          code=("features.py",), after=("ingest",), notebook_only=("symbol",)),
     Stage("train", "03_train.ipynb", inputs=("features_dir",), outputs=("models_dir",),
           code=("train.py", "features.py"), after=("features",)),
 )

@@ -1,0 +1,61 @@
+"""Crash-safe publishing and partition naming."""
+import os
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from volcast import storage
+
+
+def test_partition_file_order_is_symbol_order():
+    symbols = ["A", "AA", "AGM", "AGM-A", "B", "ZYXI", "a"]
+    # Stable sort by partition file name, then by symbol inside a partition, must give Symbol order.
+    by_partition = sorted(symbols, key=lambda s: (storage.partition_file(storage.partition_key(s)), s))
+    assert by_partition == sorted(symbols)
+
+
+def test_dataset_reads_back_in_symbol_order(tmp_path):
+    rows = {"B": [3, 4], "A": [1, 2], "C": [5]}
+    with storage.publish_dir(tmp_path / "ds") as staging:
+        for symbol, values in rows.items():
+            table = pa.table({"Symbol": [symbol] * len(values), "v": values})
+            storage.write_parquet(table, staging / storage.partition_file(storage.partition_key(symbol)))
+    df = pd.read_parquet(tmp_path / "ds")
+    assert df["Symbol"].tolist() == ["A", "A", "B", "B", "C"]
+    assert df["v"].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_failed_publish_leaves_previous_version(tmp_path):
+    final = tmp_path / "ds"
+    with storage.publish_dir(final) as staging:
+        (staging / "one.txt").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with storage.publish_dir(final) as staging:
+            (staging / "one.txt").write_text("half")
+            raise RuntimeError("killed")
+    assert (final / "one.txt").read_text() == "v1"
+    leftovers = [p.name for p in tmp_path.iterdir() if "staging" in p.name]
+    assert leftovers == []
+
+
+def test_publish_replaces_and_seeds_by_hard_link(tmp_path):
+    final = tmp_path / "ds"
+    with storage.publish_dir(final) as staging:
+        (staging / "keep.txt").write_text("kept")
+        (staging / "change.txt").write_text("old")
+    first = storage.current_version(final)
+    with storage.publish_dir(final, seed_from_current=True) as staging:
+        os.unlink(staging / "change.txt")
+        (staging / "change.txt").write_text("new")
+    assert storage.current_version(final) != first
+    assert not first.exists(), "old versions are swept after the swap"
+    assert (final / "keep.txt").read_text() == "kept"
+    assert (final / "change.txt").read_text() == "new"
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    storage.atomic_write_json(tmp_path / "r.json", {"a": 1})
+    storage.atomic_write_text(tmp_path / "r.json", '{"a": 2}')
+    assert storage.read_json(tmp_path / "r.json") == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
