@@ -1,0 +1,152 @@
+"""The runner: CLI parsing, fingerprints, locking, and end-to-end runs of the real notebooks."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import filelock
+import pandas as pd
+import pytest
+
+from volcast import config, pipeline
+from volcast.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, env=None, timeout=900):
+    return subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+def test_param_values_are_typed():
+    assert pipeline.parse_param_value("10") == 10
+    assert pipeline.parse_param_value("0.25") == 0.25
+    assert pipeline.parse_param_value("30D") == "30D"
+    assert pipeline.parse_param_value("true") is True
+    assert pipeline.parse_param_value("'x'") == "x"
+
+
+def test_params_are_checked_against_the_notebooks():
+    assert pipeline.parse_params(["features.window=10", "features.window=12"]) == {"features": {"window": 12}}
+    for bad in ["window=10", "feature.window=10", "features.windw=10", "features.output_dir=/tmp"]:
+        with pytest.raises(UserError):
+            pipeline.parse_params([bad])
+
+
+def test_stages_keep_dag_order_and_reject_unknown():
+    assert pipeline.parse_stages("train,ingest") == ["ingest", "train"]
+    assert pipeline.parse_stages(None) == list(config.STAGES)
+    with pytest.raises(UserError):
+        pipeline.parse_stages("ingest,predict")
+
+
+def test_fingerprint_changes_with_content_not_with_time(tmp_path):
+    (tmp_path / "a.csv").write_text("x")
+    first = pipeline.fingerprint_path(tmp_path)
+    assert pipeline.fingerprint_path(tmp_path) == first
+    (tmp_path / "a.csv").write_text("xy")
+    assert pipeline.fingerprint_path(tmp_path) != first
+    assert pipeline.fingerprint_path(tmp_path / "missing") is None
+
+
+def test_readme_diagram_is_generated_from_the_dag():
+    readme = (ROOT / "README.md").read_text()
+    assert pipeline.mermaid() in readme, "README's DAG is stale: paste `python run_pipeline.py dag`"
+
+
+# ----------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, sample_source):
+    out = tmp_path_factory.mktemp("run")
+    proc = run_cli("--source", sample_source, "--output-dir", out, "--no-progress")
+    return out, proc
+
+
+def _manifests(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/manifest.json"))]
+
+
+def test_full_run_leaves_notebooks_manifest_and_outputs(full_run):
+    out, proc = full_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (manifest,) = _manifests(out)
+    run_dir = out / "runs" / manifest["run_id"]
+    for stage in config.STAGES:
+        assert (run_dir / config.STAGE_NOTEBOOKS[stage]).exists()
+        assert manifest["stages"][stage]["status"] == "ok"
+        assert manifest["stages"][stage]["seconds"] > 0
+    assert manifest["status"] == "ok"
+    assert manifest["parameters"]["ingest"]["output_dir"] == str(out.resolve())
+    assert manifest["input_fingerprints"]["ingest"]["source"]
+    assert manifest["library_versions"]["pandas"] == pd.__version__
+    assert "git_commit" in manifest
+    raw = pd.read_parquet(out / "data" / "raw")
+    assert list(raw.columns) == list(config.RAW_COLUMNS)
+    features = pd.read_parquet(out / "data" / "features")
+    assert len(features) == len(raw)
+    model_id = (out / "models" / "LATEST").read_text().strip()
+    assert (out / "models" / model_id / "card.json").exists()
+    for stage in config.STAGES:
+        assert f"{stage}: ok" in proc.stdout
+
+
+def test_unchanged_rerun_skips_every_stage(full_run):
+    out, first = full_run
+    assert first.returncode == 0
+    proc = run_cli("--output-dir", out, "--source", _source_of(out), "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    latest = _manifests(out)[-1]
+    assert {s["status"] for s in latest["stages"].values()} == {"skipped"}
+    assert proc.stdout.count("skipped") == 3
+
+
+def test_changed_parameter_reruns_that_stage_and_downstream(full_run):
+    out, first = full_run
+    assert first.returncode == 0
+    proc = run_cli("--output-dir", out, "--source", _source_of(out), "--no-progress",
+                   "--param", "features.window=10", "--stages", "ingest,features")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stages = _manifests(out)[-1]["stages"]
+    assert stages["ingest"]["status"] == "skipped"
+    assert stages["features"]["status"] == "ok"
+    assert json.loads((out / "reports" / "features.json").read_text())["window"] == 10
+
+
+def _source_of(out: Path) -> str:
+    return _manifests(out)[0]["source"]
+
+
+def test_failing_stage_exits_nonzero_and_names_its_notebook(full_run):
+    out, first = full_run
+    assert first.returncode == 0
+    proc = run_cli("--output-dir", out, "--stages", "train", "--param", "train.model=no_such_model", "--no-progress")
+    assert proc.returncode != 0
+    assert "train" in proc.stderr
+    notebook = Path(proc.stderr.strip().splitlines()[-1].split(": ", 1)[1])
+    assert notebook.name == "03_train.ipynb" and notebook.exists()
+    assert "no_such_model" in notebook.read_text()
+    assert _manifests(out)[-1]["status"] == "failed"
+    assert len(proc.stderr.strip().splitlines()) <= 3
+
+
+def test_second_run_on_same_output_dir_refuses(tmp_path):
+    lock = filelock.FileLock(str(config.Layout.at(tmp_path).lock_file))
+    with lock:
+        proc = run_cli("--output-dir", tmp_path, "--source", "demo", "--stages", "ingest")
+    assert proc.returncode == 2
+    assert "another volcast run" in proc.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_bad_source_is_one_line_and_exit_2(tmp_path):
+    proc = run_cli("--output-dir", tmp_path, "--source", tmp_path / "nope.zip")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "nope.zip" in proc.stderr
