@@ -1,0 +1,196 @@
+"""Kaggle-scale benchmark: volcast's stages against the usual references, in one run.
+
+    python benchmarks/run.py                 # x3 scale: ~8,274 files, ~23.6 M rows (tree made if missing)
+    python benchmarks/run.py --scale 1       # the 2,758 real tickers as they are
+
+Each measured thing runs in its own process; peak RSS is the largest sum of resident memory over that
+process and all its children (kernel, worker processes), sampled every 50 ms. Our pipeline is run one
+stage at a time through ``run_pipeline.py --force`` so the figures include papermill and kernel start-up.
+References (same files, same machine, same run):
+
+- pandas: a ``read_csv`` loop over the files + ``concat`` + ``to_parquet`` (the typical ingest);
+- polars: ``read_csv`` over the glob (reads only: no validation, no metadata join, no write);
+- pandas groupby-rolling mean/median over Symbol (the typical feature step);
+- polars ``rolling_mean``/``rolling_median`` ``.over("Symbol")``.
+
+The table goes to stdout and ``benchmarks/results/kaggle_scale_x<scale>.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+
+PANDAS_INGEST = """
+import glob, os, sys, pandas as pd
+tree, out = sys.argv[1], sys.argv[2]
+frames = []
+for sub in ("stocks", "etfs"):
+    for path in sorted(glob.glob(os.path.join(tree, sub, "*.csv"))):
+        df = pd.read_csv(path)
+        df["Symbol"] = os.path.basename(path)[:-4]
+        frames.append(df)
+data = pd.concat(frames, ignore_index=True)
+data.to_parquet(out)
+print(len(data))
+"""
+
+POLARS_READ = """
+import sys, polars as pl
+tree = sys.argv[1]
+df = pl.concat([pl.read_csv(f"{tree}/stocks/*.csv", infer_schema_length=10000, include_file_paths="file"),
+                pl.read_csv(f"{tree}/etfs/*.csv", infer_schema_length=10000, include_file_paths="file")],
+               how="vertical_relaxed")
+print(df.height)
+"""
+
+PANDAS_ROLLING = """
+import sys, pandas as pd
+df = pd.read_parquet(sys.argv[1], columns=["Symbol", "Date", "Volume", "Adj Close"])
+df = df.sort_values(["Symbol", "Date"], kind="stable")
+grouped = df.groupby("Symbol", sort=False)
+df["vol_moving_avg"] = grouped["Volume"].rolling(30, min_periods=30).mean().reset_index(level=0, drop=True)
+df["adj_close_rolling_med"] = grouped["Adj Close"].rolling(30, min_periods=30).median().reset_index(level=0, drop=True)
+print(len(df))
+"""
+
+POLARS_ROLLING = """
+import sys, polars as pl
+df = pl.read_parquet(sys.argv[1], columns=["Symbol", "Date", "Volume", "Adj Close"]).sort(["Symbol", "Date"])
+df = df.with_columns(
+    pl.col("Volume").cast(pl.Float64).rolling_mean(30).over("Symbol").alias("vol_moving_avg"),
+    pl.col("Adj Close").rolling_median(30).over("Symbol").alias("adj_close_rolling_med"),
+)
+print(df.height)
+"""
+
+
+def measure(cmd: list[str], label: str) -> dict:
+    """Run a command; wall seconds and peak RSS of its whole process tree."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    peak = 0
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        try:
+            parent = psutil.Process(proc.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not stop.is_set():
+            total = 0
+            try:
+                for p in [parent, *parent.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
+            except psutil.NoSuchProcess:
+                break
+            peak = max(peak, total)
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - t0
+    stop.set()
+    thread.join()
+    if proc.returncode != 0:
+        raise SystemExit(f"{label} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    print(f"  {label}: {seconds:.1f} s, peak RSS {peak / 2**30:.2f} GiB", flush=True)
+    return {"label": label, "seconds": seconds, "peak_rss_gib": peak / 2**30, "stdout": stdout.strip()}
+
+
+def ensure_tree(scale: int) -> Path:
+    tree = DATA / f"kaggle-x{scale}"
+    if not (tree / "symbols_valid_meta.csv").exists():
+        print(f"writing the x{scale} Kaggle-layout tree to {tree} ...", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_kaggle_scale.py"),
+                        "--scale", str(scale), "--out", str(tree)], check=True)
+    return tree
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=3)
+    parser.add_argument("--skip-references", action="store_true", help="time only volcast")
+    args = parser.parse_args(argv)
+
+    tree = ensure_tree(args.scale)
+    out = DATA / f"out-x{args.scale}"
+    files = sum(1 for sub in ("stocks", "etfs") for _ in (tree / sub).glob("*.csv"))
+    size_gib = sum(p.stat().st_size for sub in ("stocks", "etfs") for p in (tree / sub).glob("*.csv")) / 2**30
+    print(f"tree: {files:,} files, {size_gib:.2f} GiB of CSV; 2 cores = {os.cpu_count()} here", flush=True)
+
+    py = sys.executable
+    ours = {}
+    for stage in ("ingest", "features", "train"):
+        ours[stage] = measure([py, "run_pipeline.py", "--source", str(tree), "--output-dir", str(out),
+                               "--stages", stage, "--force", "--no-progress"], f"volcast {stage}")
+    ingest_report = json.loads((out / "reports" / "ingest.json").read_text())
+    rows = ingest_report.get("totals", ingest_report).get("rows_kept")
+    train_report = json.loads((out / "reports" / "train.json").read_text())
+
+    refs = {}
+    if not args.skip_references:
+        ref_parquet = DATA / f"pandas-x{args.scale}.parquet"
+        refs["pandas_ingest"] = measure([py, "-c", PANDAS_INGEST, str(tree), str(ref_parquet)], "pandas read_csv loop + to_parquet")
+        refs["polars_read"] = measure([py, "-c", POLARS_READ, str(tree)], "polars read_csv glob")
+        refs["pandas_rolling"] = measure([py, "-c", PANDAS_ROLLING, str(out / "data" / "raw")], "pandas groupby-rolling")
+        refs["polars_rolling"] = measure([py, "-c", POLARS_ROLLING, str(out / "data" / "raw")], "polars rolling .over")
+
+    total = sum(r["seconds"] for r in ours.values())
+    peak = max(r["peak_rss_gib"] for r in ours.values())
+    lines = [
+        f"## Kaggle-scale benchmark, x{args.scale} ({dt.date.today()})",
+        "",
+        f"{files:,} CSV files, {size_gib:.2f} GiB, {rows:,} rows kept; {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM, Python {platform.python_version()}.",
+        "",
+        "| step | seconds | rows/s | peak RSS (GiB) |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, r in [*((f"volcast {k}", v) for k, v in ours.items()), *((v["label"], v) for v in refs.values())]:
+        lines.append(f"| {label} | {r['seconds']:.1f} | {rows / r['seconds']:,.0f} | {r['peak_rss_gib']:.2f} |")
+    lines.append(f"| **volcast total** | **{total:.1f}** | {rows / total:,.0f} | {peak:.2f} |")
+    if refs:
+        lines += [
+            "",
+            "| ratio | value | goal |",
+            "|---|---:|---:|",
+            f"| volcast ingest / polars read_csv | {ours['ingest']['seconds'] / refs['polars_read']['seconds']:.2f}x | <= 1.5x |",
+            f"| pandas loop / volcast ingest (speed-up) | {refs['pandas_ingest']['seconds'] / ours['ingest']['seconds']:.2f}x | >= 4x |",
+            f"| volcast features / polars rolling | {ours['features']['seconds'] / refs['polars_rolling']['seconds']:.2f}x | <= 0.5x |",
+            f"| volcast features / pandas groupby-rolling | {ours['features']['seconds'] / refs['pandas_rolling']['seconds']:.2f}x | |",
+        ]
+    m, b = train_report["metrics"]["model"], train_report["metrics"]["baseline_vol_moving_avg"]
+    lines += ["", f"Model {train_report['model_id']}: MAE {m['mae']:,.0f} vs baseline {b['mae']:,.0f} "
+              f"({m['mae'] / b['mae']:.3f}x), medAPE {m['medape']:.3f} vs {b['medape']:.3f} "
+              f"({m['medape'] / b['medape']:.3f}x), on {train_report['test_rows']:,} test rows."]
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"kaggle_scale_x{args.scale}.md").write_text(table)
+    (RESULTS / f"kaggle_scale_x{args.scale}.json").write_text(json.dumps(
+        {"ours": ours, "references": refs, "rows": rows, "files": files}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
