@@ -24,7 +24,6 @@ import os
 import platform
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
