@@ -87,7 +87,10 @@ def _reject(reason: str) -> ParsedFile:
 
 def _header_fields(line: bytes) -> list[str]:
     text = line.rstrip(b"\r").decode("utf-8", errors="replace")
-    return next(csv.reader([text]), [])
+    try:
+        return next(csv.reader([text]), [])
+    except csv.Error:  # e.g. a stray carriage return: no header we could match anyway
+        return text.split(",")
 
 
 def _match_columns(fields: list[str]) -> tuple[dict[str, int] | None, str | None]:
@@ -122,9 +125,9 @@ def _bad_utf8_lines(body: bytes) -> set[int]:
     except UnicodeDecodeError:
         pass
     bad = set()
-    for i, line in enumerate(body.split(b"\n")):
+    for i, (start, end) in enumerate(_all_line_spans(body).tolist()):
         try:
-            line.decode("utf-8")
+            body[start:end].decode("utf-8")
         except UnicodeDecodeError:
             bad.add(i)
     return bad
@@ -161,6 +164,13 @@ def _np_bool(arr) -> np.ndarray:
     return np.asarray(pc.fill_null(arr, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def _texts(arr, rows=None) -> list[str | None]:
+    """Python strings of (some) values; lenient: columns are read without UTF-8 checks."""
+    if rows is not None:
+        arr = arr.take(pa.array(rows, pa.int64()))
+    return [None if v is None else v.decode("utf-8", errors="replace") for v in arr.cast(pa.binary()).to_pylist()]
+
+
 def _cast_float(col: pa.ChunkedArray) -> pa.ChunkedArray:
     """string -> float64, unparseable values -> null (vectorised; Python only if Arrow and the regex disagree)."""
     try:
@@ -172,7 +182,7 @@ def _cast_float(col: pa.ChunkedArray) -> pa.ChunkedArray:
         return pc.cast(pc.if_else(ok, col, pa.scalar(None, pa.string())), pa.float64())
     except pa.ArrowInvalid:
         out = []
-        for v in col.to_pylist():
+        for v in _texts(col):
             try:
                 out.append(float(v) if v is not None and _FLOAT_PY.match(v) else None)
             except ValueError:
@@ -214,7 +224,7 @@ def _cast_volume(col: pa.ChunkedArray) -> tuple[pa.Array, dict[int, str]]:
     if not len(rest):
         return values, {}
     problems, fixed = {}, {}
-    texts = col.take(pa.array(rest)).to_pylist()
+    texts = _texts(col, rest)
     for row, text in zip(rest.tolist(), texts):
         value, problem = _volume_text_value(text)
         if problem:
@@ -250,20 +260,29 @@ def _valid_dates(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return ok, day_numbers
 
 
-def _line_spans(body: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """0-based body line numbers of the non-blank lines (what Arrow counts as rows) and their spans."""
+def _all_line_spans(body: bytes) -> np.ndarray:
+    """[start, end) of every physical line, with Arrow's line ends: "\r\n", "\n" or a lone "\r"."""
     arr = np.frombuffer(body, dtype=np.uint8)
     if not len(arr):
-        return np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
-    nl = np.flatnonzero(arr == 10)
-    starts = np.concatenate([[0], nl + 1])
-    ends = np.concatenate([nl, [len(arr)]])
-    if arr[-1] == 10:  # the empty tail after the last newline is not a line
+        return np.zeros((0, 2), np.int64)
+    cr = arr == 13
+    lf = arr == 10
+    next_lf = np.concatenate([lf[1:], [False]])
+    prev_cr = np.concatenate([[False], cr[:-1]])
+    term = np.flatnonzero(cr | (lf & ~prev_cr))  # where each line ending starts
+    term_len = np.where(cr[term] & next_lf[term], 2, 1)
+    starts = np.concatenate([[0], term + term_len])
+    ends = np.concatenate([term, [len(arr)]])
+    if starts[-1] == len(arr):  # the empty tail after the last line end is not a line
         starts, ends = starts[:-1], ends[:-1]
-    lengths = ends - starts
-    first = arr[np.minimum(starts, len(arr) - 1)]
-    blank = (lengths == 0) | ((lengths == 1) & (first == 13))  # "\n" or "\r\n" alone
-    return np.flatnonzero(~blank), np.stack([starts[~blank], ends[~blank]], axis=1)
+    return np.stack([starts, ends], axis=1)
+
+
+def _line_spans(body: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """0-based body line numbers of the non-blank lines (what Arrow counts as rows) and their spans."""
+    spans = _all_line_spans(body)
+    nonblank = np.flatnonzero(spans[:, 1] > spans[:, 0])
+    return nonblank, spans[nonblank]
 
 
 def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: str = "") -> ParsedFile:
@@ -275,6 +294,9 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
     start = len(BOM) if data.startswith(BOM) else 0
     nl = data.find(b"\n", start)
     header_end = len(data) if nl == -1 else nl
+    cr = data.find(b"\r", start, header_end)
+    if cr != -1 and cr + 1 != header_end:  # a lone "\r" ends the header (old Mac line ends)
+        header_end = cr
     fields = _header_fields(data[start:header_end])
     if not any(f.strip() for f in fields):
         return _reject("no header line")
@@ -286,13 +308,20 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
     if len(body) < 256 and not body.strip(b"\r\n\t "):
         return _reject("header only: no data rows")
     bad_utf8 = set() if data.isascii() else _bad_utf8_lines(body)
+    if bad_utf8:
+        # Replace undecodable bytes (U+FFFD) so no value is invalid UTF-8; newlines are untouched,
+        # so line numbers stay exact and the lines listed in bad_utf8 are flagged in quarantine.
+        body = body.decode("utf-8", errors="replace").encode("utf-8")
     buf = pa.py_buffer(body)
 
     try:
         table, invalid = _read_body(buf, len(fields), cols, typed=True)
         typed = True
     except pa.ArrowInvalid:
-        table, invalid = _read_body(buf, len(fields), cols, typed=False)
+        try:
+            table, invalid = _read_body(buf, len(fields), cols, typed=False)
+        except pa.ArrowInvalid as exc:
+            return _reject(f"not readable as CSV: {str(exc).splitlines()[0][:200]}")
         typed = False
     n = table.num_rows
 
@@ -304,6 +333,10 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
         if mask.any():
             problems.setdefault(kind, {})[column] = mask
 
+    if not typed:
+        # Arrow's typed CSV reader ignores spaces around numbers; the string path does the same.
+        for name in (*PRICE_COLUMNS, "Volume"):
+            table = table.set_column(table.schema.get_field_index(name), name, pc.ascii_trim_whitespace(table[name]))
     prices = {}
     for name in PRICE_COLUMNS:
         raw = table[name]
@@ -459,12 +492,13 @@ def _quarantine_rows(body, table, n, bad, problems, duplicate_of, days, invalid,
                 parts.append("missing " + ", ".join(cols))
             else:
                 for c in cols:
-                    parts.append(f"{c} {_KIND_TEXT[kind]} ({table[c][row].as_py()!r})")
+                    value = _texts(table[c], [row])[0] if pa.types.is_string(table[c].type) else table[c][row].as_py()
+                    parts.append(f"{c} {_KIND_TEXT[kind]} ({value!r})")
         if row in duplicate_of:
             first_kind = first_kind or "duplicate-date"
             first_line = line_of(int(table_ordinals[duplicate_of[row]]))
             where = f" (first on line {first_line})" if first_line else ""
-            parts.append(f"duplicate date {table['Date'][row].as_py()}{where}")
+            parts.append(f"duplicate date {_texts(table['Date'], [row])[0]}{where}")
         add(int(table_ordinals[row]), first_kind or "invalid", "; ".join(parts) or "invalid row")
     out = pa.table(rows, schema=QUARANTINE_SCHEMA)
     return out.sort_by([("line", "ascending")]) if consistent else out
