@@ -76,6 +76,11 @@ class WindowSpec:
     def is_offset(self) -> bool:
         return self.span_ns is not None
 
+    def span_ticks(self, unit_ns: int) -> int:
+        """The span in whole date ticks: ``t_j > t - span`` holds for integer ticks iff it holds for
+        ``t_j > t - ceil(span / unit)``."""
+        return -(-self.span_ns // unit_ns)
+
     def state(self) -> dict:
         return {"rows": self.rows, "span_ns": self.span_ns, "min_periods": self.min_periods}
 
@@ -175,20 +180,24 @@ def _is_iso_day_strings(arr: pa.Array) -> bool:
     return bool(np.all(chars[:, 4] == ord("-")) and np.all(chars[:, 7] == ord("-")))
 
 
-def _date_ns(arr: pa.Array) -> np.ndarray:
-    """Dates (ISO strings, dates, timestamps, tz-aware or not) as int64 nanoseconds since the epoch."""
+def _date_ticks(arr: pa.Array) -> tuple[np.ndarray, int]:
+    """Dates (ISO strings, dates, timestamps, tz-aware or not) as (int64 ticks, nanoseconds per tick).
+
+    Days stay days and timestamps keep their unit, so no date is out of range.
+    """
     if arr.null_count:
         raise UserError(f"column {DATE!r} has {arr.null_count} missing values; every row needs a date")
     typ = arr.type
     if pa.types.is_date32(typ):
-        return arr.cast(pa.int32()).to_numpy().astype(np.int64) * _DAY_NS
+        return arr.cast(pa.int32()).to_numpy().astype(np.int64), _DAY_NS
     if pa.types.is_date64(typ):
-        return arr.cast(pa.int64()).to_numpy() * 10**6
+        return arr.cast(pa.int64()).to_numpy(), 10**6
     if pa.types.is_timestamp(typ):
-        return arr.cast(pa.timestamp("ns", tz=typ.tz)).cast(pa.int64()).to_numpy()
+        unit_ns = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[typ.unit]
+        return arr.cast(pa.int64()).to_numpy(), unit_ns
     if _is_iso_day_strings(arr):
         try:
-            return arr.cast(pa.date32()).cast(pa.int32()).to_numpy().astype(np.int64) * _DAY_NS
+            return arr.cast(pa.date32()).cast(pa.int32()).to_numpy().astype(np.int64), _DAY_NS
         except pa.ArrowInvalid:
             pass  # e.g. '2020-13-45': let pandas say what is wrong below
     try:
@@ -197,7 +206,7 @@ def _date_ns(arr: pa.Array) -> np.ndarray:
         raise UserError(f"column {DATE!r} has values that are not dates ({exc}); use YYYY-MM-DD") from None
     if parsed.dt.tz is not None:
         parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    return parsed.to_numpy(dtype="datetime64[ns]").view(np.int64), 1
 
 
 @dataclass
@@ -217,7 +226,7 @@ def _group_layout(symbols: pa.Array, dates: pa.Array) -> _Layout:
     if n == 0:
         return _Layout(None, np.zeros(0, dtype=np.int64), symbols)
     # ISO day strings compare in date order as they are: no parsing needed just to check the order.
-    date_key = dates if _is_iso_day_strings(dates) else pa.array(_date_ns(dates))
+    date_key = dates if _is_iso_day_strings(dates) else pa.array(_date_ticks(dates)[0])
     new = np.ones(n, dtype=bool)
     order = None
     if n > 1:
@@ -257,15 +266,15 @@ def _head_rows(starts: np.ndarray, n: int, k: int) -> tuple[np.ndarray, np.ndarr
     return np.repeat(starts, take) + pos, pos
 
 
-def _offset_window_starts(t_ns: np.ndarray, starts: np.ndarray, span_ns: int) -> np.ndarray:
+def _offset_window_starts(ticks: np.ndarray, starts: np.ndarray, span: int) -> np.ndarray:
     """First row of each row's window ``(t - span, t]`` (pandas' closed='right'), within its ticker."""
-    n = len(t_ns)
+    n = len(ticks)
     lo = np.empty(n, dtype=np.int64)
     ends = np.append(starts[1:], n)
     # One searchsorted per ticker: a few thousand calls, each over one ticker's sorted dates.
     for s, e in zip(starts.tolist(), ends.tolist()):
-        seg = t_ns[s:e]
-        lo[s:e] = s + np.searchsorted(seg, seg - span_ns, side="right")
+        seg = ticks[s:e]
+        lo[s:e] = s + np.searchsorted(seg, seg - span, side="right")
     return lo
 
 
@@ -376,7 +385,7 @@ def _row_window_features(starts: np.ndarray, v: np.ndarray, a: np.ndarray, w: in
         lo = np.arange(n, dtype=np.int64) - np.minimum(_positions(starts, n), w - 1)
         count = _valid_counts(a, lo)
         keep = count >= m
-        med = bn.move_median(a, w, min_count=1) if n else np.empty(0)
+        med = bn.move_median(a, min(w, n), min_count=1) if n else np.empty(0)  # n < w: all head rows
         head, _ = _head_rows(starts, n, w - 1)
         cut = head[keep[head]]
         med[cut] = _reduce_windows(a, cut, cut + 1 - lo[cut], count[cut], _median_sorted)
@@ -401,11 +410,12 @@ def _row_window_features(starts: np.ndarray, v: np.ndarray, a: np.ndarray, w: in
     return vol, med
 
 
-def _features_sorted(starts, volume, adj_close, t_ns, spec: WindowSpec):
-    """Both features for sorted columns (``starts``: first row of each ticker)."""
+def _features_sorted(starts, volume, adj_close, dates, spec: WindowSpec):
+    """Both features for sorted columns (``starts``: first row of each ticker; ``dates``: (ticks,
+    unit) for offset windows)."""
     if spec.rows is not None:
         return _row_window_features(starts, volume, adj_close, spec.rows, spec.min_periods)
-    lo = _offset_window_starts(t_ns, starts, spec.span_ns)
+    lo = _offset_window_starts(dates[0], starts, spec.span_ticks(dates[1]))
     return _window_mean(volume, lo, spec.min_periods), _offset_median(adj_close, lo, spec.min_periods)
 
 
@@ -426,10 +436,10 @@ def _fork_part(k: int) -> None:
             job["unsorted"][k] = 1
             return
         starts = lay.starts
-        t = _date_ns(job["day"].slice(s, e - s)) if spec.is_offset else None
+        t = _date_ticks(job["day"].slice(s, e - s)) if spec.is_offset else None
     else:
         starts = job["starts"][(job["starts"] >= s) & (job["starts"] < e)] - s
-        t = job["t"][s:e] if spec.is_offset else None
+        t = (job["t"][0][s:e], job["t"][1]) if spec.is_offset else None
     vol, med = _features_sorted(starts, job["v"][s:e], job["a"][s:e], t, spec)
     job["out_v"][s:e] = vol
     job["out_a"][s:e] = med
@@ -506,10 +516,10 @@ def feature_arrays(symbols, dates, volume, adj_close, window=config.DEFAULT_WIND
             if done is not None:
                 return done
     lay = _group_layout(sym, day)
-    t = _date_ns(day) if spec.is_offset else None
+    t = _date_ticks(day) if spec.is_offset else None
     if lay.order is not None:
         v, a = v[lay.order], a[lay.order]
-        t = t[lay.order] if t is not None else None
+        t = (t[0][lay.order], t[1]) if t is not None else None
     if _can_fork(n, jobs) and len(lay.starts) > 1:
         at = np.searchsorted(lay.starts, [n * k // jobs for k in range(1, jobs)])
         cuts = lay.starts[np.minimum(at, len(lay.starts) - 1)]
@@ -580,7 +590,7 @@ def _fingerprint(path: Path) -> str:
     return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
 
 
-def _partition_stats(starts: np.ndarray, symbols: pa.Array, t_ns: np.ndarray, spec: WindowSpec,
+def _partition_stats(starts: np.ndarray, symbols: pa.Array, dates: tuple[np.ndarray, int] | None, spec: WindowSpec,
                      vol: np.ndarray, med: np.ndarray) -> dict:
     n = len(symbols)
     ends = np.append(starts[1:], n)
@@ -589,9 +599,9 @@ def _partition_stats(starts: np.ndarray, symbols: pa.Array, t_ns: np.ndarray, sp
         short = (ends - starts) < spec.rows
     else:
         # An offset window is "full" when the ticker already traded at the window's far end.
-        first = np.repeat(t_ns[starts], ends - starts) if n else t_ns
-        full = t_ns - first >= spec.span_ns
-        short = (t_ns[ends - 1] - t_ns[starts]) < spec.span_ns if n else np.zeros(0, bool)
+        ticks, span = dates[0], spec.span_ticks(dates[1])
+        full = ticks - np.repeat(ticks[starts], ends - starts) >= span
+        short = (ticks[ends - 1] - ticks[starts]) < span if n else np.zeros(0, bool)
     names = symbols.take(pa.array(starts)).to_pylist() if n else []
     return {
         "rows": int(n),
@@ -619,7 +629,7 @@ def process_partition(src: str | os.PathLike, dst: str | os.PathLike, window=con
     if lay.order is not None:  # the raw contract says sorted; keep the output sorted regardless
         table = table.take(pa.array(lay.order))
         day = _arrow(table[DATE])
-    t = _date_ns(day)
+    t = _date_ticks(day) if spec.is_offset else None
     vol, med = _features_sorted(lay.starts, _numeric(table[VOLUME], VOLUME), _numeric(table[ADJ_CLOSE], ADJ_CLOSE),
                                 t, spec)
     out = table.append_column(config.VOL_FEATURE, pa.array(vol)).append_column(config.PRICE_FEATURE, pa.array(med))
