@@ -22,13 +22,11 @@ import io
 import json
 import math
 import os
-import platform
 import resource
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +65,6 @@ RF_MIN_SAMPLES_LEAF = 5
 
 MODEL_FILES = {"catboost": "model.cbm", "random_forest": "model.joblib"}
 BASELINES = ("baseline_vol_moving_avg", "baseline_today_volume")
-TRACKED_LIBRARIES = ("catboost", "scikit-learn", "numpy", "pandas", "pyarrow", "joblib")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,10 +428,17 @@ def latest_model_dir(output_dir: str | os.PathLike | None) -> Path | None:
     return path if (path / "card.json").exists() else None
 
 
-def new_model_id(model: str) -> str:
-    """Sortable (UTC time first) and unique: ``20261127T053012-catboost-ab12cd``."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return f"{stamp}-{model.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+def new_model_id(model: str, after: str | None = None) -> str:
+    """Sortable (UTC time first) and unique: ``20261127T053012-catboost-ab12cd``.
+
+    ``after``: an existing id this one must sort after (waits for the next second if needed, so
+    two runs within one second still sort in the order they ran).
+    """
+    while True:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        if after is None or stamp > after[: len(stamp)]:
+            return f"{stamp}-{model.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
+        time.sleep(0.05)
 
 
 def fingerprint_files(paths) -> str:
@@ -446,16 +450,6 @@ def fingerprint_files(paths) -> str:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
     return digest.hexdigest()[:32]
-
-
-def library_versions() -> dict:
-    versions = {"python": platform.python_version()}
-    for name in TRACKED_LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,6 +555,12 @@ def _clean(obj):
     return obj
 
 
+def _library_versions() -> dict:
+    from .pipeline import library_versions  # one list of tracked packages for runs and cards
+
+    return library_versions()
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
@@ -631,7 +631,8 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     fit_rows = fit_pool[_sample(len(fit_pool), cap, rng)]
     valid_rows = valid_pool[_sample(len(valid_pool), VALIDATION_MAX_ROWS, rng)]
 
-    model_id = new_model_id(model)
+    latest = latest_model_dir(layout.output_dir)
+    model_id = new_model_id(model, after=latest.name if latest is not None else None)
     fit = fit_model(
         data.vol[fit_rows], data.price[fit_rows], data.target[fit_rows], model=model, formulation=formulation,
         loss=loss, iterations=iterations, depth=depth, learning_rate=learning_rate, seed=seed, threads=threads,
@@ -689,7 +690,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
                            "best_validation_iteration": int(best["iteration"]) if best is not None else None,
                            "best_validation_loss": float(best["validation_loss"]) if best is not None else None,
                            "final_validation_loss": float(curve["validation_loss"].iloc[-1]) if len(curve) else None},
-        "library_versions": library_versions(),
+        "library_versions": _library_versions(),
         "fit_seconds": round(fit.seconds, 2),
     })
     model_dir = save_model(fit.model, layout.models_dir / model_id, card, curve)

@@ -1,0 +1,169 @@
+"""Training stage end to end on the real sample (or the demo market when ../shared is absent).
+
+The features come from the ingest and features stages; the checks recompute what the report
+claims with plain pandas/numpy from the features files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from volcast import config, train
+from volcast.errors import UserError
+
+VOL, PRICE = config.VOL_FEATURE, config.PRICE_FEATURE
+SMALL = dict(iterations=20, max_train_rows=20_000, progress=False)
+
+
+@pytest.fixture(scope="session")
+def features_dir(tmp_path_factory, sample_source) -> Path:
+    from volcast import features, ingest
+
+    out = tmp_path_factory.mktemp("train-features")
+    ingest.run(out, source=str(sample_source))
+    features.run(out)
+    return config.Layout.at(out).features_dir.resolve()
+
+
+def _output_with(features_dir: Path, tmp_path: Path) -> Path:
+    """A fresh output dir whose data/features is the shared features dataset (read-only use)."""
+    layout = config.Layout.at(tmp_path / "out")
+    layout.data_dir.mkdir(parents=True)
+    os.symlink(features_dir, layout.features_dir)
+    return layout.output_dir
+
+
+@pytest.fixture(scope="module")
+def trained(features_dir, tmp_path_factory):
+    out = _output_with(features_dir, tmp_path_factory.mktemp("train-run"))
+    report = train.run(out, **SMALL)
+    return out, report
+
+
+def test_run_writes_model_card_curve_latest_and_report(trained):
+    out, report = trained
+    layout = config.Layout.at(out)
+    assert set(report) >= {"model_id", "target", "split", "metrics", "train_rows", "test_rows"}
+    assert set(report["metrics"]) == {"model", "baseline_vol_moving_avg", "baseline_today_volume"}
+    for block in report["metrics"].values():
+        assert set(block) == {"mae", "rmse", "r2", "medape"}
+    assert report["split"]["kind"] == "chronological"
+    assert len(report["split"]["test_start"]) == 10
+    assert json.loads(layout.report("train").read_text()) == report
+
+    assert layout.latest_file.read_text().strip() == report["model_id"]
+    model_dir = train.latest_model_dir(out)
+    assert model_dir == layout.models_dir / report["model_id"]
+    files = {p.name for p in model_dir.iterdir()}
+    assert files == {"model.cbm", "card.json", "learning_curve.csv"}
+    # LATEST is written after everything it points to.
+    latest_mtime = layout.latest_file.stat().st_mtime_ns
+    assert all((model_dir / f).stat().st_mtime_ns <= latest_mtime for f in files)
+    assert layout.report("train").stat().st_mtime_ns >= latest_mtime
+
+    card = json.loads((model_dir / "card.json").read_text())
+    for key in ("model_kind", "parameters", "features", "target", "formulation", "split", "rows", "dates",
+                "data", "metrics", "library_versions", "created", "sample"):
+        assert key in card, key
+    assert card["features"] == [VOL, PRICE]
+    assert card["metrics"] == report["metrics"]
+    assert card["rows"]["fit"] == report["train_rows"] == 20_000
+    assert card["dates"]["train"][1] < card["dates"]["validation"][0] <= card["dates"]["validation"][1] \
+        < card["dates"]["test"][0] == report["split"]["test_start"]
+    assert len(card["data"]["fingerprint"]) == 32
+
+    curve = pd.read_csv(model_dir / "learning_curve.csv")
+    assert curve["iteration"].tolist() == list(range(1, 21))
+    assert curve["train_loss"].notna().all() and curve["validation_loss"].notna().all()
+
+
+def test_report_agrees_with_an_independent_recomputation(trained, features_dir):
+    out, report = trained
+    df = pd.read_parquet(features_dir)
+    df = df.sort_values(["Symbol", "Date"])
+    df["y"] = df.groupby("Symbol")["Volume"].shift(-1)
+    usable = df.dropna(subset=[VOL, PRICE, "y"])
+    assert report["dropped_rows"]["dropped"] == len(df) - len(usable)
+    dates = np.sort(usable["Date"].unique())
+    start = dates[len(dates) - round(len(dates) * 0.2)]
+    assert report["split"]["test_start"] == start
+    test = usable[usable["Date"] >= start]
+    assert report["test_rows"] == len(test)
+    y = test["y"].to_numpy(float)
+    base = report["metrics"]["baseline_vol_moving_avg"]
+    assert base["mae"] == pytest.approx(np.abs(test[VOL].to_numpy() - y).mean(), rel=1e-9)
+    assert base["medape"] == pytest.approx(np.median(np.abs(test[VOL].to_numpy() - y) / np.maximum(y, 1)), rel=1e-9)
+    today = report["metrics"]["baseline_today_volume"]
+    assert today["mae"] == pytest.approx(np.abs(test["Volume"].to_numpy(float) - y).mean(), rel=1e-9)
+
+    # The published model, reloaded, gives exactly the metrics the report claims on those rows.
+    model = train.load_model(train.latest_model_dir(out))
+    assert model.model_id == report["model_id"]
+    pred = model.predict(test[VOL].to_numpy(), test[PRICE].to_numpy())
+    assert (pred >= 0).all()
+    assert np.abs(pred - y).mean() == pytest.approx(report["metrics"]["model"]["mae"], rel=1e-9)
+
+
+def test_saved_model_reloads_and_predicts_identically(tmp_path):
+    rng = np.random.default_rng(5)
+    vol = rng.lognormal(12, 2, 3000)
+    price = rng.lognormal(3, 1, 3000)
+    y = vol * rng.lognormal(-0.2, 0.6, 3000)
+    for kind in train.MODELS:
+        fit = train.fit_model(vol, price, y, model=kind, iterations=30, threads=1,
+                              valid=(vol[:500], price[:500], y[:500]), model_id=f"m-{kind}")
+        card = {"model_id": f"m-{kind}", "model_kind": kind, "formulation": {"name": fit.model.formulation}}
+        train.save_model(fit.model, tmp_path / kind, card, fit.learning_curve)
+        loaded = train.load_model(tmp_path / kind)
+        probe_vol = np.concatenate([vol[:200], [0.0, 1.0, 1e9]])
+        probe_price = np.concatenate([price[:200], [0.0, 0.01, 5000.0]])
+        np.testing.assert_array_equal(loaded.predict(probe_vol, probe_price), fit.model.predict(probe_vol, probe_price))
+        assert loaded.model_id == f"m-{kind}" and loaded.card["model_file"] == train.MODEL_FILES[kind]
+
+
+def test_random_forest_option_runs_on_a_bounded_sample(features_dir, tmp_path):
+    out = _output_with(features_dir, tmp_path)
+    report = train.run(out, model="random_forest", max_train_rows=3_000, progress=False)
+    model_dir = train.latest_model_dir(out)
+    card = json.loads((model_dir / "card.json").read_text())
+    assert card["model_kind"] == "random_forest" and card["model_file"] == "model.joblib"
+    assert card["sample"]["fit_rows"] == 3_000 and "RandomForest capped" in card["sample"]["note"]
+    assert card["estimator_params"]["n_estimators"] == train.RF_TREES
+    assert report["formulation"]["name"] == "raw"
+    curve = pd.read_csv(model_dir / "learning_curve.csv")
+    assert len(curve) == train.RF_TREES
+    pred = train.load_model(model_dir).predict([1e5, 2e6], [10.0, 50.0])
+    assert pred.shape == (2,) and np.isfinite(pred).all() and (pred >= 0).all()
+
+
+def test_same_day_setup_and_no_catboost_files_in_cwd(features_dir, tmp_path, monkeypatch):
+    out = _output_with(features_dir, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    report = train.run(out, target_shift=0, **SMALL)
+    # Same-day target: "predict today's Volume" is the target itself.
+    assert report["metrics"]["baseline_today_volume"]["mae"] == 0
+    assert report["dropped_rows"]["no_target"] == 0
+    assert not (tmp_path / "catboost_info").exists()
+
+
+def test_a_second_run_moves_latest_and_keeps_the_first(trained, features_dir, tmp_path):
+    out = _output_with(features_dir, tmp_path)
+    first = train.run(out, **SMALL)
+    second = train.run(out, split="random", **SMALL)
+    assert second["model_id"] > first["model_id"]
+    assert train.latest_model_dir(out).name == second["model_id"]
+    assert (config.Layout.at(out).models_dir / first["model_id"] / "card.json").exists()
+    assert second["split"]["kind"] == "random" and second["split"]["test_start"] is None
+
+
+def test_user_errors(tmp_path):
+    with pytest.raises(UserError, match="features stage"):
+        train.run(tmp_path / "empty", progress=False)
+    with pytest.raises(UserError, match="model must be"):
+        train.run(tmp_path / "empty", model="xgboost", progress=False)
+    assert train.latest_model_dir(tmp_path / "empty") is None
