@@ -57,6 +57,9 @@ NEEDED_COLUMNS = (SYMBOL, DATE, VOLUME, ADJ_CLOSE)
 _DAY_NS = 86_400 * 10**9
 _RAGGED_BUDGET = 1 << 22  # cells (32 MiB of float64) per block of the ragged-window median
 _PARALLEL_MIN_ROWS = 1_000_000  # below this a forked helper costs more than it saves
+# Stage workers take a second or two to start (imports): below ~64 MiB of raw Parquet to process
+# (about 2 M rows) one process finishes sooner.
+_POOL_MIN_BYTES = 64 << 20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -643,9 +646,7 @@ def _compute(todo: list[tuple[Path, Path]], spec: WindowSpec, jobs: int) -> dict
     stats: dict[str, dict] = {}
     bar = tqdm(total=len(todo), desc="features", unit="partition", disable=not todo, mininterval=0.5)
     args = (spec, spec.min_periods)
-    # Worker processes take a second or two to start (imports); below ~64 MiB of raw Parquet
-    # (about 2 M rows) one process finishes sooner.
-    small = sum(src.stat().st_size for src, _ in todo) < 64 << 20
+    small = sum(src.stat().st_size for src, _ in todo) < _POOL_MIN_BYTES
     if jobs <= 1 or len(todo) <= 1 or small:
         for src, dst in todo:
             stats[src.name] = process_partition(src, dst, *args)
