@@ -1077,7 +1077,7 @@ def run(output_dir, source="demo", jobs=0, demo_seed=42, demo_tickers=200, demo_
     jobs = config.resolve_jobs(jobs)
     src = resolve_source(source, layout.cache_dir, demo_seed=int(demo_seed), demo_tickers=int(demo_tickers),
                          demo_years=int(demo_years))
-    print(f"ingest: source {src.label}" + (" (GENERATED, not real market data)" if src.kind == "demo" else ""))
+    print(f"ingest: source {src.label}" + (" -- NOT real market data" if src.kind == "demo" else ""))
     catalog = scan_source(src)
     names, meta_note = parse_meta(catalog.meta)
     state = _load_state(layout)
