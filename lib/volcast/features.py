@@ -576,6 +576,39 @@ def add_features(df, window=config.DEFAULT_WINDOW, min_periods=0, *, jobs=1):
 
 
 # ---------------------------------------------------------------------------------------------
+# Reading the published dataset (notebook, dashboard)
+
+
+def _features_path(output_dir) -> Path:
+    layout = config.Layout.at(output_dir)
+    path = storage.current_version(layout.features_dir)
+    if path is None:
+        raise UserError(f"no features dataset at {layout.features_dir}; run the features stage first "
+                        "(python run_pipeline.py --stages features)")
+    return path
+
+
+def load_features(output_dir, symbol: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+    """The features dataset as a DataFrame, or one ticker's rows (only its partition file is read)."""
+    path = _features_path(output_dir)
+    if symbol is None:
+        return pd.read_parquet(path, columns=columns)
+    part = path / storage.partition_file(storage.partition_key(symbol))
+    if not part.exists():
+        return config.FEATURES_SCHEMA.empty_table().select(columns or config.FEATURES_SCHEMA.names).to_pandas()
+    return pq.read_table(part, columns=columns, filters=[(SYMBOL, "==", symbol)]).to_pandas()
+
+
+def most_rows_symbol(output_dir) -> str:
+    """The ticker with the most rows (the alphabetically first on a tie): a good one to chart."""
+    counts = pc.value_counts(pq.read_table(_features_path(output_dir), columns=[SYMBOL])[SYMBOL])
+    if not len(counts):
+        raise UserError("the features dataset is empty; ingest a source with data first")
+    table = pa.table({"s": counts.field("values"), "n": counts.field("counts")})
+    return table.sort_by([("n", "descending"), ("s", "ascending")])["s"][0].as_py()
+
+
+# ---------------------------------------------------------------------------------------------
 # The stage
 
 
