@@ -206,6 +206,25 @@ def ratios_vs_baseline(all_metrics: dict) -> dict:
     return {k: (model[k] / base[k] if base[k] else None) for k in ("mae", "medape")}
 
 
+def error_by_decile(y, pred, baseline, n: int = 10) -> pd.DataFrame:
+    """MAE and median APE of model and baseline per decile of the actual volume (rank-based, so ties
+    of zero volume split evenly)."""
+    y = np.asarray(y, dtype=np.float64)
+    order = np.argsort(y, kind="stable")
+    decile = np.empty(len(y), dtype=np.int64)
+    decile[order] = np.arange(len(y)) * n // max(len(y), 1)
+    rows = []
+    for d in range(n):
+        sel = decile == d
+        if not sel.any():
+            continue
+        m, b = metrics(y[sel], np.asarray(pred)[sel]), metrics(y[sel], np.asarray(baseline)[sel])
+        rows.append({"decile": d + 1, "volume_from": float(y[sel].min()), "volume_to": float(y[sel].max()),
+                     "rows": int(sel.sum()), "mae_model": m["mae"], "mae_baseline": b["mae"],
+                     "medape_model": m["medape"], "medape_baseline": b["medape"]})
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------------------------------------
 # Model: formulation, inputs, wrapper
 
@@ -495,9 +514,25 @@ def feature_files(features_dir: Path) -> list[Path]:
     return files
 
 
-def load_supervised(features_dir: str | os.PathLike, target_shift: int = 1, progress: bool = False) -> Supervised:
-    """Read the features partitions one at a time (a ticker never spans two) into compact columns."""
-    files = feature_files(Path(features_dir))
+def load_supervised(features_dir: str | os.PathLike, target_shift: int = 1, progress: bool = False,
+                    attempts: int = 3) -> Supervised:
+    """Read the features partitions one at a time (a ticker never spans two) into compact columns.
+
+    A features run that publishes meanwhile swaps the dataset and deletes the version being read;
+    then the read starts over on the new version (up to ``attempts`` times).
+    """
+    for attempt in range(attempts):
+        try:
+            return _load_supervised(Path(features_dir), target_shift, progress)
+        except FileNotFoundError:
+            if attempt == attempts - 1 or not Path(features_dir).exists():
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _load_supervised(features_dir: Path, target_shift: int, progress: bool) -> Supervised:
+    files = feature_files(features_dir)
     columns = [SYMBOL, DATE, VOLUME, *FEATURES]
     parts, totals = [], {"rows_in": 0, "no_features": 0, "no_target": 0, "dropped": 0, "rows_out": 0}
     iterator = files
@@ -646,6 +681,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     all_metrics = evaluate(test.target, pred, test.volume, test.vol)
     eval_seconds = time.perf_counter() - t0
     ratios = ratios_vs_baseline(all_metrics)
+    deciles = error_by_decile(test.target, pred, test.vol)
 
     curve = fit.learning_curve
     best = curve.loc[curve["validation_loss"].idxmin()] if curve["validation_loss"].notna().any() else None
@@ -685,6 +721,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         "data": {"features_files": [p.name for p in data.files], "fingerprint": fingerprint_files(data.files)},
         "metrics": all_metrics,
         "ratios_vs_vol_moving_avg": ratios,
+        "error_by_volume_decile": deciles.to_dict(orient="records"),
         "learning_curve": {"file": "learning_curve.csv", "metric": str(curve["metric"].iloc[0]) if len(curve) else None,
                            "iterations": int(len(curve)),
                            "best_validation_iteration": int(best["iteration"]) if best is not None else None,
@@ -728,6 +765,42 @@ def _formulation_card(formulation: str, loss: str, model: str) -> dict:
     }[formulation]
     return {"name": formulation, "model_target": text[0], "back_transform": text[1] + ", clipped at 0",
             "loss": loss, "estimator": model}
+
+
+def predict_test_rows(output_dir, model_dir=None, sample_rows: int | None = 200_000, seed: int = 0,
+                     progress: bool = False) -> pd.DataFrame:
+    """The test rows of a trained model (same target and split as its card) with its predictions.
+
+    Columns: Date, Volume (today), vol_moving_avg, adj_close_rolling_med, target, prediction,
+    baseline (= vol_moving_avg). ``sample_rows``: a seeded uniform sample of them (None: all).
+    """
+    layout = config.Layout.at(output_dir)
+    model_dir = Path(model_dir) if model_dir is not None else latest_model_dir(layout.output_dir)
+    if model_dir is None:
+        raise UserError(f"no trained model under {layout.models_dir}; run the train stage first")
+    model = load_model(model_dir)
+    params = model.card["parameters"]
+    data = load_supervised(layout.features_dir, params["target_shift"], progress=progress)
+    is_test, _ = split_mask(data.day, params["split"], params["test_fraction"], params["seed"])
+    rows = np.flatnonzero(is_test)
+    if sample_rows is not None:
+        rows = rows[_sample(len(rows), int(sample_rows), np.random.default_rng(seed))]
+    test = data.take(rows)
+    return pd.DataFrame({
+        DATE: np.datetime64("1970-01-01") + test.day.astype("timedelta64[D]"),
+        VOLUME: test.volume, FEATURES[0]: test.vol, FEATURES[1]: test.price, TARGET: test.target,
+        "prediction": model.predict(test.vol, test.price), "baseline": test.vol,
+    })
+
+
+def metrics_table(report: dict, digits: int = 3) -> pd.DataFrame:
+    """The report's metrics as a table (rows: model and baselines), rounded for display."""
+    table = pd.DataFrame(report["metrics"]).T[["mae", "rmse", "r2", "medape"]].astype(float)
+    base = table.loc["baseline_vol_moving_avg"]
+    table["mae_vs_vol_moving_avg"] = table["mae"] / base["mae"]
+    table["medape_vs_vol_moving_avg"] = table["medape"] / base["medape"]
+    table[["mae", "rmse"]] = table[["mae", "rmse"]].round(0)
+    return table.round(digits)
 
 
 def read_report(output_dir) -> dict | None:
