@@ -293,14 +293,17 @@ class VolumeModel:
     kind: str
     formulation: str
 
+    CHUNK = 1 << 21  # rows per estimator call: bounds the temporary design matrix (~50 MB)
+
     def predict(self, vol_moving_avg, adj_close_rolling_med) -> np.ndarray:
         vol = np.atleast_1d(np.asarray(vol_moving_avg, dtype=np.float64))
         price = np.atleast_1d(np.asarray(adj_close_rolling_med, dtype=np.float64))
         vol, price = np.broadcast_arrays(vol, price)
-        if not len(vol):
-            return np.zeros(0)
-        z = self.estimator.predict(design_matrix(vol, price))
-        return from_model_output(self.formulation, z, vol)
+        out = np.empty(len(vol), dtype=np.float64)
+        for lo in range(0, len(vol), self.CHUNK):
+            v, p = vol[lo: lo + self.CHUNK], price[lo: lo + self.CHUNK]
+            out[lo: lo + len(v)] = from_model_output(self.formulation, self.estimator.predict(design_matrix(v, p)), v)
+        return out
 
 
 @dataclass
@@ -534,24 +537,71 @@ def load_supervised(features_dir: str | os.PathLike, target_shift: int = 1, prog
 def _load_supervised(features_dir: Path, target_shift: int, progress: bool) -> Supervised:
     files = feature_files(features_dir)
     columns = [SYMBOL, DATE, VOLUME, *FEATURES]
-    parts, totals = [], {"rows_in": 0, "no_features": 0, "no_target": 0, "dropped": 0, "rows_out": 0}
+    totals = {"rows_in": 0, "no_features": 0, "no_target": 0, "dropped": 0, "rows_out": 0}
+    # Preallocated from the files' row counts: no concatenation copy at the end (peak memory).
+    capacity = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    day = np.empty(capacity, dtype=np.int32)
+    floats = [np.empty(capacity, dtype=np.float64) for _ in range(4)]  # volume, vol, price, target
     iterator = files
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(files, desc="reading features", unit="file")
+    at = 0
     for path in iterator:
         frame = pq.read_table(path, columns=columns).to_pandas()
         sup, counts = make_supervised(frame, target_shift)
         del frame
         for key in totals:
             totals[key] += counts[key]
-        parts.append((_days(sup[DATE]), sup[VOLUME].to_numpy(np.float64), sup[FEATURES[0]].to_numpy(np.float64),
-                      sup[FEATURES[1]].to_numpy(np.float64), sup[TARGET].to_numpy(np.float64)))
+        n = len(sup)
+        if at + n > capacity:  # the file grew since we looked: the dataset was swapped
+            raise FileNotFoundError(f"{path} changed while being read")
+        day[at: at + n] = _days(sup[DATE])
+        for out, name in zip(floats, (VOLUME, FEATURES[0], FEATURES[1], TARGET)):
+            out[at: at + n] = sup[name].to_numpy(np.float64)
+        at += n
         del sup
-    cols = [np.concatenate([p[i] for p in parts]) if parts else np.zeros(0) for i in range(5)]
-    del parts
-    return Supervised(cols[0].astype(np.int32, copy=False), *cols[1:], counts=totals, files=files)
+    return Supervised(day[:at], *(f[:at] for f in floats), counts=totals, files=files)
+
+
+@dataclass
+class RowPlan:
+    """Row numbers of each role: test; train period = fit pool + validation pool; sampled fit/valid."""
+
+    test_rows: np.ndarray
+    train_rows: np.ndarray
+    fit_pool: np.ndarray
+    valid_pool: np.ndarray
+    fit_rows: np.ndarray
+    valid_rows: np.ndarray
+    split_info: dict
+    valid_info: dict
+
+
+def plan_rows(day: np.ndarray, split: str = "chronological", test_fraction: float = 0.2,
+              validation_fraction: float = DEFAULT_VALIDATION_FRACTION, max_train_rows: int = DEFAULT_MAX_TRAIN_ROWS,
+              seed: int = 42) -> RowPlan:
+    """Split rows (by ``day``) into test / validation / fit, and sample the fitted rows (seeded)."""
+    is_test, split_info = split_mask(day, split, test_fraction, seed)
+    if is_test.all() or not is_test.any():
+        raise UserError(f"the {split} split left no {'train' if is_test.all() else 'test'} rows; change test_fraction")
+    if split_info["test_start"] is not None:
+        split_info["test_start"] = _iso(split_info["test_start"])
+    train_rows = np.flatnonzero(~is_test)
+    test_rows = np.flatnonzero(is_test)
+    del is_test
+    # The validation slice is carved from the train period the way the test set was carved from all.
+    in_valid, valid_info = np.zeros(len(train_rows), bool), {"test_start": None}
+    if split == "random" or len(np.unique(day[train_rows])) >= 2:
+        in_valid, valid_info = split_mask(day[train_rows], split, validation_fraction, seed + 1)
+    fit_pool, valid_pool = train_rows[~in_valid], train_rows[in_valid]
+    if not len(fit_pool):
+        raise UserError("no train rows left after carving the validation slice; lower validation_fraction")
+    rng = np.random.default_rng(seed)
+    fit_rows = fit_pool[_sample(len(fit_pool), max_train_rows, rng)]
+    valid_rows = valid_pool[_sample(len(valid_pool), VALIDATION_MAX_ROWS, rng)]
+    return RowPlan(test_rows, train_rows, fit_pool, valid_pool, fit_rows, valid_rows, split_info, valid_info)
 
 
 def _iso(day) -> str | None:
@@ -636,7 +686,6 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     validation_fraction = _check_fraction("validation_fraction", validation_fraction)
     formulation, loss = resolve_formulation(model, formulation, loss)
     threads = config.resolve_jobs(jobs)
-    rng = np.random.default_rng(seed)
 
     t0 = time.perf_counter()
     data = load_supervised(layout.features_dir, target_shift, progress=progress)
@@ -645,26 +694,11 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         raise UserError(f"no usable rows in {layout.features_dir}: every row lacks features (fewer than "
                         f"a full window of rows per ticker?) or a target; use more history or a smaller window")
 
-    is_test, split_info = split_mask(data.day, split, test_fraction, seed)
-    if is_test.all() or not is_test.any():
-        raise UserError(f"the {split} split left no {'train' if is_test.all() else 'test'} rows; change test_fraction")
-    if split_info["test_start"] is not None:
-        split_info["test_start"] = _iso(split_info["test_start"])
-    train_rows = np.flatnonzero(~is_test)
-    test_rows = np.flatnonzero(is_test)
-    del is_test
-
-    # Validation slice carved from the train period, the same way the test set was carved.
-    in_valid, valid_info = (np.zeros(len(train_rows), bool), {"test_start": None})
-    if len(np.unique(data.day[train_rows])) >= 2 or split == "random":
-        in_valid, valid_info = split_mask(data.day[train_rows], split, validation_fraction, seed + 1)
-    if in_valid.all():
-        in_valid[:] = False
-    fit_pool = train_rows[~in_valid]
-    valid_pool = train_rows[in_valid]
     cap = min(max_train_rows, RF_MAX_ROWS) if model == "random_forest" else max_train_rows
-    fit_rows = fit_pool[_sample(len(fit_pool), cap, rng)]
-    valid_rows = valid_pool[_sample(len(valid_pool), VALIDATION_MAX_ROWS, rng)]
+    plan = plan_rows(data.day, split, test_fraction, validation_fraction, cap, seed)
+    split_info, valid_info = plan.split_info, plan.valid_info
+    train_rows, test_rows, fit_pool, valid_pool = plan.train_rows, plan.test_rows, plan.fit_pool, plan.valid_pool
+    fit_rows, valid_rows = plan.fit_rows, plan.valid_rows
 
     latest = latest_model_dir(layout.output_dir)
     model_id = new_model_id(model, after=latest.name if latest is not None else None)
