@@ -102,10 +102,11 @@ def _show(text: str, limit: int = 40) -> str:
 
 def _fmt(bound: float) -> str:
     """1e11 -> "1e11" (not "1e+11"), 0 -> "0"."""
-    return f"{bound:g}".replace("e+", "e")
+    return re.sub(r"e\+0*", "e", f"{bound:g}")
 
 
-def _bounds_text(field: str) -> str:
+def bounds_text(field: str) -> str:
+    """'a number from 0 to 1e11': the accepted range of a field, in words."""
     lo, hi = FIELD_BOUNDS[field]
     return f"a number from {_fmt(lo)} to {_fmt(hi)}"
 
@@ -123,7 +124,7 @@ def parse_number_text(field: str, text: str) -> float:
     """One field's value typed as text (query string or dashboard box) -> float, or InputError."""
     stripped = text.strip()
     if not stripped:
-        raise InputError(f"{field} is empty; give {_bounds_text(field)}", field)
+        raise InputError(f"{field} is empty; give {bounds_text(field)}", field)
     word = stripped.lstrip("+-").lower()
     if word in _NON_FINITE_WORDS:
         raise InputError(f"{field} must be a finite number, got {_NON_FINITE_WORDS[word]}", field)
@@ -150,7 +151,7 @@ def parse_predict_params(query: Mapping[str, Sequence[str]]) -> tuple[float, flo
     for field in FIELDS:
         given = query.get(field)
         if not given:
-            raise InputError(f"{field} is missing; give {_bounds_text(field)}", field)
+            raise InputError(f"{field} is missing; give {bounds_text(field)}", field)
         if len(given) > 1:
             raise InputError(f"{field} is given {len(given)} times; give it once", field)
         values.append(parse_number_text(field, given[0]))
@@ -181,6 +182,8 @@ def _json_type(value: Any) -> str:
         return "an array"
     if isinstance(value, dict):
         return "an object"
+    if isinstance(value, (int, float)):
+        return "a number"
     return type(value).__name__
 
 
@@ -225,7 +228,7 @@ def validate_record(obj: Any, index: int | None = None) -> tuple[float, float]:
         values = []
         for field in FIELDS:
             if field not in obj:
-                raise InputError(f"{where}{field} is missing; give {_bounds_text(field)}", field)
+                raise InputError(f"{where}{field} is missing; give {bounds_text(field)}", field)
             values.append(_validate_json_number(field, obj[field], where))
     except InputError as err:
         err.index = index
@@ -1135,6 +1138,7 @@ __all__ = [
     "MAX_BATCH",
     "NO_MODEL_ERROR",
     "InputError",
+    "bounds_text",
     "parse_number_text",
     "parse_predict_params",
     "validate_record",

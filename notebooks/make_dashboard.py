@@ -1,0 +1,40 @@
+"""Writes dashboard.ipynb, the Voilà dashboard (`python run_pipeline.py serve` starts it).
+
+The notebook only wires widgets; the logic is in `volcast.dashboard` (tested without a browser)
+and prediction goes through `volcast.serve`, the same code as the JSON API.
+"""
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+cells = [
+    new_markdown_cell(
+        "# volcast · next-day trading volume\n\n"
+        "Predict a ticker's next-day volume from its 30-day features, see how the current model compares "
+        "with the naive baselines, and explore the data it was trained on. The JSON API serves the same "
+        "model (`GET /predict?vol_moving_avg=…&adj_close_rolling_med=…`)."
+    ),
+    new_code_cell('output_dir = "../outputs/demo"', metadata={"tags": ["parameters"]}),
+    new_code_cell(
+        "from volcast.dashboard import Dashboard, output_dir_from_env\n\n"
+        "# `serve` passes its --output-dir in VOLCAST_OUTPUT_DIR (Voilà takes no notebook parameters).\n"
+        "output_dir = output_dir_from_env(output_dir)\n"
+        "app = Dashboard(output_dir)"
+    ),
+    new_markdown_cell("## Predict"),
+    new_code_cell("app.predictor"),
+    new_markdown_cell("## Model card: test metrics against the baselines, learning curve"),
+    new_code_cell("app.model_card"),
+    new_markdown_cell("## Symbol explorer: price, volume and both features over time"),
+    new_code_cell("app.explorer"),
+]
+
+nb = new_notebook(cells=cells, metadata={
+    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+    "language_info": {"name": "python"},
+})
+nbformat.write(nb, HERE / "dashboard.ipynb")
+print("wrote", HERE / "dashboard.ipynb")
