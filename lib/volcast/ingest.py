@@ -324,6 +324,10 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
             return _reject(f"not readable as CSV: {str(exc).splitlines()[0][:200]}")
         typed = False
     n = table.num_rows
+    if typed and not invalid:
+        clean = _clean_file(table, symbol, security_name)
+        if clean is not None:
+            return clean
 
     # Per-column problems as numpy masks, plus the values that passed.
     problems: dict[str, dict[str, np.ndarray]] = {}  # kind -> column -> mask
@@ -436,6 +440,45 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
         "nonpositive_price_rows": int(nonpositive.sum()),
     }
     return ParsedFile(kept, quarantine, counts, None)
+
+
+DAY_ONE = -719162  # 0001-01-01 in days since 1970-01-01
+
+
+def _clean_file(table: pa.Table, symbol: str, security_name: str | None) -> ParsedFile | None:
+    """The common case in a few whole-column checks: typed, nothing missing or out of range, dates
+    valid and strictly increasing. None when anything is off (the detailed path then finds what)."""
+    if any(table.column(i).null_count for i in range(table.num_columns)):
+        return None
+    try:
+        days = pc.cast(table["Date"], pa.date32())
+    except pa.ArrowInvalid:
+        return None
+    d = days.cast(pa.int32()).to_numpy()
+    if len(d) and (d[0] < DAY_ONE or (len(d) > 1 and not (np.diff(d) > 0).all())):
+        return None
+    prices = np.column_stack([table[c].to_numpy() for c in PRICE_COLUMNS]) if len(d) else np.zeros((0, 5))
+    if not np.isfinite(prices).all():
+        return None
+    volume = table["Volume"].combine_chunks()
+    vol = volume.to_numpy()
+    if len(vol) and vol.min() < 0:
+        return None
+    n = table.num_rows
+    kept = pa.table(
+        {
+            "Symbol": pa.repeat(pa.scalar(symbol, pa.string()), n),
+            "Security Name": pa.repeat(pa.scalar(security_name, pa.string()), n),
+            "Date": table["Date"],
+            **{c: table[c] for c in PRICE_COLUMNS},
+            "Volume": volume,
+        },
+        schema=RAW_SCHEMA,
+    )
+    counts = {"rows_read": n, "rows_kept": n, "rows_quarantined": 0,
+              "zero_volume_rows": int((vol == 0).sum()),
+              "nonpositive_price_rows": int((prices <= 0).any(axis=1).sum())}
+    return ParsedFile(kept, None, counts, None)
 
 
 _KIND_ORDER = ("missing", "non-numeric", "non-finite", "non-integral", "negative", "overflow", "bad-date",
@@ -1204,7 +1247,7 @@ def _execute(tasks: list[_Task], jobs: int, n_files: int) -> list[dict]:
             return out
         # forkserver: workers start from a clean process, not a fork of a threaded parent (pyarrow).
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["volcast.ingest"])
+        ctx.set_forkserver_preload(["volcast.ingest", "pandas"])  # pyarrow's to_numpy imports pandas
         progress = ctx.Queue()
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
                                  initializer=_init_worker, initargs=(progress,)) as pool:
