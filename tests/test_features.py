@@ -292,3 +292,14 @@ def test_parallel_equals_serial(monkeypatch, window, shuffled):
     for jobs in (2, 3):
         parallel = features.add_features(df, window=window, jobs=jobs)
         pd.testing.assert_frame_equal(parallel, serial)
+
+
+def test_chunked_arrow_columns_give_the_same_result():
+    # A dataset read from several Parquet files arrives as chunked columns: no difference allowed.
+    df = hand_frame(shuffled=False)
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    chunked = pa.concat_tables([table.slice(0, 4), table.slice(4, 3), table.slice(7)])
+    assert chunked["Symbol"].num_chunks == 3
+    out = features.add_features(chunked, window=3, min_periods=1)
+    assert_same(out[VOL].to_numpy(), W3_MP1[VOL])
+    assert_same(out[MED].to_numpy(), W3_MP1[MED])

@@ -139,14 +139,27 @@ def parse_window(window=config.DEFAULT_WINDOW, min_periods=0) -> WindowSpec:
 # Input columns
 
 
-def _arrow(column) -> pa.Array:
-    """One contiguous Arrow array from a pandas Series, numpy array or Arrow (chunked) array."""
-    if isinstance(column, pa.ChunkedArray):
-        return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if isinstance(column, pa.Array):
+def _arrow(column) -> pa.Array | pa.ChunkedArray:
+    """An Arrow (possibly chunked: not combined, no copy) array from a pandas Series, numpy or Arrow."""
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
         return column
-    arr = pa.array(column)  # zero-copy for pandas' Arrow-backed strings
-    return _arrow(arr) if isinstance(arr, pa.ChunkedArray) else arr
+    return pa.array(column)  # zero-copy for pandas' Arrow-backed strings
+
+
+def _numeric_source(column, name: str):
+    """Volume/Adj Close ready to slice: Arrow columns stay Arrow (converted per slice, in parallel
+    helpers when there are some), anything else becomes numpy now."""
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise UserError(f"column {name!r} must be numeric, not {column.type}")
+        return column
+    return _numeric(column, name)
+
+
+def _numeric_slice(source, start: int, stop: int, name: str) -> np.ndarray:
+    if isinstance(source, np.ndarray):
+        return source[start:stop]
+    return _numeric(source.slice(start, stop - start), name)
 
 
 def _numeric(column, name: str) -> np.ndarray:
@@ -159,7 +172,7 @@ def _numeric(column, name: str) -> np.ndarray:
         except (TypeError, ValueError):
             raise UserError(f"column {name!r} must be numeric") from None
     if isinstance(column, (pa.Array, pa.ChunkedArray)):
-        arr = _arrow(column)
+        arr = column
         if pa.types.is_integer(arr.type) and arr.null_count == 0:
             return arr.to_numpy().astype(np.int64, copy=False)
         if not (pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type)):
@@ -169,10 +182,12 @@ def _numeric(column, name: str) -> np.ndarray:
     return arr.astype(np.int64, copy=False) if arr.dtype.kind in "iu" else arr.astype(np.float64, copy=False)
 
 
-def _is_iso_day_strings(arr: pa.Array) -> bool:
+def _is_iso_day_strings(arr: pa.Array | pa.ChunkedArray) -> bool:
     """All values are 10-character 'YYYY-MM-DD' strings: then string order is date order."""
     if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)) or arr.null_count or not len(arr):
         return False
+    if isinstance(arr, pa.ChunkedArray):
+        return all(_is_iso_day_strings(chunk) for chunk in arr.chunks if len(chunk))
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if pa.types.is_large_string(arr.type) else np.int32)
     offsets = offsets[arr.offset: arr.offset + len(arr) + 1]
     if offsets[-1] - offsets[0] != 10 * len(arr):
@@ -443,7 +458,8 @@ def _fork_part(k: int) -> None:
     else:
         starts = job["starts"][(job["starts"] >= s) & (job["starts"] < e)] - s
         t = (job["t"][0][s:e], job["t"][1]) if spec.is_offset else None
-    vol, med = _features_sorted(starts, job["v"][s:e], job["a"][s:e], t, spec)
+    v, a = _numeric_slice(job["v"], s, e, VOLUME), _numeric_slice(job["a"], s, e, ADJ_CLOSE)
+    vol, med = _features_sorted(starts, v, a, t, spec)
     job["out_v"][s:e] = vol
     job["out_a"][s:e] = med
 
@@ -506,7 +522,7 @@ def feature_arrays(symbols, dates, volume, adj_close, window=config.DEFAULT_WIND
     """
     spec = parse_window(window, min_periods)
     sym, day = _arrow(symbols), _arrow(dates)
-    v, a = _numeric(volume, VOLUME), _numeric(adj_close, ADJ_CLOSE)
+    v, a = _numeric_source(volume, VOLUME), _numeric_source(adj_close, ADJ_CLOSE)
     n, jobs = len(sym), int(jobs or 1)
     if not (n == len(day) == len(v) == len(a)):
         raise UserError("Symbol, Date, Volume and Adj Close must have the same number of rows")
@@ -519,6 +535,7 @@ def feature_arrays(symbols, dates, volume, adj_close, window=config.DEFAULT_WIND
             if done is not None:
                 return done
     lay = _group_layout(sym, day)
+    v, a = _numeric_slice(v, 0, n, VOLUME), _numeric_slice(a, 0, n, ADJ_CLOSE)
     t = _date_ticks(day) if spec.is_offset else None
     if lay.order is not None:
         v, a = v[lay.order], a[lay.order]
@@ -660,11 +677,10 @@ def process_partition(src: str | os.PathLike, dst: str | os.PathLike, window=con
         table = table.select(list(config.RAW_COLUMNS)).cast(config.RAW_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise UserError(f"{src}: columns do not match the raw schema ({exc}); re-run ingest") from None
-    sym, day = _arrow(table[SYMBOL]), _arrow(table[DATE])
-    lay = _group_layout(sym, day)
+    lay = _group_layout(table[SYMBOL], table[DATE])
     if lay.order is not None:  # the raw contract says sorted; keep the output sorted regardless
         table = table.take(pa.array(lay.order))
-        day = _arrow(table[DATE])
+    day = table[DATE]
     t = _date_ticks(day) if spec.is_offset else None
     vol, med = _features_sorted(lay.starts, _numeric(table[VOLUME], VOLUME), _numeric(table[ADJ_CLOSE], ADJ_CLOSE),
                                 t, spec)

@@ -1,0 +1,307 @@
+"""Features benchmark: volcast's rolling features against polars and pandas, in one run.
+
+    python benchmarks/bench_features.py                  # x1 (7.88 M rows) and x3 (23.6 M rows)
+    python benchmarks/bench_features.py --scales 1 --repeat 5
+
+Data: ``../shared/data/nasdaq-2023.parquet`` (2,758 real tickers) with the 19 rows lacking Volume or
+Adj Close dropped (ingest quarantines them) and Volume as int64 (the raw schema); x3 adds two copies
+of every ticker under new names (``AAPL`` -> ``AAPL1``, ``AAPL2``), about 23.6 M rows, the size of
+the full Kaggle dataset. It is written once as a raw volcast dataset (partitioned by first letter,
+sorted by Symbol then Date; ``Security Name`` left null) under ``benchmarks/data/`` and every
+measurement reads it back in its own fresh process, so timings and memory do not interfere.
+
+Measured, all on the same sorted rows, window 30 (NaN until 30 rows):
+
+- in memory: ``volcast.features.add_features`` (one process, and ``jobs=2``: forked helpers);
+  polars ``rolling_mean(30)`` / ``rolling_median(30)`` ``.over("Symbol")`` (multi-threaded);
+  pandas ``groupby("Symbol").rolling(30)`` mean / median; plus the calendar window "30D" for
+  volcast and polars' ``rolling_*_by("Date", "30d")``;
+- the whole stage from disk to disk: ``volcast.features.run(jobs=2)`` (read each partition, compute,
+  write zstd Parquet, publish) against polars reading the same files, computing and writing one
+  zstd Parquet file.
+
+Memory: the measuring process's peak RSS (``ru_maxrss``, data included) plus, when helper processes
+run, their number x the largest helper's peak; compared with the dataset's size as an Arrow table.
+Results: stdout, ``benchmarks/results/features.md`` and ``.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NASDAQ = ROOT.parent / "shared" / "data" / "nasdaq-2023.parquet"
+DATA = ROOT / "benchmarks" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+WINDOW = 30
+
+IN_MEMORY = {
+    "volcast add_features, 1 process": "ours_jobs1",
+    "volcast add_features, jobs=2": "ours_jobs2",
+    "polars rolling_*(30).over": "polars",
+    "pandas groupby-rolling": "pandas",
+    "volcast add_features '30D', jobs=2": "ours_30d",
+    "polars rolling_*_by('30d').over": "polars_30d",
+}
+STAGE = {
+    "volcast features.run(jobs=2), disk to disk": "stage_ours",
+    "polars read + rolling + write, disk to disk": "stage_polars",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def raw_dataset(scale: int) -> Path:
+    """The x``scale`` raw dataset under benchmarks/data (written once, reused)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from volcast import config, storage
+
+    out = DATA / f"features-raw-x{scale}"
+    if (out / "DONE").exists():
+        return out
+    print(f"writing the x{scale} raw dataset to {out} ...", flush=True)
+    base = pq.read_table(NASDAQ)
+    base = base.filter(pc.and_(pc.is_valid(base["Volume"]), pc.is_valid(base["Adj Close"])))
+    copies = []
+    for k in range(scale):
+        sym = base["Symbol"] if k == 0 else pc.binary_join_element_wise(base["Symbol"], pa.scalar(str(k)), "")
+        copies.append(pa.table({
+            "Symbol": sym, "Security Name": pa.nulls(base.num_rows, pa.string()), "Date": base["Date"],
+            **{c: base[c] for c in config.PRICE_COLUMNS}, "Volume": base["Volume"].cast(pa.int64()),
+        }))
+    table = pa.concat_tables(copies).cast(config.RAW_SCHEMA)
+    table = table.sort_by([("Symbol", "ascending"), ("Date", "ascending")])
+    keys = pc.utf8_slice_codeunits(table["Symbol"], 0, 1).to_pylist()
+    with storage.publish_dir(out / "data" / "raw") as staging:
+        start = 0
+        while start < len(keys):  # sorted: each first letter is one contiguous run
+            end = start
+            first = keys[start]
+            while end < len(keys) and keys[end] == first:
+                end += 1
+            storage.write_parquet(table.slice(start, end - start),
+                                  staging / storage.partition_file(storage.partition_key(first)))
+            start = end
+    (out / "DONE").write_text("ok\n")
+    return out
+
+
+def load_table(scale: int):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(raw_dataset(scale) / "data" / "raw")
+
+
+# ---------------------------------------------------------------------------------------------
+# One measurement (runs in its own process)
+
+
+def rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def peaks(helpers: int) -> dict:
+    """Peak resident memory of this process and (estimated) of its helper processes.
+
+    ``ru_maxrss`` of the children is the largest single child's peak; with ``helpers`` of them
+    running at once the estimate is helpers x that. A forked helper's RSS also counts the parent's
+    pages it reads, so the estimate is on the high side.
+    """
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return {"peak_self": own, "peak_child": child, "peak_total": own + helpers * child}
+
+
+def worker(case: str, scale: int, repeat: int) -> dict:
+    import polars as pl
+    import pyarrow as pa
+
+    from volcast import config, features, storage
+
+    if case.startswith("stage_"):
+        src = raw_dataset(scale)
+        parquet_bytes = sum(p.stat().st_size for p in (src / "data" / "raw").glob("part-*.parquet"))
+        base = rss()
+        out = DATA / f"features-out-x{scale}-{case}"
+        (out / "data").mkdir(parents=True, exist_ok=True)
+        link = out / "data" / "raw"
+        if not link.exists():
+            link.symlink_to(src / "data" / "raw")
+        seconds = []
+        for _ in range(repeat):
+            storage.remove_published(out / "data" / "features")  # a full run, not an incremental no-op
+            t0 = time.perf_counter()
+            if case == "stage_ours":
+                features.run(out, window=WINDOW, jobs=2)
+            else:
+                df = pl.read_parquet(str(link / "*.parquet")).with_columns(
+                    pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(config.VOL_FEATURE),
+                    pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(config.PRICE_FEATURE))
+                df.write_parquet(out / "polars.parquet", compression="zstd")
+                del df
+            seconds.append(time.perf_counter() - t0)
+        return {"seconds": seconds, "parquet_bytes": parquet_bytes, "base_rss": base,
+                **peaks(2 if case == "stage_ours" else 0)}
+
+    table = load_table(scale)
+    rows, data_bytes = table.num_rows, table.nbytes
+    vol, med = config.VOL_FEATURE, config.PRICE_FEATURE
+    if case.startswith("polars"):
+        data = pl.from_arrow(table)
+        if case == "polars_30d":  # polars needs a real date column for a calendar window
+            data = data.with_columns(pl.col("Date").str.to_date())
+    elif case == "pandas":
+        data = table.select(["Symbol", "Date", "Volume", "Adj Close"]).to_pandas()
+    else:
+        data = table
+    del table
+
+    def step():
+        if case == "ours_jobs1":
+            return features.add_features(data, WINDOW, jobs=1)
+        if case == "ours_jobs2":
+            return features.add_features(data, WINDOW, jobs=2)
+        if case == "ours_30d":
+            return features.add_features(data, "30D", jobs=2)
+        if case == "polars":
+            return data.with_columns(pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(vol),
+                                     pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(med))
+        if case == "polars_30d":
+            return data.with_columns(
+                pl.col("Volume").rolling_mean_by("Date", window_size="30d").over("Symbol").alias(vol),
+                pl.col("Adj Close").rolling_median_by("Date", window_size="30d").over("Symbol").alias(med))
+        if case == "pandas":
+            grouped = data.groupby("Symbol", sort=False)
+            return data.assign(**{
+                vol: grouped["Volume"].rolling(WINDOW).mean().to_numpy(),
+                med: grouped["Adj Close"].rolling(WINDOW).median().to_numpy()})
+        raise SystemExit(f"unknown case {case}")
+
+    base = rss()
+    seconds = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = step()
+        seconds.append(time.perf_counter() - t0)
+        del result
+    return {"seconds": seconds, "rows": rows, "data_bytes": data_bytes, "base_rss": base, **peaks(1 if case in ("ours_jobs2", "ours_30d") else 0)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def measure(case: str, scale: int, repeat: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", case, "--scales", str(scale), "--repeat", str(repeat)]
+    # The system allocator hands freed memory back at once, so RSS after loading is the data's.
+    env = {**os.environ, "ARROW_DEFAULT_MEMORY_POOL": "system"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{case} x{scale} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check_equal(scale: int) -> str:
+    """Our features equal polars' on the x1 rows (same NaN pattern, values within 1e-12)."""
+    import numpy as np
+    import polars as pl
+
+    from volcast import config, features
+
+    table = load_table(scale)
+    ours = features.add_features(table, WINDOW, jobs=2)
+    ref = pl.from_arrow(table.select(["Symbol", "Volume", "Adj Close"])).with_columns(
+        pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias("v"),
+        pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias("m"))
+    worst = 0.0
+    for mine, theirs in ((config.VOL_FEATURE, "v"), (config.PRICE_FEATURE, "m")):
+        a = ours[mine].to_numpy()
+        b = ref[theirs].to_numpy()
+        if not np.array_equal(np.isnan(a), np.isnan(b)):
+            return "NaN patterns differ"
+        ok = ~np.isnan(a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.abs(a[ok] - b[ok]) / np.maximum(np.abs(b[ok]), 1e-300)
+        worst = max(worst, float(rel.max()) if rel.size else 0.0)
+    return f"equal NaN pattern; max relative difference {worst:.1e}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (the best counts)")
+    parser.add_argument("--pandas-max-scale", type=int, default=3, help="skip pandas above this scale")
+    parser.add_argument("--no-stage", action="store_true", help="skip the disk-to-disk stage comparison")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.scales[0], args.repeat)))
+        return 0
+
+    import psutil
+
+    gib = 2**30
+    results: dict[str, dict] = {}
+    lines = [f"## volcast features benchmark ({dt.date.today()})", "",
+             f"{os.cpu_count()} cores, {psutil.virtual_memory().total / gib:.0f} GiB RAM, Python "
+             f"{platform.python_version()}. The machine was SHARED with other jobs while measuring (load "
+             f"average {os.getloadavg()[0]:.1f} at the start): times are the best of {args.repeat} runs and "
+             "still noisy.", "",
+             "Peak = the measuring process's peak RSS (data included) plus, for runs with helper processes, "
+             "their number x the largest helper's peak (high side: a forked helper also counts the parent's "
+             "pages it reads). Data = the dataset as an Arrow table in memory.", ""]
+    for scale in args.scales:
+        raw_dataset(scale)
+        cases = dict(IN_MEMORY)
+        if scale > args.pandas_max_scale:
+            cases.pop("pandas groupby-rolling")
+        if not args.no_stage:
+            cases.update(STAGE)
+        for label, case in cases.items():
+            print(f"x{scale} {label} ...", flush=True)
+            r = measure(case, scale, args.repeat)
+            r["best"] = min(r["seconds"])
+            results[f"x{scale}/{case}"] = {"label": label, **r}
+            print(f"  best {r['best']:.2f} s (runs {', '.join(f'{s:.2f}' for s in r['seconds'])}), "
+                  f"peak {r['peak_total'] / gib:.2f} GiB", flush=True)
+        first = results[f"x{scale}/ours_jobs1"]
+        rows, data = first["rows"], first["data_bytes"]
+        lines += [f"### x{scale}: {rows:,} rows, {data / gib:.2f} GiB as an Arrow table "
+                  f"({results.get(f'x{scale}/stage_ours', {}).get('parquet_bytes', 0) / gib:.2f} GiB as zstd Parquet)", "",
+                  "| step | best s | vs polars | peak GiB | peak / data |", "|---|---:|---:|---:|---:|"]
+        for label, case in cases.items():
+            r = results[f"x{scale}/{case}"]
+            ref = "stage_polars" if case.startswith("stage") else "polars_30d" if case.endswith("30d") else "polars"
+            lines.append(f"| {label} | {r['best']:.2f} | {r['best'] / results[f'x{scale}/{ref}']['best']:.2f}x | "
+                         f"{r['peak_total'] / gib:.2f} | {r['peak_total'] / data:.2f}x |")
+        ours, pol = results[f"x{scale}/ours_jobs2"], results[f"x{scale}/polars"]
+        lines += ["", f"Goals at x{scale}: volcast (jobs=2) <= 0.5x polars: {ours['best'] / pol['best']:.2f}x "
+                  f"({'met' if ours['best'] <= 0.5 * pol['best'] else 'NOT met'}); peak memory <= 3x data: "
+                  f"{ours['peak_total'] / data:.2f}x ({'met' if ours['peak_total'] <= 3 * data else 'NOT met'}).", ""]
+    lines += ["Check (x1, window 30): volcast vs polars: " + check_equal(args.scales[0]) + "."]
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "features.md").write_text(table)
+    (RESULTS / "features.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
