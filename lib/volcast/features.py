@@ -27,7 +27,6 @@ Offset windows use the same prefix sums for the mean and an exact chunked median
 from __future__ import annotations
 
 import hashlib
-import math
 import mmap
 import multiprocessing
 import os
@@ -38,11 +37,11 @@ from pathlib import Path
 
 import bottleneck as bn
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from numpy.lib.stride_tricks import sliding_window_view
 
 from . import config, storage
 from .errors import UserError
@@ -248,10 +247,12 @@ def _group_layout(symbols: pa.Array, dates: pa.Array) -> _Layout:
     new = np.ones(n, dtype=bool)
     order = None
     if n > 1:
-        head, tail = symbols.slice(0, n - 1), symbols.slice(1)
-        new[1:] = pc.not_equal(tail, head).to_numpy(zero_copy_only=False)
+        new[1:] = pc.not_equal(symbols.slice(1), symbols.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+        # Symbols ascend at every change (checked there only) <=> each ticker is one run, in order.
+        change = np.flatnonzero(new[1:]) + 1
+        down = pc.any(pc.less(symbols.take(pa.array(change)), symbols.take(pa.array(change - 1)))).as_py()
         back = pc.less(date_key.slice(1), date_key.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-        if pc.any(pc.less(tail, head)).as_py() or np.any(back & ~new[1:]):
+        if down or np.any(back & ~new[1:]):
             # Arrow's sort is stable: rows with equal (Symbol, Date) keep their input order.
             order = pc.sort_indices(pa.table({"s": symbols, "d": date_key}),
                                     sort_keys=[("s", "ascending"), ("d", "ascending")]).to_numpy()
