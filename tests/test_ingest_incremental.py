@@ -10,7 +10,8 @@ import pytest
 from volcast import ingest, storage
 from volcast.config import Layout
 
-VOLATILE = ("seconds", "rows_per_second", "incremental", "incremental_reason", "changed_partitions", "files_reread")
+VOLATILE = ("seconds", "rows_per_second", "incremental", "incremental_reason", "changed_partitions", "files_reread",
+            "rows_read_this_run")
 
 
 def dataset(out):

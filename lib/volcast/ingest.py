@@ -1295,7 +1295,10 @@ def _report(src, catalog, names, meta_note, entries, plan, changed_partitions, s
     sums = {k: sum(e.get(k, 0) for e in files) for k in
             ("rows_read", "rows_kept", "rows_quarantined", "zero_volume_rows", "nonpositive_price_rows")}
     without_meta = sorted(e["symbol"] for e in ok if e.get("rows_kept") and e["symbol"] not in names)
-    rows_per_s = sums["rows_read"] / seconds if seconds > 0 else None
+    # Speed counts only the rows parsed in this run (an incremental run rereads few files).
+    reread = {f.rel[len(catalog.root):] for f in catalog.files if f.rel in plan["read"]}
+    rows_this_run = sum(e.get("rows_read", 0) for e in files if e["file"] in reread)
+    rows_per_s = rows_this_run / seconds if seconds > 0 and rows_this_run else None
     return {
         "stage": STAGE,
         "source": _source_identity(src) | {"generated": src.kind == "demo"},
@@ -1313,6 +1316,7 @@ def _report(src, catalog, names, meta_note, entries, plan, changed_partitions, s
         "incremental_reason": plan["why"],
         "changed_partitions": changed_partitions,
         "files_reread": len(plan["read"]),
+        "rows_read_this_run": rows_this_run,
         "seconds": round(seconds, 3),
         "rows_per_second": round(rows_per_s) if rows_per_s else None,
         "files": [{k: v for k, v in e.items() if k != "crc32"} for e in files],
