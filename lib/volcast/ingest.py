@@ -13,7 +13,6 @@ Layers, from pure to I/O:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import json
@@ -1113,7 +1112,10 @@ def run(output_dir, source="demo", jobs=0, demo_seed=42, demo_tickers=200, demo_
     """Ingest ``source`` into ``output_dir/data/raw`` (+ quarantine) and write ``reports/ingest.json``.
 
     ``source``: a Kaggle-layout folder or .zip, ``"kaggle"``, ``"demo"`` or None (Kaggle when
-    credentials exist, else the demo). Re-running on the same source rereads only changed files.
+    credentials exist, else the demo). Re-running on the same source rereads only changed files;
+    the report's ``changed_partitions`` lists the partition keys rewritten (empty: nothing changed).
+    With ``jobs`` > 1 files are parsed in worker processes (forkserver): a script that calls this must
+    keep its top level under ``if __name__ == "__main__":``, as multiprocessing requires.
     """
     t0 = time.perf_counter()
     layout = Layout.at(output_dir)
