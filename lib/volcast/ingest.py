@@ -323,6 +323,8 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
             return _reject(f"not readable as CSV: {str(exc).splitlines()[0][:200]}")
         typed = False
     n = table.num_rows
+    if n == 0 and not invalid:
+        return _reject("header only: no data rows")
     if typed and not invalid:
         clean = _clean_file(table, symbol, security_name)
         if clean is not None:
@@ -494,8 +496,11 @@ def _quarantine_rows(body, table, n, bad, problems, duplicate_of, days, invalid,
     line_idx, spans = _line_spans(body)
     total_rows = n + len(invalid)
     consistent = len(line_idx) == total_rows
-    invalid_ordinals = np.array(sorted(o - 1 for o, _ in invalid), dtype=np.int64)
+    known = all(o is not None for o, _ in invalid)
+    invalid_ordinals = np.array(sorted(o - 1 for o, _ in invalid) if known else [], dtype=np.int64)
     table_ordinals = np.setdiff1d(np.arange(total_rows, dtype=np.int64), invalid_ordinals, assume_unique=True)
+    if not known or len(table_ordinals) != n:  # Arrow's row numbers unusable: no line numbers
+        consistent, table_ordinals = False, np.arange(n, dtype=np.int64)
 
     def line_of(ordinal: int) -> int | None:
         return int(line_idx[ordinal]) + 2 if consistent else None  # +1 header, +1 for 1-based
@@ -519,8 +524,8 @@ def _quarantine_rows(body, table, n, bad, problems, duplicate_of, days, invalid,
         rows["reason"].append(reason)
         rows["text"].append(text_of(ordinal))
 
-    for ordinal, found in sorted(invalid):
-        add(ordinal - 1, "malformed", f"malformed row: {found} fields, header has {n_fields}")
+    for ordinal, found in sorted(invalid, key=lambda item: item[0] or 0):
+        add((ordinal or 1) - 1, "malformed", f"malformed row: {found} fields, header has {n_fields}")
 
     bad_rows = np.flatnonzero(bad)
     for row in bad_rows.tolist():
