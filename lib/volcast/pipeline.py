@@ -254,7 +254,8 @@ def ensure_kernel(layout: Layout) -> str:
     root = layout.output_dir / ".jupyter"
     spec_dir = root / "kernels" / KERNEL_NAME
     spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--IPKernelApp.log_level=ERROR"],  # no loopback-TCP notice on every stage
         "display_name": f"volcast ({sys.executable})",
         "language": "python",
         "env": {"PYTHONPATH": os.pathsep.join(filter(None, [str(LIBRARY_DIR.parent), os.environ.get("PYTHONPATH")]))},
