@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ["--source", "demo", "--param", "ingest.demo_tickers=40", "--param", "ingest.demo_years=4", "--no-progress"]
+DEMO = ["--source", "demo", "--param", "ingest.demo_tickers=40", "--param", "ingest.demo_years=4",
+        "--param", "train.iterations=60", "--no-progress"]
 
 
 def _start(out: Path) -> subprocess.Popen:
