@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from volcast import features, ingest, train
 from volcast.config import Layout
 from volcast.storage import atomic_write_text
 
+VOL, PRICE = "vol_moving_avg", "adj_close_rolling_med"
 TRAIN_PARAMS = dict(iterations=40, max_train_rows=20_000, jobs=1, progress=False)
 
 
@@ -35,9 +37,9 @@ def build_output(dest: Path, seed: int = 3) -> Path:
     return dest
 
 
-def copy_output(src: Path, dest: Path, *, with_models: bool = True) -> Path:
+def copy_output(src: Path, dest: Path) -> Path:
     """Copy an output dir (dataset symlinks kept as symlinks)."""
-    shutil.copytree(src, dest, symlinks=True, ignore=None if with_models else shutil.ignore_patterns("models"))
+    shutil.copytree(src, dest, symlinks=True)
     return dest
 
 
@@ -63,6 +65,10 @@ def expected_volumes(output_or_model_dir: Path, vols, prices) -> list[int]:
 def tiny_output(tmp_path_factory) -> Path:
     """Shared and read-only: copy it (``copy_output``) before changing anything."""
     return build_output(tmp_path_factory.mktemp("serve-tiny") / "out")
+
+
+def latest_id(output_dir) -> str:
+    return Layout.at(output_dir).latest_file.read_text().strip()
 
 
 class Client:
@@ -149,3 +155,64 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def hammer(base_url: str, stop: threading.Event, seed: int) -> list[tuple[int, object, tuple]]:
+    """Requests on one keep-alive connection until stopped: GETs and POSTed lists, random features."""
+    rng = np.random.default_rng(seed)
+    c = Client(base_url)
+    out = []
+    try:
+        while not stop.is_set():
+            vol, price = float(np.round(rng.lognormal(12, 2), 2)), float(np.round(rng.lognormal(3, 1), 3))
+            if rng.random() < 0.8:
+                status, body = c.get(f"/predict?vol_moving_avg={vol}&adj_close_rolling_med={price}")
+                out.append((status, body, ((vol, price),)))
+            else:
+                pairs = ((vol, price), (vol * 2, price / 2))
+                status, body = c.post("/predict", [{VOL: v, PRICE: p} for v, p in pairs])
+                out.append((status, body, pairs))
+    except Exception as err:  # a dropped connection is a failure too
+        out.append((-1, repr(err), ()))
+    finally:
+        c.close()
+    return out
+
+
+def check_swap(results: list[list], old_dir: Path, new_dir: Path, old: str, new: str) -> None:
+    models = {old: train.load_model(old_dir), new: train.load_model(new_dir)}
+    seen_new = 0
+    for thread_results in results:
+        assert thread_results, "a client thread made no request"
+        switched = False
+        for status, body, pairs in thread_results:
+            assert status == 200, (status, body)
+            answers = body if isinstance(body, list) else [body]
+            ids = {a["model_id"] for a in answers}
+            assert len(ids) == 1 and ids <= {old, new}, ids  # one model per answer, never a mix
+            model_id = ids.pop()
+            if model_id == new:
+                switched = True
+                seen_new += 1
+            else:
+                assert not switched, "went back to the old model after the new one"
+            raw = models[model_id].predict(np.array([v for v, _ in pairs]), np.array([p for _, p in pairs]))
+            assert [a["volume"] for a in answers] == [max(0, math.floor(x + 0.5)) for x in raw]
+        assert switched, "a client never saw the new model"
+    assert seen_new
+
+
+def run_swap(base_url: str, out: Path, threads: int = 6) -> None:
+    old = latest_id(out)
+    old_dir = train.latest_model_dir(out)
+    stop = threading.Event()
+    with ThreadPoolExecutor(threads) as pool:
+        futures = [pool.submit(hammer, base_url, stop, seed) for seed in range(threads)]
+        time.sleep(0.5)
+        train.run(out, seed=11, iterations=25, max_train_rows=20_000, jobs=1, progress=False)  # publishes a new LATEST
+        new = latest_id(out)
+        assert new != old
+        time.sleep(2.5)  # servers poll LATEST every second
+        stop.set()
+        results = [f.result() for f in futures]
+    check_swap(results, old_dir, train.latest_model_dir(out), old, new)

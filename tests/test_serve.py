@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import json
-import math
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +12,12 @@ from serve_helpers import (  # noqa: F401  (tiny_output is a fixture)
     Client,
     copy_output,
     expected_volumes,
+    latest_id,
     publish_models_from,
+    run_swap,
     tiny_output,
 )
 
-from volcast import train
 from volcast.config import Layout
 from volcast.serve import (
     FIELD_BOUNDS,
@@ -254,10 +251,6 @@ def client(api):
     c.close()
 
 
-def latest_id(output_dir) -> str:
-    return Layout.at(output_dir).latest_file.read_text().strip()
-
-
 PAIRS = [(12345.0, 25.0), (0.0, 0.0), (1e11, 1e7), (2_500_000.0, 3.75), (987.5, 1234.5)]
 
 
@@ -451,67 +444,6 @@ def test_broken_latest_keeps_serving_the_previous_model(tiny_output, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # A new model published by a real training run while requests hammer the server
-
-
-def hammer(base_url: str, stop: threading.Event, seed: int) -> list[tuple[int, object, tuple]]:
-    """Requests on one keep-alive connection until stopped: GETs and POSTed lists, random features."""
-    rng = np.random.default_rng(seed)
-    c = Client(base_url)
-    out = []
-    try:
-        while not stop.is_set():
-            vol, price = float(np.round(rng.lognormal(12, 2), 2)), float(np.round(rng.lognormal(3, 1), 3))
-            if rng.random() < 0.8:
-                status, body = c.get(f"/predict?vol_moving_avg={vol}&adj_close_rolling_med={price}")
-                out.append((status, body, ((vol, price),)))
-            else:
-                pairs = ((vol, price), (vol * 2, price / 2))
-                status, body = c.post("/predict", [{VOL: v, PRICE: p} for v, p in pairs])
-                out.append((status, body, pairs))
-    except Exception as err:  # a dropped connection is a failure too
-        out.append((-1, repr(err), ()))
-    finally:
-        c.close()
-    return out
-
-
-def check_swap(results: list[list], old_dir: Path, new_dir: Path, old: str, new: str) -> None:
-    models = {old: train.load_model(old_dir), new: train.load_model(new_dir)}
-    seen_new = 0
-    for thread_results in results:
-        assert thread_results, "a client thread made no request"
-        switched = False
-        for status, body, pairs in thread_results:
-            assert status == 200, (status, body)
-            answers = body if isinstance(body, list) else [body]
-            ids = {a["model_id"] for a in answers}
-            assert len(ids) == 1 and ids <= {old, new}, ids  # one model per answer, never a mix
-            model_id = ids.pop()
-            if model_id == new:
-                switched = True
-                seen_new += 1
-            else:
-                assert not switched, "went back to the old model after the new one"
-            raw = models[model_id].predict(np.array([v for v, _ in pairs]), np.array([p for _, p in pairs]))
-            assert [a["volume"] for a in answers] == [max(0, math.floor(x + 0.5)) for x in raw]
-        assert switched, "a client never saw the new model"
-    assert seen_new
-
-
-def run_swap(base_url: str, out: Path, threads: int = 6) -> None:
-    old = latest_id(out)
-    old_dir = train.latest_model_dir(out)
-    stop = threading.Event()
-    with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(hammer, base_url, stop, seed) for seed in range(threads)]
-        time.sleep(0.5)
-        train.run(out, seed=11, iterations=25, max_train_rows=20_000, jobs=1, progress=False)  # publishes a new LATEST
-        new = latest_id(out)
-        assert new != old
-        time.sleep(2.5)  # servers poll LATEST every second
-        stop.set()
-        results = [f.result() for f in futures]
-    check_swap(results, old_dir, train.latest_model_dir(out), old, new)
 
 
 def test_model_swap_under_load_in_process_server(tiny_output, tmp_path):

@@ -102,7 +102,9 @@ def metrics_html(card: dict) -> str:
     for col in frame.columns:
         fmt = (lambda v: f"{v:,.0f}") if col in ("mae", "rmse") else (lambda v: f"{v:.3f}")
         shown[METRIC_LABELS[col]] = [("–" if pd.isna(v) else fmt(v)) for v in frame[col]]
-    return shown.to_html(classes="volcast-metrics", border=0, escape=True)
+    style = ("<style>.volcast-metrics td, .volcast-metrics th {padding: 3px 14px; text-align: right}"
+             " .volcast-metrics tbody th {text-align: left}</style>")
+    return style + shown.to_html(classes="volcast-metrics", border=0, escape=True)
 
 
 def card_summary_html(predictor: Predictor) -> str:
@@ -127,7 +129,7 @@ def card_summary_html(predictor: Predictor) -> str:
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
     return buf.getvalue()
 
 
@@ -208,6 +210,13 @@ def symbol_png(frame: pd.DataFrame, symbol: str, days: int | None = None) -> byt
 # Widgets (the only part that needs ipywidgets)
 
 
+def _show_png(image, png: bytes) -> None:
+    """Put a PNG in an Image widget at its own pixel width (the default stretches it to the page)."""
+    image.value = png
+    image.layout.width = f"{int.from_bytes(png[16:20], 'big')}px"  # IHDR width
+    image.layout.display = None
+
+
 class Dashboard:
     """All three panels for one output dir: ``.predictor``, ``.model_card``, ``.explorer`` widgets."""
 
@@ -219,10 +228,11 @@ class Dashboard:
         self.holder.refresh()
 
         # Predictor form
-        self.vol_box = w.Text(value=DEFAULT_VOL_TEXT, description=VOL_FEATURE, placeholder="e.g. 1000000",
-                              style={"description_width": "170px"}, layout=w.Layout(width="380px"))
-        self.price_box = w.Text(value=DEFAULT_PRICE_TEXT, description=PRICE_FEATURE, placeholder="e.g. 25",
-                                style={"description_width": "170px"}, layout=w.Layout(width="380px"))
+        # continuous_update=False: a box sends its value once, when it loses focus (which clicking
+        # Predict does first), so the click can never overtake a throttled stream of keystrokes.
+        box = dict(continuous_update=False, style={"description_width": "170px"}, layout=w.Layout(width="380px"))
+        self.vol_box = w.Text(value=DEFAULT_VOL_TEXT, description=VOL_FEATURE, placeholder="e.g. 1000000", **box)
+        self.price_box = w.Text(value=DEFAULT_PRICE_TEXT, description=PRICE_FEATURE, placeholder="e.g. 25", **box)
         self.vol_box.add_class("volcast-vol")
         self.price_box.add_class("volcast-price")
         self.button = w.Button(description="Predict", button_style="primary", icon="chart-line")
@@ -230,8 +240,6 @@ class Dashboard:
         self.result = w.HTML(value="")
         self.result.add_class("volcast-output")
         self.button.on_click(lambda _: self.predict())
-        self.vol_box.on_submit(lambda _: self.predict())
-        self.price_box.on_submit(lambda _: self.predict())
         help_text = w.HTML(
             f"<small>{VOL_FEATURE}: mean daily volume of the last 30 trading days, in shares "
             f"({bounds_text(VOL_FEATURE)}); {PRICE_FEATURE}: median adjusted close of the same days "
@@ -243,7 +251,7 @@ class Dashboard:
 
         # Model card
         self.card_html = w.HTML()
-        self.curve_image = w.Image(format="png")
+        self.curve_image = w.Image(format="png", layout=w.Layout(max_width="100%"))
         self.card_refresh = w.Button(description="Reload model card", icon="refresh")
         self.card_refresh.on_click(lambda _: self.render_card())
         self.model_card = w.VBox([self.card_html, self.curve_image, self.card_refresh])
@@ -252,8 +260,8 @@ class Dashboard:
         # Symbol explorer
         self.symbols = list_symbols(self.output_dir)
         self.symbol_pick = w.Dropdown(options=self.symbols, description="ticker", value=self.symbols[0] if self.symbols else None)
-        self.period_pick = w.ToggleButtons(options=list(PERIODS), value="all", description="period")
-        self.symbol_image = w.Image(format="png")
+        self.period_pick = w.ToggleButtons(options=list(PERIODS), value="5 years", description="period")
+        self.symbol_image = w.Image(format="png", layout=w.Layout(max_width="100%"))
         self.symbol_note = w.HTML()
         self.symbol_pick.observe(lambda _: self.render_symbol(), names="value")
         self.period_pick.observe(lambda _: self.render_symbol(), names="value")
@@ -274,8 +282,7 @@ class Dashboard:
         self.card_html.value = card_summary_html(predictor) + metrics_html(predictor.card)
         png = learning_curve_png(predictor.model_dir) if predictor.model_dir else None
         if png:
-            self.curve_image.value = png
-            self.curve_image.layout.display = None
+            _show_png(self.curve_image, png)
         else:
             self.curve_image.layout.display = "none"
 
@@ -292,8 +299,7 @@ class Dashboard:
             f"{symbol}: {int(complete.sum()):,} of {len(frame):,} days have both features "
             "(a ticker's first days have none: the window is not full yet).</small>"
         )
-        self.symbol_image.value = symbol_png(frame, symbol, PERIODS[self.period_pick.value])
-        self.symbol_image.layout.display = None
+        _show_png(self.symbol_image, symbol_png(frame, symbol, PERIODS[self.period_pick.value]))
 
 
 def output_dir_from_env(default: str) -> str:

@@ -1,0 +1,152 @@
+"""The Voilà dashboard in headless Chromium, served by `serve()` exactly as `run_pipeline.py serve` does.
+
+Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Set
+VOLCAST_DASHBOARD_SCREENSHOT=docs/dashboard.png to also write the README's screenshot.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from serve_helpers import Client, ServeProcess, tiny_output  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+VOILA_TIMEOUT = 180  # first render: kernel start + imports + model load, on a busy 2-core CI box
+
+
+@pytest.fixture(scope="module")
+def served(tiny_output):
+    sp = ServeProcess(tiny_output, dashboard=True)
+    yield sp
+    assert sp.stop() == 0, "".join(sp.log)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), (
+        "headless browser tests need Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1200,1000",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(VOILA_TIMEOUT)
+    yield driver
+    driver.quit()
+
+
+def _status_after_redirects(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@pytest.mark.parametrize("path", ["/api/contents", "/api/contents/", "/terminals", "/api/terminals",
+                                  "/api/sessions", "/tree", "/lab", "/voila/files/dashboard.ipynb",
+                                  "/voila/files/make_dashboard.py"])
+def test_no_jupyter_contents_terminals_or_sources(served, path):
+    # Voilà serves one notebook: other paths redirect to its static-file handler, whose allowlist
+    # only has images, so every one of these ends in 403/404 and never lists or returns files.
+    status, body = _status_after_redirects(served.dashboard_url + path)
+    assert status in (403, 404), (path, status)
+    assert b'"type": "directory"' not in body and b'"content"' not in body and b"nbformat" not in body
+
+
+def _wait(driver, css: str, timeout: float = VOILA_TIMEOUT, text: bool = False):
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [e for e in driver.find_elements(By.CSS_SELECTOR, css) if e.is_displayed()]
+        if found and (not text or found[0].text.strip()):
+            return found[0]
+        time.sleep(0.25)
+    raise AssertionError(f"{css!r} did not appear within {timeout:.0f} s; page text:\n{driver.find_element(By.TAG_NAME, 'body').text[:2000]}")
+
+
+def _type(driver, css: str, value: str) -> None:
+    from selenium.webdriver.common.keys import Keys
+
+    box = _wait(driver, css)
+    box.click()
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.BACKSPACE)
+    box.send_keys(value, Keys.TAB)  # leaving the box sends its value to the kernel
+
+
+def _predict(driver, vol: str, price: str, result_css: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    _type(driver, ".volcast-vol input", vol)
+    _type(driver, ".volcast-price input", price)
+    # Blank the shown answer so we wait for the *new* one (the widget rewrites this element's content).
+    for old in driver.find_elements(By.CSS_SELECTOR, ".volcast-output .widget-html-content"):
+        driver.execute_script("arguments[0].innerHTML = ''", old)
+    _wait(driver, ".volcast-predict").click()
+    return _wait(driver, result_css, timeout=60, text=True).text.strip()
+
+
+def test_dashboard_predicts_the_same_integer_as_the_api(served, browser):
+    browser.get(served.dashboard_url + "/")
+    _wait(browser, ".volcast-predict")
+    api = Client(served.api_url)
+
+    shown = _predict(browser, "2500000", "37.5", ".volcast-volume")
+    status, body = api.get("/predict?vol_moving_avg=2500000&adj_close_rolling_med=37.5")
+    assert status == 200
+    assert shown == f"{body['volume']:,}"  # formatted like 1,234,567
+    assert int(shown.replace(",", "")) == body["volume"]
+    assert _wait(browser, ".volcast-model-id", text=True).text == body["model_id"]
+
+    # Bad input: the dashboard explains it in the API's words.
+    shown_error = _predict(browser, "12,345", "25", ".volcast-error")
+    status, body = api.get("/predict?vol_moving_avg=12,345&adj_close_rolling_med=25")
+    assert status == 400 and shown_error == body["error"]
+    api.close()
+
+    # The other two panels rendered: metrics table and charts.
+    _wait(browser, "table.volcast-metrics")
+    page = browser.find_element("tag name", "body").text
+    assert "baseline: tomorrow = vol_moving_avg" in page and "median APE" in page
+    images = browser.execute_script(
+        "return Array.from(document.querySelectorAll('img')).filter(i => i.naturalWidth > 100).length")
+    assert images >= 2  # learning curve + symbol chart
+
+    _predict(browser, "1000000", "25", ".volcast-volume")  # a friendly state for the screenshot
+    png = _screenshot(browser)
+    assert png.startswith(b"\x89PNG") and len(png) < 300_000
+    target = os.environ.get("VOLCAST_DASHBOARD_SCREENSHOT")
+    if target:
+        Path(target).write_bytes(png)
+
+
+def _screenshot(driver) -> bytes:
+    """The whole page, as a palette PNG (small enough for the README)."""
+    from PIL import Image
+
+    # Voilà scrolls an inner container, not the body: take the tallest scroll height on the page.
+    height = driver.execute_script(
+        "return Math.max(...Array.from(document.querySelectorAll('*')).map(e => e.scrollHeight))")
+    driver.set_window_size(1200, min(int(height) + 120, 4000))
+    time.sleep(0.5)
+    image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    buf = io.BytesIO()
+    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()

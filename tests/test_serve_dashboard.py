@@ -1,0 +1,141 @@
+"""The dashboard's logic without a browser: same numbers and words as the API, card, explorer, notebook."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from serve_helpers import Client, copy_output, expected_volumes, latest_id, publish_models_from, tiny_output  # noqa: F401
+
+from volcast import dashboard as dash
+from volcast.config import NOTEBOOKS_DIR, Layout
+from volcast.serve import NO_MODEL_ERROR, ApiServer, ModelHolder
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_format_volume():
+    assert dash.format_volume(1234567) == "1,234,567"
+    assert dash.format_volume(0) == "0"
+    assert dash.format_volume(999) == "999"
+
+
+def test_predict_text_gives_the_api_numbers_and_the_api_words(tiny_output):
+    holder = ModelHolder(tiny_output)
+    with ApiServer(tiny_output, port=0) as api:
+        c = Client(api.url)
+        for vol, price in [("1000000", "25"), ("12345.5", "0.75"), ("0", "0")]:
+            outcome = dash.predict_text(holder, vol, price)
+            status, body = c.get(f"/predict?vol_moving_avg={vol}&adj_close_rolling_med={price}")
+            assert status == 200 and outcome.ok
+            assert (outcome.volume, outcome.model_id) == (body["volume"], body["model_id"])
+            assert outcome.volume == expected_volumes(tiny_output, [float(vol)], [float(price)])[0]
+        for vol, price in [("abc", "25"), ("1,000", "25"), ("-5", "25"), ("1", "nan"), ("1", "1e9"), ("", "25")]:
+            outcome = dash.predict_text(holder, vol, price)
+            status, body = c.get(f"/predict?vol_moving_avg={vol}&adj_close_rolling_med={price}")
+            assert status == 400 and not outcome.ok
+            assert (outcome.message, outcome.field) == (body["error"], body["field"])
+        c.close()
+
+
+def test_outcome_html():
+    ok = dash.outcome_html(dash.PredictOutcome(True, "", 1234567, "m<1>"))
+    assert '<span class="volcast-volume" style="font-size:1.4em">1,234,567</span>' in ok
+    assert "m&lt;1&gt;" in ok
+    bad = dash.outcome_html(dash.PredictOutcome(False, "vol_moving_avg must be <= 1"))
+    assert 'class="volcast-error"' in bad and "&lt;=" in bad
+
+
+def test_no_model_and_no_features_are_explained(tmp_path):
+    app = dash.Dashboard(tmp_path / "empty")
+    assert NO_MODEL_ERROR in app.result.value
+    assert NO_MODEL_ERROR in app.card_html.value
+    assert dash.NO_FEATURES in app.symbol_note.value
+    assert app.symbols == []
+    outcome = app.predict()
+    assert not outcome.ok and outcome.message.startswith(NO_MODEL_ERROR)
+    app.vol_box.value = "oops"
+    assert "vol_moving_avg must be a plain number" in app.predict().message  # input is checked first
+
+
+def test_model_card_shows_the_cards_metrics(tiny_output):
+    model_dir = Layout.at(tiny_output).models_dir / latest_id(tiny_output)
+    card = pd.read_json(model_dir / "card.json", typ="series")
+    frame = dash.metrics_frame(dict(card))
+    assert list(frame.columns) == ["mae", "rmse", "r2", "medape"]
+    assert frame.loc["model", "mae"] == pytest.approx(card["metrics"]["model"]["mae"])
+    assert frame.loc["baseline: tomorrow = vol_moving_avg", "medape"] == pytest.approx(
+        card["metrics"]["baseline_vol_moving_avg"]["medape"])
+    assert len(frame) == 3
+    assert dash.metrics_frame({}) is None
+    html = dash.metrics_html(dict(card))
+    assert f"{card['metrics']['model']['mae']:,.0f}" in html
+    assert dash.learning_curve_png(model_dir).startswith(PNG_MAGIC)
+
+
+def test_symbol_explorer_reads_the_features_dataset(tiny_output):
+    everything = pd.read_parquet(Layout.at(tiny_output).features_dir)  # independent read of all rows
+    assert dash.list_symbols(tiny_output) == sorted(everything["Symbol"].unique())
+    symbol = sorted(everything["Symbol"].unique())[3]
+    got = dash.load_symbol(tiny_output, symbol)
+    want = everything[everything["Symbol"] == symbol].sort_values("Date")
+    assert got["Date"].dt.strftime("%Y-%m-%d").tolist() == want["Date"].tolist()
+    for col in ["Adj Close", "Volume", "vol_moving_avg", "adj_close_rolling_med"]:
+        pd.testing.assert_series_equal(got[col].reset_index(drop=True), want[col].reset_index(drop=True),
+                                       check_names=False, check_dtype=False)
+    assert dash.symbol_png(got, symbol).startswith(PNG_MAGIC)
+    assert dash.symbol_png(got, symbol, days=365).startswith(PNG_MAGIC)
+
+
+def test_dashboard_widgets_and_a_new_model_without_reload(tiny_output, tmp_path):
+    out = copy_output(tiny_output, tmp_path / "out")
+    app = dash.Dashboard(out, holder=ModelHolder(out, check_interval=0))
+    first = app.predict()
+    assert first.ok and "volcast-volume" in app.result.value
+    assert app.symbols and bytes(app.symbol_image.value).startswith(PNG_MAGIC)
+    app.period_pick.value = "1 year"
+    assert bytes(app.symbol_image.value).startswith(PNG_MAGIC)
+    other = tmp_path / "other"
+    from serve_helpers import build_output
+
+    build_output(other, seed=5)
+    new_id = publish_models_from(other, out)
+    again = app.predict()
+    assert again.model_id == new_id != first.model_id
+    app.render_card()
+    assert new_id in app.card_html.value
+
+
+def test_notebook_is_thin_and_runs_with_the_env_output_dir(tiny_output):
+    path = NOTEBOOKS_DIR / "dashboard.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and params[0].source.strip() == 'output_dir = "../outputs/demo"'
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "import ipywidgets" not in code and "def " not in code  # logic lives in volcast.dashboard
+    import nbclient
+
+    old = os.environ.get("VOLCAST_OUTPUT_DIR")
+    os.environ["VOLCAST_OUTPUT_DIR"] = str(tiny_output)
+    try:
+        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("VOLCAST_OUTPUT_DIR")
+        else:
+            os.environ["VOLCAST_OUTPUT_DIR"] = old
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    widget_views = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(widget_views) == 3
+
+
+def test_output_dir_from_env(monkeypatch):
+    monkeypatch.delenv("VOLCAST_OUTPUT_DIR", raising=False)
+    assert dash.output_dir_from_env("../outputs/demo") == "../outputs/demo"
+    monkeypatch.setenv("VOLCAST_OUTPUT_DIR", "/x/y")
+    assert dash.output_dir_from_env("../outputs/demo") == "/x/y"
+    assert Path(dash.output_dir_from_env("a")).is_absolute()
