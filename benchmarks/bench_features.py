@@ -20,8 +20,10 @@ Measured, all on the same sorted rows, window 30 (NaN until 30 rows):
   write zstd Parquet, publish) against polars reading the same files, computing and writing one
   zstd Parquet file.
 
-Memory: the measuring process's peak RSS (``ru_maxrss``, data included) plus, when helper processes
-run, their number x the largest helper's peak; compared with the dataset's size as an Arrow table.
+Memory: the measuring process's peak RSS (``ru_maxrss``, data included) plus a forked helper's own
+share (its peak RSS minus the pages it shares with the parent); for the stage, the sampled peak of
+the summed RSS of the whole process tree (forkserver workers). Compared with the dataset's size as
+an Arrow table.
 Results: stdout, ``benchmarks/results/features.md`` and ``.json``.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -114,18 +117,53 @@ def rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def peaks(helpers: int) -> dict:
-    """Peak resident memory of this process and (estimated) of its helper processes.
+def peaks(base_rss: int) -> dict:
+    """Peak memory of this process and of the helper processes it forked (``ru_maxrss``).
 
-    ``ru_maxrss`` of the children is the largest single child's peak; with ``helpers`` of them
-    running at once the estimate is helpers x that. A forked helper's RSS also counts the parent's
-    pages it reads, so the estimate is on the high side.
+    A forked helper's RSS includes the parent's pages resident at the fork (shared, not copied), so
+    its own share is estimated as its peak minus the parent's RSS before the step (``base_rss``).
     """
     import resource
 
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    return {"peak_self": own, "peak_child": child, "peak_total": own + helpers * child}
+    return {"peak_self": own, "peak_child": child, "peak_total": own + max(0, child - base_rss) * (child > 0)}
+
+
+class TreeSampler:
+    """Peak of the summed RSS of this process and all its descendants, sampled every 50 ms.
+
+    For the stage, whose workers are started by a forkserver (not children ``ru_maxrss`` sees).
+    Pages the workers share with the forkserver (imported libraries) are counted once per worker.
+    """
+
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak = psutil.Process(), 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for p in [self.proc, *self.proc.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak = max(self.peak, total)
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
 
 
 def worker(case: str, scale: int, repeat: int) -> dict:
@@ -144,20 +182,20 @@ def worker(case: str, scale: int, repeat: int) -> dict:
         if not link.exists():
             link.symlink_to(src / "data" / "raw")
         seconds = []
-        for _ in range(repeat):
-            storage.remove_published(out / "data" / "features")  # a full run, not an incremental no-op
-            t0 = time.perf_counter()
-            if case == "stage_ours":
-                features.run(out, window=WINDOW, jobs=2)
-            else:
-                df = pl.read_parquet(str(link / "*.parquet")).with_columns(
-                    pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(config.VOL_FEATURE),
-                    pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(config.PRICE_FEATURE))
-                df.write_parquet(out / "polars.parquet", compression="zstd")
-                del df
-            seconds.append(time.perf_counter() - t0)
-        return {"seconds": seconds, "parquet_bytes": parquet_bytes, "base_rss": base,
-                **peaks(2 if case == "stage_ours" else 0)}
+        with TreeSampler() as sampler:
+            for _ in range(repeat):
+                storage.remove_published(out / "data" / "features")  # a full run, not an incremental no-op
+                t0 = time.perf_counter()
+                if case == "stage_ours":
+                    features.run(out, window=WINDOW, jobs=2)
+                else:
+                    df = pl.read_parquet(str(link / "*.parquet")).with_columns(
+                        pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(config.VOL_FEATURE),
+                        pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(config.PRICE_FEATURE))
+                    df.write_parquet(out / "polars.parquet", compression="zstd")
+                    del df
+                seconds.append(time.perf_counter() - t0)
+        return {"seconds": seconds, "parquet_bytes": parquet_bytes, "base_rss": base, "peak_total": sampler.peak}
 
     table = load_table(scale)
     rows, data_bytes = table.num_rows, table.nbytes
@@ -200,7 +238,7 @@ def worker(case: str, scale: int, repeat: int) -> dict:
         result = step()
         seconds.append(time.perf_counter() - t0)
         del result
-    return {"seconds": seconds, "rows": rows, "data_bytes": data_bytes, "base_rss": base, **peaks(1 if case in ("ours_jobs2", "ours_30d") else 0)}
+    return {"seconds": seconds, "rows": rows, "data_bytes": data_bytes, "base_rss": base, **peaks(base)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,9 +301,10 @@ def main(argv=None) -> int:
              f"{platform.python_version()}. The machine was SHARED with other jobs while measuring (load "
              f"average {os.getloadavg()[0]:.1f} at the start): times are the best of {args.repeat} runs and "
              "still noisy.", "",
-             "Peak = the measuring process's peak RSS (data included) plus, for runs with helper processes, "
-             "their number x the largest helper's peak (high side: a forked helper also counts the parent's "
-             "pages it reads). Data = the dataset as an Arrow table in memory.", ""]
+             "Peak = the measuring process's peak RSS (the loaded data included) plus a forked helper's own "
+             "share (its peak RSS minus the parent's RSS before the step); for the disk-to-disk stage rows, "
+             "the sampled peak (50 ms) of the summed RSS of the whole process tree. Data = the dataset as an "
+             "Arrow table in memory.", ""]
     for scale in args.scales:
         raw_dataset(scale)
         cases = dict(IN_MEMORY)

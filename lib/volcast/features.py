@@ -330,9 +330,8 @@ def _exact_ints(v: np.ndarray, width: int) -> np.ndarray | None:
 def _median_sorted(block: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Median of each row's ``valid`` non-NaN values (NaN sorts last): (a + b) / 2 as pandas does."""
     block.sort(axis=1)
-    lo = np.maximum((valid - 1) // 2, 0)[:, None]
-    hi = np.maximum(valid // 2, 0)[:, None]
-    return (np.take_along_axis(block, lo, 1)[:, 0] + np.take_along_axis(block, hi, 1)[:, 0]) / 2
+    row = np.arange(len(block))
+    return (block[row, np.maximum((valid - 1) // 2, 0)] + block[row, np.maximum(valid // 2, 0)]) / 2
 
 
 def _sum_block(block: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -359,11 +358,12 @@ def _reduce_windows(x: np.ndarray, rows: np.ndarray, lengths: np.ndarray, valid:
     step = max(1, _RAGGED_BUDGET // width)
     for s in range(early, len(rows), step):
         r = rows[s:s + step] - (width - 1)
-        if r[-1] - r[0] == len(r) - 1:
-            block = np.array(view[r[0]: r[-1] + 1])  # contiguous rows: a plain copy
-        else:
+        outside = behind >= lengths[s:s + step, None]
+        if r[-1] - r[0] == len(r) - 1:  # contiguous rows: one masked copy of a slice (fast)
+            block = np.where(outside, np.nan, view[r[0]: r[-1] + 1])
+        else:  # scattered rows (a few near ticker starts): gather, then mask
             block = view[r]
-        block[behind >= lengths[s:s + step, None]] = np.nan
+            block[outside] = np.nan
         out[s:s + step] = reduce(block, valid[s:s + step])
     return out
 
@@ -388,9 +388,9 @@ def _window_mean(v: np.ndarray, lo: np.ndarray, min_periods: int) -> np.ndarray:
 def _offset_median(a: np.ndarray, lo: np.ndarray, min_periods: int) -> np.ndarray:
     n = len(a)
     count = _valid_counts(a, lo)
-    out = np.full(n, np.nan)
-    rows = np.flatnonzero(count >= min_periods)
-    out[rows] = _reduce_windows(a, rows, rows + 1 - lo[rows], count[rows], _median_sorted)
+    rows = np.arange(n, dtype=np.int64)  # all rows: contiguous blocks copy fast; mask afterwards
+    out = _reduce_windows(a, rows, rows + 1 - lo, count, _median_sorted)
+    out[count < min_periods] = np.nan
     return out
 
 
