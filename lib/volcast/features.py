@@ -248,9 +248,9 @@ def _group_layout(symbols: pa.Array, dates: pa.Array) -> _Layout:
     order = None
     if n > 1:
         new[1:] = pc.not_equal(symbols.slice(1), symbols.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-        # Symbols ascend at every change (checked there only) <=> each ticker is one run, in order.
-        change = np.flatnonzero(new[1:]) + 1
-        down = pc.any(pc.less(symbols.take(pa.array(change)), symbols.take(pa.array(change - 1)))).as_py()
+        # Each run's Symbol, in order: strictly ascending <=> each ticker is one run, runs in order.
+        runs = symbols.filter(pa.array(new))
+        down = pc.any(pc.less_equal(runs.slice(1), runs.slice(0, len(runs) - 1))).as_py()
         back = pc.less(date_key.slice(1), date_key.slice(0, n - 1)).to_numpy(zero_copy_only=False)
         if down or np.any(back & ~new[1:]):
             # Arrow's sort is stable: rows with equal (Symbol, Date) keep their input order.
@@ -417,7 +417,10 @@ def _row_window_features(starts: np.ndarray, v: np.ndarray, a: np.ndarray, w: in
     vol = np.empty(n, dtype=np.float64)
     med = bn.move_median(a, w) if n >= w else np.full(n, np.nan)
     if n >= w:
-        np.divide(prefix[w:] - prefix[:-w], w, out=vol[w - 1:])
+        # Integer differences cast into the float output as they are made (no temporary column),
+        # exact: each window sum is below 2**53 (checked in _exact_ints).
+        np.subtract(prefix[w:], prefix[:-w], out=vol[w - 1:])
+        vol[w - 1:] /= w
     # Rows closer than w to their ticker's start: the window is cut at the ticker's first row.
     # Kept (partial windows, min_periods < w) ones are recomputed from their own rows only.
     keep = pos + 1 >= m
