@@ -295,7 +295,7 @@ class Dashboard:
         frame = load_symbol(self.output_dir, symbol)
         complete = frame[VOL_FEATURE].notna()
         self.symbol_note.value = (
-            f"<small>{len(self.symbols):,} tickers in {html.escape(str(Layout.at(self.output_dir).features_dir))}; "
+            f"<small>{len(self.symbols):,} tickers; "
             f"{symbol}: {int(complete.sum()):,} of {len(frame):,} days have both features "
             "(a ticker's first days have none: the window is not full yet).</small>"
         )
