@@ -636,6 +636,7 @@ def most_rows_symbol(output_dir) -> str:
 def _code_version() -> str:
     """This module's source: a partition computed by other code is never reused."""
     digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(Path(storage.__file__).read_bytes())  # the partitioning scheme lives there
     digest.update(str(config.FEATURES_SCHEMA).encode())
     return digest.hexdigest()[:16]
 

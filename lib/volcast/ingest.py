@@ -1078,6 +1078,7 @@ def _code_fingerprint() -> str:
     """Incremental runs reuse earlier output only if the parsing code and schemas are the same."""
     h = hashlib.blake2b(digest_size=16)
     h.update(Path(__file__).read_bytes())
+    h.update(Path(storage.__file__).read_bytes())  # the partitioning scheme lives there
     h.update(str(RAW_SCHEMA).encode())
     h.update(str(STATE_VERSION).encode())
     return h.hexdigest()

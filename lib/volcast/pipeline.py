@@ -165,7 +165,8 @@ def _hash_lines(lines) -> str:
 def fingerprint_path(path: Path) -> str | None:
     """A cheap, stable fingerprint of a file or directory tree: names, sizes and mtimes.
 
-    Stat-based (no content read), so an unchanged re-run of 8,000 files takes milliseconds.
+    Stat-based (no content read), so an unchanged re-run of 8,000 files takes milliseconds. Stages
+    hard-link unchanged partitions into each new version, so an unchanged partition keeps its mtime.
     """
     path = Path(path)
     if not path.exists():
@@ -178,7 +179,7 @@ def fingerprint_path(path: Path) -> str | None:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith("."):
+            if name.startswith((".", "_")):  # hidden and _metadata files (stage state) are not data
                 continue
             st = os.stat(os.path.join(dirpath, name))
             entries.append(f"{os.path.relpath(os.path.join(dirpath, name), root)}|{st.st_size}|{st.st_mtime_ns}")
@@ -403,7 +404,6 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress)
     storage.atomic_write_json(manifest_path, manifest)
     say(f"volcast run {run_id} -> {layout.output_dir}")
     started = time.perf_counter()
-    upstream_ran = False
     try:
         for name in selected:
             stage = STAGES[name]
@@ -416,7 +416,9 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress)
             manifest["parameters"][name] = stage_params
             manifest["input_fingerprints"][name] = fingerprint["inputs"]
             manifest["code_fingerprints"][name] = fingerprint["code"]
-            reason = None if (force or upstream_ran) else up_to_date_reason(stage, layout, state.get(name), fingerprint)
+            # No "upstream ran, so run": an upstream stage that changed nothing leaves the input
+            # fingerprints as they were, and this stage is rightly skipped.
+            reason = None if force else up_to_date_reason(stage, layout, state.get(name), fingerprint)
             if reason:
                 say(f"- {name}: skipped ({reason}); --force re-runs it")
                 manifest["stages"][name] = dataclasses.asdict(StageResult(name, "skipped", 0.0, reason=reason))
@@ -429,7 +431,6 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress)
             if result.status != "ok":
                 raise StageFailed(name, result.error or "failed", run_dir / stage.notebook,
                                   user_error=(result.reason == "user-error"))
-            upstream_ran = True
             state[name] = {
                 "run_id": run_id,
                 "fingerprint": fingerprint,

@@ -54,13 +54,15 @@ def read_json(path: str | os.PathLike, default=None):
 
 
 def partition_key(symbol: str) -> str:
-    """The partition a ticker's rows live in: its first character, hex-encoded.
+    """The partition a ticker's rows live in: its first two bytes, hex-encoded.
 
-    Hex of the first byte keeps file-name order equal to Symbol order (pyarrow reads a dataset's
-    files in sorted path order), so the dataset reads back sorted by Symbol then Date, and a change
-    to one ticker rewrites only the ~1/26 of the data that shares its first letter.
+    Hex keeps file-name order equal to Symbol order (pyarrow reads a dataset's files in sorted path
+    order; a one-letter ticker's ``part-41.`` sorts before ``part-41xx`` because '.' < any hex digit),
+    so the dataset reads back sorted by Symbol then Date. Two letters rather than one: the real data
+    on hand only spans A-D, and a change to one ticker should rewrite a few dozen tickers' rows, not
+    a quarter of the dataset; it also gives the worker pool enough pieces to balance.
     """
-    return symbol.encode("utf-8")[:1].hex() or "00"
+    return symbol.encode("utf-8")[:2].hex() or "00"
 
 
 def partition_file(key: str) -> str:
