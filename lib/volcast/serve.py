@@ -958,15 +958,28 @@ def _free_port(host: str, port: int, what: str, flag: str) -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float) -> bool:
+def _wait_ready(host: str, port: int, proc: subprocess.Popen, timeout: float, http_path: str | None,
+                stop: threading.Event) -> bool:
+    """Wait until ``port`` accepts connections (and, with ``http_path``, answers any HTTP status)."""
+    import http.client
+
     host = "127.0.0.1" if host in ("0.0.0.0", "") else ("::1" if host == "::" else host)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if proc.poll() is not None:
             return False
         try:
-            with socket.create_connection((host, port), timeout=0.5):
+            if http_path is None:
+                with socket.create_connection((host, port), timeout=0.5):
+                    return True
+            # The API's listening sockets exist before its workers run: wait for an actual answer.
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+            try:
+                conn.request("GET", http_path)
+                conn.getresponse().read()
                 return True
+            finally:
+                conn.close()
         except OSError:
             time.sleep(0.1)
     return False
@@ -1108,7 +1121,10 @@ def serve(
         shown_host = f"[{host}]" if ":" in host else host
         for name, proc in procs:
             port = dashboard_port if name.startswith("dashboard") else api_port
-            if not _wait_for_port(host, port, proc, startup_timeout) and not stop_requested.is_set():
+            path = None if name.startswith("dashboard") else "/health"
+            if not _wait_ready(host, port, proc, startup_timeout, path, stop_requested):
+                if stop_requested.is_set():
+                    return 0
                 print(f"volcast serve: the {name} did not start (exit code {proc.poll()}); stopping", file=sys.stderr)
                 return 1
         has_model = layout.latest_file.exists()
