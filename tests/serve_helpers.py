@@ -117,7 +117,8 @@ class ServeProcess:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._pump_thread = threading.Thread(target=self._pump, daemon=True)
+        self._pump_thread.start()
         self.api_url = self.dashboard_url = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -137,16 +138,19 @@ class ServeProcess:
         raise AssertionError("serve() did not start:\n" + "".join(self.log))
 
     def _pump(self):
-        for line in self.proc.stdout:
-            self.log.append(line)
-            self.lines.put(line)
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self.log.append(line)
+                self.lines.put(line)
 
     def stop(self, sig=None, timeout: float = 30) -> int:
         import signal
 
         if self.proc.poll() is None:
             self.proc.send_signal(sig or signal.SIGTERM)
-        return self.proc.wait(timeout)
+        code = self.proc.wait(timeout)
+        self._pump_thread.join(5)  # EOF once serve() and the children it stopped are gone
+        return code
 
 
 def free_port() -> int:
