@@ -55,6 +55,16 @@ def test_unsorted_rows_are_ordered_first():
     assert out["target"].tolist() == [30.0, 40.0, 200.0, 300.0]
 
 
+def test_a_ticker_split_into_two_runs_is_reordered():
+    df = _frame()
+    split = pd.concat([df.iloc[:2], df.iloc[4:], df.iloc[2:4]])  # AAA, AAA, BBB x3, AAA, AAA: dates in order per run
+    out, _ = train.make_supervised(split, target_shift=1)
+    assert out["target"].tolist() == [30.0, 40.0, 200.0, 300.0]
+    swapped = df.iloc[[0, 2, 1, 3, 4, 5, 6]]  # one ticker, dates out of order
+    out, _ = train.make_supervised(swapped, target_shift=1)
+    assert out["target"].tolist() == [30.0, 40.0, 200.0, 300.0]
+
+
 @given(st.lists(st.tuples(st.sampled_from("ABC"), st.integers(0, 40), st.integers(0, 10**6)), min_size=1, max_size=60))
 @settings(max_examples=60, deadline=None)
 def test_target_matches_a_plain_python_lookup(rows):

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import config, storage
@@ -82,26 +83,36 @@ def make_supervised(df: pd.DataFrame, target_shift: int = 1) -> tuple[pd.DataFra
 
     ``df`` has at least Symbol, Date (ISO strings sort chronologically), Volume and the two
     features. Rows are ordered by Symbol then Date first when they are not already. A ticker's last
-    ``target_shift`` rows have no target; rows whose features are NaN (window not full) cannot be
+    ``target_shift`` rows have no target; rows whose features are missing (window not full) cannot be
     inputs. Both are dropped and counted: returns ``(frame, counts)`` with counts
     ``{"rows_in", "no_features", "no_target", "dropped", "rows_out"}`` (a row missing both counts
     once, as ``no_features``).
     """
+    df, target, keep, counts = _supervised_rows(df, target_shift)
+    return df.loc[keep].assign(**{TARGET: target[keep]}).reset_index(drop=True), counts
+
+
+def _supervised_rows(df: pd.DataFrame, target_shift: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
+    """The core of ``make_supervised`` without building the output frame: ``(ordered df, target, keep, counts)``."""
     shift = _check_target_shift(target_shift)
     missing = [c for c in (SYMBOL, DATE, VOLUME, *FEATURES) if c not in df.columns]
     if missing:
         raise UserError(f"the features data lacks column(s) {', '.join(missing)}; re-run the features stage")
-    if len(df) and not pd.MultiIndex.from_arrays([df[SYMBOL], df[DATE]]).is_monotonic_increasing:
-        df = df.sort_values([SYMBOL, DATE], kind="stable")
-    volume = df[VOLUME].astype("float64")
+    df, codes = _ordered(df)
+    volume = df[VOLUME].to_numpy(np.float64, na_value=np.nan)
     if shift == 0:
-        target = volume
+        target = volume.copy()
     else:
-        target = volume.groupby(df[SYMBOL].to_numpy(), sort=False).shift(-shift)
-    has_features = df[list(FEATURES)].notna().all(axis=1).to_numpy()
-    has_target = target.notna().to_numpy()
+        # Next row(s) of the same ticker: rows are in ticker runs, so compare run codes.
+        target = np.full(len(df), np.nan)
+        if shift < len(df):
+            same = codes[shift:] == codes[:-shift]
+            target[:-shift] = np.where(same, volume[shift:], np.nan)
+    has_features = np.ones(len(df), dtype=bool)
+    for name in FEATURES:
+        has_features &= np.isfinite(df[name].to_numpy(np.float64, na_value=np.nan))
+    has_target = ~np.isnan(target)
     keep = has_features & has_target
-    out = df.loc[keep].assign(**{TARGET: target[keep]}).reset_index(drop=True)
     counts = {
         "rows_in": int(len(df)),
         "no_features": int((~has_features).sum()),
@@ -109,7 +120,40 @@ def make_supervised(df: pd.DataFrame, target_shift: int = 1) -> tuple[pd.DataFra
         "dropped": int((~keep).sum()),
         "rows_out": int(keep.sum()),
     }
-    return out, counts
+    return df, target, keep, counts
+
+
+def _ordered(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """``df`` ordered by Symbol then Date (sorted only if it is not already) and each row's ticker run number.
+
+    The check is linear, adjacent comparisons in Arrow (the features dataset is already sorted, and
+    sorting or hashing 10 M strings costs seconds).
+    """
+    if len(df) < 2:
+        return df, np.zeros(len(df), dtype=np.int64)
+    codes, in_order = _runs(df)
+    if in_order:
+        return df, codes
+    df = df.sort_values([SYMBOL, DATE], kind="stable")
+    return df, _runs(df)[0]
+
+
+def _adjacent(values, op) -> np.ndarray:
+    """``op(values[i+1], values[i])`` for each adjacent pair, nulls as False."""
+    arr = pa.array(values)  # zero-copy for pandas' Arrow-backed strings
+    out = pc.fill_null(getattr(pc, op)(arr[1:], arr[: len(arr) - 1]), False)
+    return np.asarray(out.to_numpy(zero_copy_only=False) if isinstance(out, pa.Array) else out.to_numpy(), dtype=bool)
+
+
+def _runs(df: pd.DataFrame) -> tuple[np.ndarray, bool]:
+    """Run number of each row (a new run where Symbol changes) and whether rows are in Symbol, Date order."""
+    new_run = _adjacent(df[SYMBOL], "not_equal")
+    codes = np.concatenate([[0], np.cumsum(new_run)])
+    starts = df[SYMBOL].iloc[np.concatenate([[0], np.flatnonzero(new_run) + 1])]
+    # Symbols strictly increasing from run to run: each ticker is one run, in order.
+    in_order = bool(len(starts) < 2 or _adjacent(starts, "greater").all())
+    in_order = in_order and bool(_adjacent(df[DATE], "greater")[~new_run].all())
+    return codes, in_order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -550,18 +594,17 @@ def _load_supervised(features_dir: Path, target_shift: int, progress: bool) -> S
     at = 0
     for path in iterator:
         frame = pq.read_table(path, columns=columns).to_pandas()
-        sup, counts = make_supervised(frame, target_shift)
-        del frame
+        frame, target, keep, counts = _supervised_rows(frame, target_shift)
         for key in totals:
             totals[key] += counts[key]
-        n = len(sup)
+        n = counts["rows_out"]
         if at + n > capacity:  # the file grew since we looked: the dataset was swapped
             raise FileNotFoundError(f"{path} changed while being read")
-        day[at: at + n] = _days(sup[DATE])
-        for out, name in zip(floats, (VOLUME, FEATURES[0], FEATURES[1], TARGET)):
-            out[at: at + n] = sup[name].to_numpy(np.float64)
+        day[at: at + n] = _days(frame[DATE])[keep]
+        for out, values in zip(floats, (frame[VOLUME], frame[FEATURES[0]], frame[FEATURES[1]], target)):
+            out[at: at + n] = np.asarray(values, dtype=np.float64)[keep]
         at += n
-        del sup
+        del frame, target, keep
     return Supervised(day[:at], *(f[:at] for f in floats), counts=totals, files=files)
 
 
@@ -709,8 +752,17 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         model_id=model_id,
     )
 
+    # Keep what the card needs from the full data, then free it before the (large) test copy.
+    rows = {
+        "usable": len(data), "train_period": int(len(train_rows)), "validation_pool": int(len(valid_pool)),
+        "fit_pool": int(len(fit_pool)), "fit": int(len(fit_rows)), "validation": int(len(valid_rows)),
+        "test": int(len(test_rows)), "dropped": data.counts,
+    }
+    date_ranges = {"train": _day_range(data.day[fit_pool]), "validation": _day_range(data.day[valid_pool])}
+    counts, files = data.counts, data.files
     t0 = time.perf_counter()
     test = data.take(test_rows)
+    del data, plan, train_rows, fit_pool, valid_pool
     pred = fit.model.predict(test.vol, test.price)
     all_metrics = evaluate(test.target, pred, test.volume, test.vol)
     eval_seconds = time.perf_counter() - t0
@@ -719,11 +771,6 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
 
     curve = fit.learning_curve
     best = curve.loc[curve["validation_loss"].idxmin()] if curve["validation_loss"].notna().any() else None
-    rows = {
-        "usable": len(data), "train_period": int(len(train_rows)), "validation_pool": int(len(valid_pool)),
-        "fit_pool": int(len(fit_pool)), "fit": int(len(fit_rows)), "validation": int(len(valid_rows)),
-        "test": int(len(test_rows)), "dropped": data.counts,
-    }
     card = _clean({
         "model_id": model_id,
         "model_kind": model,
@@ -743,16 +790,15 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         "split": {**split_info, "validation_start": _iso(valid_info.get("test_start")) if valid_info.get("test_start") is not None else None,
                   "validation_fraction": validation_fraction},
         "sample": {
-            "fit_rows": int(len(fit_rows)), "of_rows": int(len(fit_pool)), "seed": seed,
+            "fit_rows": rows["fit"], "of_rows": rows["fit_pool"], "seed": seed,
             "max_train_rows": max_train_rows,
             "note": ("uniform random sample of the train rows outside the validation slice"
                      + (f"; RandomForest capped at {RF_MAX_ROWS:,} rows (trees grown on all 1 M rows took "
                         "11.7 GB)" if model == "random_forest" else "")),
         },
         "rows": rows,
-        "dates": {"train": _day_range(data.day[fit_pool]), "validation": _day_range(data.day[valid_pool]),
-                  "test": _day_range(test.day)},
-        "data": {"features_files": [p.name for p in data.files], "fingerprint": fingerprint_files(data.files)},
+        "dates": {**date_ranges, "test": _day_range(test.day)},
+        "data": {"features_files": [p.name for p in files], "fingerprint": fingerprint_files(files)},
         "metrics": all_metrics,
         "ratios_vs_vol_moving_avg": ratios,
         "error_by_volume_decile": deciles.to_dict(orient="records"),
@@ -775,9 +821,9 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         "metrics": all_metrics,
         "train_rows": int(len(fit_rows)),
         "test_rows": int(len(test_rows)),
-        "train_period_rows": int(len(train_rows)),
+        "train_period_rows": rows["train_period"],
         "validation_rows": int(len(valid_rows)),
-        "dropped_rows": data.counts,
+        "dropped_rows": counts,
         "ratios_vs_vol_moving_avg": ratios,
         "params": card["parameters"],
         "formulation": card["formulation"],
