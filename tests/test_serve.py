@@ -167,6 +167,8 @@ def test_validate_batch_shapes_and_limits():
         (b'{"vol_moving_avg": 1, "adj_close_rolling_med": -Infinity}', "finite number, got -Infinity", PRICE),
         (b'{"vol_moving_avg": 1e400, "adj_close_rolling_med": 1}', "must be at most 1e11", VOL),
         (b'{"vol_moving_avg": 1' + b"0" * 5000 + b', "adj_close_rolling_med": 1}', "malformed JSON", None),
+        (b'{"vol_moving_avg": 1, "adj_close_rolling_med": 2, "vol_moving_avg": 3}', "given 2 times", VOL),
+        (b'[{"vol_moving_avg": 1, "adj_close_rolling_med": 2, "adj_close_rolling_med": 2}]', "given 2 times", PRICE),
     ],
 )
 def test_json_body_errors(body, words, field):

@@ -258,6 +258,16 @@ def _reject_constant(name: str) -> "_JsonConstant":
     return _JsonConstant(name)
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    # json.loads keeps the last of repeated keys silently; a repeated field is an error, as in a query.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        names = [name for name, _ in pairs]
+        name = next(n for n in obj if names.count(n) > 1)
+        raise InputError(f"{name} is given {names.count(name)} times in one object; give it once", name)
+    return obj
+
+
 def parse_json_body(body: bytes) -> Any:
     """Request body -> parsed JSON, or InputError("malformed JSON ...")."""
     if not body.strip():
@@ -267,7 +277,9 @@ def parse_json_body(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise InputError("malformed JSON: the body is not UTF-8 text") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except InputError:
+        raise
     except RecursionError:
         raise InputError("malformed JSON: nested too deeply") from None
     except ValueError as err:  # JSONDecodeError, and int() digit-limit errors
