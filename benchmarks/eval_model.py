@@ -4,6 +4,7 @@
     python benchmarks/eval_model.py --variants         # + the table of formulations tried
     python benchmarks/eval_model.py --knee             # + accuracy vs rows fitted, iterations, depth
     python benchmarks/eval_model.py --scale 4          # + train.run at x4 (~31 M rows): time, peak RSS
+    python benchmarks/eval_model.py --end-to-end      # + CSV tree + run_pipeline.py (the issue's protocol)
     python benchmarks/eval_model.py --all
 
 Material: ``../shared/data/nasdaq-2023.parquet``. Features are built with ``volcast.features.add_features``
@@ -23,6 +24,7 @@ import datetime as dt
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +37,7 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from make_kaggle_scale import DEFAULT_PARQUET, copy_names  # noqa: E402
+from make_kaggle_scale import DEFAULT_META_ZIP, DEFAULT_PARQUET, build, copy_names  # noqa: E402
 from run import measure  # noqa: E402
 
 from volcast import config, features, storage, train  # noqa: E402
@@ -259,6 +261,22 @@ def section_scale(base: Path, scale: int) -> dict:
             "peak_rss_gib": round(got["peak_rss_gib"], 2), **inner}
 
 
+def section_end_to_end() -> dict:
+    """The issue's protocol: the parquet written out as Kaggle-layout CSVs, then ``run_pipeline.py``."""
+    tree = ROOT / "benchmarks" / "data" / "kaggle-x1"
+    if not (tree / "symbols_valid_meta.csv").exists():
+        build(DEFAULT_PARQUET, tree, 1, config.resolve_jobs(0), DEFAULT_META_ZIP, progress=False)
+    out = DATA / "e2e-x1"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(tree), "--output-dir", str(out),
+                    "--force", "--no-progress"], check=True, cwd=ROOT)
+    report = train.read_report(out)
+    return {"seconds": round(time.perf_counter() - t0, 1), "model_id": report["model_id"],
+            "ratios": report["ratios_vs_vol_moving_avg"], "metrics": report["metrics"],
+            "test_rows": report["test_rows"], "test_start": report["split"]["test_start"],
+            "dropped_rows": report["dropped_rows"]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Report
 
@@ -312,6 +330,13 @@ def render(results: dict) -> str:
             lines.append(f"| {row['rows']:,} | {row['seed']} | {row['iterations']} (lr {row['learning_rate']}) | "
                          f"{row['depth']} | {row['fit_seconds']} | {_fmt(row['validation'])} | {_fmt(row['test'])} |")
         lines.append("")
+    e = results.get("end_to_end")
+    if e:
+        lines += ["## End to end: CSVs + `run_pipeline.py`", "",
+                  "`nasdaq-2023.parquet` written as a Kaggle-layout tree (`benchmarks/make_kaggle_scale.py --scale 1`), "
+                  "then `python run_pipeline.py --source <tree> --force` (ingest, features, train notebooks via papermill):", "",
+                  f"MAE ratio **{e['ratios']['mae']:.4f}×**, median APE ratio **{e['ratios']['medape']:.4f}×** on "
+                  f"{e['test_rows']:,} test rows from {e['test_start']} (whole pipeline {e['seconds']:.0f} s).", ""]
     s = results.get("scale")
     if s:
         lines += ["## Kaggle scale", "",
@@ -335,14 +360,15 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", action="store_true")
     ap.add_argument("--knee", action="store_true")
     ap.add_argument("--scale", type=int, default=0, help="also run train.run at this many copies of every ticker")
-    ap.add_argument("--all", action="store_true", help="--variants --knee --scale 4")
+    ap.add_argument("--end-to-end", action="store_true", help="also: CSV tree + run_pipeline.py on the real tickers")
+    ap.add_argument("--all", action="store_true", help="--variants --knee --scale 4 --end-to-end")
     ap.add_argument("--no-default", action="store_true", help="skip the default-model run")
     ap.add_argument("--variant-rows", type=int, default=train.DEFAULT_MAX_TRAIN_ROWS)
     ap.add_argument("--sizes", default="30000,100000,300000,1000000,3000000")
     ap.add_argument("--seeds", default="42")
     args = ap.parse_args(argv)
     if args.all:
-        args.variants = args.knee = True
+        args.variants = args.knee = args.end_to_end = True
         args.scale = args.scale or 4
     threads = config.resolve_jobs(0)
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
@@ -365,6 +391,7 @@ def main(argv=None) -> int:
             base, threads, [int(x) for x in args.sizes.split(",")], [int(x) for x in args.seeds.split(",")],
             iteration_grid=[(100, 0.2), (300, 0.1), (1000, 0.05)], depth_grid=[4, 8])),
         ("scale", bool(args.scale), lambda: section_scale(base, args.scale)),
+        ("end_to_end", args.end_to_end, section_end_to_end),
     ]
     for name, wanted, measure_section in sections:
         if not wanted:
