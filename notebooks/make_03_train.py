@@ -103,7 +103,7 @@ cells = [
         'ax.bar(x - 0.2, deciles["medape_model"], 0.4, label="model")\n'
         'ax.bar(x + 0.2, deciles["medape_baseline"], 0.4, label="baseline: vol_moving_avg")\n'
         'ax.set_xticks(x, deciles.index); ax.set_xlabel("decile of actual volume (1 = lowest)")\n'
-        'ax.set_ylabel("median APE"); ax.set_yscale("log"); ax.legend(); plt.show()'
+        'ax.set_ylabel("median APE"); ax.legend(); plt.show()'
     ),
 ]
 
