@@ -357,9 +357,10 @@ def main(argv=None) -> int:
         best = {name: min(ts) for name, ts in inter.items()}
         ratio = best["ours_jobs2"] / best["polars"]
         ours = results[f"x{scale}/ours_jobs2"]
-        lines += ["", f"Interleaved in one process ({args.rounds} rounds, best / median s): volcast 1 process "
-                  + ", ".join(f"{label} {min(inter[k]):.2f} / {sorted(inter[k])[len(inter[k]) // 2]:.2f}"
-                              for label, k in (("", "ours_jobs1"), ("; jobs=2", "ours_jobs2"), ("; polars", "polars"))),
+        lines += ["", f"Interleaved in one process ({args.rounds} rounds, best / median s): "
+                  + "; ".join(f"{label} {min(inter[k]):.2f} / {sorted(inter[k])[len(inter[k]) // 2]:.2f}"
+                              for label, k in (("volcast 1 process", "ours_jobs1"), ("volcast jobs=2", "ours_jobs2"),
+                                               ("polars", "polars"))) + ".",
                   "", f"Goals at x{scale}: volcast (jobs=2) <= 0.5x polars: {ratio:.2f}x interleaved "
                   f"({'met' if ratio <= 0.5 else 'NOT met'}); peak memory <= 3x data: "
                   f"{ours['peak_total'] / data:.2f}x ({'met' if ours['peak_total'] <= 3 * data else 'NOT met'}).", ""]
