@@ -48,10 +48,16 @@ def test_publish_replaces_and_seeds_by_hard_link(tmp_path):
     with storage.publish_dir(final, seed_from_current=True) as staging:
         os.unlink(staging / "change.txt")
         (staging / "change.txt").write_text("new")
-    assert storage.current_version(final) != first
-    assert not first.exists(), "old versions are swept after the swap"
+    second = storage.current_version(final)
+    assert second != first
+    assert (first / "change.txt").read_text() == "old", "the replaced version stays for readers in flight"
     assert (final / "keep.txt").read_text() == "kept"
     assert (final / "change.txt").read_text() == "new"
+    assert (first / "keep.txt").stat().st_ino == (second / "keep.txt").stat().st_ino, "seeded by hard link"
+    with storage.publish_dir(final) as staging:
+        (staging / "keep.txt").write_text("third")
+    assert not first.exists(), "versions older than the one just replaced are swept"
+    assert second.exists()
 
 
 def test_atomic_write_leaves_no_temp_files(tmp_path):

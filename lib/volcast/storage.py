@@ -120,6 +120,7 @@ def publish_dir(final: str | os.PathLike, *, seed_from_current: bool = False) ->
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    previous = current_version(final)
     version = final.parent / f".{final.name}.v{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     os.rename(staging, version)
     if final.exists() and not final.is_symlink():
@@ -128,8 +129,10 @@ def publish_dir(final: str | os.PathLike, *, seed_from_current: bool = False) ->
     link_tmp = final.parent / f".{final.name}.link-{uuid.uuid4().hex[:8]}"
     os.symlink(version.name, link_tmp)
     os.replace(link_tmp, final)  # the atomic step
+    # Keep the version just replaced: a reader that resolved the old link a moment ago (the
+    # dashboard, a notebook) can finish reading it. Older ones go.
     for old in _versions(final):
-        if old != version:
+        if old not in (version, previous):
             shutil.rmtree(old, ignore_errors=True)
 
 
