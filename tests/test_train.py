@@ -191,7 +191,7 @@ def test_design_matrix_handles_zero_and_negative_prices():
 
 
 def test_auto_formulation():
-    assert train.resolve_formulation("catboost", "auto", "auto") == ("ratio", "Quantile:alpha=0.45")
+    assert train.resolve_formulation("catboost", "auto", "auto") == ("ratio", "MAE")
     assert train.resolve_formulation("catboost", "log_ratio", "auto") == ("log_ratio", "RMSE")
     assert train.resolve_formulation("random_forest", "auto", "auto") == ("raw", "squared_error")
     with pytest.raises(UserError):
