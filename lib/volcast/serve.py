@@ -1145,7 +1145,7 @@ def serve(
         print(f"  try: curl 'http://{shown_host}:{api_port}/predict?{VOL_FEATURE}=12345&{PRICE_FEATURE}=25'")
         if dashboard:
             print(f"volcast dashboard: http://{shown_host}:{dashboard_port}/")
-        print(f"serving models from {layout.models_dir}" + ("" if has_model else f" (none yet: {NO_MODEL_ERROR})"))
+        print(f"serving models from {layout.models_dir}" + ("" if has_model else f"; {NO_MODEL_ERROR} (the API answers 503 until then)"))
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested.wait(0.5):
             for name, proc in procs:
