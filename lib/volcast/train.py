@@ -351,8 +351,17 @@ class VolumeModel:
         out = np.empty(len(vol), dtype=np.float64)
         for lo in range(0, len(vol), self.CHUNK):
             v, p = vol[lo: lo + self.CHUNK], price[lo: lo + self.CHUNK]
-            out[lo: lo + len(v)] = from_model_output(self.formulation, self.estimator.predict(design_matrix(v, p)), v)
+            out[lo: lo + len(v)] = from_model_output(self.formulation, self._raw_predict(design_matrix(v, p)), v)
         return out
+
+    SMALL_BATCH = 1024
+
+    def _raw_predict(self, x):
+        # For the API's few-row calls CatBoost's thread start-up costs more than the trees: one
+        # thread halves p99 under load (benchmarks/load_api.py) and gives the same values.
+        if len(x) <= self.SMALL_BATCH and type(self.estimator).__module__.startswith("catboost"):
+            return self.estimator.predict(x, thread_count=1)
+        return self.estimator.predict(x)
 
 
 @dataclass
