@@ -35,6 +35,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=config.DEFAULT_HOST)
     parser.add_argument("--api-port", type=int, default=config.DEFAULT_API_PORT)
     parser.add_argument("--dashboard-port", type=int, default=config.DEFAULT_DASHBOARD_PORT)
+    parser.add_argument("--api-workers", type=int, default=0, help="API processes sharing the port (default: one per core)")
     return parser
 
 
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             from . import serve
 
             return serve.serve(args.output_dir or config.DEFAULT_OUTPUT_DIR, host=args.host,
-                               api_port=args.api_port, dashboard_port=args.dashboard_port)
+                               api_port=args.api_port, dashboard_port=args.dashboard_port,
+                               api_workers=args.api_workers)
         if command == "dag":
             from . import pipeline
 
