@@ -86,17 +86,17 @@ def raw_dataset(scale: int) -> Path:
         }))
     table = pa.concat_tables(copies).cast(config.RAW_SCHEMA)
     table = table.sort_by([("Symbol", "ascending"), ("Date", "ascending")])
-    keys = pc.utf8_slice_codeunits(table["Symbol"], 0, 1).to_pylist()
+    # Partition as ingest does (storage.partition_key); sorted rows make each partition one run.
+    counts = pc.value_counts(table["Symbol"])
+    sizes: dict[str, int] = {}
+    for sym, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+        key = storage.partition_key(sym)
+        sizes[key] = sizes.get(key, 0) + count
     with storage.publish_dir(out / "data" / "raw") as staging:
         start = 0
-        while start < len(keys):  # sorted: each first letter is one contiguous run
-            end = start
-            first = keys[start]
-            while end < len(keys) and keys[end] == first:
-                end += 1
-            storage.write_parquet(table.slice(start, end - start),
-                                  staging / storage.partition_file(storage.partition_key(first)))
-            start = end
+        for key in sorted(sizes):
+            storage.write_parquet(table.slice(start, sizes[key]), staging / storage.partition_file(key))
+            start += sizes[key]
     (out / "DONE").write_text("ok\n")
     return out
 

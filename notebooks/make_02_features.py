@@ -44,7 +44,7 @@ cells = [
     new_code_cell(
         "# NBVAL_CHECK_OUTPUT\n"
         'shown = ["rows", "tickers", "window", "min_periods", "rows_with_full_window", "rows_with_features",\n'
-        '         "tickers_shorter_than_window", "partitions"]\n'
+        '         "tickers_shorter_than_window"]\n'
         'pd.Series({k: report[k] for k in shown}, name="value").astype(str).to_frame()'
     ),
     new_code_cell(

@@ -151,3 +151,14 @@ def test_a_killed_run_leaves_the_previous_version(raw_sample, tmp_path, monkeypa
         features.run(work, window=20, jobs=1)
     pd.testing.assert_frame_equal(read_features(work), before)
     assert not list(Layout.at(work).data_dir.glob(".features.staging-*"))
+
+
+def test_load_one_ticker_and_the_ticker_with_most_rows(raw_sample):
+    features.run(raw_sample, window=30, jobs=1)
+    everything = read_features(raw_sample)
+    sizes = everything.groupby("Symbol").size()
+    longest = sorted(sizes.index[sizes == sizes.max()])[0]
+    assert features.most_rows_symbol(raw_sample) == longest
+    one = features.load_features(raw_sample, longest)
+    pd.testing.assert_frame_equal(one, everything[everything["Symbol"] == longest].reset_index(drop=True))
+    assert len(features.load_features(raw_sample, "NO-SUCH-TICKER")) == 0

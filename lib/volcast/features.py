@@ -615,9 +615,11 @@ def load_features(output_dir, symbol: str | None = None, columns: list[str] | No
     if symbol is None:
         return pd.read_parquet(path, columns=columns)
     part = path / storage.partition_file(storage.partition_key(symbol))
-    if not part.exists():
-        return config.FEATURES_SCHEMA.empty_table().select(columns or config.FEATURES_SCHEMA.names).to_pandas()
-    return pq.read_table(part, columns=columns, filters=[(SYMBOL, "==", symbol)]).to_pandas()
+    # Its partition file when the dataset uses the current partitioning; otherwise (a dataset
+    # written before a change of scheme) the whole directory, pruned by row-group statistics.
+    source = part if part.exists() else path
+    return pq.read_table(source, columns=columns, filters=[(SYMBOL, "==", symbol)],
+                         schema=config.FEATURES_SCHEMA).to_pandas()
 
 
 def most_rows_symbol(output_dir) -> str:
