@@ -69,7 +69,7 @@ print(len(df))
 
 POLARS_ROLLING = """
 import sys, polars as pl
-df = pl.read_parquet(sys.argv[1], columns=["Symbol", "Date", "Volume", "Adj Close"]).sort(["Symbol", "Date"])
+df = pl.read_parquet(sys.argv[1] + "/part-*.parquet", columns=["Symbol", "Date", "Volume", "Adj Close"]).sort(["Symbol", "Date"])
 df = df.with_columns(
     pl.col("Volume").cast(pl.Float64).rolling_mean(30).over("Symbol").alias("vol_moving_avg"),
     pl.col("Adj Close").rolling_median(30).over("Symbol").alias("adj_close_rolling_med"),
