@@ -230,3 +230,42 @@ def test_security_name_matched_through_nasdaq_symbol(tmp_path):
     assert names == {"AGM": "Federal Agricultural Mortgage Corporation Common Stock",
                      "AGM-A": "Federal Agricultural Mortgage Corporation Class A"}
     assert report["tickers_without_metadata"] == []
+
+
+def test_summarize_raw_equals_pandas(sample_run, sample_raw):
+    """The notebook's summary (Arrow, two columns, row group by row group) against pandas on the loaded dataset."""
+    out, _ = sample_run
+    s = ingest.summarize_raw(out)
+    df = sample_raw
+    assert s["rows"] == len(df)
+    assert s["tickers"] == df["Symbol"].nunique()
+    assert (s["date_min"], s["date_max"]) == (df["Date"].min(), df["Date"].max())
+    assert list(s["schema"]) == list(df.columns) == list(config.RAW_COLUMNS)
+    assert s["schema"]["Volume"] == "int64" and s["schema"]["Open"] == "double" and s["schema"]["Date"] == "string"
+    pd.testing.assert_frame_equal(s["head"], df.head(3))
+    by_ticker = df.groupby("Symbol").size()
+    assert s["rows_per_ticker"].index.tolist() == by_ticker.index.tolist()
+    assert s["rows_per_ticker"].tolist() == by_ticker.tolist()
+    by_year = df["Date"].str[:4].astype(int).value_counts().sort_index()
+    assert s["rows_per_year"].index.tolist() == by_year.index.tolist()
+    assert s["rows_per_year"].tolist() == by_year.tolist()
+    assert s["rows_per_ticker"].sum() == s["rows_per_year"].sum() == len(df)
+
+
+def test_summarize_raw_empty(tmp_path):
+    s = ingest.summarize_raw(tmp_path)
+    assert (s["rows"], s["tickers"], s["files"], len(s["head"]), len(s["rows_per_year"])) == (0, 0, 0, 0, 0)
+    assert list(s["head"].columns) == list(config.RAW_COLUMNS)
+
+
+def test_summarize_raw_sums_across_row_groups(sample_run, sample_raw, tmp_path):
+    """Tickers and years split over many small row groups still count once each."""
+    raw_dir = Layout.at(tmp_path).raw_dir
+    raw_dir.mkdir(parents=True)
+    for i, f in enumerate(sorted(Layout.at(sample_run[0]).raw_dir.glob("part-*.parquet"))[:5]):
+        pq.write_table(pq.read_table(f), raw_dir / f.name, row_group_size=777)
+    s = ingest.summarize_raw(tmp_path)
+    df = pd.read_parquet(raw_dir)
+    assert s["rows"] == len(df) and s["tickers"] == df["Symbol"].nunique()
+    assert s["rows_per_ticker"].to_dict() == df.groupby("Symbol").size().to_dict()
+    assert s["rows_per_year"].to_dict() == df["Date"].str[:4].astype(int).value_counts().to_dict()

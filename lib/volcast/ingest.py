@@ -1105,6 +1105,71 @@ def load_raw(output_dir: str | os.PathLike, **kwargs):
     return pd.read_parquet(Layout.at(output_dir).raw_dir, **kwargs)
 
 
+def _raw_files(output_dir) -> list[Path]:
+    raw_dir = Layout.at(output_dir).raw_dir
+    return sorted(raw_dir.glob("part-*.parquet")) if raw_dir.exists() else []
+
+
+def summarize_raw(output_dir: str | os.PathLike, head: int = 3) -> dict:
+    """Counts and a peek at the raw dataset without loading it (memory: one row group of two columns).
+
+    Returns ``rows`` (from the Parquet footers), ``files``, ``tickers``, ``date_min``, ``date_max``,
+    ``schema`` (``{column: Arrow type}`` from the Parquet schema), ``head`` (first rows of the first
+    partition file, a pandas DataFrame), ``rows_per_ticker`` (pandas Series indexed by Symbol, in
+    Symbol order) and ``rows_per_year`` (Series indexed by the year as int, ascending). Only the
+    Symbol and Date columns are read, one row group at a time, and counted with Arrow compute.
+    """
+    import pandas as pd
+
+    files = _raw_files(output_dir)
+    per_ticker, per_year = [], []
+    rows, date_min, date_max = 0, None, None
+    for path in files:
+        pf = pq.ParquetFile(path)
+        rows += pf.metadata.num_rows
+        for i in range(pf.num_row_groups):
+            part = pf.read_row_group(i, columns=["Symbol", "Date"])
+            per_ticker.append(part.group_by("Symbol").aggregate([("Symbol", "count")]))
+            years = pa.table({"year": pc.utf8_slice_codeunits(part["Date"], 0, 4)})
+            per_year.append(years.group_by("year").aggregate([("year", "count")]))
+            mm = pc.min_max(part["Date"]).as_py()  # YYYY-MM-DD text sorts as dates do
+            if mm["min"] is not None:
+                date_min = mm["min"] if date_min is None else min(date_min, mm["min"])
+                date_max = mm["max"] if date_max is None else max(date_max, mm["max"])
+            del part
+
+    def total(pieces: list[pa.Table], key: str, count: str) -> pa.Table:
+        # A ticker or year can span row groups and files: sum the partial counts.
+        if not pieces:
+            return pa.table({key: pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+        merged = pa.concat_tables(pieces).group_by(key).aggregate([(count, "sum")])
+        return merged.rename_columns([key, "rows"]).sort_by(key)
+
+    tickers = total(per_ticker, "Symbol", "Symbol_count")
+    years = total(per_year, "year", "year_count")
+    if files:
+        schema = pq.read_schema(files[0])
+        first = next(pq.ParquetFile(files[0]).iter_batches(batch_size=max(head, 1)), None)
+        head_df = (pa.Table.from_batches([first]) if first is not None else schema.empty_table()).slice(0, head).to_pandas()
+    else:
+        schema = RAW_SCHEMA
+        head_df = RAW_SCHEMA.empty_table().to_pandas()
+    return {
+        "rows": rows,
+        "files": len(files),
+        "tickers": tickers.num_rows,
+        "date_min": date_min,
+        "date_max": date_max,
+        "schema": {f.name: str(f.type) for f in schema},
+        "head": head_df,
+        "rows_per_ticker": pd.Series(tickers["rows"].to_numpy(), index=pd.Index(tickers["Symbol"].to_pylist(),
+                                                                             name="Symbol"), name="rows"),
+        "rows_per_year": pd.Series(years["rows"].to_numpy(),
+                                   index=pd.Index([int(y) for y in years["year"].to_pylist()], name="year"),
+                                   name="rows"),
+    }
+
+
 def load_quarantine(output_dir: str | os.PathLike):
     """Rows set aside by the last ingest (an empty frame with the quarantine columns when none)."""
     qdir = Layout.at(output_dir).quarantine_dir
