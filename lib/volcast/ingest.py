@@ -482,6 +482,162 @@ def _clean_file(table: pa.Table, symbol: str, security_name: str | None) -> Pars
     return ParsedFile(kept, None, counts, None)
 
 
+CANONICAL_HEADER = ",".join(CSV_COLUMNS).encode() + b"\n"
+BATCH_BYTES = 16 << 20  # CSV text parsed in one Arrow read (per-call overhead is ~0.4 ms, a third of a small file's cost)
+
+
+def _batch_body(data: bytes) -> memoryview | None:
+    """The data lines of a file the batch reader can take as they are, or None (parse_csv reads it alone).
+
+    Only the plainest files qualify: the canonical header, ASCII, "\n" line ends, no quotes, no NUL.
+    """
+    if not data.startswith(CANONICAL_HEADER) or len(data) == len(CANONICAL_HEADER):
+        return None
+    if data.find(b"\r") != -1 or data.find(b'"') != -1 or data.find(b"\x00") != -1 or not data.isascii():
+        return None
+    return memoryview(data)[len(CANONICAL_HEADER):]
+
+
+_SEPARATOR = b"\n|\n"  # a one-field line between files: Arrow reports it as invalid, with its row number
+
+
+def _read_joined(joined: pa.Buffer, typed: bool) -> tuple[pa.Table, list[tuple[int, int, bool]]]:
+    """The read of joined bodies (typed, or all text); also every invalid row as (number, fields, is separator)."""
+    invalid: list[tuple[int, int, bool]] = []
+
+    def on_invalid(row):
+        invalid.append((row.number, row.actual_columns, row.text == "|"))
+        return "skip"
+
+    types = {"Date": pa.string(), "Volume": pa.int64(), **{c: pa.float64() for c in PRICE_COLUMNS}}
+    if not typed:
+        types = {c: pa.string() for c in CSV_COLUMNS}
+    table = pcsv.read_csv(
+        pa.BufferReader(joined),
+        read_options=pcsv.ReadOptions(column_names=list(CSV_COLUMNS), use_threads=False, block_size=1 << 22),
+        parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
+        convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True,
+                                            quoted_strings_can_be_null=True, check_utf8=False),
+    )
+    return table, invalid
+
+
+def _convert_by_file(table: pa.Table, starts: np.ndarray, counts: np.ndarray, ok: np.ndarray) -> pa.Table:
+    """Text columns -> the typed reader's types; a file with any value that does not convert is marked
+    not ok (its values become null). Arrow's CSV reader and its cast parse numbers with the same routine."""
+    types = {"Volume": pa.int64(), **{c: pa.float64() for c in PRICE_COLUMNS}}
+    for name, typ in types.items():
+        col = table[name]
+        try:
+            converted = pc.cast(col, typ)
+        except pa.ArrowInvalid:
+            pieces = []
+            for k, (s, c) in enumerate(zip(starts.tolist(), counts.tolist())):
+                try:
+                    pieces.append(pc.cast(col.slice(s, c), typ).combine_chunks())
+                except pa.ArrowInvalid:
+                    ok[k] = False
+                    pieces.append(pa.nulls(c, typ))
+            converted = pa.chunked_array(pieces, typ)
+        table = table.set_column(table.schema.get_field_index(name), name, converted)
+    return table
+
+
+def parse_csv_batch(items: list[tuple[bytes, str, str | None]]) -> list[ParsedFile | None]:
+    """Many ticker CSVs ``(data, symbol, security name)`` in one typed Arrow read.
+
+    Each result is exactly what ``parse_csv`` returns for that file when the file is clean (the
+    common case: typed, no malformed line, nothing missing, finite prices, non-negative Volume, real
+    and strictly increasing dates), else None: the caller then runs ``parse_csv`` on that file, which
+    finds and quarantines what is wrong. All None when the joint read fails (a value that is not a
+    number anywhere in the batch). Files are joined with a separator line whose row number Arrow
+    reports, so each file's rows are known without scanning for line ends (blank lines are skipped
+    by Arrow in both paths alike).
+    """
+    results: list[ParsedFile | None] = [None] * len(items)
+    picked, parts = [], []
+    for i, (data, _, _) in enumerate(items):
+        body = _batch_body(data)
+        if body is not None:
+            picked.append(i)
+            parts.append(body)
+    if not picked:
+        return results
+    joined = _SEPARATOR.join([*parts, b""])  # ends with a separator too
+    del parts
+    try:
+        table, invalid = _read_joined(pa.py_buffer(joined), typed=True)
+        typed = True
+    except pa.ArrowInvalid:  # a value somewhere is no number: read text, then convert file by file
+        try:
+            table, invalid = _read_joined(pa.py_buffer(joined), typed=False)
+        except pa.ArrowInvalid:
+            return results
+        typed = False
+    del joined
+    numbers = np.array([num for num, _, _ in invalid], np.int64)
+    is_sep = np.array([sep and fields == 1 for _, fields, sep in invalid], bool)
+    if len(numbers) and (numbers.min() < 1 or (np.diff(numbers) <= 0).any()):
+        return results  # Arrow's row numbers unusable here
+    sep_numbers = numbers[is_sep]
+    if len(sep_numbers) != len(picked):  # a "|" line of a file's own, or a quote ran over: file by file
+        return results
+    # Ordinals (1-based, among non-blank lines) -> table rows: subtract the invalid rows before.
+    first_ord = np.concatenate([[1], sep_numbers[:-1] + 1])
+    starts = first_ord - 1 - np.searchsorted(numbers, first_ord, side="left")
+    row_ends = sep_numbers - 1 - np.searchsorted(numbers, sep_numbers, side="left")
+    counts = row_ends - starts
+    ok = np.ones(len(picked), bool)
+    if (~is_sep).any():  # malformed lines: their files go file by file
+        ok[np.searchsorted(sep_numbers, numbers[~is_sep], side="left")] = False
+    n = table.num_rows
+    file_of = np.repeat(np.arange(len(picked)), counts)
+    if not typed:
+        table = _convert_by_file(table, starts, counts, ok)
+
+    def fail_rows(mask: np.ndarray) -> None:
+        if mask.any():
+            ok[np.unique(file_of[mask])] = False
+
+    for name in table.column_names:
+        if table[name].null_count:
+            fail_rows(_np_bool(pc.is_null(table[name])))
+    try:
+        day = pc.fill_null(pc.cast(table["Date"], pa.date32()).cast(pa.int32()), 0).to_numpy().astype(np.int64)
+    except pa.ArrowInvalid:  # some file has a bad date: find which, file by file
+        day = np.zeros(n, np.int64)
+        for k, (s, c) in enumerate(zip(starts.tolist(), counts.tolist())):
+            try:
+                day[s:s + c] = pc.fill_null(pc.cast(table["Date"].slice(s, c), pa.date32()).cast(pa.int32()), 0).to_numpy()
+            except pa.ArrowInvalid:
+                ok[k] = False
+    step_ok = np.ones(n, bool)
+    step_ok[1:] = np.diff(day) > 0
+    step_ok[starts[counts > 0]] = True  # a file's first row follows another file
+    fail_rows(~step_ok)
+    fail_rows(day < DAY_ONE)  # strictly increasing: only a file's first row can be the earliest
+    prices = np.column_stack([table[c].to_numpy() for c in PRICE_COLUMNS])
+    fail_rows(~np.isfinite(prices).all(axis=1))
+    volume = table["Volume"].combine_chunks()
+    vol = pc.fill_null(volume, 0).to_numpy()  # null rows already failed their file
+    fail_rows(vol < 0)
+    zero_volume = np.bincount(file_of, weights=vol == 0, minlength=len(picked))
+    nonpositive = np.bincount(file_of, weights=(prices <= 0).any(axis=1), minlength=len(picked))
+    columns = {"Date": table["Date"], **{c: table[c] for c in PRICE_COLUMNS}, "Volume": volume}
+    for k, i in enumerate(picked):
+        if not ok[k] or not counts[k]:
+            continue
+        s, c = int(starts[k]), int(counts[k])
+        _, symbol, name = items[i]
+        kept = pa.table({"Symbol": pa.repeat(pa.scalar(symbol, pa.string()), c),
+                         "Security Name": pa.repeat(pa.scalar(name, pa.string()), c),
+                         **{col: arr.slice(s, c) for col, arr in columns.items()}}, schema=RAW_SCHEMA)
+        results[i] = ParsedFile(kept, None, {"rows_read": c, "rows_kept": c, "rows_quarantined": 0,
+                                             "zero_volume_rows": int(zero_volume[k]),
+                                             "nonpositive_price_rows": int(nonpositive[k])}, None)
+    return results
+
+
 _KIND_ORDER = ("missing", "non-numeric", "non-finite", "non-integral", "negative", "overflow", "bad-date",
                "duplicate-date")
 _KIND_TEXT = {"non-numeric": "is not a number", "non-finite": "is not finite",
@@ -940,7 +1096,7 @@ def scan_source(src: ResolvedSource) -> Catalog:
 
 
 _ZIPS: dict[str, zipfile.ZipFile] = {}
-_PROGRESS = None  # a multiprocessing queue in worker processes: one item per file done
+_PROGRESS = None  # a multiprocessing queue in worker processes: the number of files done, per batch
 
 
 def _init_worker(progress_queue) -> None:
@@ -956,6 +1112,19 @@ def _read_member(source_path: str, rel: str) -> bytes:
     if zf is None:
         zf = _ZIPS[source_path] = zipfile.ZipFile(source_path)
     return zf.read(rel)
+
+
+def _parquet_options(schema: pa.Schema) -> dict:
+    """zstd level 1, dictionaries only for the repetitive strings, byte-stream-split floats.
+
+    Measured on 2.7 M raw rows: 35% faster to write than zstd's defaults (dictionary attempts on every
+    column), 20% smaller, and as fast to read with pyarrow and polars.
+    """
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    repetitive = [n for n in strings if n in ("Symbol", "Security Name", "file", "symbol", "kind")]
+    return {"compression": "zstd", "compression_level": 1, "use_dictionary": repetitive,
+            "use_byte_stream_split": floats or False}
 
 
 class _BufferedParquet:
@@ -981,7 +1150,7 @@ class _BufferedParquet:
         if not self.buffer:
             return
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, **_parquet_options(self.schema))
         self.writer.write_table(pa.concat_tables(self.buffer), row_group_size=ROW_GROUP_ROWS)
         self.rows += self.buffered
         self.buffer, self.buffered = [], 0
@@ -1029,31 +1198,58 @@ def _partition_task(task: _Task) -> list[dict]:
     old_bounds = _symbol_bounds(old_raw) if old_raw is not None else {}
     old_q_bounds = _symbol_bounds(old_q, "symbol") if old_q is not None else {}
     entries = []
+    batch: list[tuple[dict, bytes | None, str, str | None, ParsedFile | None]] = []
+    batch_bytes = 0
+
+    def flush() -> None:
+        """Parse the batch (jointly where files are clean, else file by file) and write it in order."""
+        nonlocal batch, batch_bytes
+        readable = [k for k, b in enumerate(batch) if b[1] is not None]
+        joint = [None] * len(readable)
+        if len(readable) > 1:
+            try:
+                joint = parse_csv_batch([batch[k][1:4] for k in readable])
+            except Exception:  # the file-by-file path below decides, and reports what is wrong
+                pass
+        fast = dict(zip(readable, joint))
+        for k, (entry, data, symbol, name, parsed) in enumerate(batch):
+            if parsed is None:
+                parsed = fast.get(k)
+            if parsed is None:
+                try:
+                    parsed = parse_csv(data, symbol, name, entry["file"])
+                except Exception as exc:  # never let one file stop the run
+                    parsed = _reject(f"unreadable: {type(exc).__name__}: {exc}")
+            entry.update(parsed.counts)
+            if parsed.error:
+                entry["error"] = parsed.error
+            raw_out.add(parsed.table)
+            q_out.add(parsed.quarantine)
+            entries.append(entry)
+        if _PROGRESS is not None and batch:
+            _PROGRESS.put(len(batch))
+        batch, batch_bytes = [], 0
+
     for symbol, item in pieces:
         if item is None:
+            flush()  # keep Symbol order: earlier files first
             if symbol in old_bounds:
                 raw_out.add(old_raw.slice(*old_bounds[symbol]))
             if symbol in old_q_bounds:
                 q_out.add(old_q.slice(*old_q_bounds[symbol]))
             continue
         rel, name = item
-        short = rel[len(task.root):]
-        entry: dict[str, Any] = {"file": short, "symbol": symbol}
+        entry: dict[str, Any] = {"file": rel[len(task.root):], "symbol": symbol}
         try:
             data = _read_member(task.source_path, rel)
             entry["crc32"] = f"{zlib.crc32(data):08x}"
-            parsed = parse_csv(data, symbol, name, short)
-            del data
+            batch.append((entry, data, symbol, name, None))
+            batch_bytes += len(data)
         except Exception as exc:  # never let one file stop the run
-            parsed = _reject(f"unreadable: {type(exc).__name__}: {exc}")
-        entry.update(parsed.counts)
-        if parsed.error:
-            entry["error"] = parsed.error
-        raw_out.add(parsed.table)
-        q_out.add(parsed.quarantine)
-        entries.append(entry)
-        if _PROGRESS is not None:
-            _PROGRESS.put(1)
+            batch.append((entry, None, symbol, name, _reject(f"unreadable: {type(exc).__name__}: {exc}")))
+        if batch_bytes >= BATCH_BYTES:
+            flush()
+    flush()
     raw_out.close()
     q_out.close()
     return entries
@@ -1342,8 +1538,7 @@ def _drain(progress, bar) -> None:
     n = 0
     while True:
         try:
-            progress.get_nowait()
-            n += 1
+            n += progress.get_nowait()  # files done, sent per batch
         except queue_mod.Empty:
             break
     if n:
