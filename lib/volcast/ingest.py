@@ -1180,6 +1180,50 @@ class _BufferedParquet:
         return self.rows
 
 
+_TICKER_COLUMNS = ("Symbol", "Security Name")
+_RAW_WRITE_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in _TICKER_COLUMNS else f
+                               for f in RAW_SCHEMA])
+
+
+class _RawParquet(_BufferedParquet):
+    """The raw partition writer: each piece added is one ticker's rows, so Symbol and Security Name are
+    handed to Parquet as ready-made dictionary columns (no hashing of a string per row: 20% of the write).
+
+    The file stores no Arrow schema: its Parquet types read back exactly as ``RAW_SCHEMA`` (plain strings).
+    """
+
+    def __init__(self, path: Path):
+        super().__init__(path, RAW_SCHEMA)
+        self.tickers: list[tuple[str, str | None, int]] = []
+
+    def add(self, table: pa.Table | None, symbol: str = "", name: str | None = None) -> None:
+        if table is None or not table.num_rows:
+            return
+        self.tickers.append((symbol, name, table.num_rows))
+        super().add(table.drop_columns(list(_TICKER_COLUMNS)))
+
+    def _flush(self) -> None:
+        if not self.buffer:
+            return
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, _RAW_WRITE_SCHEMA, store_schema=False,
+                                           **_parquet_options(RAW_SCHEMA))
+        rows = np.array([n for _, _, n in self.tickers], np.int64)
+        columns = {}
+        for pos, name in enumerate(_TICKER_COLUMNS):
+            values = [t[pos] for t in self.tickers]
+            unique = list(dict.fromkeys(v for v in values if v is not None))
+            code = {v: i for i, v in enumerate(unique)}
+            per_piece = np.array([code.get(v, -1) for v in values], np.int32)
+            idx = np.repeat(per_piece, rows)
+            columns[name] = pa.DictionaryArray.from_arrays(pa.array(idx, mask=idx < 0), pa.array(unique, pa.string()))
+        body = pa.concat_tables(self.buffer)
+        table = pa.table({**columns, **{c: body[c] for c in body.column_names}}, schema=_RAW_WRITE_SCHEMA)
+        self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.rows += self.buffered
+        self.buffer, self.buffered, self.tickers = [], 0, []
+
+
 class _Task(NamedTuple):
     key: str
     source_path: str
@@ -1202,7 +1246,7 @@ def _partition_task(task: _Task) -> list[dict]:
     if task.keep_symbols and task.previous_quarantine and os.path.exists(task.previous_quarantine):
         old_q = pq.read_table(task.previous_quarantine, schema=QUARANTINE_SCHEMA)
         old_q = old_q.filter(pc.is_in(old_q["symbol"], pa.array(task.keep_symbols, pa.string())))
-    raw_out = _BufferedParquet(Path(task.raw_out), RAW_SCHEMA)
+    raw_out = _RawParquet(Path(task.raw_out))
     q_out = _BufferedParquet(Path(task.quarantine_out), QUARANTINE_SCHEMA)
 
     # Merge previous rows of unchanged tickers with freshly parsed ones, in Symbol order.
@@ -1237,7 +1281,7 @@ def _partition_task(task: _Task) -> list[dict]:
             entry.update(parsed.counts)
             if parsed.error:
                 entry["error"] = parsed.error
-            raw_out.add(parsed.table)
+            raw_out.add(parsed.table, symbol, name)
             q_out.add(parsed.quarantine)
             entries.append(entry)
         if _PROGRESS is not None and batch:
@@ -1248,7 +1292,8 @@ def _partition_task(task: _Task) -> list[dict]:
         if item is None:
             flush()  # keep Symbol order: earlier files first
             if symbol in old_bounds:
-                raw_out.add(old_raw.slice(*old_bounds[symbol]))
+                old = old_raw.slice(*old_bounds[symbol])
+                raw_out.add(old, symbol, old["Security Name"][0].as_py())  # as last written
             if symbol in old_q_bounds:
                 q_out.add(old_q.slice(*old_q_bounds[symbol]))
             continue
