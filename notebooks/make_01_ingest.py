@@ -11,7 +11,7 @@ cells = [
     new_markdown_cell(
         "# 01 · Ingest: Kaggle-layout CSVs to the raw Parquet dataset\n\n"
         "Reads a source in the Kaggle layout (`stocks/*.csv`, `etfs/*.csv`, `symbols_valid_meta.csv`) and "
-        "writes `DIR/data/raw/` (one Parquet file per first character of the ticker), `DIR/data/quarantine/` "
+        "writes `DIR/data/raw/` (one Parquet file per two-letter ticker prefix), `DIR/data/quarantine/` "
         "(rows that cannot take the schema, with file, line and reason) and `DIR/reports/ingest.json`.\n\n"
         "- **source**: a folder or `.zip` in the Kaggle layout, `\"kaggle\"` (download with your Kaggle "
         "credentials) or `\"demo\"` (a market generated on the spot, labelled as generated).\n"
@@ -26,7 +26,8 @@ cells = [
         "jobs = 0\n"
         "demo_seed = 42\n"
         "demo_tickers = 200\n"
-        "demo_years = 10",
+        "demo_years = 10\n"
+        "incremental = True",
         metadata={"tags": ["parameters"]},
     ),
     new_code_cell(
@@ -35,7 +36,7 @@ cells = [
         "from volcast import ingest\n\n"
         'plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (6, 3.2)})\n\n'
         "report = ingest.run(output_dir, source=source, jobs=jobs, demo_seed=demo_seed,\n"
-        "                    demo_tickers=demo_tickers, demo_years=demo_years)\n"
+        "                    demo_tickers=demo_tickers, demo_years=demo_years, incremental=incremental)\n"
         'print(f"{report[\'seconds\']} s, {report[\'rows_per_second\'] or 0:,} rows/s; "\n'
         '      f"{\'incremental\' if report[\'incremental\'] else \'full\'} run ({report[\'incremental_reason\']}), "\n'
         '      f"{len(report[\'changed_partitions\'])} partitions written")'

@@ -28,6 +28,7 @@ cells = [
         "window = 30\n"
         "min_periods = 0\n"
         "jobs = 0\n"
+        "incremental = True\n"
         'symbol = ""',
         metadata={"tags": ["parameters"]},
     ),
@@ -36,7 +37,8 @@ cells = [
         "import pandas as pd\n\n"
         "from volcast import features\n\n"
         'plt.rcParams.update({"figure.dpi": 80})\n\n'
-        "report = features.run(output_dir, window=window, min_periods=min_periods, jobs=jobs)\n"
+        "report = features.run(output_dir, window=window, min_periods=min_periods, jobs=jobs,\n"
+        "                      incremental=incremental)\n"
         'print(f"{report[\'seconds\']} s: {report[\'partitions_recomputed\']} partitions computed, "\n'
         '      f"{report[\'partitions_reused\']} carried over unchanged")'
     ),

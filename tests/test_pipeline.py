@@ -120,6 +120,21 @@ def test_changed_parameter_reruns_that_stage_and_downstream(full_run):
     assert json.loads((out / "reports" / "features.json").read_text())["window"] == 10
 
 
+def test_force_reruns_every_stage_in_full(full_run):
+    out, first = full_run
+    assert first.returncode == 0
+    proc = run_cli("--output-dir", out, "--source", _source_of(out), "--no-progress", "--force",
+                   "--stages", "ingest,features")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stages = _manifests(out)[-1]["stages"]
+    assert stages["ingest"]["status"] == stages["features"]["status"] == "ok"
+    ingest_report = json.loads((out / "reports" / "ingest.json").read_text())
+    features_report = json.loads((out / "reports" / "features.json").read_text())
+    assert not ingest_report["incremental"], "--force re-reads every file"
+    assert features_report["partitions_reused"] == 0
+    assert features_report["partitions_recomputed"] == features_report["partitions"]
+
+
 def _source_of(out: Path) -> str:
     return _manifests(out)[0]["source"]
 

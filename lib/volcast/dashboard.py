@@ -178,7 +178,7 @@ def load_symbol(output_dir, symbol: str) -> pd.DataFrame:
     features = Layout.at(output_dir).features_dir
     columns = ["Date", "Adj Close", "Volume", VOL_FEATURE, PRICE_FEATURE]
     part = features / partition_file(partition_key(symbol))
-    # The partition file holds every ticker with this first character; read only this one's rows.
+    # The partition file holds every ticker with this two-letter prefix; read only this one's rows.
     source = part if part.exists() else features
     table = pq.read_table(source, columns=columns, filters=[("Symbol", "==", symbol)])
     frame = table.to_pandas()

@@ -724,7 +724,7 @@ def _compute(todo: list[tuple[Path, Path]], spec: WindowSpec, jobs: int) -> dict
     return stats
 
 
-def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0) -> dict:
+def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, incremental=True) -> dict:
     """The features stage: ``DIR/data/raw`` -> ``DIR/data/features`` + ``DIR/reports/features.json``.
 
     Incremental: a partition whose raw file, parameters and this code are unchanged since the last
@@ -743,7 +743,8 @@ def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0) -> dict
     params = {**spec.state(), "code": _code_version()}
 
     current = storage.current_version(layout.features_dir)
-    previous = storage.read_json(current / STATE_FILE, default=None) if current else None
+    # incremental=False (the pipeline's --force): recompute every partition.
+    previous = storage.read_json(current / STATE_FILE, default=None) if current and incremental else None
     reusable: dict[str, dict] = {}
     if isinstance(previous, dict) and previous.get("params") == params:
         for name, entry in previous.get("partitions", {}).items():

@@ -6,7 +6,7 @@ Layers, from pure to I/O:
   name; every row either takes ``config.RAW_SCHEMA`` or goes to quarantine with its line and reason.
   Vectorised with pyarrow; Python loops run only over rows that failed.
 * sources: ``resolve_source``, ``scan_source``, ``download_kaggle``, ``generate_demo_market``.
-* ``run``: parses files in parallel, one task per storage partition (first character of the ticker),
+* ``run``: parses files in parallel, one task per storage partition (two-letter ticker prefix),
   each writing its Parquet file into the staging directory of ``storage.publish_dir``; incremental
   when the same source was ingested before (only partitions whose files changed are rewritten).
 """
@@ -1447,12 +1447,14 @@ def load_quarantine(output_dir: str | os.PathLike):
     return pa.concat_tables(pq.read_table(f, schema=QUARANTINE_SCHEMA) for f in files).to_pandas()
 
 
-def run(output_dir, source="demo", jobs=0, demo_seed=42, demo_tickers=200, demo_years=10) -> dict:
+def run(output_dir, source="demo", jobs=0, demo_seed=42, demo_tickers=200, demo_years=10,
+        incremental=True) -> dict:
     """Ingest ``source`` into ``output_dir/data/raw`` (+ quarantine) and write ``reports/ingest.json``.
 
     ``source``: a Kaggle-layout folder or .zip, ``"kaggle"``, ``"demo"`` or None (Kaggle when
     credentials exist, else the demo). Re-running on the same source rereads only changed files;
     the report's ``changed_partitions`` lists the partition keys rewritten (empty: nothing changed).
+    ``incremental=False`` (the pipeline's ``--force``) ignores the previous run and re-reads everything.
     With ``jobs`` > 1 files are parsed in worker processes (forkserver): a script that calls this must
     keep its top level under ``if __name__ == "__main__":``, as multiprocessing requires.
     """
@@ -1464,7 +1466,7 @@ def run(output_dir, source="demo", jobs=0, demo_seed=42, demo_tickers=200, demo_
     print(f"ingest: source {src.label}" + (" -- NOT real market data" if src.kind == "demo" else ""))
     catalog = scan_source(src)
     names, meta_note = parse_meta(catalog.meta)
-    state = _load_state(layout)
+    state = _load_state(layout) if incremental else None
     code_fp = _code_fingerprint()
     plan = _plan(catalog, state, src, code_fp, layout)
 

@@ -314,9 +314,11 @@ def up_to_date_reason(stage: Stage, layout: Layout, record: dict | None, fingerp
 
 
 def _stage_params(stage: str, layout: Layout, source: str | None, jobs: int | None,
-                  overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                  overrides: dict[str, dict[str, Any]], force: bool = False) -> dict[str, Any]:
     declared = notebook_parameters(stage)
     params: dict[str, Any] = {"output_dir": str(layout.output_dir)}
+    if force and "incremental" in declared:
+        params["incremental"] = False  # --force: recompute, don't reuse the last run's partitions
     if stage == "ingest" and source is not None:
         params["source"] = source
     if jobs is not None and "jobs" in declared:
@@ -407,10 +409,10 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress)
     try:
         for name in selected:
             stage = STAGES[name]
-            stage_params = _stage_params(name, layout, source, jobs, overrides)
+            stage_params = _stage_params(name, layout, source, jobs, overrides, force)
             fingerprint = {
                 "inputs": input_fingerprints(stage, layout, stage_params),
-                "parameters": {k: v for k, v in stage_params.items() if k != "output_dir"},
+                "parameters": {k: v for k, v in stage_params.items() if k not in ("output_dir", "incremental")},
                 "code": code_fingerprint(stage),
             }
             manifest["parameters"][name] = stage_params
