@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -140,6 +141,7 @@ def main(argv=None) -> int:
     print(f"tree: {files:,} files, {size_gib:.2f} GiB of CSV; 2 cores = {os.cpu_count()} here", flush=True)
 
     py = sys.executable
+    shutil.rmtree(out, ignore_errors=True)  # measure full runs: nothing left from a previous run to reuse
     ours = {}
     for stage in ("ingest", "features", "train"):
         ours[stage] = measure([py, "run_pipeline.py", "--source", str(tree), "--output-dir", str(out),
