@@ -1,11 +1,8 @@
 """Writes 01_ingest.ipynb (run it, then execute the notebook to store outputs:
 `python -c "from volcast import pipeline; pipeline.refresh_notebooks(['01_ingest.ipynb'])"`)."""
-from pathlib import Path
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-HERE = Path(__file__).resolve().parent
+from _nbgen import write_notebook
 
 cells = [
     new_markdown_cell(
@@ -109,9 +106,4 @@ cells = [
     ),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-})
-nbformat.write(nb, HERE / "01_ingest.ipynb")
-print("wrote", HERE / "01_ingest.ipynb")
+write_notebook(cells, "01_ingest.ipynb")

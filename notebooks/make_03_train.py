@@ -1,11 +1,8 @@
 """Writes 03_train.ipynb (run it, then execute the notebook to store outputs:
 `python -c "from volcast import pipeline; pipeline.refresh_notebooks(['03_train.ipynb'])"`)."""
-from pathlib import Path
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-HERE = Path(__file__).resolve().parent
+from _nbgen import write_notebook
 
 cells = [
     new_markdown_cell(
@@ -107,9 +104,4 @@ cells = [
     ),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-})
-nbformat.write(nb, HERE / "03_train.ipynb")
-print("wrote", HERE / "03_train.ipynb")
+write_notebook(cells, "03_train.ipynb")

@@ -3,12 +3,9 @@
 The notebook only wires widgets; the logic is in `volcast.dashboard` (tested without a browser)
 and prediction goes through `volcast.serve`, the same code as the JSON API.
 """
-from pathlib import Path
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
-
-HERE = Path(__file__).resolve().parent
+from _nbgen import write_notebook
 
 cells = [
     new_markdown_cell(
@@ -32,9 +29,4 @@ cells = [
     new_code_cell("app.explorer"),
 ]
 
-nb = new_notebook(cells=cells, metadata={
-    "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-    "language_info": {"name": "python"},
-})
-nbformat.write(nb, HERE / "dashboard.ipynb")
-print("wrote", HERE / "dashboard.ipynb")
+write_notebook(cells, "dashboard.ipynb")
