@@ -77,7 +77,7 @@ cells = [
     ),
     new_markdown_cell("## Predicted vs actual (a sample of test rows, log-log)"),
     new_code_cell(
-        "rows = train.predict_test_rows(output_dir, model_dir, sample_rows=5000, seed=seed)\n"
+        "rows = train.load_test_sample(model_dir)\n"
         "fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharex=True, sharey=True)\n"
         'for ax, col, title in zip(axes, ["prediction", "baseline"], ["model", "baseline: vol_moving_avg"]):\n'
         '    ax.loglog(rows["target"].clip(lower=1), rows[col].clip(lower=1), ".", ms=2, alpha=0.3)\n'

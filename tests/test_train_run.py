@@ -60,7 +60,7 @@ def test_run_writes_model_card_curve_latest_and_report(trained):
     model_dir = train.latest_model_dir(out)
     assert model_dir == layout.models_dir / report["model_id"]
     files = {p.name for p in model_dir.iterdir()}
-    assert files == {"model.cbm", "card.json", "learning_curve.csv"}
+    assert files == {"model.cbm", "card.json", "learning_curve.csv", train.TEST_SAMPLE_FILE}
     # LATEST is written after everything it points to.
     latest_mtime = layout.latest_file.stat().st_mtime_ns
     assert all((model_dir / f).stat().st_mtime_ns <= latest_mtime for f in files)
@@ -107,6 +107,26 @@ def test_report_agrees_with_an_independent_recomputation(trained, features_dir):
     pred = model.predict(test[VOL].to_numpy(), test[PRICE].to_numpy())
     assert (pred >= 0).all()
     assert np.abs(pred - y).mean() == pytest.approx(report["metrics"]["model"]["mae"], rel=1e-9)
+
+
+def test_stored_test_sample_is_test_rows_with_the_models_predictions(trained, features_dir):
+    out, report = trained
+    sample = train.load_test_sample(train.latest_model_dir(out))
+    assert len(sample) == min(train.TEST_SAMPLE_ROWS, report["test_rows"])
+    assert (sample["Date"].dt.strftime("%Y-%m-%d") >= report["split"]["test_start"]).all()
+    # Each sampled row is a real test row: its target is the same ticker's next Volume (looked up
+    # independently in the features dataset by date and both features).
+    df = pd.read_parquet(features_dir).sort_values(["Symbol", "Date"])
+    df["y"] = df.groupby("Symbol")["Volume"].shift(-1)
+    key = ["Date", VOL, PRICE]
+    df["Date"] = pd.to_datetime(df["Date"])
+    joined = sample.merge(df.drop_duplicates(key)[key + ["y"]], on=key, how="left")
+    assert joined["y"].notna().all()
+    np.testing.assert_array_equal(joined["y"].to_numpy(float), sample["target"].to_numpy(float))
+    model = train.load_model(train.latest_model_dir(out))
+    np.testing.assert_array_equal(model.predict(sample[VOL].to_numpy(), sample[PRICE].to_numpy()),
+                                  sample["prediction"].to_numpy())
+    np.testing.assert_array_equal(sample["baseline"].to_numpy(), sample[VOL].to_numpy())
 
 
 def test_saved_model_reloads_and_predicts_identically(tmp_path):

@@ -47,6 +47,8 @@ from .errors import UserError
 STAGE = "train"
 SYMBOL, DATE, VOLUME = "Symbol", "Date", "Volume"
 TARGET = "target"
+TEST_SAMPLE_FILE = "test_sample.parquet"
+TEST_SAMPLE_ROWS = 5000  # enough points for a predicted-vs-actual chart
 FEATURES = config.FEATURE_COLUMNS  # (vol_moving_avg, adj_close_rolling_med): what the API takes
 DERIVED_INPUTS = ("log1p_vol_moving_avg", "log_adj_close_rolling_med", "log1p_dollar_volume")
 
@@ -461,14 +463,17 @@ def _save_estimator(model: VolumeModel, directory: Path) -> str:
     return name
 
 
-def save_model(model: VolumeModel, final_dir: str | os.PathLike, card: dict, learning_curve: pd.DataFrame) -> Path:
-    """Publish ``final_dir`` (model file, card.json, learning_curve.csv) atomically."""
+def save_model(model: VolumeModel, final_dir: str | os.PathLike, card: dict, learning_curve: pd.DataFrame,
+               test_sample: pd.DataFrame | None = None) -> Path:
+    """Publish ``final_dir`` (model file, card.json, learning_curve.csv, test_sample.parquet) atomically."""
     final_dir = Path(final_dir)
     with storage.publish_dir(final_dir) as staging:
         card = {**card, "model_file": _save_estimator(model, staging)}
         buf = io.StringIO()
         learning_curve.to_csv(buf, index=False)
         storage.atomic_write_text(staging / "learning_curve.csv", buf.getvalue())
+        if test_sample is not None:
+            storage.write_parquet(pa.Table.from_pandas(test_sample, preserve_index=False), staging / TEST_SAMPLE_FILE)
         storage.atomic_write_json(staging / "card.json", card)
     model.card = card
     return final_dir
@@ -824,7 +829,15 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         "library_versions": _library_versions(),
         "fit_seconds": round(fit.seconds, 2),
     })
-    model_dir = save_model(fit.model, layout.models_dir / model_id, card, curve)
+    # A seeded sample of the test rows with their predictions, saved now while they are in memory, so
+    # the notebook and dashboard chart them without reading the whole features dataset again.
+    sample = _sample(len(test.day), TEST_SAMPLE_ROWS, np.random.default_rng(seed))
+    test_sample = pd.DataFrame({
+        DATE: np.datetime64("1970-01-01") + test.day[sample].astype("timedelta64[D]"),
+        VOLUME: test.volume[sample], FEATURES[0]: test.vol[sample], FEATURES[1]: test.price[sample],
+        TARGET: test.target[sample], "prediction": pred[sample], "baseline": test.vol[sample],
+    })
+    model_dir = save_model(fit.model, layout.models_dir / model_id, card, curve, test_sample)
     storage.atomic_write_text(layout.latest_file, model_id + "\n")  # last: readers switch only now
 
     report = _clean({
@@ -861,30 +874,13 @@ def _formulation_card(formulation: str, loss: str, model: str) -> dict:
             "loss": loss, "estimator": model}
 
 
-def predict_test_rows(output_dir, model_dir=None, sample_rows: int | None = 200_000, seed: int = 0,
-                     progress: bool = False) -> pd.DataFrame:
-    """The test rows of a trained model (same target and split as its card) with its predictions.
+def load_test_sample(model_dir) -> pd.DataFrame:
+    """The seeded sample of a model's test rows saved by ``run``, with its predictions.
 
     Columns: Date, Volume (today), vol_moving_avg, adj_close_rolling_med, target, prediction,
-    baseline (= vol_moving_avg). ``sample_rows``: a seeded uniform sample of them (None: all).
+    baseline (= vol_moving_avg).
     """
-    layout = config.Layout.at(output_dir)
-    model_dir = Path(model_dir) if model_dir is not None else latest_model_dir(layout.output_dir)
-    if model_dir is None:
-        raise UserError(f"no trained model under {layout.models_dir}; run the train stage first")
-    model = load_model(model_dir)
-    params = model.card["parameters"]
-    data = load_supervised(layout.features_dir, params["target_shift"], progress=progress)
-    is_test, _ = split_mask(data.day, params["split"], params["test_fraction"], params["seed"])
-    rows = np.flatnonzero(is_test)
-    if sample_rows is not None:
-        rows = rows[_sample(len(rows), int(sample_rows), np.random.default_rng(seed))]
-    test = data.take(rows)
-    return pd.DataFrame({
-        DATE: np.datetime64("1970-01-01") + test.day.astype("timedelta64[D]"),
-        VOLUME: test.volume, FEATURES[0]: test.vol, FEATURES[1]: test.price, TARGET: test.target,
-        "prediction": model.predict(test.vol, test.price), "baseline": test.vol,
-    })
+    return pd.read_parquet(Path(model_dir) / TEST_SAMPLE_FILE)
 
 
 def metrics_table(report: dict, digits: int = 3) -> pd.DataFrame:
