@@ -25,7 +25,6 @@ import pandas as pd
 
 from volcast.config import PRICE_FEATURE, VOL_FEATURE, Layout
 from volcast.serve import NO_MODEL_ERROR, InputError, ModelHolder, Predictor, bounds_text, parse_predict_params
-from volcast.storage import partition_file, partition_key
 
 # A mid-size stock: 1 M shares a day at $25.
 DEFAULT_VOL_TEXT = "1000000"
@@ -173,15 +172,9 @@ def list_symbols(output_dir) -> list[str]:
 
 def load_symbol(output_dir, symbol: str) -> pd.DataFrame:
     """One ticker's rows (Date as datetime, Adj Close, Volume, both features), sorted by Date."""
-    import pyarrow.parquet as pq
+    from .features import load_features
 
-    features = Layout.at(output_dir).features_dir
-    columns = ["Date", "Adj Close", "Volume", VOL_FEATURE, PRICE_FEATURE]
-    part = features / partition_file(partition_key(symbol))
-    # The partition file holds every ticker with this two-letter prefix; read only this one's rows.
-    source = part if part.exists() else features
-    table = pq.read_table(source, columns=columns, filters=[("Symbol", "==", symbol)])
-    frame = table.to_pandas()
+    frame = load_features(output_dir, symbol, columns=["Date", "Adj Close", "Volume", VOL_FEATURE, PRICE_FEATURE])
     frame["Date"] = pd.to_datetime(frame["Date"])
     return frame.sort_values("Date").reset_index(drop=True)
 
