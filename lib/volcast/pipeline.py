@@ -7,6 +7,7 @@ skipped when its inputs, parameters and code are unchanged since its last succes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import datetime as dt
 import hashlib
 import json
@@ -96,10 +97,16 @@ def mermaid() -> str:
 
 def notebook_parameters(stage: str) -> dict[str, Any]:
     """The stage notebook's declared parameters and their defaults (papermill's own reading)."""
+    path = STAGES[stage].notebook_path
+    return dict(_declared_parameters(str(path), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_parameters(path: str, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
+    # Read once per notebook version: --param checks and every stage's injection ask again.
     import papermill
 
-    declared = papermill.inspect_notebook(str(STAGES[stage].notebook_path))
-    return {name: _literal(spec["default"]) for name, spec in declared.items()}
+    return tuple((name, _literal(spec["default"])) for name, spec in papermill.inspect_notebook(path).items())
 
 
 def _literal(text: str) -> Any:
