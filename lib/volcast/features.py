@@ -26,7 +26,6 @@ Offset windows use the same prefix sums for the mean and an exact chunked median
 """
 from __future__ import annotations
 
-import hashlib
 import mmap
 import multiprocessing
 import os
@@ -637,10 +636,8 @@ def most_rows_symbol(output_dir) -> str:
 
 def _code_version() -> str:
     """This module's source: a partition computed by other code is never reused."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(Path(storage.__file__).read_bytes())  # the partitioning scheme lives there
-    digest.update(str(config.FEATURES_SCHEMA).encode())
-    return digest.hexdigest()[:16]
+    # storage.py holds the partitioning scheme.
+    return storage.code_digest(__file__, storage.__file__, extra=(config.FEATURES_SCHEMA,))
 
 
 def _fingerprint(path: Path) -> str:

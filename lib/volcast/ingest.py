@@ -1331,12 +1331,8 @@ def _symbol_bounds(table: pa.Table, column: str = "Symbol") -> dict[str, tuple[i
 
 def _code_fingerprint() -> str:
     """Incremental runs reuse earlier output only if the parsing code and schemas are the same."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(Path(__file__).read_bytes())
-    h.update(Path(storage.__file__).read_bytes())  # the partitioning scheme lives there
-    h.update(str(RAW_SCHEMA).encode())
-    h.update(str(STATE_VERSION).encode())
-    return h.hexdigest()
+    # storage.py holds the partitioning scheme.
+    return storage.code_digest(__file__, storage.__file__, extra=(RAW_SCHEMA, STATE_VERSION))
 
 
 def _source_identity(src: ResolvedSource) -> dict:

@@ -194,13 +194,7 @@ def fingerprint_path(path: Path) -> str | None:
 
 
 def code_fingerprint(stage: Stage) -> str:
-    files = [LIBRARY_DIR / name for name in COMMON_CODE + stage.code] + [stage.notebook_path]
-    digest = hashlib.sha256()
-    for file in files:
-        if file.exists():
-            digest.update(file.name.encode())
-            digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
+    return storage.code_digest(*[LIBRARY_DIR / name for name in COMMON_CODE + stage.code], stage.notebook_path)
 
 
 def input_fingerprints(stage: Stage, layout: Layout, params: dict[str, Any]) -> dict[str, str | None]:

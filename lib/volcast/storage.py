@@ -8,6 +8,7 @@ only a hidden staging directory that the next publish sweeps away.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -51,6 +52,19 @@ def read_json(path: str | os.PathLike, default=None):
     if not path.exists():
         return default
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def code_digest(*files: str | os.PathLike, extra=()) -> str:
+    """A short digest of source files (and of ``extra`` values such as schemas): the "code" part of
+    every up-to-date check, so that output made by other code is never reused."""
+    digest = hashlib.sha256()
+    for file in map(Path, files):
+        if file.exists():
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    for value in extra:
+        digest.update(str(value).encode())
+    return digest.hexdigest()[:16]
 
 
 def partition_key(symbol: str) -> str:
