@@ -121,12 +121,11 @@ def test_incremental_run_recomputes_only_changed_partitions_and_equals_a_full_ru
     assert features.run(work, window=11, jobs=1)["partitions_recomputed"] == len(parts)
 
 
-def test_parallel_workers_equal_one_process(raw_sample, tmp_path, monkeypatch):
+def test_parallel_workers_equal_one_process(raw_sample, tmp_path):
     one, many = tmp_path / "one", tmp_path / "many"
     _copy_raw(raw_sample, one)
     _copy_raw(raw_sample, many)
     features.run(one, window="30D", jobs=1)
-    monkeypatch.setattr(features, "_POOL_MIN_BYTES", 0)  # use the worker pool even for the sample
     report = features.run(many, window="30D", jobs=2)
     assert report["jobs"] == 2
     pd.testing.assert_frame_equal(read_features(one), read_features(many))
@@ -162,3 +161,22 @@ def test_load_one_ticker_and_the_ticker_with_most_rows(raw_sample):
     one = features.load_features(raw_sample, longest)
     pd.testing.assert_frame_equal(one, everything[everything["Symbol"] == longest].reset_index(drop=True))
     assert len(features.load_features(raw_sample, "NO-SUCH-TICKER")) == 0
+
+
+def test_unsorted_partition_with_many_row_groups_is_sorted_and_exact(raw_sample, tmp_path):
+    """A raw partition written by another tool: rows shuffled, plain (not dictionary) strings, small row
+    groups (each with its own dictionary when read back). The stage sorts it and stays exact."""
+    raw = pd.read_parquet(Layout.at(raw_sample).raw_dir)
+    rows = pa.Table.from_pandas(raw.sample(frac=1.0, random_state=7), preserve_index=False).cast(config.RAW_SCHEMA)
+    work = tmp_path / "shuffled"
+    with storage.publish_dir(Layout.at(work).raw_dir) as staging:
+        pq.write_table(rows, staging / "part-41.parquet", row_group_size=50_000)
+    assert pq.ParquetFile(Layout.at(work).raw_dir / "part-41.parquet").num_row_groups > 5
+
+    report = features.run(work, window=30, jobs=1)
+    ours = read_features(work)
+    expected = pandas_reference(raw, 30, 0)
+    assert report["rows"] == len(raw)
+    pd.testing.assert_frame_equal(ours[list(config.RAW_COLUMNS)], expected[list(config.RAW_COLUMNS)])
+    np.testing.assert_array_equal(ours[VOL].to_numpy(), expected[VOL].to_numpy())
+    np.testing.assert_array_equal(ours[MED].to_numpy(), expected[MED].to_numpy())

@@ -165,3 +165,27 @@ def test_bad_source_is_one_line_and_exit_2(tmp_path):
     proc = run_cli("--output-dir", tmp_path, "--source", tmp_path / "nope.zip")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "nope.zip" in proc.stderr
+
+
+def test_papermill_import_skips_the_slow_iri_checker_and_notebooks_still_validate():
+    """run_pipeline.py pays for importing papermill once per process: without jsonschema's optional IRI
+    checker (rfc3987_syntax compiles ~35 grammars at import), nothing else changes."""
+    code = (
+        "import sys\n"
+        "from volcast import pipeline\n"
+        "pipeline._import_papermill()\n"
+        "assert sys.modules.get('rfc3987_syntax') is None, 'rfc3987_syntax was imported'\n"
+        "import nbformat\n"
+        "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+        "nbformat.validate(nb)\n"
+        "nb.cells[0]['cell_type'] = 'no-such-type'\n"
+        "try:\n"
+        "    nbformat.validate(nb)\n"
+        "except nbformat.ValidationError:\n"
+        "    print('invalid caught')\n"
+    )
+    # A fresh interpreter: the test process may have imported jsonschema already.
+    done = subprocess.run([sys.executable, "-c", code, str(config.NOTEBOOKS_DIR / "02_features.ipynb")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "invalid caught"

@@ -65,3 +65,26 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     storage.atomic_write_text(tmp_path / "r.json", '{"a": 2}')
     assert storage.read_json(tmp_path / "r.json") == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_parquet_options_round_trip_exactly_and_dictionaries_read_back_as_strings(tmp_path):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    prices = rng.lognormal(3, 1, 5000)
+    prices[::97] = np.nan
+    symbols = pa.DictionaryArray.from_arrays(pa.array(np.repeat([0, 1], 2500).astype("int32")), pa.array(["AA", "AB"]))
+    table = pa.table({"Symbol": symbols, "Date": pa.array([f"2020-01-{1 + i % 28:02d}" for i in range(5000)]),
+                      "Adj Close": prices, "Volume": pa.array(rng.integers(0, 10**9, 5000))})
+    path = storage.write_parquet(table, tmp_path / "t.parquet", arrow_schema=False)
+
+    back = pq.read_table(path)
+    assert back.schema.field("Symbol").type == pa.string()  # the dictionary was only how it was written
+    assert back["Symbol"].to_pylist() == ["AA"] * 2500 + ["AB"] * 2500
+    np.testing.assert_array_equal(back["Adj Close"].to_numpy(), prices)  # bit for bit, NaN where NaN
+    assert back["Volume"].equals(table["Volume"]) and back["Date"].equals(table["Date"])
+    column = {c.path_in_schema: c for c in (pq.ParquetFile(path).metadata.row_group(0).column(i) for i in range(4))}
+    assert "BYTE_STREAM_SPLIT" in column["Adj Close"].encodings
+    assert column["Symbol"].statistics.has_min_max and column["Date"].statistics.has_min_max
+    assert column["Adj Close"].statistics is None or not column["Adj Close"].statistics.has_min_max

@@ -83,18 +83,44 @@ def partition_file(key: str) -> str:
     return f"{PARTITION_PREFIX}{key}.parquet"
 
 
-def write_parquet(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write one Parquet file atomically (zstd: small on disk, fast to read).
+# Columns whose values repeat row after row (a ticker's name on each of its rows; quarantine's file):
+# dictionary-encoded. Date and the numbers are not: dictionaries cost them time and rarely pay.
+DICTIONARY_COLUMNS = ("Symbol", "Security Name", "file", "symbol", "kind")
+# Min/max statistics only where readers filter (ticker, date, file, line); price statistics cost 7%
+# of the write.
+STATISTICS_COLUMNS = ("Symbol", "Date", "file", "symbol", "line")
 
-    Dictionary encoding only for the string columns: for float prices and volumes it costs time and
-    rarely pays (measured on a 7.5 M-row partition: write 3.8 s -> 2.9 s, file 103 -> 94 MiB).
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """The Parquet writer options every dataset uses: zstd level 1, dictionaries only for the
+    repetitive strings, byte-stream-split floats, statistics on the filter keys.
+
+    Byte-stream-split stores each float's bytes in separate streams, which zstd compresses almost as
+    well and much faster. Measured on the x3 benchmark's features dataset (23.6 M rows, one process),
+    against zstd with dictionaries on every string and statistics everywhere: write 6.3 s -> 4.4 s,
+    read 2.2 s -> 1.9 s, size 293 -> 297 MiB. pyarrow (since 0.17), polars and DuckDB read it.
+    """
+    names = set(schema.names)
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    return {"compression": "zstd", "compression_level": 1,
+            "use_dictionary": [n for n in DICTIONARY_COLUMNS if n in names],
+            "use_byte_stream_split": floats or False,
+            "write_statistics": [n for n in STATISTICS_COLUMNS if n in names]}
+
+
+def write_parquet(table: pa.Table, path: str | os.PathLike, *, arrow_schema: bool = True) -> Path:
+    """Write one Parquet file atomically, with :func:`parquet_options`.
+
+    ``arrow_schema=False`` stores no Arrow schema in the file: its columns then read back as their
+    Parquet types say. That lets a writer hand over string columns as Arrow dictionaries (no hashing
+    of a string per row) while readers still get plain strings.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    strings = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     try:
-        pq.write_table(table, tmp, compression="zstd", row_group_size=1 << 20, use_dictionary=strings)
+        pq.write_table(table, tmp, row_group_size=1 << 20, store_schema=arrow_schema,
+                       **parquet_options(table.schema))
         os.replace(tmp, path)
     finally:
         if tmp.exists():
