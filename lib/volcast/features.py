@@ -696,14 +696,13 @@ def _read_raw_partition(src) -> pa.Table:
     return table.unify_dictionaries().combine_chunks()
 
 
-def _symbol_ranks(symbols: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """Per row, the dense rank of its Symbol among the partition's symbols (ints that compare as the
-    strings do), and the dictionary. Nulls stay null."""
+def _symbol_ranks(symbols: pa.DictionaryArray) -> pa.Array:
+    """Per row, the dense rank of its Symbol among the dictionary's values: ints that compare as the
+    strings do, so checking and sorting the order needs no string per row. Nulls stay null."""
     ranks = pc.rank(symbols.dictionary, sort_keys="ascending", tiebreaker="dense").to_numpy()
     indices = symbols.indices
-    codes = ranks[indices.fill_null(0).to_numpy()]
-    return pa.array(codes, mask=indices.is_null().to_numpy(zero_copy_only=False) if indices.null_count else None), \
-        symbols.dictionary
+    mask = indices.is_null().to_numpy(zero_copy_only=False) if indices.null_count else None
+    return pa.array(ranks[indices.fill_null(0).to_numpy()], mask=mask)
 
 
 def process_partition(src: str | os.PathLike, dst: str | os.PathLike, window=config.DEFAULT_WINDOW,
@@ -712,8 +711,7 @@ def process_partition(src: str | os.PathLike, dst: str | os.PathLike, window=con
     spec = parse_window(window, min_periods)
     table = _read_raw_partition(src)
     symbols = table[SYMBOL].chunk(0) if table.num_rows else pa.array([], pa.dictionary(pa.int32(), pa.string()))
-    ranks, _ = _symbol_ranks(symbols)
-    lay = _group_layout(ranks, table[DATE])
+    lay = _group_layout(_symbol_ranks(symbols), table[DATE])
     if lay.order is not None:  # the raw contract says sorted; keep the output sorted regardless
         table = table.take(pa.array(lay.order))
         symbols = table[SYMBOL].chunk(0)
@@ -738,8 +736,8 @@ def _compute(todo: list[tuple[Path, Path]], spec: WindowSpec, jobs: int) -> dict
             stats[src.name] = process_partition(src, dst, *args)
             bar.update()
     else:
-        # Threads, not processes: Parquet reads and writes, Arrow compute, numpy and bottleneck all
-        # release the GIL, and a thread starts at once where a fresh worker process took 1.2 s
+        # Threads, not processes: Parquet reads and writes and Arrow compute, most of the time, release
+        # the GIL, and a thread starts at once where a fresh worker process took 1.2 s
         # (forkserver + imports) in every pipeline kernel. Measured at x3 (113 partitions, 2 cores):
         # 4.8 s with threads, 4.8 s with warm worker processes, 6.1 s with the cold ones the stage had.
         # Largest partitions first so the workers finish together.
