@@ -196,3 +196,32 @@ def test_auto_formulation():
     assert train.resolve_formulation("random_forest", "auto", "auto") == ("raw", "squared_error")
     with pytest.raises(UserError):
         train.resolve_formulation("xgboost", "auto", "auto")
+
+
+def test_error_by_decile_equals_a_pandas_groupby():
+    """The card's table of errors per decile of actual volume, recomputed with pandas: rank-based
+    deciles (ties, like the many zero volumes, split evenly by position), MAE and median APE each."""
+    rng = np.random.default_rng(11)
+    n = 10_007  # not a multiple of 10: deciles differ in size by one
+    y = np.round(rng.lognormal(12, 1.5, n))
+    y[rng.random(n) < 0.05] = 0.0  # ties at zero across the first decile
+    pred, base = y * rng.lognormal(0, 0.3, n), y * rng.lognormal(0, 0.5, n)
+    table = train.error_by_decile(y, pred, base)
+
+    frame = pd.DataFrame({"y": y, "pred": pred, "base": base})
+    frame["decile"] = (frame["y"].rank(method="first").to_numpy() - 1).astype(int) * 10 // n + 1
+    frame["ape_model"] = (frame["pred"] - frame["y"]).abs() / frame["y"].clip(lower=1)
+    frame["ape_base"] = (frame["base"] - frame["y"]).abs() / frame["y"].clip(lower=1)
+    grouped = frame.groupby("decile")
+    expected = pd.DataFrame({
+        "decile": grouped.size().index,
+        "volume_from": grouped["y"].min().to_numpy(),
+        "volume_to": grouped["y"].max().to_numpy(),
+        "rows": grouped.size().to_numpy(),
+        "mae_model": grouped.apply(lambda g: (g["pred"] - g["y"]).abs().mean()).to_numpy(),
+        "mae_baseline": grouped.apply(lambda g: (g["base"] - g["y"]).abs().mean()).to_numpy(),
+        "medape_model": grouped["ape_model"].median().to_numpy(),
+        "medape_baseline": grouped["ape_base"].median().to_numpy(),
+    })
+    assert table["rows"].sum() == n and table["rows"].max() - table["rows"].min() <= 1
+    pd.testing.assert_frame_equal(table.reset_index(drop=True), expected, check_dtype=False, rtol=1e-12)

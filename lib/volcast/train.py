@@ -261,17 +261,20 @@ def error_by_decile(y, pred, baseline, n: int = 10) -> pd.DataFrame:
     """MAE and median APE of model and baseline per decile of the actual volume (rank-based, so ties
     of zero volume split evenly)."""
     y = np.asarray(y, dtype=np.float64)
+    pred, baseline = np.asarray(pred, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     order = np.argsort(y, kind="stable")
-    decile = np.empty(len(y), dtype=np.int64)
-    decile[order] = np.arange(len(y)) * n // max(len(y), 1)
+    # Row k of the sorted order is in decile k * n // len: each decile is one slice of ``order``
+    # (no full-length mask per decile: 2 s -> 0.6 s on 13 M test rows).
+    bounds = np.searchsorted(np.arange(len(y)) * n // max(len(y), 1), np.arange(n + 1))
     rows = []
     for d in range(n):
-        sel = decile == d
-        if not sel.any():
+        sel = order[bounds[d]:bounds[d + 1]]
+        if not len(sel):
             continue
-        m, b = metrics(y[sel], np.asarray(pred)[sel]), metrics(y[sel], np.asarray(baseline)[sel])
-        rows.append({"decile": d + 1, "volume_from": float(y[sel].min()), "volume_to": float(y[sel].max()),
-                     "rows": int(sel.sum()), "mae_model": m["mae"], "mae_baseline": b["mae"],
+        ys = y[sel]
+        m, b = metrics(ys, pred[sel]), metrics(ys, baseline[sel])
+        rows.append({"decile": d + 1, "volume_from": float(ys.min()), "volume_to": float(ys.max()),
+                     "rows": int(len(sel)), "mae_model": m["mae"], "mae_baseline": b["mae"],
                      "medape_model": m["medape"], "medape_baseline": b["medape"]})
     return pd.DataFrame(rows)
 
