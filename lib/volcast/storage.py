@@ -98,7 +98,7 @@ def parquet_options(schema: pa.Schema) -> dict:
     Byte-stream-split stores each float's bytes in separate streams, which zstd compresses almost as
     well and much faster. Measured on the x3 benchmark's features dataset (23.6 M rows, one process),
     against zstd with dictionaries on every string and statistics everywhere: write 6.3 s -> 4.4 s,
-    read 2.2 s -> 1.9 s, size 293 -> 297 MiB. pyarrow (since 0.17), polars and DuckDB read it.
+    read 2.2 s -> 1.9 s, size 293 -> 297 MiB. pyarrow (since 0.17) and polars read it.
     """
     names = set(schema.names)
     floats = [f.name for f in schema if pa.types.is_floating(f.type)]
