@@ -74,6 +74,29 @@ def test_serve_refuses_a_port_in_use(tiny_output):
             serve(tiny_output, api_port=free_port(), dashboard_port=port)
 
 
+def test_dashboard_port_left_in_time_wait_is_free_but_a_listener_is_not():
+    """Restarting `serve` right after a browser used the dashboard: the port is free to Voila."""
+    from volcast.serve import _free_port
+
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tornado (Voila) binds
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server closes first (as on shutdown): its side ends in TIME_WAIT
+        client.recv(1)  # wait for the FIN
+        client.close()
+        # The listener still holds the port, even for a binder that allows address reuse.
+        with pytest.raises(UserError, match=f"dashboard port {port} .* in use"):
+            _free_port("127.0.0.1", port, "dashboard", "--dashboard-port")
+    with socket.socket() as plain:  # the port is now held by TIME_WAIT only
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+    assert _free_port("127.0.0.1", port, "dashboard", "--dashboard-port") == port
+
+
 def test_model_swap_under_load_across_worker_processes(tiny_output, tmp_path):
     """Each client thread keeps one connection, so it talks to one worker: its answers switch once."""
     out = copy_output(tiny_output, tmp_path / "out")

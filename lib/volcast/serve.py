@@ -172,6 +172,8 @@ class _JsonConstant:
 
 
 def _json_type(value: Any) -> str:
+    if isinstance(value, _JsonConstant):
+        return value.word
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -254,17 +256,17 @@ def validate_batch(obj: Any) -> tuple[np.ndarray, np.ndarray, bool]:
     return vols, prices, True
 
 
-def _reject_constant(name: str) -> "_JsonConstant":
-    return _JsonConstant(name)
-
-
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     # json.loads keeps the last of repeated keys silently; a repeated field is an error, as in a query.
     obj = dict(pairs)
     if len(obj) != len(pairs):
-        names = [name for name, _ in pairs]
-        name = next(n for n in obj if names.count(n) > 1)
-        raise InputError(f"{name} is given {names.count(name)} times in one object; give it once", name)
+        # One pass (a 16 MB body can hold a million keys: counting per key would take hours).
+        counts: dict[str, int] = {}
+        for name, _ in pairs:
+            counts[name] = counts.get(name, 0) + 1
+        name = next(n for n in obj if counts[n] > 1)
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise InputError(f"{shown} is given {counts[name]} times in one object; give it once", name)
     return obj
 
 
@@ -277,7 +279,7 @@ def parse_json_body(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise InputError("malformed JSON: the body is not UTF-8 text") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        return json.loads(text, parse_constant=_JsonConstant, object_pairs_hook=_unique_keys)
     except InputError:
         raise
     except RecursionError:
@@ -628,12 +630,11 @@ def _dumps(obj: Any) -> bytes:
 class _Request(HTTPMessageDelegate):
     """The tornado message delegate for one request: collects it, then hands it to the app."""
 
-    __slots__ = ("app", "conn", "method", "target", "chunks", "size")
+    __slots__ = ("app", "conn", "method", "target", "chunks")
 
     def __init__(self, app: "ApiApplication", conn):
         self.app, self.conn = app, conn
-        self.chunks: list[bytes] = []
-        self.size = 0
+        self.chunks: list[bytes] = []  # the body; tornado enforces max_body_size
 
     # tornado.httputil.HTTPMessageDelegate interface
     def headers_received(self, start_line, headers):
@@ -961,6 +962,9 @@ def _free_port(host: str, port: int, what: str, flag: str) -> int:
     """Check ``port`` is free (or pick one for 0) by binding it briefly."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As Voila (tornado) binds: connections left in TIME_WAIT by a server stopped a moment ago
+        # do not make the port "in use"; a socket listening on it still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as err:
