@@ -228,11 +228,7 @@ def test_demo_is_deterministic_and_labelled(tmp_path):
 
 
 def test_demo_series_look_like_markets(tmp_path):
-    import time
-
-    t0 = time.perf_counter()
     root = ingest.generate_demo_market(tmp_path / "m", n_tickers=200, years=10, seed=42)
-    assert time.perf_counter() - t0 < 5
     frames = {p.stem: pd.read_csv(p) for p in sorted(root.glob("*/*.csv"))[:40]}
     for symbol, df in frames.items():
         df = df.dropna()
