@@ -31,7 +31,7 @@ def _port_open(url: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])  # SIGHUP: the terminal closed
 def test_serve_answers_from_every_worker_and_stops_cleanly(tiny_output, sig):
     sp = ServeProcess(tiny_output, dashboard=False)
     try:
@@ -51,6 +51,21 @@ def test_serve_answers_from_every_worker_and_stops_cleanly(tiny_output, sig):
     assert not _port_open(sp.api_url)
     gone, alive = psutil.wait_procs(workers, timeout=5)
     assert not alive
+
+
+def test_a_killed_supervisor_leaves_no_dashboard_or_worker_behind(tiny_output):
+    """SIGKILL (or the OOM killer) gives serve() no chance to stop its children: they stop themselves,
+    and the ports are free for the next `serve`."""
+    sp = ServeProcess(tiny_output, dashboard=True)
+    family = psutil.Process(sp.proc.pid).children(recursive=True)
+    voila = [p for p in family if "voila" in " ".join(p.cmdline())]
+    assert voila, [p.cmdline() for p in family]
+    assert _port_open(sp.dashboard_url) and _port_open(sp.api_url)
+    sp.proc.kill()
+    sp.proc.wait(10)
+    gone, alive = psutil.wait_procs(family, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not _port_open(sp.dashboard_url) and not _port_open(sp.api_url)
 
 
 def test_serve_returns_1_when_a_worker_dies(tiny_output):

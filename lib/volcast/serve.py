@@ -1058,9 +1058,25 @@ def voila_command(port: int, host: str = DEFAULT_HOST, notebook: Path | None = N
     ]
 
 
+# Runs Voila in place of a small Python process that first asks Linux to send it SIGTERM when its parent
+# (the supervisor) dies: a supervisor killed with SIGKILL cannot stop it, and an orphaned Voila would keep
+# the dashboard port. (The API workers watch their parent themselves.) Elsewhere Voila is run as is.
+_VOILA_GUARD = """
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+if sys.platform.startswith("linux"):
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        sys.exit(0)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
 def start_dashboard(output_dir: Path, host: str, port: int) -> subprocess.Popen:
+    command = voila_command(port, host)
     return subprocess.Popen(
-        voila_command(port, host),
+        [command[0], "-c", _VOILA_GUARD, str(os.getpid()), *command[1:]],
         cwd=str(NOTEBOOKS_DIR),
         env=_child_env(output_dir),
         stdin=subprocess.DEVNULL,
@@ -1116,15 +1132,17 @@ def serve(
 ) -> int:
     """Run the JSON API (``api_workers`` processes; 0 = one per core) and the Voilà dashboard.
 
-    Prints both URLs, then waits; Ctrl-C or SIGTERM stops both and returns 0. If a child dies on
-    its own, the rest are stopped and 1 is returned. Port 0 picks a free port (printed).
+    Prints both URLs, then waits; Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops both and
+    returns 0. If a child dies on its own, the rest are stopped and 1 is returned. Port 0 picks a free
+    port (printed).
     """
     layout = Layout.at(output_dir)
     workers = resolve_jobs(api_workers)
     stop_requested = threading.Event()
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        stop_signals = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+        for sig in stop_signals:
             previous[sig] = signal.signal(sig, lambda *_: stop_requested.set())
     procs: list[tuple[str, subprocess.Popen]] = []
     try:
