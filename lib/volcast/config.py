@@ -28,6 +28,12 @@ RAW_SCHEMA = pa.schema(
     ]
 )
 RAW_COLUMNS = tuple(RAW_SCHEMA.names)
+# The same on every row of a ticker. Ingest writes and features reads them as Arrow dictionaries
+# (RAW_DICTIONARY_SCHEMA), never a string per row; files store no Arrow schema, so they read back as
+# RAW_SCHEMA's plain strings.
+TICKER_COLUMNS = ("Symbol", "Security Name")
+RAW_DICTIONARY_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in TICKER_COLUMNS
+                                   else f for f in RAW_SCHEMA])
 
 # Feature contract (Problem 2).
 VOL_FEATURE = "vol_moving_avg"

@@ -671,24 +671,21 @@ def _partition_stats(starts: np.ndarray, n: int, names: list[str], dates: tuple[
     }
 
 
-# Symbol and Security Name repeat on every row of a ticker: read as Arrow dictionaries and written back
-# as they are, no string is materialised or hashed per row (read 3.0 s -> 1.9 s and about 0.8 s less
-# write over the x3 benchmark's 23.6 M rows). The files store no Arrow schema, so they read back as
-# plain strings (FEATURES_SCHEMA), like the raw partitions ingest writes.
-_TICKER_COLUMNS = (SYMBOL, "Security Name")
-_RAW_READ_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in _TICKER_COLUMNS else f
-                              for f in config.RAW_SCHEMA])
-_FEATURES_WRITE_SCHEMA = pa.schema([*_RAW_READ_SCHEMA, *[config.FEATURES_SCHEMA.field(c) for c in config.FEATURE_COLUMNS]])
+# Symbol and Security Name are read as Arrow dictionaries and written back as they are: no string is
+# materialised or hashed per row (read 3.0 s -> 1.9 s and about 0.8 s less write over the x3 benchmark's
+# 23.6 M rows).
+_FEATURES_WRITE_SCHEMA = pa.schema([*config.RAW_DICTIONARY_SCHEMA,
+                                    *[config.FEATURES_SCHEMA.field(c) for c in config.FEATURE_COLUMNS]])
 
 
 def _read_raw_partition(src) -> pa.Table:
     """One raw partition with the ticker columns as (unified) dictionaries; a clear error if it is not one."""
-    table = pq.read_table(src, read_dictionary=list(_TICKER_COLUMNS))
+    table = pq.read_table(src, read_dictionary=list(config.TICKER_COLUMNS))
     missing = [c for c in config.RAW_COLUMNS if c not in table.column_names]
     if missing:
         raise UserError(f"{src}: not a raw volcast partition (missing {', '.join(missing)}); re-run ingest")
     try:
-        table = table.select(list(config.RAW_COLUMNS)).cast(_RAW_READ_SCHEMA)
+        table = table.select(list(config.RAW_COLUMNS)).cast(config.RAW_DICTIONARY_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise UserError(f"{src}: columns do not match the raw schema ({exc}); re-run ingest") from None
     # Each row group brings its own dictionary: one shared dictionary per column, so rows compare by

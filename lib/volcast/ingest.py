@@ -35,7 +35,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from . import config, storage
-from .config import CSV_COLUMNS, PRICE_COLUMNS, RAW_SCHEMA, Layout
+from .config import CSV_COLUMNS, PRICE_COLUMNS, RAW_DICTIONARY_SCHEMA, RAW_SCHEMA, TICKER_COLUMNS, Layout
 from .errors import UserError
 
 STAGE = "ingest"
@@ -483,8 +483,7 @@ def _clean_file(table: pa.Table, symbol: str, security_name: str | None) -> Pars
 
 
 CANONICAL_HEADER = ",".join(CSV_COLUMNS).encode() + b"\n"
-_TICKER_COLUMNS = ("Symbol", "Security Name")  # the same on every row of a file
-_RAW_BODY_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name not in _TICKER_COLUMNS])
+_RAW_BODY_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name not in TICKER_COLUMNS])
 BATCH_BYTES = 16 << 20  # CSV text parsed in one Arrow read (per-call overhead is ~0.4 ms, a third of a small file's cost)
 
 
@@ -1173,10 +1172,6 @@ class _BufferedParquet:
         return self.rows
 
 
-_RAW_WRITE_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in _TICKER_COLUMNS else f
-                               for f in RAW_SCHEMA])
-
-
 class _RawParquet(_BufferedParquet):
     """The raw partition writer: each piece added is one ticker's rows, so Symbol and Security Name are
     handed to Parquet as ready-made dictionary columns (no hashing of a string per row: 20% of the write).
@@ -1192,17 +1187,17 @@ class _RawParquet(_BufferedParquet):
         if table is None or not table.num_rows:
             return
         self.tickers.append((symbol, name, table.num_rows))
-        super().add(table.drop_columns([c for c in _TICKER_COLUMNS if c in table.column_names]))
+        super().add(table.drop_columns([c for c in TICKER_COLUMNS if c in table.column_names]))
 
     def _flush(self) -> None:
         if not self.buffer:
             return
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, _RAW_WRITE_SCHEMA, store_schema=False,
+            self.writer = pq.ParquetWriter(self.tmp, RAW_DICTIONARY_SCHEMA, store_schema=False,
                                            **storage.parquet_options(RAW_SCHEMA))
         rows = np.array([n for _, _, n in self.tickers], np.int64)
         columns = {}
-        for pos, name in enumerate(_TICKER_COLUMNS):
+        for pos, name in enumerate(TICKER_COLUMNS):
             values = [t[pos] for t in self.tickers]
             unique = list(dict.fromkeys(v for v in values if v is not None))
             code = {v: i for i, v in enumerate(unique)}
@@ -1210,7 +1205,7 @@ class _RawParquet(_BufferedParquet):
             idx = np.repeat(per_piece, rows)
             columns[name] = pa.DictionaryArray.from_arrays(pa.array(idx, mask=idx < 0), pa.array(unique, pa.string()))
         body = pa.concat_tables(self.buffer)
-        table = pa.table({**columns, **{c: body[c] for c in body.column_names}}, schema=_RAW_WRITE_SCHEMA)
+        table = pa.table({**columns, **{c: body[c] for c in body.column_names}}, schema=RAW_DICTIONARY_SCHEMA)
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.rows += self.buffered
         self.buffer, self.buffered, self.tickers = [], 0, []
