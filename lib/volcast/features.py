@@ -689,8 +689,8 @@ def _read_raw_partition(src) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise UserError(f"{src}: columns do not match the raw schema ({exc}); re-run ingest") from None
     # Each row group brings its own dictionary: one shared dictionary per column, so rows compare by
-    # index and the writer takes the column as it is.
-    return table.unify_dictionaries().combine_chunks()
+    # index and the writer takes the column as it is (no copy of the row groups into one chunk).
+    return table.unify_dictionaries()
 
 
 def _symbol_ranks(symbols: pa.DictionaryArray) -> pa.Array:
@@ -707,11 +707,10 @@ def process_partition(src: str | os.PathLike, dst: str | os.PathLike, window=con
     """Read one raw partition file, add the features, write it to ``dst``; return its stats."""
     spec = parse_window(window, min_periods)
     table = _read_raw_partition(src)
-    symbols = table[SYMBOL].chunk(0) if table.num_rows else pa.array([], pa.dictionary(pa.int32(), pa.string()))
-    lay = _group_layout(_symbol_ranks(symbols), table[DATE])
+    lay = _group_layout(_symbol_ranks(table[SYMBOL].combine_chunks()), table[DATE])
     if lay.order is not None:  # the raw contract says sorted; keep the output sorted regardless
         table = table.take(pa.array(lay.order))
-        symbols = table[SYMBOL].chunk(0)
+    symbols = table[SYMBOL]
     day = table[DATE]
     t = _date_ticks(day) if spec.is_offset else None
     vol, med = _features_sorted(lay.starts, _numeric(table[VOLUME], VOLUME), _numeric(table[ADJ_CLOSE], ADJ_CLOSE),
