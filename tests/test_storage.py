@@ -88,3 +88,15 @@ def test_parquet_options_round_trip_exactly_and_dictionaries_read_back_as_string
     assert "BYTE_STREAM_SPLIT" in column["Adj Close"].encodings
     assert column["Symbol"].statistics.has_min_max and column["Date"].statistics.has_min_max
     assert column["Adj Close"].statistics is None or not column["Adj Close"].statistics.has_min_max
+
+
+def test_dictionary_value_counts_add_up_across_row_groups(tmp_path):
+    import collections
+
+    import pyarrow.parquet as pq
+
+    values = ["B", "A", None, "C", "A", "B", "B", None, "A", "D"] * 7
+    pq.write_table(pa.table({"Symbol": values}), tmp_path / "t.parquet", row_group_size=9)  # 8 row groups
+    column = pq.read_table(tmp_path / "t.parquet", read_dictionary=["Symbol"])["Symbol"]
+    assert column.num_chunks > 1
+    assert storage.dictionary_value_counts(column) == collections.Counter(v for v in values if v is not None)

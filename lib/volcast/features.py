@@ -620,14 +620,9 @@ def load_features(output_dir, symbol: str | None = None, columns: list[str] | No
 
 def most_rows_symbol(output_dir) -> str:
     """The ticker with the most rows (the alphabetically first on a tie): a good one to chart."""
-    # Symbol read as dictionary indices and counted per row group: no string per row (x3: 0.45 s -> 0.1 s).
-    column = pq.read_table(_features_path(output_dir), columns=[SYMBOL], read_dictionary=[SYMBOL])[SYMBOL]
-    rows: dict[str, int] = {}
-    for chunk in column.chunks:
-        counts = np.bincount(pc.drop_null(chunk.indices).to_numpy(), minlength=len(chunk.dictionary))
-        for name, n in zip(chunk.dictionary.to_pylist(), counts.tolist()):
-            if n:
-                rows[name] = rows.get(name, 0) + n  # a ticker can span row groups
+    # Symbol read as dictionary indices and counted: no string per row (x3: 0.45 s -> 0.2 s).
+    rows = storage.dictionary_value_counts(
+        pq.read_table(_features_path(output_dir), columns=[SYMBOL], read_dictionary=[SYMBOL])[SYMBOL])
     if not rows:
         raise UserError("the features dataset is empty; ingest a source with data first")
     return min(rows, key=lambda name: (-rows[name], name))

@@ -1353,13 +1353,7 @@ def _summarize_row_group(path: Path, i: int) -> tuple[dict[str, int], np.ndarray
     # Symbol read as dictionary indices (no string per row); Date as calendar days (a valid raw Date is
     # exactly YYYY-MM-DD, so the day prints back as the same text).
     part = pq.ParquetFile(path, read_dictionary=["Symbol"]).read_row_group(i, columns=["Symbol", "Date"])
-    tickers: dict[str, int] = {}
-    for chunk in part["Symbol"].chunks:
-        idx = pc.drop_null(chunk.indices).to_numpy()
-        counts = np.bincount(idx, minlength=len(chunk.dictionary))
-        for name, c in zip(chunk.dictionary.to_pylist(), counts.tolist()):
-            if c:
-                tickers[name] = tickers.get(name, 0) + c
+    tickers = storage.dictionary_value_counts(part["Symbol"])
     days = pc.drop_null(pc.cast(part["Date"], pa.date32()))
     years = np.bincount(pc.year(days).to_numpy(), minlength=10000) if len(days) else np.zeros(10000, np.int64)
     mm = pc.min_max(days.cast(pa.int32())).as_py()

@@ -17,7 +17,9 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 PARTITION_PREFIX = "part-"
@@ -106,6 +108,21 @@ def parquet_options(schema: pa.Schema) -> dict:
             "use_dictionary": [n for n in DICTIONARY_COLUMNS if n in names],
             "use_byte_stream_split": floats or False,
             "write_statistics": [n for n in STATISTICS_COLUMNS if n in names]}
+
+
+def dictionary_value_counts(column: pa.ChunkedArray | pa.DictionaryArray) -> dict[str, int]:
+    """Rows per value of a dictionary-encoded column (as read with ``read_dictionary``), nulls left out.
+
+    Counts indices, not strings: no string per row. Each chunk may have its own dictionary (one per row
+    group), so counts are added up by value.
+    """
+    counts: dict[str, int] = {}
+    for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+        per_index = np.bincount(pc.drop_null(chunk.indices).to_numpy(), minlength=len(chunk.dictionary))
+        for value, n in zip(chunk.dictionary.to_pylist(), per_index.tolist()):
+            if n:
+                counts[value] = counts.get(value, 0) + n
+    return counts
 
 
 def write_parquet(table: pa.Table, path: str | os.PathLike, *, arrow_schema: bool = True) -> Path:
