@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import DATA, ensure_tree  # noqa: E402  (the benchmark's own tree builder)
+from run import DATA, ensure_tree, stage_seconds  # noqa: E402  (the benchmark's own tree builder)
 
 STAGES = ("ingest", "features", "train")
 
@@ -56,8 +56,8 @@ def timeline(out: Path, stage: str, wall: float) -> list[tuple[str, float]]:
         first = next((line for line in source if not line.startswith("#")), source[0] if source else "")
         rows.append((f"cell: {first[:70]}", cell["metadata"]["papermill"]["duration"] or 0.0))
     rows.append(("kernel shutdown", (when(meta["end_time"]) - when(cells[-1]["metadata"]["papermill"]["end_time"])).total_seconds()))
-    own = json.loads((out / "reports" / f"{stage}.json").read_text()).get("seconds")
-    if isinstance(own, (int, float)):
+    own = stage_seconds(out, stage)
+    if own is not None:
         rows.append((f"  of which {stage}.run's own report", own))
     if manifest["stages"][stage]["status"] != "ok":
         raise SystemExit(f"the {stage} stage failed: {manifest['stages'][stage]}")

@@ -120,6 +120,14 @@ def measure(cmd: list[str], label: str) -> dict:
     return {"label": label, "seconds": seconds, "peak_rss_gib": peak / 2**30, "stdout": stdout.strip()}
 
 
+def stage_seconds(out: Path, stage: str) -> float | None:
+    """The stage's own time from its report (train reports parts and a total), without papermill and
+    kernel start-up."""
+    own = json.loads((out / "reports" / f"{stage}.json").read_text()).get("seconds")
+    own = own.get("total", own.get("stage")) if isinstance(own, dict) else own
+    return own if isinstance(own, (int, float)) else None
+
+
 def best_of(repeat: int, cmd: list[str], label: str, after=None) -> dict:
     """``measure`` ``repeat`` times; the fastest run (the least disturbed on a shared machine), with
     every run's seconds kept. ``after(result)`` adds what only that run's files tell."""
@@ -161,10 +169,8 @@ def main(argv=None) -> int:
     ours = {}
 
     def own_seconds(stage):
-        def read(result):  # the library's own time, without papermill and kernel start-up
-            own = json.loads((out / "reports" / f"{stage}.json").read_text()).get("seconds")
-            own = own.get("total", own.get("stage")) if isinstance(own, dict) else own
-            result["stage_seconds"] = own if isinstance(own, (int, float)) else None
+        def read(result):
+            result["stage_seconds"] = stage_seconds(out, stage)
         return read
 
     for stage in ("ingest", "features", "train"):
