@@ -1,8 +1,10 @@
 """The runner: CLI parsing, fingerprints, locking, and end-to-end runs of the real notebooks."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,6 +49,25 @@ def test_stages_keep_dag_order_and_reject_unknown():
         pipeline.parse_stages("ingest,predict")
 
 
+def test_run_ids_sort_in_start_order_within_a_second_and_when_the_clock_steps_back(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    noon = dt.datetime(2026, 11, 27, 12, 0, 0)
+    made = []
+    # three runs in one second, then one with the clock stepped back an hour
+    for now in [noon, noon + dt.timedelta(milliseconds=300), noon + dt.timedelta(milliseconds=300),
+                noon - dt.timedelta(hours=1)]:
+        run_id = pipeline.new_run_id(runs, now=now)
+        (runs / run_id).mkdir()
+        made.append(run_id)
+    assert sorted(made) == made and len(set(made)) == 4
+    assert made[0].startswith("20261127T120000.000000-")
+    assert made[3].startswith("20261127T120000.300002-"), "moved just past the newest run"
+    # an id of the older whole-second form still sorts before a new id of the same second
+    (runs / "20261127T130000-abcdef").mkdir()
+    assert pipeline.new_run_id(runs, now=dt.datetime(2026, 11, 27, 13, 0, 0)) > "20261127T130000-abcdef"
+
+
 def test_fingerprint_changes_with_content_not_with_time(tmp_path):
     (tmp_path / "a.csv").write_text("x")
     first = pipeline.fingerprint_path(tmp_path)
@@ -72,6 +93,14 @@ def full_run(tmp_path_factory, sample_source):
 
 def _manifests(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*/manifest.json"))]
+
+
+def _latest_manifest(out: Path, proc) -> dict:
+    """The manifest of the run ``proc`` made, which must also be the newest by name (``ls runs | tail -1``)."""
+    (run_id,) = re.findall(r"^volcast run (\S+) -> ", proc.stdout, flags=re.M)
+    latest = _manifests(out)[-1]
+    assert latest["run_id"] == run_id, "run ids must sort in the order the runs started"
+    return latest
 
 
 def test_full_run_leaves_notebooks_manifest_and_outputs(full_run):
@@ -103,7 +132,7 @@ def test_unchanged_rerun_skips_every_stage(full_run):
     assert first.returncode == 0
     proc = run_cli("--output-dir", out, "--source", _source_of(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    latest = _manifests(out)[-1]
+    latest = _latest_manifest(out, proc)
     assert {s["status"] for s in latest["stages"].values()} == {"skipped"}
     assert proc.stdout.count("skipped") == 3
 
@@ -114,7 +143,7 @@ def test_changed_parameter_reruns_that_stage_and_downstream(full_run):
     proc = run_cli("--output-dir", out, "--source", _source_of(out), "--no-progress",
                    "--param", "features.window=10", "--stages", "ingest,features")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    stages = _manifests(out)[-1]["stages"]
+    stages = _latest_manifest(out, proc)["stages"]
     assert stages["ingest"]["status"] == "skipped"
     assert stages["features"]["status"] == "ok"
     assert json.loads((out / "reports" / "features.json").read_text())["window"] == 10
@@ -126,7 +155,7 @@ def test_force_reruns_every_stage_in_full(full_run):
     proc = run_cli("--output-dir", out, "--source", _source_of(out), "--no-progress", "--force",
                    "--stages", "ingest,features")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    stages = _manifests(out)[-1]["stages"]
+    stages = _latest_manifest(out, proc)["stages"]
     assert stages["ingest"]["status"] == stages["features"]["status"] == "ok"
     ingest_report = json.loads((out / "reports" / "ingest.json").read_text())
     features_report = json.loads((out / "reports" / "features.json").read_text())
@@ -148,7 +177,7 @@ def test_failing_stage_exits_nonzero_and_names_its_notebook(full_run):
     notebook = Path(proc.stderr.strip().splitlines()[-1].split(": ", 1)[1])
     assert notebook.name == "03_train.ipynb" and notebook.exists()
     assert "no_such_model" in notebook.read_text()
-    assert _manifests(out)[-1]["status"] == "failed"
+    assert _latest_manifest(out, proc)["status"] == "failed"
     assert len(proc.stderr.strip().splitlines()) <= 3
 
 

@@ -304,8 +304,29 @@ class StageFailed(Exception):
         self.stage, self.error, self.notebook, self.user_error = stage, error, notebook, user_error
 
 
-def new_run_id() -> str:
-    return dt.datetime.now().strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+_RUN_STAMP = "%Y%m%dT%H%M%S.%f"
+
+
+def new_run_id(runs_dir: Path | None = None, now: dt.datetime | None = None) -> str:
+    """A run id that sorts after every run already in ``runs_dir``.
+
+    ``ls runs/ | tail -1`` is the latest run: the stamp has microseconds, because an unchanged re-run
+    takes well under a second, and if the clock is behind the newest id (stepped back, or two runs in
+    one tick) the stamp is moved just past it. Runs of one output directory are serialised by its
+    lock, so no two runs race here.
+    """
+    stamp = now or dt.datetime.now()
+    newest = None
+    if runs_dir is not None and runs_dir.is_dir():
+        newest = max((p.name for p in runs_dir.iterdir() if p.is_dir()), default=None)
+    if newest is not None:
+        try:
+            newest_stamp = dt.datetime.strptime(newest.split("-", 1)[0], _RUN_STAMP)
+        except ValueError:  # a run id of the older, whole-second form, or a stray directory
+            newest_stamp = None
+        if newest_stamp is not None and stamp <= newest_stamp:
+            stamp = newest_stamp + dt.timedelta(microseconds=1)
+    return stamp.strftime(_RUN_STAMP) + "-" + uuid.uuid4().hex[:6]
 
 
 def _now() -> str:
@@ -394,7 +415,7 @@ def run_pipeline(
 def _run_locked(layout, selected, source, overrides, force, jobs, say, progress) -> dict:
     papermill = _import_papermill()
 
-    run_id = new_run_id()
+    run_id = new_run_id(layout.runs_dir)
     run_dir = layout.runs_dir / run_id
     run_dir.mkdir(parents=True)
     kernel = ensure_kernel(layout)
