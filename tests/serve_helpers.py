@@ -161,8 +161,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def hammer(base_url: str, stop: threading.Event, seed: int) -> list[tuple[int, object, tuple]]:
-    """Requests on one keep-alive connection until stopped: GETs and POSTed lists, random features."""
+def hammer(base_url: str, stop: threading.Event, seed: int,
+           last_model: dict | None = None) -> list[tuple[int, object, tuple]]:
+    """Requests on one keep-alive connection until stopped: GETs and POSTed lists, random features.
+
+    ``last_model[seed]``, if given, holds the model id of the latest answer, so a caller can wait for a swap.
+    """
     rng = np.random.default_rng(seed)
     c = Client(base_url)
     out = []
@@ -176,6 +180,8 @@ def hammer(base_url: str, stop: threading.Event, seed: int) -> list[tuple[int, o
                 pairs = ((vol, price), (vol * 2, price / 2))
                 status, body = c.post("/predict", [{VOL: v, PRICE: p} for v, p in pairs])
                 out.append((status, body, pairs))
+            if last_model is not None and status == 200:
+                last_model[seed] = (body[0] if isinstance(body, list) else body)["model_id"]
     except Exception as err:  # a dropped connection is a failure too
         out.append((-1, repr(err), ()))
     finally:
@@ -210,13 +216,19 @@ def run_swap(base_url: str, out: Path, threads: int = 6) -> None:
     old = latest_id(out)
     old_dir = train.latest_model_dir(out)
     stop = threading.Event()
+    last_model: dict[int, str] = {}
     with ThreadPoolExecutor(threads) as pool:
-        futures = [pool.submit(hammer, base_url, stop, seed) for seed in range(threads)]
+        futures = [pool.submit(hammer, base_url, stop, seed, last_model) for seed in range(threads)]
         time.sleep(0.5)
         train.run(out, seed=11, iterations=25, max_train_rows=20_000, jobs=1, progress=False)  # publishes a new LATEST
         new = latest_id(out)
         assert new != old
-        time.sleep(2.5)  # servers poll LATEST every second
+        # Servers poll LATEST every second; wait until every client is answered by the new model (on a loaded
+        # machine that can take longer than a fixed sleep), then keep hammering a little to catch a step back.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(last_model.get(i) == new for i in range(threads)):
+            time.sleep(0.1)
+        time.sleep(1.0)
         stop.set()
         results = [f.result() for f in futures]
     check_swap(results, old_dir, train.latest_model_dir(out), old, new)
