@@ -567,14 +567,26 @@ def parse_csv_batch(items: list[tuple[bytes, str, str | None]], ticker_columns: 
             parts.append(body)
     if not picked:
         return results
-    joined = _SEPARATOR.join([*parts, b""])  # ends with a separator too
+    joined = pa.py_buffer(_SEPARATOR.join([*parts, b""]))  # ends with a separator too
     del parts
+    parsed = _parse_joined(joined, [items[i][1:] for i in picked], ticker_columns)
+    for i, one in zip(picked, parsed):
+        results[i] = one
+    return results
+
+
+def _parse_joined(joined: pa.Buffer, tickers: list[tuple[str, str | None]],
+                  ticker_columns: bool = True) -> list[ParsedFile | None]:
+    """``parse_csv_batch`` on bodies already joined (each followed by ``_SEPARATOR``), one
+    ``(symbol, security name)`` per body: a result per body, None where parse_csv must decide."""
+    results: list[ParsedFile | None] = [None] * len(tickers)
+    picked = range(len(tickers))
     try:
-        table, invalid = _read_joined(pa.py_buffer(joined), typed=True)
+        table, invalid = _read_joined(joined, typed=True)
         typed = True
     except pa.ArrowInvalid:  # a value somewhere is no number: read text, then convert file by file
         try:
-            table, invalid = _read_joined(pa.py_buffer(joined), typed=False)
+            table, invalid = _read_joined(joined, typed=False)
         except pa.ArrowInvalid:
             return results
         typed = False
@@ -640,18 +652,18 @@ def parse_csv_batch(items: list[tuple[bytes, str, str | None]], ticker_columns: 
     zero = pc.fill_null(pc.equal(volume, 0), False)
     zero_volume = np.bincount(files_of(zero), minlength=len(picked)) if pc.any(zero).as_py() else np.zeros(len(picked), np.int64)
     columns = {"Date": table["Date"], **{c: table[c] for c in PRICE_COLUMNS}, "Volume": volume}
-    for k, i in enumerate(picked):
+    for k in picked:
         if not ok[k] or not counts[k]:
             continue
         s, c = int(starts[k]), int(counts[k])
-        _, symbol, name = items[i]
+        symbol, name = tickers[k]
         values = {col: arr.slice(s, c) for col, arr in columns.items()}
         if ticker_columns:
             kept = pa.table({"Symbol": pa.repeat(pa.scalar(symbol, pa.string()), c),
                              "Security Name": pa.repeat(pa.scalar(name, pa.string()), c), **values}, schema=RAW_SCHEMA)
         else:
             kept = pa.table(values, schema=_RAW_BODY_SCHEMA)
-        results[i] = ParsedFile(kept, None, {"rows_read": c, "rows_kept": c, "rows_quarantined": 0,
+        results[k] = ParsedFile(kept, None, {"rows_read": c, "rows_kept": c, "rows_quarantined": 0,
                                              "zero_volume_rows": int(zero_volume[k]),
                                              "nonpositive_price_rows": int(nonpositive[k])}, None)
     return results
@@ -1224,6 +1236,84 @@ class _Task(NamedTuple):
     bytes: int
 
 
+class _JoinedBodies:
+    """A batch's plain CSV files read straight into one buffer, reused batch after batch, already joined
+    the way ``parse_csv_batch`` joins them: no bytes object per file and no joined copy.
+
+    Files not plain enough for the joint read (``_batch_body``'s rules) are returned as bytes instead.
+    Measured on 2,000 files of the x3 benchmark (553 MB, in the page cache, one process): ``read()``
+    per file 0.33-0.81 s (fresh pages for each bytes object), into the reused buffer 0.13 s; the
+    join's copy (0.19 s) is gone too.
+    """
+
+    _HEADER = len(CANONICAL_HEADER)
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(BATCH_BYTES + (1 << 20))
+        self.end = 0
+        self.spans: list[tuple[int, int]] = []  # each appended body's [start, stop) in the buffer
+
+    def clear(self) -> None:
+        self.end, self.spans = 0, []
+
+    def fits(self, size: int) -> bool:
+        return self.end + size + len(_SEPARATOR) <= len(self.buffer)
+
+    def read(self, path: str) -> tuple[int, bytes | None]:
+        """Append the file's body (the result is ``(crc32 of the whole file, None)``), or return
+        ``(crc32, the file's bytes)`` when it must be parsed alone. The caller clears a full buffer first."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if not self.fits(size):  # one file bigger than a batch (or grown since the caller looked)
+                bigger = bytearray(self.end + size + len(_SEPARATOR) + (1 << 20))
+                bigger[:self.end] = memoryview(self.buffer)[:self.end]
+                self.buffer = bigger
+            header = os.pread(fd, self._HEADER, 0)
+            if header != CANONICAL_HEADER or size == self._HEADER:
+                data = header + _read_rest(fd, self._HEADER)
+                return zlib.crc32(data), data
+            start = self.end
+            view = memoryview(self.buffer)
+            n = os.preadv(fd, [view[start:start + size - self._HEADER]], self._HEADER)
+            stop = start + n
+            crc = zlib.crc32(view[start:stop], zlib.crc32(header))
+            plain = (self.buffer.find(b"\r", start, stop) == -1 and self.buffer.find(b'"', start, stop) == -1
+                     and self.buffer.find(b"\x00", start, stop) == -1
+                     and not (np.frombuffer(self.buffer, np.uint8, n, start) >= 0x80).any())
+            if n < size - self._HEADER or not plain:  # not plain (or the file shrank meanwhile)
+                data = header + view[start:stop].tobytes() + _read_rest(fd, self._HEADER + n)
+                return zlib.crc32(data), data
+            view[stop:stop + len(_SEPARATOR)] = _SEPARATOR
+            del view
+            self.end = stop + len(_SEPARATOR)
+            self.spans.append((start, stop))
+            return crc, None
+        finally:
+            os.close(fd)
+
+    def body(self, k: int) -> bytes:
+        """The whole file of the k-th appended body, for the file-by-file parser."""
+        start, stop = self.spans[k]
+        return CANONICAL_HEADER + bytes(self.buffer[start:stop])
+
+    def parse(self, tickers: list[tuple[str, str | None]]) -> list[ParsedFile | None]:
+        if not self.spans:
+            return []
+        return _parse_joined(pa.py_buffer(memoryview(self.buffer)[:self.end]), tickers, ticker_columns=False)
+
+
+def _read_rest(fd: int, offset: int) -> bytes:
+    chunks = []
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+_JOINED: _JoinedBodies | None = None  # one per process: reused by every partition task it runs
+
+
 def _partition_task(task: _Task) -> list[dict]:
     """Parse a partition's files and write its raw and quarantine Parquet files. Returns per-file entries."""
     old_raw = old_q = None
@@ -1243,26 +1333,37 @@ def _partition_task(task: _Task) -> list[dict]:
     old_bounds = _symbol_bounds(old_raw) if old_raw is not None else {}
     old_q_bounds = _symbol_bounds(old_q, "symbol") if old_q is not None else {}
     entries = []
-    batch: list[tuple[dict, bytes | None, str, str | None, ParsedFile | None]] = []
+    # (entry, the file's bytes, symbol, security name, result so far, index of its body in `joined`)
+    batch: list[tuple[dict, bytes | None, str, str | None, ParsedFile | None, int | None]] = []
     batch_bytes = 0
+    global _JOINED
+    joined = None
+    if os.path.isdir(task.source_path):  # zip members are read as bytes
+        joined = _JOINED = _JOINED or _JoinedBodies()
+        joined.clear()
 
     def flush() -> None:
         """Parse the batch (jointly where files are clean, else file by file) and write it in order."""
         nonlocal batch, batch_bytes
+        fast: dict[int, ParsedFile | None] = {}
         readable = [k for k, b in enumerate(batch) if b[1] is not None]
-        joint = [None] * len(readable)
         if len(readable) > 1:
             try:
-                joint = parse_csv_batch([batch[k][1:4] for k in readable], ticker_columns=False)
+                fast.update(zip(readable, parse_csv_batch([batch[k][1:4] for k in readable], ticker_columns=False)))
             except Exception:  # the file-by-file path below decides, and reports what is wrong
                 pass
-        fast = dict(zip(readable, joint))
-        for k, (entry, data, symbol, name, parsed) in enumerate(batch):
+        in_buffer = [k for k, b in enumerate(batch) if b[5] is not None]
+        if len(in_buffer) > 1:  # one file alone: parse_csv is as fast
+            try:
+                fast.update(zip(in_buffer, joined.parse([batch[k][2:4] for k in in_buffer])))
+            except Exception:
+                pass
+        for k, (entry, data, symbol, name, parsed, body) in enumerate(batch):
             if parsed is None:
                 parsed = fast.get(k)
             if parsed is None:
                 try:
-                    parsed = parse_csv(data, symbol, name, entry["file"])
+                    parsed = parse_csv(data if body is None else joined.body(body), symbol, name, entry["file"])
                 except Exception as exc:  # never let one file stop the run
                     parsed = _reject(f"unreadable: {type(exc).__name__}: {exc}")
             entry.update(parsed.counts)
@@ -1274,6 +1375,8 @@ def _partition_task(task: _Task) -> list[dict]:
         if _PROGRESS is not None and batch:
             _PROGRESS.put(len(batch))
         batch, batch_bytes = [], 0
+        if joined is not None:
+            joined.clear()
 
     for symbol, item in pieces:
         if item is None:
@@ -1287,12 +1390,21 @@ def _partition_task(task: _Task) -> list[dict]:
         rel, name = item
         entry: dict[str, Any] = {"file": rel[len(task.root):], "symbol": symbol}
         try:
-            data = _read_member(task.source_path, rel)
-            entry["crc32"] = f"{zlib.crc32(data):08x}"
-            batch.append((entry, data, symbol, name, None))
-            batch_bytes += len(data)
+            if joined is not None:
+                path = os.path.join(task.source_path, rel)
+                if batch and not joined.fits(os.path.getsize(path)):
+                    flush()
+                crc, data = joined.read(path)
+                body = None if data is not None else len(joined.spans) - 1
+                size = len(data) if data is not None else joined.spans[-1][1] - joined.spans[-1][0]
+            else:
+                data = _read_member(task.source_path, rel)
+                crc, body, size = zlib.crc32(data), None, len(data)
+            entry["crc32"] = f"{crc:08x}"
+            batch.append((entry, data, symbol, name, None, body))
+            batch_bytes += size
         except Exception as exc:  # never let one file stop the run
-            batch.append((entry, None, symbol, name, _reject(f"unreadable: {type(exc).__name__}: {exc}")))
+            batch.append((entry, None, symbol, name, _reject(f"unreadable: {type(exc).__name__}: {exc}"), None))
         if batch_bytes >= BATCH_BYTES:
             flush()
     flush()
