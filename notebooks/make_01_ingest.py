@@ -83,8 +83,9 @@ cells = [
     ),
     new_markdown_cell(
         "## The raw dataset\n\n"
-        "Summarised without loading it (the full dataset is ~28 M rows): counts come from the Parquet "
-        "footers and from the Symbol and Date columns read one row group at a time (`ingest.summarize_raw`)."
+        "Summarised without loading it (the full dataset is ~28 M rows): the rows per ticker and per year, "
+        "and the first and last date, are counted by ingest as it writes each partition and kept in the "
+        "partition's Parquet footer (`ingest.summarize_raw`)."
     ),
     new_code_cell(
         "# NBVAL_CHECK_OUTPUT\n"

@@ -258,14 +258,37 @@ def test_summarize_raw_empty(tmp_path):
     assert list(s["head"].columns) == list(config.RAW_COLUMNS)
 
 
-def test_summarize_raw_sums_across_row_groups(sample_run, sample_raw, tmp_path):
-    """Tickers and years split over many small row groups still count once each."""
+@pytest.mark.parametrize("footer", ["kept", "stripped", "of other rows"])
+def test_summarize_raw_sums_across_row_groups(sample_run, sample_raw, tmp_path, footer):
+    """Tickers and years split over many small row groups still count once each, whether they come from
+    the summary ingest writes in each footer or, without one (or with one that does not fit), from the rows."""
     raw_dir = Layout.at(tmp_path).raw_dir
     raw_dir.mkdir(parents=True)
     for i, f in enumerate(sorted(Layout.at(sample_run[0]).raw_dir.glob("part-*.parquet"))[:5]):
-        pq.write_table(pq.read_table(f), raw_dir / f.name, row_group_size=777)
+        table = pq.read_table(f)
+        assert ingest.SUMMARY_KEY.encode() in table.schema.metadata
+        if footer == "stripped":
+            table = table.replace_schema_metadata(None)
+        elif footer == "of other rows":  # a footer carried over by a rewrite that dropped rows
+            table = table.slice(1)
+        pq.write_table(table, raw_dir / f.name, row_group_size=777)
     s = ingest.summarize_raw(tmp_path)
     df = pd.read_parquet(raw_dir)
     assert s["rows"] == len(df) and s["tickers"] == df["Symbol"].nunique()
     assert s["rows_per_ticker"].to_dict() == df.groupby("Symbol").size().to_dict()
     assert s["rows_per_year"].to_dict() == df["Date"].str[:4].astype(int).value_counts().to_dict()
+    assert (s["date_min"], s["date_max"]) == (df["Date"].min(), df["Date"].max())
+
+
+def test_summary_footers_count_rows_written_in_many_row_groups(tmp_path, sample_source, monkeypatch):
+    """Partitions written in many row groups: the footer's counts add up every group's rows."""
+    monkeypatch.setattr(ingest, "ROW_GROUP_ROWS", 5_000)
+    ingest.run(tmp_path, source=str(sample_source), jobs=1)
+    files = sorted(Layout.at(tmp_path).raw_dir.glob("part-*.parquet"))
+    assert max(pq.read_metadata(f).num_row_groups for f in files) > 3
+    assert all(ingest._footer_summary(pq.read_metadata(f)) for f in files)
+    s = ingest.summarize_raw(tmp_path)
+    df = pd.read_parquet(Layout.at(tmp_path).raw_dir)
+    assert s["rows_per_ticker"].to_dict() == df.groupby("Symbol").size().to_dict()
+    assert s["rows_per_year"].to_dict() == df["Date"].str[:4].astype(int).value_counts().to_dict()
+    assert (s["date_min"], s["date_max"]) == (df["Date"].min(), df["Date"].max())

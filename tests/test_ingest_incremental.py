@@ -5,6 +5,7 @@ import os
 import shutil
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from volcast import ingest, storage
@@ -67,6 +68,16 @@ def test_incremental_equals_full(edited):
     pd.testing.assert_frame_equal(q_a, q_b)
     assert stable(edited["second"]) == stable(edited["full_report"])
     assert edited["second"]["incremental"] and not edited["full_report"]["incremental"]
+
+
+def test_summary_after_an_incremental_run_counts_the_dataset(edited):
+    """Reused and rewritten partitions' footers together describe exactly the edited dataset."""
+    raw, _ = dataset(edited["out"])
+    summary = ingest.summarize_raw(edited["out"])
+    assert summary["rows_per_ticker"].to_dict() == raw.groupby("Symbol").size().to_dict()
+    assert summary["rows_per_year"].to_dict() == raw["Date"].str[:4].astype(int).value_counts().to_dict()
+    assert (summary["date_min"], summary["date_max"]) == (raw["Date"].min(), raw["Date"].max())
+    assert all(ingest._footer_summary(pq.read_metadata(p)) for p in Layout.at(edited["out"]).raw_dir.glob("part-*"))
 
 
 def test_only_changed_partitions_rewritten(edited):

@@ -13,6 +13,7 @@ Layers, from pure to I/O:
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
@@ -39,6 +40,7 @@ from .config import CSV_COLUMNS, PRICE_COLUMNS, RAW_DICTIONARY_SCHEMA, RAW_SCHEM
 from .errors import UserError
 
 STAGE = "ingest"
+SUMMARY_KEY = "volcast.summary"  # a raw partition's footer: rows per Symbol and per year, first and last Date
 STATE_FILE = "_ingest_state.json"  # inside the raw dataset version: published atomically with the data
 STATE_VERSION = 1
 BOM = b"\xef\xbb\xbf"
@@ -1194,12 +1196,25 @@ class _RawParquet(_BufferedParquet):
     def __init__(self, path: Path):
         super().__init__(path, RAW_SCHEMA)
         self.tickers: list[tuple[str, str | None, int]] = []
+        self.rows_per_symbol: dict[str, int] = {}
+        self.rows_per_year: dict[str, int] = {}
+        self.date_range: list[str] = []
 
     def add(self, table: pa.Table | None, symbol: str = "", name: str | None = None) -> None:
         if table is None or not table.num_rows:
             return
         self.tickers.append((symbol, name, table.num_rows))
+        self.rows_per_symbol[symbol] = self.rows_per_symbol.get(symbol, 0) + table.num_rows
         super().add(table.drop_columns([c for c in TICKER_COLUMNS if c in table.column_names]))
+
+    def close(self) -> int:
+        """Finish the file with its summary in the footer (see ``summarize_raw``)."""
+        self._flush()
+        if self.writer is not None:
+            self.writer.add_key_value_metadata({SUMMARY_KEY: json.dumps({
+                "rows_per_symbol": self.rows_per_symbol, "rows_per_year": self.rows_per_year,
+                "date_min": min(self.date_range), "date_max": max(self.date_range)})})
+        return super().close()
 
     def _flush(self) -> None:
         if not self.buffer:
@@ -1217,6 +1232,12 @@ class _RawParquet(_BufferedParquet):
             idx = np.repeat(per_piece, rows)
             columns[name] = pa.DictionaryArray.from_arrays(pa.array(idx, mask=idx < 0), pa.array(unique, pa.string()))
         body = pa.concat_tables(self.buffer)
+        # Counted here, where every row passes once, so the notebook's summary reads footers, not rows
+        # (x3: 0.8-1.4 s in the kernel, after the run). A valid Date is YYYY-MM-DD: its year is 4 characters.
+        years = pc.value_counts(pc.utf8_slice_codeunits(body["Date"], 0, 4))
+        for year, n in zip(years.field("values").to_pylist(), years.field("counts").to_pylist()):
+            self.rows_per_year[year] = self.rows_per_year.get(year, 0) + n
+        self.date_range += [d for d in pc.min_max(body["Date"]).as_py().values() if d is not None]
         table = pa.table({**columns, **{c: body[c] for c in body.column_names}}, schema=RAW_DICTIONARY_SCHEMA)
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.rows += self.buffered
@@ -1472,6 +1493,23 @@ def _summarize_row_group(path: Path, i: int) -> tuple[dict[str, int], np.ndarray
     return tickers, years, mm["min"], mm["max"]
 
 
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+
+
+def _footer_summary(meta: pq.FileMetaData) -> dict | None:
+    """The summary ingest wrote in a raw partition's footer, or None (a file written otherwise)."""
+    value = (meta.metadata or {}).get(SUMMARY_KEY.encode())
+    if value is None:
+        return None
+    try:
+        summary = json.loads(value)
+        if summary["rows_per_symbol"] is not None and sum(summary["rows_per_symbol"].values()) == meta.num_rows:
+            return summary
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return None  # unreadable or not about these rows: count them
+
+
 def summarize_raw(output_dir: str | os.PathLike, head: int = 3) -> dict:
     """Counts and a peek at the raw dataset without loading it (memory: two row groups of two columns).
 
@@ -1480,21 +1518,33 @@ def summarize_raw(output_dir: str | os.PathLike, head: int = 3) -> dict:
     partition file, a pandas DataFrame), ``rows_per_ticker`` (pandas Series indexed by Symbol, in
     Symbol order) and ``rows_per_year`` (Series indexed by the year as int, ascending). Only the
     Symbol and Date columns are read, a row group at a time on two threads, and counted with Arrow.
+
+    Partitions written by ``run`` carry these counts in their footer (``SUMMARY_KEY``), counted as
+    their rows were written: then only footers are read. x3 benchmark: 0.8-1.4 s -> about 0.05 s.
     """
-    import datetime as dt
     from concurrent.futures import ThreadPoolExecutor
 
     import pandas as pd
 
     files = _raw_files(output_dir)
     groups, rows = [], 0
-    for path in files:
-        meta = pq.read_metadata(path)
-        rows += meta.num_rows
-        groups += [(path, i) for i in range(meta.num_row_groups)]
     tickers: dict[str, int] = {}  # a ticker can span row groups: add up
     years = np.zeros(10000, np.int64)
     first = last = None
+    for path in files:
+        meta = pq.read_metadata(path)
+        rows += meta.num_rows
+        footer = _footer_summary(meta)
+        if footer is None:  # a file written without the summary: count its rows
+            groups += [(path, i) for i in range(meta.num_row_groups)]
+            continue
+        for name, c in footer["rows_per_symbol"].items():
+            tickers[name] = tickers.get(name, 0) + c
+        for year, c in footer["rows_per_year"].items():
+            years[int(year)] += c
+        lo, hi = (dt.date.fromisoformat(footer[k]).toordinal() - _EPOCH_ORDINAL for k in ("date_min", "date_max"))
+        first = lo if first is None else min(first, lo)
+        last = hi if last is None else max(last, hi)
     with ThreadPoolExecutor(max_workers=2) as pool:  # Arrow releases the GIL while decoding
         for t, y, lo, hi in pool.map(lambda g: _summarize_row_group(*g), groups):
             for name, c in t.items():
