@@ -23,7 +23,6 @@ import queue as queue_mod
 import re
 import time
 import zipfile
-import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -34,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+from isal.isal_zlib import crc32  # zlib's CRC-32, same values, ~6x faster (ISA-L): x3 checksums 1.05 -> 0.18 s CPU
 
 from . import config, storage
 from .config import CSV_COLUMNS, PRICE_COLUMNS, RAW_DICTIONARY_SCHEMA, RAW_SCHEMA, TICKER_COLUMNS, Layout
@@ -1293,18 +1293,18 @@ class _JoinedBodies:
             header = os.pread(fd, self._HEADER, 0)
             if header != CANONICAL_HEADER or size == self._HEADER:
                 data = header + _read_rest(fd, self._HEADER)
-                return zlib.crc32(data), data
+                return crc32(data), data
             start = self.end
             view = memoryview(self.buffer)
             n = os.preadv(fd, [view[start:start + size - self._HEADER]], self._HEADER)
             stop = start + n
-            crc = zlib.crc32(view[start:stop], zlib.crc32(header))
+            crc = crc32(view[start:stop], crc32(header))
             plain = (self.buffer.find(b"\r", start, stop) == -1 and self.buffer.find(b'"', start, stop) == -1
                      and self.buffer.find(b"\x00", start, stop) == -1
                      and not (np.frombuffer(self.buffer, np.uint8, n, start) >= 0x80).any())
             if n < size - self._HEADER or not plain:  # not plain (or the file shrank meanwhile)
                 data = header + view[start:stop].tobytes() + _read_rest(fd, self._HEADER + n)
-                return zlib.crc32(data), data
+                return crc32(data), data
             view[stop:stop + len(_SEPARATOR)] = _SEPARATOR
             del view
             self.end = stop + len(_SEPARATOR)
@@ -1420,7 +1420,7 @@ def _partition_task(task: _Task) -> list[dict]:
                 size = len(data) if data is not None else joined.spans[-1][1] - joined.spans[-1][0]
             else:
                 data = _read_member(task.source_path, rel)
-                crc, body, size = zlib.crc32(data), None, len(data)
+                crc, body, size = crc32(data), None, len(data)
             entry["crc32"] = f"{crc:08x}"
             batch.append((entry, data, symbol, name, None, body))
             batch_bytes += size
@@ -1656,7 +1656,7 @@ def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: st
             continue
         if old and old["size"] == f.size and old.get("crc32") and src.path.is_dir():
             # Touched but maybe not modified: compare content (CRC32 at ~2 GB/s) before rereading.
-            crc = f"{zlib.crc32((src.path / f.rel).read_bytes()):08x}"
+            crc = f"{crc32((src.path / f.rel).read_bytes()):08x}"
             if crc == old["crc32"]:
                 refreshed = True
                 continue
