@@ -218,3 +218,40 @@ def test_papermill_import_skips_the_slow_iri_checker_and_notebooks_still_validat
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "invalid caught"
+
+
+def test_stage_kernel_starts_with_its_imports_done_but_no_names_bound(tmp_path):
+    """The kernel started ahead of papermill has pandas, pyplot and the stage module imported (so the
+    notebook's imports are instant) and nothing else in the notebook's namespace."""
+    kernel = pipeline.ensure_kernel(config.Layout.at(tmp_path))
+    km = pipeline._start_kernel(kernel, pipeline.STAGES["features"])
+    try:
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        code = ("import sys, os; print(sorted(n for n in globals() if not n.startswith('_') and n not in "
+                "('In', 'Out', 'exit', 'quit', 'open', 'get_ipython', 'sys', 'os')), "
+                "[m in sys.modules for m in ('pandas', 'matplotlib.pyplot', 'volcast.features')], os.getcwd())")
+        printed = []
+        kc.execute_interactive(code, timeout=60, output_hook=lambda msg: printed.append(msg["content"].get("text", "")))
+        assert "".join(printed).split() == ["[]", "[True,", "True,", "True]", str(config.NOTEBOOKS_DIR)]
+    finally:
+        km.shut_down()
+    assert not km.is_alive()
+
+
+def test_no_kernel_outlives_its_stage_ok_or_failed(tmp_path):
+    """Each stage's kernel is shut down when its notebook ends, whether the stage passed or failed."""
+    import psutil
+
+    def kernels():
+        return [p for p in psutil.Process().children(recursive=True) if "ipykernel_launcher" in " ".join(p.cmdline())]
+
+    demo = {"ingest": {"demo_tickers": 12, "demo_years": 2}}
+    pipeline.run_pipeline(tmp_path, source="demo", stages=["ingest", "features"], params=demo, say=lambda _: None,
+                          progress=False)
+    assert kernels() == []
+    with pytest.raises(pipeline.StageFailed):
+        pipeline.run_pipeline(tmp_path, stages=["train"], params={"train": {"model": "no_such_model"}},
+                              say=lambda _: None, progress=False)
+    assert kernels() == []
