@@ -220,21 +220,28 @@ def test_papermill_import_skips_the_slow_iri_checker_and_notebooks_still_validat
     assert done.stdout.strip() == "invalid caught"
 
 
-def test_stage_kernel_starts_with_its_imports_done_but_no_names_bound(tmp_path):
+@pytest.mark.parametrize("stage", ["ingest", "features"])
+def test_stage_kernel_starts_with_its_imports_done_but_no_names_bound(tmp_path, stage):
     """The kernel started ahead of papermill has pandas, pyplot and the stage module imported (so the
-    notebook's imports are instant) and nothing else in the notebook's namespace."""
+    notebook's imports are instant) and nothing else in the notebook's namespace; for ingest, the
+    worker server is already running beside it."""
+    import psutil
+
     kernel = pipeline.ensure_kernel(config.Layout.at(tmp_path))
-    km = pipeline._start_kernel(kernel, pipeline.STAGES["features"])
+    km = pipeline._start_kernel(kernel, pipeline.STAGES[stage])
     try:
         kc = km.client()
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
         code = ("import sys, os; print(sorted(n for n in globals() if not n.startswith('_') and n not in "
                 "('In', 'Out', 'exit', 'quit', 'open', 'get_ipython', 'sys', 'os')), "
-                "[m in sys.modules for m in ('pandas', 'matplotlib.pyplot', 'volcast.features')], os.getcwd())")
+                f"[m in sys.modules for m in ('pandas', 'matplotlib.pyplot', 'volcast.{stage}')], os.getcwd(), os.getpid())")
         printed = []
         kc.execute_interactive(code, timeout=60, output_hook=lambda msg: printed.append(msg["content"].get("text", "")))
-        assert "".join(printed).split() == ["[]", "[True,", "True,", "True]", str(config.NOTEBOOKS_DIR)]
+        words = "".join(printed).split()
+        assert words[:-1] == ["[]", "[True,", "True,", "True]", str(config.NOTEBOOKS_DIR)]
+        servers = [p for p in psutil.Process(int(words[-1])).children() if "forkserver" in " ".join(p.cmdline())]
+        assert len(servers) == (1 if stage == "ingest" else 0)
     finally:
         km.shut_down()
     assert not km.is_alive()
@@ -244,14 +251,20 @@ def test_no_kernel_outlives_its_stage_ok_or_failed(tmp_path):
     """Each stage's kernel is shut down when its notebook ends, whether the stage passed or failed."""
     import psutil
 
-    def kernels():
-        return [p for p in psutil.Process().children(recursive=True) if "ipykernel_launcher" in " ".join(p.cmdline())]
+    before = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. this process's own forkserver
+
+    def left_over():  # kernels and what they started (ingest's worker server): gone within 10 s
+        deadline = time.monotonic() + 10
+        while (new := [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
+                       and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return [" ".join(p.cmdline())[:120] for p in new]
 
     demo = {"ingest": {"demo_tickers": 12, "demo_years": 2}}
-    pipeline.run_pipeline(tmp_path, source="demo", stages=["ingest", "features"], params=demo, say=lambda _: None,
-                          progress=False)
-    assert kernels() == []
+    pipeline.run_pipeline(tmp_path, source="demo", stages=["ingest", "features"], params=demo, jobs=2,
+                          say=lambda _: None, progress=False)
+    assert left_over() == []
     with pytest.raises(pipeline.StageFailed):
         pipeline.run_pipeline(tmp_path, stages=["train"], params={"train": {"model": "no_such_model"}},
                               say=lambda _: None, progress=False)
-    assert kernels() == []
+    assert left_over() == []

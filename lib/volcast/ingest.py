@@ -1713,6 +1713,21 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state) -> dict[st
     return entries
 
 
+def start_worker_server():
+    """Start (once per process) the server ``run``'s worker processes are forked from; return its context.
+
+    forkserver: workers start from a clean process, not a fork of a threaded parent (pyarrow). The
+    server imports this module and pandas (pyarrow's to_numpy imports it) before it forks the first
+    worker: about 0.5 s, which the pipeline overlaps with the kernel's start by calling this ahead.
+    """
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["volcast.ingest", "pandas"])
+    forkserver.ensure_running()
+    return ctx
+
+
 def _execute(tasks: list[_Task], jobs: int, n_files: int) -> list[dict]:
     """Run partition tasks on ``jobs`` processes (biggest first) with a progress bar over files."""
     from tqdm import tqdm  # text bar: executed notebooks keep a line, not a widget
@@ -1727,9 +1742,7 @@ def _execute(tasks: list[_Task], jobs: int, n_files: int) -> list[dict]:
                 bar.update(len(task.parse))
                 out.extend(entries)
             return out
-        # forkserver: workers start from a clean process, not a fork of a threaded parent (pyarrow).
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["volcast.ingest", "pandas"])  # pyarrow's to_numpy imports pandas
+        ctx = start_worker_server()
         progress = ctx.Queue()
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
                                  initializer=_init_worker, initargs=(progress,)) as pool:

@@ -55,7 +55,7 @@ def _start_kernel(kernel: str, stage: "Stage"):
     """Start the stage's kernel now, importing what its notebook imports first, and return its manager.
 
     Started before the runner imports papermill and reads the notebook, the kernel's start-up and
-    imports (~1.3 s) overlap them. The imports leave no names behind: the notebook still imports
+    imports (~1.3 s) overlap them; ingest's worker server starts then too, beside the kernel. The imports leave no names behind: the notebook still imports
     what it uses. nbclient, handed a running kernel, neither starts nor stops it: ``_execute_stage``
     does, through ``_KernelManager.shut_down``.
     """
@@ -79,7 +79,9 @@ def _start_kernel(kernel: str, stage: "Stage"):
 
     modules = ["pandas", "matplotlib.pyplot", *(f"volcast.{Path(name).stem}" for name in stage.code)]
     roots = sorted({m.split(".")[0] for m in modules})
-    preload = f"import {', '.join(modules)}; del {', '.join(roots)}"
+    # ingest's worker server first: it imports pandas on the other core while the kernel imports the rest
+    warm_up = "import volcast.ingest; volcast.ingest.start_worker_server(); " if stage.name == "ingest" else ""
+    preload = f"{warm_up}import {', '.join(modules)}; del {', '.join(roots)}"
     km = _KernelManager(kernel_name=kernel)
     km.start_kernel(cwd=str(config.NOTEBOOKS_DIR),
                     extra_arguments=["--HistoryManager.hist_file=:memory:",  # as nbclient starts kernels
