@@ -225,3 +225,16 @@ def test_error_by_decile_equals_a_pandas_groupby():
     })
     assert table["rows"].sum() == n and table["rows"].max() - table["rows"].min() <= 1
     pd.testing.assert_frame_equal(table.reset_index(drop=True), expected, check_dtype=False, rtol=1e-12)
+
+
+@pytest.mark.parametrize("values", [
+    np.random.default_rng(1).integers(-50, 20_000, 100_003).astype(np.int32),  # days, negative ones too
+    np.array([7, 7, 7], np.int64),
+    np.array([], np.int32),
+    np.array([0, 2**40], np.int64),  # too wide to count: sorted instead
+    np.array(["2020-01-02", "2019-12-31", "2020-01-02"]),
+])
+def test_distinct_values_equal_numpy_unique(values):
+    got = train._distinct(values)
+    assert got.dtype == np.unique(values).dtype
+    assert np.array_equal(got, np.unique(values))
