@@ -55,22 +55,26 @@ def _start_kernel(kernel: str, stage: "Stage"):
     """Start the stage's kernel now, importing what its notebook imports first, and return its manager.
 
     Started before the runner imports papermill and reads the notebook, the kernel's start-up and
-    imports (~1.3 s) overlap them; ingest's worker server starts then too, beside the kernel. The imports leave no names behind: the notebook still imports
-    what it uses. nbclient, handed a running kernel, neither starts nor stops it: ``_execute_stage``
-    does, through ``_KernelManager.shut_down``.
+    imports (~1.3 s) overlap them; for ingest, its worker server starts first, beside the kernel. The
+    imports leave no names behind: the notebook still imports what it uses. nbclient, handed a
+    running kernel, neither starts nor stops it: ``_execute_stage`` does, with ``shut_down``.
     """
     from jupyter_client.manager import KernelManager
 
     class _KernelManager(KernelManager):
         """Remembers the clients it hands out, so they are closed with the kernel."""
 
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.handed_out = []
+
         def client(self, **kwargs):
             kc = super().client(**kwargs)
-            self.handed_out = [*getattr(self, "handed_out", []), kc]
+            self.handed_out.append(kc)
             return kc
 
         def shut_down(self) -> None:
-            for kc in getattr(self, "handed_out", []):
+            for kc in self.handed_out:
                 kc.stop_channels()
             if self.has_kernel:
                 # Every output is written (atomically) before the last cell ends; a graceful shutdown
@@ -451,8 +455,6 @@ def run_pipeline(
 
 
 def _run_locked(layout, selected, source, overrides, force, jobs, say, progress) -> dict:
-    papermill = None  # imported once the first stage's kernel is starting: the two overlap
-
     run_id = new_run_id(layout.runs_dir)
     run_dir = layout.runs_dir / run_id
     run_dir.mkdir(parents=True)
@@ -502,13 +504,7 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress)
                 storage.atomic_write_json(manifest_path, manifest)
                 continue
             say(f"> {name}: running {stage.notebook}")
-            km = _start_kernel(kernel, stage)
-            try:
-                papermill = papermill or _import_papermill()
-            except BaseException:
-                km.shut_down()
-                raise
-            result = _execute_stage(papermill, stage, stage_params, run_dir, kernel, progress, km)
+            result = _execute_stage(stage, stage_params, run_dir, kernel, progress)
             manifest["stages"][name] = dataclasses.asdict(result)
             storage.atomic_write_json(manifest_path, manifest)
             if result.status != "ok":
@@ -537,26 +533,28 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress)
     return manifest
 
 
-def _execute_stage(papermill, stage: Stage, params: dict, run_dir: Path, kernel: str, progress: bool,
-                   km) -> StageResult:
-    """Run the stage's notebook with papermill on ``km``'s kernel (from ``_start_kernel``), then shut it down."""
+def _execute_stage(stage: Stage, params: dict, run_dir: Path, kernel: str, progress: bool) -> StageResult:
+    """Run the stage's notebook with papermill in a fresh kernel, started first (see ``_start_kernel``)."""
     output = run_dir / stage.notebook
     t0 = time.perf_counter()
+    km = _start_kernel(kernel, stage)
     try:
-        papermill.execute_notebook(
-            str(stage.notebook_path),
-            str(output),
-            parameters=params,
-            kernel_name=kernel,
-            cwd=str(config.NOTEBOOKS_DIR),
-            progress_bar=progress,
-            request_save_on_cell_execute=True,
-            km=km,
-        )
-    except papermill.PapermillExecutionError as exc:
-        error = f"{exc.ename}: {str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ''}"
-        reason = "user-error" if exc.ename == "UserError" else "cell-error"
-        return StageResult(stage.name, "failed", round(time.perf_counter() - t0, 3), str(output), reason, error)
+        papermill = _import_papermill()  # meanwhile the kernel starts (only a process's first stage imports it)
+        try:
+            papermill.execute_notebook(
+                str(stage.notebook_path),
+                str(output),
+                parameters=params,
+                kernel_name=kernel,
+                cwd=str(config.NOTEBOOKS_DIR),
+                progress_bar=progress,
+                request_save_on_cell_execute=True,
+                km=km,
+            )
+        except papermill.PapermillExecutionError as exc:
+            error = f"{exc.ename}: {str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ''}"
+            reason = "user-error" if exc.ename == "UserError" else "cell-error"
+            return StageResult(stage.name, "failed", round(time.perf_counter() - t0, 3), str(output), reason, error)
     finally:
         km.shut_down()
     return StageResult(stage.name, "ok", round(time.perf_counter() - t0, 3), str(output))
