@@ -146,3 +146,21 @@ def test_whole_ingest_same_with_and_without_batches(which, tmp_path, sample_sour
     (raw_f, q_f), (raw_s, q_s) = read_all(tmp_path / "fast"), read_all(tmp_path / "slow")
     assert raw_f.equals(raw_s)
     assert (q_f is None and q_s is None) or q_f.equals(q_s)
+
+
+@pytest.mark.parametrize("change", [-23, 23])  # the file grew, or shrank, after its size was read
+def test_joined_reader_takes_a_file_that_changes_size_whole(tmp_path, monkeypatch, change):
+    import os
+    from types import SimpleNamespace
+
+    data = ingest.CANONICAL_HEADER + b"2020-01-02,1.5,2,1,1.5,1.5,500\n" * 40
+    path = tmp_path / "A.csv"
+    path.write_bytes(data)
+    real_fstat = os.fstat
+    monkeypatch.setattr(ingest.os, "fstat", lambda fd: SimpleNamespace(st_size=real_fstat(fd).st_size + change))
+    reader = ingest._JoinedBodies()
+    crc, whole = reader.read(str(path))
+    monkeypatch.undo()
+    assert whole == data and crc == zlib.crc32(data)
+    assert reader.spans == [] and reader.end == 0  # nothing appended: parsed alone, as read
+    assert reader.read(str(path)) == (zlib.crc32(data), None) and reader.body(0) == data  # unchanged: appended

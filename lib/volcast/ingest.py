@@ -1302,7 +1302,8 @@ class _JoinedBodies:
             plain = (self.buffer.find(b"\r", start, stop) == -1 and self.buffer.find(b'"', start, stop) == -1
                      and self.buffer.find(b"\x00", start, stop) == -1
                      and not (np.frombuffer(self.buffer, np.uint8, n, start) >= 0x80).any())
-            if n < size - self._HEADER or not plain:  # not plain (or the file shrank meanwhile)
+            changed = n < size - self._HEADER or os.pread(fd, 1, self._HEADER + n)  # shrank or grew meanwhile
+            if changed or not plain:
                 data = header + view[start:stop].tobytes() + _read_rest(fd, self._HEADER + n)
                 return crc32(data), data
             view[stop:stop + len(_SEPARATOR)] = _SEPARATOR
@@ -1503,7 +1504,9 @@ def _footer_summary(meta: pq.FileMetaData) -> dict | None:
         return None
     try:
         summary = json.loads(value)
-        if summary["rows_per_symbol"] is not None and sum(summary["rows_per_symbol"].values()) == meta.num_rows:
+        if sum(summary["rows_per_symbol"].values()) == sum(summary["rows_per_year"].values()) == meta.num_rows:
+            summary["days"] = [dt.date.fromisoformat(summary[k]).toordinal() - _EPOCH_ORDINAL
+                               for k in ("date_min", "date_max")]
             return summary
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
@@ -1542,7 +1545,7 @@ def summarize_raw(output_dir: str | os.PathLike, head: int = 3) -> dict:
             tickers[name] = tickers.get(name, 0) + c
         for year, c in footer["rows_per_year"].items():
             years[int(year)] += c
-        lo, hi = (dt.date.fromisoformat(footer[k]).toordinal() - _EPOCH_ORDINAL for k in ("date_min", "date_max"))
+        lo, hi = footer["days"]
         first = lo if first is None else min(first, lo)
         last = hi if last is None else max(last, hi)
     with ThreadPoolExecutor(max_workers=2) as pool:  # Arrow releases the GIL while decoding
