@@ -496,9 +496,17 @@ def _batch_body(data: bytes) -> memoryview | None:
     """
     if not data.startswith(CANONICAL_HEADER) or len(data) == len(CANONICAL_HEADER):
         return None
-    if data.find(b"\r") != -1 or data.find(b'"') != -1 or data.find(b"\x00") != -1 or not data.isascii():
+    if not _plain(data, len(CANONICAL_HEADER), len(data)):
         return None
     return memoryview(data)[len(CANONICAL_HEADER):]
+
+
+def _plain(buffer: bytes | bytearray, start: int, stop: int) -> bool:
+    """Whether ``buffer[start:stop]`` is plain enough for the joint read: ASCII, no "\r", quote or NUL.
+    (Checked in place: the reused read buffer is never copied.)"""
+    return (buffer.find(b"\r", start, stop) == -1 and buffer.find(b'"', start, stop) == -1
+            and buffer.find(b"\x00", start, stop) == -1
+            and not (np.frombuffer(buffer, np.uint8, stop - start, start) >= 0x80).any())
 
 
 _SEPARATOR = b"\n|\n"  # a one-field line between files: Arrow reports it as invalid, with its row number
@@ -1137,10 +1145,8 @@ def _init_worker(progress_queue) -> None:
     _PROGRESS = progress_queue
 
 
-def _read_member(source_path: str, rel: str) -> bytes:
-    if os.path.isdir(source_path):
-        with open(os.path.join(source_path, rel), "rb") as handle:
-            return handle.read()
+def _read_zip_member(source_path: str, rel: str) -> bytes:
+    """A member of a zip source (directory sources are read by ``_JoinedBodies``)."""
     zf = _ZIPS.get(source_path)
     if zf is None:
         zf = _ZIPS[source_path] = zipfile.ZipFile(source_path)
@@ -1277,16 +1283,14 @@ class _JoinedBodies:
     def clear(self) -> None:
         self.end, self.spans = 0, []
 
-    def fits(self, size: int) -> bool:
-        return self.end + size + len(_SEPARATOR) <= len(self.buffer)
-
     def read(self, path: str) -> tuple[int, bytes | None]:
         """Append the file's body (the result is ``(crc32 of the whole file, None)``), or return
-        ``(crc32, the file's bytes)`` when it must be parsed alone. The caller clears a full buffer first."""
+        ``(crc32, the file's bytes)`` when it must be parsed alone. The caller clears it after each batch;
+        a body that does not fit grows the buffer (once or twice per process: it stays grown)."""
         fd = os.open(path, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
-            if not self.fits(size):  # one file bigger than a batch (or grown since the caller looked)
+            if self.end + size + len(_SEPARATOR) > len(self.buffer):
                 bigger = bytearray(self.end + size + len(_SEPARATOR) + (1 << 20))
                 bigger[:self.end] = memoryview(self.buffer)[:self.end]
                 self.buffer = bigger
@@ -1299,11 +1303,8 @@ class _JoinedBodies:
             n = os.preadv(fd, [view[start:start + size - self._HEADER]], self._HEADER)
             stop = start + n
             crc = crc32(view[start:stop], crc32(header))
-            plain = (self.buffer.find(b"\r", start, stop) == -1 and self.buffer.find(b'"', start, stop) == -1
-                     and self.buffer.find(b"\x00", start, stop) == -1
-                     and not (np.frombuffer(self.buffer, np.uint8, n, start) >= 0x80).any())
             changed = n < size - self._HEADER or os.pread(fd, 1, self._HEADER + n)  # shrank or grew meanwhile
-            if changed or not plain:
+            if changed or not _plain(self.buffer, start, stop):
                 data = header + view[start:stop].tobytes() + _read_rest(fd, self._HEADER + n)
                 return crc32(data), data
             view[stop:stop + len(_SEPARATOR)] = _SEPARATOR
@@ -1413,14 +1414,11 @@ def _partition_task(task: _Task) -> list[dict]:
         entry: dict[str, Any] = {"file": rel[len(task.root):], "symbol": symbol}
         try:
             if joined is not None:
-                path = os.path.join(task.source_path, rel)
-                if batch and not joined.fits(os.path.getsize(path)):
-                    flush()
-                crc, data = joined.read(path)
+                crc, data = joined.read(os.path.join(task.source_path, rel))
                 body = None if data is not None else len(joined.spans) - 1
                 size = len(data) if data is not None else joined.spans[-1][1] - joined.spans[-1][0]
             else:
-                data = _read_member(task.source_path, rel)
+                data = _read_zip_member(task.source_path, rel)
                 crc, body, size = crc32(data), None, len(data)
             entry["crc32"] = f"{crc:08x}"
             batch.append((entry, data, symbol, name, None, body))
