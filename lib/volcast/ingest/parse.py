@@ -35,9 +35,9 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from isal.isal_zlib import crc32  # zlib's CRC-32, same values, ~6x faster (ISA-L): x3 checksums 1.05 -> 0.18 s CPU
 
-from . import config, storage
-from .config import CSV_COLUMNS, PRICE_COLUMNS, RAW_DICTIONARY_SCHEMA, RAW_SCHEMA, TICKER_COLUMNS, Layout
-from .errors import UserError
+from .. import config, storage
+from ..config import CSV_COLUMNS, PRICE_COLUMNS, RAW_DICTIONARY_SCHEMA, RAW_SCHEMA, TICKER_COLUMNS, Layout
+from ..errors import UserError
 
 STAGE = "ingest"
 SUMMARY_KEY = "volcast.summary"  # a raw partition's footer: rows per Symbol and per year, first and last Date
