@@ -1,0 +1,209 @@
+"""The HTTP application: routing, the endpoints' answers, and the tornado server around them.
+
+A small HTTP/1.1 app on tornado's bare ``HTTPServer`` (no ``RequestHandler`` layer: that layer
+alone halves throughput). Single-row cache misses that arrive in the same event-loop turn are
+predicted in one ``model.predict`` call, with values identical to one call per row. The endpoints
+read ``holder.current`` exactly once per answer, so a hot swap never mixes two models.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs
+
+from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerConnectionDelegate, ResponseStartLine
+
+from .model import ModelHolder
+from .openapi import openapi_json
+from .validate import (
+    MAX_BODY_BYTES,
+    NO_MODEL_ERROR,
+    InputError,
+    _show,
+    parse_json_body,
+    parse_predict_params,
+    validate_batch,
+)
+
+log = logging.getLogger("volcast.serve")
+
+
+_ROUTES = {"/predict": ("GET", "POST"), "/health": ("GET",), "/openapi.json": ("GET",)}
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj).encode("utf-8")
+
+
+class _Request(HTTPMessageDelegate):
+    """The tornado message delegate for one request: collects it, then hands it to the app."""
+
+    __slots__ = ("app", "conn", "method", "target", "chunks")
+
+    def __init__(self, app: "ApiApplication", conn):
+        self.app, self.conn = app, conn
+        self.chunks: list[bytes] = []  # the body; tornado enforces max_body_size
+
+    # tornado.httputil.HTTPMessageDelegate interface
+    def headers_received(self, start_line, headers):
+        self.method, self.target = start_line.method, start_line.path
+
+    def data_received(self, chunk):
+        self.chunks.append(chunk)
+
+    def finish(self):
+        try:
+            self.app.handle(self)
+        except Exception:  # never leave a connection hanging; a bug is a 500, logged
+            log.exception("unhandled error for %s %s", self.method, self.target)
+            self.respond(500, _dumps({"error": "internal error; see the server log"}))
+
+    def on_connection_close(self):
+        pass
+
+    def respond(self, status: int, body: bytes, extra: tuple = ()) -> None:
+        headers = HTTPHeaders({"Content-Type": "application/json", "Content-Length": str(len(body))})
+        for name, value in extra:
+            headers[name] = value
+        try:
+            self.conn.write_headers(
+                ResponseStartLine("HTTP/1.1", status, _REASONS.get(status, "")),
+                headers,
+                None if self.method == "HEAD" else body,
+            )
+            self.conn.finish()
+        except Exception:  # the client went away; nothing to tell it
+            pass
+
+
+class ApiApplication(HTTPServerConnectionDelegate):
+    """Routes requests; the prediction endpoints read ``holder.current`` exactly once per answer."""
+
+    def __init__(self, holder: ModelHolder):
+        self.holder = holder
+        self._openapi = openapi_json().encode("utf-8")
+        self._pending: list[tuple[_Request, float, float]] = []
+        self._flush_scheduled = False
+        self.batches = 0  # statistics: single-row model calls and the rows they carried
+        self.batched_rows = 0
+
+    # tornado.httputil.HTTPServerConnectionDelegate interface
+    def start_request(self, server_conn, request_conn):
+        return _Request(self, request_conn)
+
+    def on_close(self, server_conn):
+        pass
+
+    def _unavailable(self, req: _Request) -> None:
+        body = {"error": NO_MODEL_ERROR, "status": "no model"}
+        if self.holder.error:
+            body["detail"] = self.holder.error
+        req.respond(503, _dumps(body))
+
+    def handle(self, req: _Request) -> None:
+        path, _, query = req.target.partition("?")
+        allowed = _ROUTES.get(path)
+        if allowed is None:
+            req.respond(404, _dumps({"error": f"no such path {_show(path)}; the API is described at /openapi.json"}))
+            return
+        method = "GET" if req.method == "HEAD" else req.method
+        if method not in allowed:
+            req.respond(
+                405,
+                _dumps({"error": f"method {req.method} is not allowed on {path}; use {' or '.join(allowed)}"}),
+                (("Allow", ", ".join(allowed)),),
+            )
+            return
+        if path == "/predict":
+            if method == "GET":
+                self._predict_get(req, query)
+            else:
+                self._predict_post(req)
+        elif path == "/health":
+            predictor = self.holder.current
+            if predictor is None:
+                self._unavailable(req)
+            else:
+                req.respond(200, b'{"status": "ok", "model_id": %s}' % predictor.model_id_json.encode())
+        else:
+            req.respond(200, self._openapi)
+
+    def _predict_get(self, req: _Request, query: str) -> None:
+        try:
+            try:
+                params = parse_qs(query, keep_blank_values=True, max_num_fields=16)
+            except ValueError:
+                raise InputError("too many query parameters; give vol_moving_avg and adj_close_rolling_med") from None
+            vol, price = parse_predict_params(params)
+        except InputError as err:
+            req.respond(400, _dumps(err.payload()))
+            return
+        self._predict_single(req, vol, price)
+
+    def _predict_single(self, req: _Request, vol: float, price: float) -> None:
+        predictor = self.holder.current
+        if predictor is None:
+            self._unavailable(req)
+            return
+        hit = predictor.cached(vol, price)
+        if hit is not None:
+            req.respond(200, b'{"volume": %d, "model_id": %s}' % (hit, predictor.model_id_json.encode()))
+            return
+        # Misses that arrive in the same event-loop turn share one model call.
+        self._pending.append((req, vol, price))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        pending, self._pending, self._flush_scheduled = self._pending, [], False
+        predictor = self.holder.current  # one model for the whole group
+        if predictor is None:  # pragma: no cover - models are never unloaded
+            for req, _, _ in pending:
+                self._unavailable(req)
+            return
+        try:
+            answers = predictor.predict_pairs([(v, p) for _, v, p in pending])
+        except Exception as err:
+            log.exception("prediction failed")
+            body = _dumps({"error": f"prediction failed: {err}"})
+            for req, _, _ in pending:
+                req.respond(500, body)
+            return
+        self.batches += 1
+        self.batched_rows += len(pending)
+        mid = predictor.model_id_json.encode()
+        for (req, _, _), volume in zip(pending, answers):
+            req.respond(200, b'{"volume": %d, "model_id": %s}' % (volume, mid))
+
+    def _predict_post(self, req: _Request) -> None:
+        try:
+            vols, prices, was_list = validate_batch(parse_json_body(b"".join(req.chunks)))
+        except InputError as err:
+            req.respond(400, _dumps(err.payload()))
+            return
+        if not was_list:
+            self._predict_single(req, float(vols[0]), float(prices[0]))
+            return
+        predictor = self.holder.current
+        if predictor is None:
+            self._unavailable(req)
+            return
+        volumes = predictor.predict(vols, prices).tolist()
+        mid = predictor.model_id_json
+        body = "[" + ", ".join('{"volume": %d, "model_id": %s}' % (v, mid) for v in volumes) + "]"
+        req.respond(200, body.encode("utf-8"))
+
+
+def make_http_server(holder: ModelHolder):
+    from tornado.httpserver import HTTPServer
+
+    return HTTPServer(
+        ApiApplication(holder),
+        max_body_size=MAX_BODY_BYTES,
+        idle_connection_timeout=75,
+        body_timeout=30,
+    )

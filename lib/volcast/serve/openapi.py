@@ -1,0 +1,170 @@
+"""The OpenAPI 3 document of the API: one source, served at /openapi.json and written to
+docs/openapi.json (a test keeps the two equal)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from volcast import __version__
+from volcast.config import PRICE_FEATURE, PROJECT_ROOT, VOL_FEATURE
+
+from .validate import FIELD_BOUNDS, FIELDS, MAX_BATCH, NO_MODEL_ERROR
+
+
+OPENAPI_PATH = PROJECT_ROOT / "docs" / "openapi.json"
+
+
+def openapi_spec() -> dict:
+    vol_lo, vol_hi = FIELD_BOUNDS[VOL_FEATURE]
+    price_lo, price_hi = FIELD_BOUNDS[PRICE_FEATURE]
+    number = {
+        VOL_FEATURE: {
+            "type": "number",
+            "minimum": vol_lo,
+            "maximum": vol_hi,
+            "description": "Mean daily volume (shares) over the last 30 trading days, today included.",
+            "example": 12345,
+        },
+        PRICE_FEATURE: {
+            "type": "number",
+            "minimum": price_lo,
+            "maximum": price_hi,
+            "description": "Median adjusted close over the same 30 trading days.",
+            "example": 25,
+        },
+    }
+    error = {"$ref": "#/components/schemas/Error"}
+    json_error = lambda text: {"description": text, "content": {"application/json": {"schema": error}}}  # noqa: E731
+    prediction = {"$ref": "#/components/schemas/Prediction"}
+    no_model = json_error(f"No model has been trained yet (`{NO_MODEL_ERROR}`).")
+    bad_input = json_error(
+        "Bad input: missing, repeated or unknown field, not a number, NaN, infinity, negative, above the "
+        "upper bound, malformed JSON, wrong JSON type (strings and booleans are not numbers), empty or "
+        "too large batch. `error` says what is wrong; `field` (and `index` in a batch) say where."
+    )
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "volcast prediction API",
+            "version": __version__,
+            "description": (
+                "Predicts a ticker's next-day trading volume from two features. Predictions are rounded "
+                "to the nearest non-negative integer (halves up). The model in `models/LATEST` is "
+                "reloaded without a restart within about a second of a new training run."
+            ),
+        },
+        "paths": {
+            "/predict": {
+                "get": {
+                    "summary": "Predict one volume",
+                    "operationId": "predictGet",
+                    "parameters": [
+                        {"name": name, "in": "query", "required": True, "schema": schema}
+                        for name, schema in number.items()
+                    ],
+                    "responses": {
+                        "200": {"description": "The prediction.", "content": {"application/json": {"schema": prediction}}},
+                        "400": bad_input,
+                        "503": no_model,
+                    },
+                },
+                "post": {
+                    "summary": "Predict one volume, or a batch",
+                    "operationId": "predictPost",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        {"$ref": "#/components/schemas/Features"},
+                                        {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Features"},
+                                            "minItems": 1,
+                                            "maxItems": MAX_BATCH,
+                                        },
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "An object for an object; a list in the same order for a list.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"oneOf": [prediction, {"type": "array", "items": prediction}]}
+                                }
+                            },
+                        },
+                        "400": bad_input,
+                        "503": no_model,
+                    },
+                },
+            },
+            "/health": {
+                "get": {
+                    "summary": "Is a model loaded?",
+                    "operationId": "health",
+                    "responses": {
+                        "200": {
+                            "description": "A model is loaded.",
+                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+                        },
+                        "503": no_model,
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": {"description": "OpenAPI 3 document.", "content": {"application/json": {}}}},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Features": {
+                    "type": "object",
+                    "required": list(FIELDS),
+                    "additionalProperties": False,
+                    "properties": number,
+                },
+                "Prediction": {
+                    "type": "object",
+                    "required": ["volume", "model_id"],
+                    "properties": {
+                        "volume": {"type": "integer", "minimum": 0, "example": 1234567},
+                        "model_id": {"type": "string"},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "model_id"],
+                    "properties": {"status": {"type": "string", "enum": ["ok"]}, "model_id": {"type": "string"}},
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {"type": "string", "description": "What is wrong, in one sentence."},
+                        "field": {"type": "string", "description": "The offending field, when there is one."},
+                        "index": {"type": "integer", "description": "The offending item of a batch."},
+                    },
+                },
+            }
+        },
+    }
+
+
+def openapi_json() -> str:
+    return json.dumps(openapi_spec(), indent=2) + "\n"
+
+
+def write_openapi(path: str | os.PathLike = OPENAPI_PATH) -> Path:
+    from volcast.storage import atomic_write_text
+
+    return atomic_write_text(path, openapi_json())

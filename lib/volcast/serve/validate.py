@@ -1,0 +1,243 @@
+"""Input validation for predictions: the one place that decides what a request may contain.
+
+Pure functions that turn query strings, JSON bodies and dashboard text into floats, or raise
+``InputError`` with one sentence naming the field (and the item of a batch). The dashboard uses the
+same functions, so it explains bad input in the same words as the API.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from volcast.config import PRICE_FEATURE, VOL_FEATURE
+from volcast.errors import UserError
+
+
+# Inclusive bounds. The largest 30-day mean volume in the Kaggle data is ~1e9 shares and the
+# largest rolling median price ~4e5 (BRK-A); the bounds leave two orders of magnitude of room and
+# still reject values that can only be typos or unit mistakes.
+FIELD_BOUNDS: dict[str, tuple[float, float]] = {
+    VOL_FEATURE: (0.0, 1e11),
+    PRICE_FEATURE: (0.0, 1e7),
+}
+FIELDS = tuple(FIELD_BOUNDS)
+MAX_BATCH = 10_000
+# A 10,000-object batch is ~0.8 MB of JSON; bodies above this are refused before parsing.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+NO_MODEL_ERROR = "no model yet: run `python run_pipeline.py` first"
+
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_NON_FINITE_WORDS = {"nan": "NaN", "inf": "infinity", "infinity": "infinity"}
+
+
+class InputError(UserError, ValueError):
+    """Bad prediction input; ``str(err)`` is the sentence shown to the user (API and dashboard)."""
+
+    def __init__(self, message: str, field: str | None = None, index: int | None = None):
+        super().__init__(message)
+        self.field = field
+        self.index = index
+
+    def payload(self) -> dict:
+        out: dict[str, Any] = {"error": str(self)}
+        if self.field is not None:
+            out["field"] = self.field
+        if self.index is not None:
+            out["index"] = self.index
+        return out
+
+
+def _show(text: str, limit: int = 40) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _fmt(bound: float) -> str:
+    """1e11 -> "1e11" (not "1e+11"), 0 -> "0"."""
+    return re.sub(r"e\+0*", "e", f"{bound:g}")
+
+
+def bounds_text(field: str) -> str:
+    """'a number from 0 to 1e11': the accepted range of a field, in words."""
+    lo, hi = FIELD_BOUNDS[field]
+    return f"a number from {_fmt(lo)} to {_fmt(hi)}"
+
+
+def _check_range(field: str, value: float, shown: str) -> float:
+    lo, hi = FIELD_BOUNDS[field]
+    if value < lo:
+        raise InputError(f"{field} must not be negative, got {shown}", field)
+    if value > hi:
+        raise InputError(f"{field} must be at most {_fmt(hi)}, got {shown}", field)
+    return float(value)
+
+
+def parse_number_text(field: str, text: str) -> float:
+    """One field's value typed as text (query string or dashboard box) -> float, or InputError."""
+    stripped = text.strip()
+    if not stripped:
+        raise InputError(f"{field} is empty; give {bounds_text(field)}", field)
+    word = stripped.lstrip("+-").lower()
+    if word in _NON_FINITE_WORDS:
+        raise InputError(f"{field} must be a finite number, got {_NON_FINITE_WORDS[word]}", field)
+    if not _NUMBER_RE.fullmatch(stripped):
+        raise InputError(
+            f"{field} must be a plain number like 12345.6 (no commas, units or spaces inside), "
+            f"got {_show(stripped)}",
+            field,
+        )
+    value = float(stripped)  # cannot fail after the regex; a huge exponent gives +-inf
+    shown = stripped if len(stripped) <= 40 else f"{value:g}"
+    return _check_range(field, value, shown)
+
+
+def parse_predict_params(query: Mapping[str, Sequence[str]]) -> tuple[float, float]:
+    """Query parameters (name -> list of values, as ``parse_qs`` gives) -> (vol_moving_avg, price)."""
+    for name in query:
+        if name not in FIELD_BOUNDS:
+            raise InputError(
+                f"unknown parameter {_show(name)}; the parameters are {VOL_FEATURE} and {PRICE_FEATURE}",
+                name,
+            )
+    values = []
+    for field in FIELDS:
+        given = query.get(field)
+        if not given:
+            raise InputError(f"{field} is missing; give {bounds_text(field)}", field)
+        if len(given) > 1:
+            raise InputError(f"{field} is given {len(given)} times; give it once", field)
+        values.append(parse_number_text(field, given[0]))
+    return values[0], values[1]
+
+
+class _JsonConstant:
+    """NaN / Infinity / -Infinity in a body (Python's json accepts them; JSON does not).
+
+    Kept as a marker so the field check names the field ("vol_moving_avg must be a finite number,
+    got NaN") instead of failing the whole body with a vague parse error.
+    """
+
+    __slots__ = ("word",)
+
+    def __init__(self, word: str):
+        self.word = word
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, _JsonConstant):
+        return value.word
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return type(value).__name__
+
+
+def _validate_json_number(field: str, value: Any, where: str) -> float:
+    # bool is a subclass of int: reject it first. Numbers in strings are rejected too: JSON has
+    # numbers, and accepting "12" would make "12,3" or "1e5 shares" ambiguous.
+    if isinstance(value, _JsonConstant):
+        raise InputError(f"{where}{field} must be a finite number, got {value.word}", field)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where}{field} must be a JSON number, got {_json_type(value)}", field)
+    lo, hi = FIELD_BOUNDS[field]
+    # Compare before float(): a 400-digit JSON integer would overflow float(). A literal such as
+    # 1e400 parses to inf and lands in the "at most" branch below, which is what it is.
+    if isinstance(value, float):
+        shown = f"{value:g}" if math.isfinite(value) else "a number too large for a float"
+    else:
+        shown = str(value) if value.bit_length() < 128 else "a huge integer"
+    if value < lo:
+        raise InputError(f"{where}{field} must not be negative, got {shown}", field)
+    if value > hi:
+        raise InputError(f"{where}{field} must be at most {_fmt(hi)}, got {shown}", field)
+    return float(value)
+
+
+def validate_record(obj: Any, index: int | None = None) -> tuple[float, float]:
+    """One JSON object ``{"vol_moving_avg": n, "adj_close_rolling_med": n}`` -> floats, or InputError.
+
+    Unknown fields are rejected (a typo such as ``vol_moving_average`` must not be silently ignored).
+    """
+    where = "" if index is None else f"item {index}: "
+    try:
+        if not isinstance(obj, dict):
+            raise InputError(
+                f"{where}expected a JSON object with {VOL_FEATURE} and {PRICE_FEATURE}, got {_json_type(obj)}"
+            )
+        for name in obj:
+            if name not in FIELD_BOUNDS:
+                raise InputError(
+                    f"{where}unknown field {_show(str(name))}; the fields are {VOL_FEATURE} and {PRICE_FEATURE}",
+                    str(name),
+                )
+        values = []
+        for field in FIELDS:
+            if field not in obj:
+                raise InputError(f"{where}{field} is missing; give {bounds_text(field)}", field)
+            values.append(_validate_json_number(field, obj[field], where))
+    except InputError as err:
+        err.index = index
+        raise
+    return values[0], values[1]
+
+
+def validate_batch(obj: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A parsed JSON body (object or list of objects) -> (vol array, price array, was_list)."""
+    if isinstance(obj, dict):
+        vol, price = validate_record(obj)
+        return np.array([vol]), np.array([price]), False
+    if not isinstance(obj, list):
+        raise InputError(f"the body must be a JSON object or a list of objects, got {_json_type(obj)}")
+    if not obj:
+        raise InputError("the batch is empty; send at least one object")
+    if len(obj) > MAX_BATCH:
+        raise InputError(f"the batch has {len(obj)} objects; the most is {MAX_BATCH}; split it")
+    vols = np.empty(len(obj))
+    prices = np.empty(len(obj))
+    for i, item in enumerate(obj):
+        vols[i], prices[i] = validate_record(item, i)
+    return vols, prices, True
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    # json.loads keeps the last of repeated keys silently; a repeated field is an error, as in a query.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # One pass (a 16 MB body can hold a million keys: counting per key would take hours).
+        counts: dict[str, int] = {}
+        for name, _ in pairs:
+            counts[name] = counts.get(name, 0) + 1
+        name = next(n for n in obj if counts[n] > 1)
+        shown = name if len(name) <= 40 else name[:40] + "..."
+        raise InputError(f"{shown} is given {counts[name]} times in one object; give it once", name)
+    return obj
+
+
+def parse_json_body(body: bytes) -> Any:
+    """Request body -> parsed JSON, or InputError("malformed JSON ...")."""
+    if not body.strip():
+        raise InputError("the body is empty; send a JSON object or a list of objects")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("malformed JSON: the body is not UTF-8 text") from None
+    try:
+        return json.loads(text, parse_constant=_JsonConstant, object_pairs_hook=_unique_keys)
+    except InputError:
+        raise
+    except RecursionError:
+        raise InputError("malformed JSON: nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, and int() digit-limit errors
+        raise InputError(f"malformed JSON: {err}") from None
