@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from dashboard_helpers import HOSTILE_SYMBOL, build_hostile_output
 from serve_helpers import Client, ServeProcess, tiny_output  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -60,7 +61,7 @@ def _status_after_redirects(url: str) -> tuple[int, bytes]:
 
 @pytest.mark.parametrize("path", ["/api/contents", "/api/contents/", "/terminals", "/api/terminals",
                                   "/api/sessions", "/tree", "/lab", "/voila/files/dashboard.ipynb",
-                                  "/voila/files/make_dashboard.py"])
+                                  "/voila/files/dashboard.py"])
 def test_no_jupyter_contents_terminals_or_sources(served, path):
     # Voilà serves one notebook: other paths redirect to its static-file handler, whose allowlist
     # only has images, so every one of these ends in 403/404 and never lists or returns files.
@@ -150,3 +151,44 @@ def _screenshot(driver) -> bytes:
     buf = io.BytesIO()
     image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+# Counts calls to alert/confirm/prompt instead of opening a dialog; installed before any page script runs.
+ALERT_HOOK = """
+window.__volcastAlerts = [];
+for (const name of ['alert', 'confirm', 'prompt']) {
+  window[name] = (msg) => { window.__volcastAlerts.push(name + ': ' + String(msg)); };
+}
+"""
+
+
+def test_a_hostile_ticker_runs_no_script_and_shows_as_text(tmp_path_factory, browser):
+    """Issue 14, finding 6: a ticker file named like an <img onerror> tag, ingested and served."""
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    out = build_hostile_output(tmp_path_factory.mktemp("hostile-browser"))
+    sp = ServeProcess(out, dashboard=True)
+    hook = browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": ALERT_HOOK})
+    try:
+        browser.get(sp.dashboard_url + "/")
+        pick = Select(_wait(browser, ".volcast-symbol select"))
+        assert HOSTILE_SYMBOL in [o.text for o in pick.options]  # an option's text, not markup
+        pick.select_by_visible_text(HOSTILE_SYMBOL)
+        deadline = time.monotonic() + 60
+        while HOSTILE_SYMBOL + ":" not in browser.find_element(By.TAG_NAME, "body").text:
+            assert time.monotonic() < deadline, browser.find_element(By.TAG_NAME, "body").text[:2000]
+            time.sleep(0.25)
+        time.sleep(1.0)  # let any late-rendered panel (charts, forecast) settle
+        assert browser.execute_script("return window.__volcastAlerts") == []
+        assert browser.execute_script(
+            "return document.querySelectorAll('img[src=\"x\"], svg[onload], [onerror]').length") == 0
+        with pytest.raises(NoAlertPresentException):
+            browser.switch_to.alert.text  # the hook aside, no real dialog is open either
+        page = browser.find_element(By.TAG_NAME, "body").text
+        assert HOSTILE_SYMBOL in page  # the ticker is shown, literally
+    finally:
+        browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": hook["identifier"]})
+        browser.get("about:blank")
+        assert sp.stop() == 0, "".join(sp.log)

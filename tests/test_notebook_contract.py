@@ -3,12 +3,18 @@
 A renamed parameter must fail here rather than be silently ignored by papermill.
 """
 import inspect
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import nbformat
 import papermill
 import pytest
 
 from volcast import config, pipeline
+from volcast.errors import UserError
 
 
 @pytest.mark.parametrize("stage", [s.name for s in pipeline.DAG])
@@ -46,3 +52,102 @@ def test_notebook_defaults_point_at_the_demo(stage):
 def test_dashboard_has_a_parameters_cell_with_output_dir():
     declared = papermill.inspect_notebook(str(config.NOTEBOOKS_DIR / config.DASHBOARD_NOTEBOOK))
     assert "output_dir" in declared
+
+
+# ---------------------------------------------------------------------------------------------
+# Jupytext pairs: every notebook is an .ipynb (with stored outputs) and a py:percent twin
+
+
+NOTEBOOKS = sorted(p.stem for p in config.NOTEBOOKS_DIR.glob("*.ipynb"))
+
+
+def _cells(path):
+    """What a person edits: each cell's type, source and tags, as jupytext reads either side of a pair."""
+    import jupytext
+
+    nb = jupytext.read(path)
+    return [(c.cell_type, c.source, tuple(c.metadata.get("tags", ()))) for c in nb.cells]
+
+
+def test_every_stage_and_dashboard_notebook_is_paired():
+    import jupytext.config
+
+    expected = {Path(s.notebook).stem for s in pipeline.DAG} | {Path(config.DASHBOARD_NOTEBOOK).stem}
+    assert set(NOTEBOOKS) == expected
+    assert {p.stem for p in config.NOTEBOOKS_DIR.glob("*.py")} == expected  # twins, and no generators left
+    # the pairing JupyterLab's jupytext contents manager applies to a notebook opened from this folder
+    found = jupytext.config.load_jupytext_config(str(config.NOTEBOOKS_DIR))
+    assert found is not None
+    for name in expected:
+        for suffix in (".ipynb", ".py"):  # opened from either side, it is the same pair
+            assert found.default_formats(str(config.NOTEBOOKS_DIR / (name + suffix))) == "ipynb,py:percent"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_py_twin_has_the_cells_of_the_ipynb(name):
+    ipynb, twin = config.NOTEBOOKS_DIR / f"{name}.ipynb", config.NOTEBOOKS_DIR / f"{name}.py"
+    assert twin.read_text().count("\n# %%") >= 3  # a py:percent script, not an empty file
+    assert _cells(twin) == _cells(ipynb), (
+        f"{twin.name} and {ipynb.name} differ: run `python run_pipeline.py sync-notebooks` and commit both"
+    )
+
+
+def _copy_notebooks(tmp_path):
+    for path in config.NOTEBOOKS_DIR.iterdir():
+        if path.suffix in (".ipynb", ".py", ".toml"):
+            shutil.copy2(path, tmp_path / path.name)
+    return tmp_path
+
+
+def _make_newest(path):
+    later = max(p.stat().st_mtime for p in path.parent.iterdir()) + 10
+    os.utime(path, (later, later))
+
+
+def test_an_edit_of_the_py_twin_reaches_the_ipynb_and_keeps_its_outputs(tmp_path):
+    folder = _copy_notebooks(tmp_path)
+    twin, ipynb = folder / "02_features.py", folder / "02_features.ipynb"
+    before = nbformat.read(ipynb, as_version=4)
+    text = twin.read_text()
+    assert "symbol = \"\"\n" in text
+    twin.write_text(text.replace('symbol = ""\n', 'symbol = ""\nextra_setting = 7\n', 1))
+    _make_newest(twin)
+    assert _cells(twin) != _cells(ipynb)  # what the sync test above would catch
+
+    pipeline.sync_notebooks(["02_features"], notebooks_dir=folder)
+
+    after = nbformat.read(ipynb, as_version=4)
+    assert _cells(twin) == _cells(ipynb)
+    params = [c for c in after.cells if "parameters" in c.metadata.get("tags", [])]
+    assert params[0].source.endswith('symbol = ""\nextra_setting = 7')
+    # cells whose source did not change keep their stored outputs (nbval compares them)
+    stored = [c.outputs for c in before.cells if c.cell_type == "code" and c.outputs]
+    assert stored and [c.outputs for c in after.cells if c.cell_type == "code" and c.outputs] == stored
+
+
+def test_an_edit_of_the_ipynb_reaches_the_py_twin(tmp_path):
+    folder = _copy_notebooks(tmp_path)
+    twin, ipynb = folder / "03_train.py", folder / "03_train.ipynb"
+    nb = nbformat.read(ipynb, as_version=4)
+    nb.cells.append(nbformat.v4.new_markdown_cell("## Added in JupyterLab\n\nA closing remark."))
+    nbformat.write(nb, ipynb)
+    _make_newest(ipynb)
+
+    # the command a JupyterLab user runs from a shell, on the copied folder
+    subprocess.run([sys.executable, "-m", "jupytext", "--sync", "--quiet", str(ipynb)], check=True, cwd=folder)
+
+    assert twin.read_text().rstrip().endswith("# ## Added in JupyterLab\n#\n# A closing remark.")
+    assert _cells(twin) == _cells(ipynb)
+
+
+def test_sync_of_an_unknown_notebook_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such notebook"):
+        pipeline.sync_notebooks(["04_nothing"], notebooks_dir=_copy_notebooks(tmp_path))
+
+
+def test_pytest_collects_the_ipynb_for_nbval_and_not_the_py_twins():
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "notebooks"],
+                         cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    ids = [line for line in out.stdout.splitlines() if "::" in line]
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert {i.split("::")[0] for i in ids} == {f"notebooks/{name}.ipynb" for name in NOTEBOOKS}

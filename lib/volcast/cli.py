@@ -1,4 +1,5 @@
-"""Command line: `python run_pipeline.py [run options]`, `... serve`, `... dag`, `... refresh-notebooks`."""
+"""Command line: `python run_pipeline.py [run options]`, `... serve`, `... dag`, `... sync-notebooks`,
+`... refresh-notebooks`."""
 from __future__ import annotations
 
 import argparse
@@ -7,14 +8,15 @@ import sys
 from . import config
 from .errors import UserError
 
-SUBCOMMANDS = ("run", "serve", "dag", "refresh-notebooks")
+SUBCOMMANDS = ("run", "serve", "dag", "sync-notebooks", "refresh-notebooks")
 
 
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_pipeline.py",
         description="Run the volcast stages (ingest -> features -> train) as papermill notebooks. "
-        "Other commands: 'serve' (API + dashboard), 'dag' (print the DAG), 'refresh-notebooks'.",
+        "Other commands: 'serve' (API + dashboard), 'dag' (print the DAG), 'sync-notebooks' (bring each "
+        ".ipynb and its .py twin in step), 'refresh-notebooks' (re-execute them, storing their outputs).",
     )
     parser.add_argument("--source", help="Kaggle-layout folder or .zip, 'kaggle' or 'demo' "
                         "(default: kaggle when credentials exist, else demo)")
@@ -54,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             from . import pipeline
 
             print(pipeline.mermaid())
+            return 0
+        if command == "sync-notebooks":
+            from . import pipeline
+
+            for path in pipeline.sync_notebooks(argv or None):
+                print(f"in sync: {path.name} <-> {path.with_suffix('.py').name}")
             return 0
         if command == "refresh-notebooks":
             from . import pipeline

@@ -118,7 +118,7 @@ class Stage:
 
 DAG: tuple[Stage, ...] = (
     Stage("ingest", "01_ingest.ipynb", inputs=("source",), outputs=("raw_dir", "quarantine_dir"),
-          code=("ingest.py",)),
+          code=("ingest",)),  # a package: every .py file in it
     Stage("features", "02_features.ipynb", inputs=("raw_dir",), outputs=("features_dir",),
           code=("features.py",), after=("ingest",), notebook_only=("symbol",)),
     Stage("train", "03_train.ipynb", inputs=("features_dir",), outputs=("models_dir",),
@@ -581,11 +581,36 @@ def _summary(stage: str, layout: Layout) -> str:
     return ""
 
 
+def _notebook_paths(names: list[str] | None, notebooks_dir: Path) -> list[Path]:
+    """The .ipynb side of each named pair (``02_features``, ``02_features.py`` or ``.ipynb``), or all of them."""
+    if not names:
+        return sorted(notebooks_dir.glob("*.ipynb"))
+    return [notebooks_dir / (Path(name).stem + ".ipynb") for name in names]
+
+
+def sync_notebooks(names: list[str] | None = None, notebooks_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Bring each Jupytext pair (``X.ipynb`` + its ``py:percent`` twin ``X.py``) in step: ``jupytext --sync``.
+
+    The side edited last gives the cells; the .ipynb keeps its stored outputs for cells whose source is
+    unchanged. The pairing itself is in ``notebooks/jupytext.toml``, which JupyterLab also reads.
+    """
+    from jupytext.cli import jupytext as jupytext_cli
+
+    paths = _notebook_paths(names, Path(notebooks_dir or config.NOTEBOOKS_DIR))
+    missing = [str(p) for p in paths if not p.exists() and not p.with_suffix(".py").exists()]
+    if missing:
+        raise UserError(f"no such notebook: {', '.join(missing)}")
+    jupytext_cli(["--sync", "--quiet", *map(str, paths)])
+    return paths
+
+
 def refresh_notebooks(names: list[str] | None = None, say: Callable[[str], None] = print) -> None:
     """Re-execute the committed notebooks in place with their default (demo) parameters.
 
-    This refreshes the stored outputs that nbval compares, after an intended change. nbclient (not
-    papermill) so the committed notebooks carry no injected cell or run metadata.
+    This refreshes the stored outputs that nbval compares, after an intended change. Each pair is synced
+    first (an edit made on the .py side is what runs) and after (the twin is rewritten, so it is not older
+    than its .ipynb). nbclient (not papermill) so the committed notebooks carry no injected cell or run
+    metadata.
     """
     import nbclient
     import nbformat
@@ -593,12 +618,13 @@ def refresh_notebooks(names: list[str] | None = None, say: Callable[[str], None]
     layout = Layout.at(config.NOTEBOOKS_DIR / "../outputs/demo")
     kernel = ensure_kernel(layout)
     order = [stage.notebook for stage in DAG] + [config.DASHBOARD_NOTEBOOK]
-    for name in names or order:
-        path = config.NOTEBOOKS_DIR / name
+    for path in sync_notebooks(names or order):
         say(f"refreshing {path.name}")
         nb = nbformat.read(path, as_version=4)
         nbclient.NotebookClient(nb, kernel_name=kernel, timeout=1800,
                                 resources={"metadata": {"path": str(config.NOTEBOOKS_DIR)}}).execute()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         storage.atomic_write_text(path, nbformat.writes(nb) + "\n")
+        sync_notebooks([path.name])
+        path.with_suffix(".py").touch()  # the twin is current: not older than the .ipynb just written
     shutil.rmtree(config.NOTEBOOKS_DIR / "catboost_info", ignore_errors=True)
