@@ -280,13 +280,18 @@ def test_summarize_raw_sums_across_row_groups(sample_run, sample_raw, tmp_path, 
     assert (s["date_min"], s["date_max"]) == (df["Date"].min(), df["Date"].max())
 
 
-def test_summary_footers_count_rows_written_in_many_row_groups(tmp_path, sample_source, monkeypatch):
-    """Partitions written in many row groups: the footer's counts add up every group's rows."""
-    monkeypatch.setattr(ingest, "ROW_GROUP_ROWS", 5_000)
-    ingest.run(tmp_path, source=str(sample_source), jobs=1)
+def test_summary_footers_count_rows_written_in_many_row_groups(tmp_path, monkeypatch):
+    """Partitions written in many row groups: the footer's counts add up every group's rows.
+
+    Its own market (whatever sample is present): 12 tickers over 3 years are at least 60 business days
+    each, written in row groups of 50 rows, so every partition has at least 2 groups and most many more."""
+    source = ingest.generate_demo_market(tmp_path / "src", n_tickers=12, years=3, seed=3)
+    monkeypatch.setattr(ingest.write, "ROW_GROUP_ROWS", 50)
+    ingest.run(tmp_path, source=str(source), jobs=1)
     files = sorted(Layout.at(tmp_path).raw_dir.glob("part-*.parquet"))
-    assert max(pq.read_metadata(f).num_row_groups for f in files) > 3
-    assert all(ingest._footer_summary(pq.read_metadata(f)) for f in files)
+    groups = [pq.read_metadata(f).num_row_groups for f in files]
+    assert min(groups) >= 2 and max(groups) > 3
+    assert all(ingest.summary._footer_summary(pq.read_metadata(f)) for f in files)
     s = ingest.summarize_raw(tmp_path)
     df = pd.read_parquet(Layout.at(tmp_path).raw_dir)
     assert s["rows_per_ticker"].to_dict() == df.groupby("Symbol").size().to_dict()

@@ -128,14 +128,14 @@ def test_whole_ingest_same_with_and_without_batches(which, tmp_path, sample_sour
     else:
         source = str(sample_source)
     if which.endswith("tiny read buffer"):  # every file outgrows the reader's buffer, which must grow
-        tiny = ingest._JoinedBodies()
+        tiny = ingest.read._JoinedBodies()
         tiny.buffer = bytearray(64)
-        monkeypatch.setattr(ingest, "_JOINED", tiny)
+        monkeypatch.setattr(ingest.task, "_JOINED", tiny)
     fast = ingest.run(tmp_path / "fast", source=source, jobs=1)
-    monkeypatch.setattr(ingest, "BATCH_BYTES", 0)  # every batch one file: parse_csv for all
+    monkeypatch.setattr(ingest.task, "BATCH_BYTES", 0)  # every batch one file: parse_csv for all
     slow = ingest.run(tmp_path / "slow", source=source, jobs=1)
     # the checksums the next run compares are of each file's bytes, however the file was read
-    files = ingest._load_state(Layout.at(tmp_path / "fast"))["files"]
+    files = ingest.stage._load_state(Layout.at(tmp_path / "fast"))["files"]
     assert len(files) >= len(fast["files"]) > 0  # files set aside unread are not in the state
     if Path(source).is_dir():
         read = lambda rel: (Path(source) / rel).read_bytes()  # noqa: E731
@@ -161,8 +161,8 @@ def test_joined_reader_takes_a_file_that_changes_size_whole(tmp_path, monkeypatc
     path = tmp_path / "A.csv"
     path.write_bytes(data)
     real_fstat = os.fstat
-    monkeypatch.setattr(ingest.os, "fstat", lambda fd: SimpleNamespace(st_size=real_fstat(fd).st_size + change))
-    reader = ingest._JoinedBodies()
+    monkeypatch.setattr(ingest.read.os, "fstat", lambda fd: SimpleNamespace(st_size=real_fstat(fd).st_size + change))
+    reader = ingest.read._JoinedBodies()
     crc, whole = reader.read(str(path))
     monkeypatch.undo()
     assert whole == data and crc == zlib.crc32(data)

@@ -60,7 +60,10 @@ def code_digest(*files: str | os.PathLike, extra=()) -> str:
     """A short digest of source files (and of ``extra`` values such as schemas): the "code" part of
     every up-to-date check, so that output made by other code is never reused."""
     digest = hashlib.sha256()
-    for file in map(Path, files):
+    expanded = []
+    for file in map(Path, files):  # a package directory stands for its .py files
+        expanded += sorted(file.glob("*.py")) if file.is_dir() else [file]
+    for file in expanded:
         if file.exists():
             digest.update(file.name.encode())
             digest.update(file.read_bytes())

@@ -1,0 +1,221 @@
+"""The ingest stage: ``run``, the incremental plan, the state file and the report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (ISA-L)
+
+from .. import config, storage
+from ..config import RAW_SCHEMA, Layout
+from .sources import (
+    Catalog,
+    ResolvedSource,
+    SourceFile,
+    parse_meta,
+    resolve_source,
+    scan_source,
+)
+from .task import _Task
+from .workers import _execute
+
+STAGE = "ingest"
+STATE_FILE = "_ingest_state.json"  # inside the raw dataset version: published atomically with the data
+STATE_VERSION = 1
+
+
+def _code_fingerprint() -> str:
+    """Incremental runs reuse earlier output only if the parsing code and schemas are the same."""
+    # Every file of this package; storage.py holds the partitioning scheme.
+    package = sorted(Path(__file__).parent.glob("*.py"))
+    return storage.code_digest(*package, storage.__file__, extra=(RAW_SCHEMA, STATE_VERSION))
+
+
+def _source_identity(src: ResolvedSource) -> dict:
+    return {"kind": src.kind, "path": str(src.path), "label": src.label}
+
+
+def _load_state(layout: Layout) -> dict | None:
+    current = storage.current_version(layout.raw_dir)
+    if current is None:
+        return None
+    try:
+        return storage.read_json(current / STATE_FILE)
+    except (OSError, ValueError):
+        return None
+
+
+
+def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tickers=config.DEMO_TICKERS,
+        demo_years=config.DEMO_YEARS, incremental=True) -> dict:
+    """Ingest ``source`` into ``output_dir/data/raw`` (+ quarantine) and write ``reports/ingest.json``.
+
+    ``source``: a Kaggle-layout folder or .zip, ``"kaggle"``, ``"demo"`` or None (Kaggle when
+    credentials exist, else the demo). Re-running on the same source rereads only changed files;
+    the report's ``changed_partitions`` lists the partition keys rewritten (empty: nothing changed).
+    ``incremental=False`` (the pipeline's ``--force``) ignores the previous run and re-reads everything.
+    With ``jobs`` > 1 files are parsed in worker processes (forkserver): a script that calls this must
+    keep its top level under ``if __name__ == "__main__":``, as multiprocessing requires.
+    """
+    t0 = time.perf_counter()
+    layout = Layout.at(output_dir)
+    jobs = config.resolve_jobs(jobs)
+    src = resolve_source(source, layout.cache_dir, demo_seed=int(demo_seed), demo_tickers=int(demo_tickers),
+                         demo_years=int(demo_years))
+    print(f"ingest: source {src.label}" + (" -- NOT real market data" if src.kind == "demo" else ""))
+    catalog = scan_source(src)
+    names, meta_note = parse_meta(catalog.meta)
+    state = _load_state(layout) if incremental else None
+    code_fp = _code_fingerprint()
+    plan = _plan(catalog, state, src, code_fp, layout)
+
+    entries: dict[str, dict] = {}  # file -> per-file entry
+    changed_partitions: list[str] = []
+    if plan["incremental"] and not plan["rewrite"]:
+        # Nothing changed: keep the dataset, refresh the stamps of touched-but-equal files.
+        entries = {e["file"]: e for e in state["files"]}
+        if plan["stamps_refreshed"]:
+            storage.atomic_write_json(storage.current_version(layout.raw_dir) / STATE_FILE,
+                                      _state(src, catalog, code_fp, entries, plan["stamps"]))
+    else:
+        entries = _write_partitions(layout, src, catalog, names, plan, jobs, state)
+        changed_partitions = sorted(plan["rewrite"])
+
+    report = _report(src, catalog, names, meta_note, entries, plan, changed_partitions, time.perf_counter() - t0)
+    storage.atomic_write_json(layout.report(STAGE), report)
+    t = report["totals"]
+    print(f"ingest: {t['files_ingested']:,} files, {t['rows_kept']:,} rows kept, "
+          f"{t['rows_quarantined']:,} rows quarantined, {t['files_rejected']} files set aside, "
+          f"{len(report['tickers_without_metadata'])} tickers without metadata"
+          + ("" if not plan["incremental"] else f"; incremental: {len(changed_partitions)} partitions rewritten"))
+    return report
+
+
+def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: str, layout: Layout) -> dict:
+    """Decide full or incremental, and which partitions to rewrite and which files to read."""
+    full = {"incremental": False, "rewrite": {storage.partition_key(f.symbol) for f in catalog.files},
+            "read": {f.rel for f in catalog.files}, "stamps": {}, "stamps_refreshed": False, "why": "first run"}
+    if state is None:
+        return full
+    if state.get("version") != STATE_VERSION or state.get("code") != code_fp:
+        return {**full, "why": "ingest code changed"}
+    if state.get("source", {}).get("path") != str(src.path) or state.get("source", {}).get("kind") != src.kind:
+        return {**full, "why": "different source"}
+    if state.get("meta") != catalog.meta_fingerprint:
+        return {**full, "why": "symbols_valid_meta.csv changed"}
+    previous = {e["rel"]: e for e in state.get("stamps", [])}
+    if len(state.get("files", [])) != len(previous):
+        return {**full, "why": "state incomplete"}
+    rewrite, read, stamps, refreshed = set(), set(), {}, False
+    current = {f.rel for f in catalog.files}
+    for f in catalog.files:
+        old = previous.get(f.rel)
+        stamps[f.rel] = {"rel": f.rel, "symbol": f.symbol, "size": f.size, "stamp": f.stamp,
+                         "crc32": old.get("crc32") if old else None}
+        if old and old["size"] == f.size and old["stamp"] == f.stamp and old.get("symbol") == f.symbol:
+            continue
+        if old and old["size"] == f.size and old.get("crc32") and src.path.is_dir():
+            # Touched but maybe not modified: compare content (CRC32 at ~2 GB/s) before rereading.
+            crc = f"{crc32((src.path / f.rel).read_bytes()):08x}"
+            if crc == old["crc32"]:
+                refreshed = True
+                continue
+        rewrite.add(storage.partition_key(f.symbol))
+        read.add(f.rel)
+    for rel, old in previous.items():
+        if rel not in current:
+            rewrite.add(storage.partition_key(old["symbol"]))
+    return {"incremental": True, "rewrite": rewrite, "read": read, "stamps": stamps,
+            "stamps_refreshed": refreshed, "why": "same source as the last run"}
+
+
+def _write_partitions(layout, src, catalog, names, plan, jobs, state) -> dict[str, dict]:
+    by_key: dict[str, list[SourceFile]] = {}
+    for f in catalog.files:
+        by_key.setdefault(storage.partition_key(f.symbol), []).append(f)
+    old_entries = {e["file"]: e for e in (state or {}).get("files", [])} if plan["incremental"] else {}
+    entries: dict[str, dict] = {}
+    # Entries of files not reread come from the last run (their rows are carried over unchanged).
+    for f in catalog.files:
+        short = f.rel[len(catalog.root):]
+        if f.rel not in plan["read"] and short in old_entries:
+            entries[short] = old_entries[short]
+
+    previous_raw = storage.current_version(layout.raw_dir) if plan["incremental"] else None
+    previous_q = storage.current_version(layout.quarantine_dir) if plan["incremental"] else None
+    incremental = plan["incremental"]
+    with storage.publish_dir(layout.raw_dir, seed_from_current=incremental) as raw_stage, \
+            storage.publish_dir(layout.quarantine_dir, seed_from_current=incremental) as q_stage:
+        tasks = []
+        for key in sorted(plan["rewrite"]):
+            files = by_key.get(key, [])
+            part = storage.partition_file(key)
+            to_parse = [(f.rel, f.symbol, names.get(f.symbol)) for f in files if f.rel in plan["read"]]
+            keep = [f.symbol for f in files if f.rel not in plan["read"]]
+            tasks.append(_Task(
+                key, str(src.path), catalog.root, to_parse, keep,
+                str(previous_raw / part) if previous_raw else None,
+                str(previous_q / part) if previous_q else None,
+                str(raw_stage / part), str(q_stage / part),
+                sum(f.size for f in files if f.rel in plan["read"]),
+            ))
+        for entry in _execute(tasks, jobs, sum(len(t.parse) for t in tasks)):
+            entries[entry["file"]] = entry
+        ordered = {f.rel[len(catalog.root):]: None for f in catalog.files}
+        entries = {k: entries[k] for k in ordered if k in entries}
+        stamps = plan["stamps"] or {f.rel: {"rel": f.rel, "size": f.size, "stamp": f.stamp, "symbol": f.symbol}
+                                    for f in catalog.files}
+        for f in catalog.files:
+            e = entries.get(f.rel[len(catalog.root):], {})
+            if e.get("crc32"):
+                stamps[f.rel]["crc32"] = e["crc32"]
+        storage.atomic_write_json(raw_stage / STATE_FILE, _state(src, catalog, _code_fingerprint(), entries, stamps))
+    return entries
+
+
+
+
+def _state(src, catalog, code_fp, entries, stamps) -> dict:
+    return {
+        "version": STATE_VERSION,
+        "code": code_fp,
+        "source": _source_identity(src),
+        "meta": catalog.meta_fingerprint,
+        "files": list(entries.values()),  # parsed files (rejected ones included), not catalog.rejected
+        "stamps": list(stamps.values()),
+    }
+
+
+def _report(src, catalog, names, meta_note, entries, plan, changed_partitions, seconds) -> dict:
+    files = list(entries.values()) + catalog.rejected
+    ok = [e for e in files if not e.get("error")]
+    rejected = [{"file": e["file"], "symbol": e["symbol"], "reason": e["error"]} for e in files if e.get("error")]
+    sums = {k: sum(e.get(k, 0) for e in files) for k in
+            ("rows_read", "rows_kept", "rows_quarantined", "zero_volume_rows", "nonpositive_price_rows")}
+    without_meta = sorted(e["symbol"] for e in ok if e.get("rows_kept") and e["symbol"] not in names)
+    # Speed counts only the rows parsed in this run (an incremental run rereads few files).
+    reread = {f.rel[len(catalog.root):] for f in catalog.files if f.rel in plan["read"]}
+    rows_this_run = sum(e.get("rows_read", 0) for e in files if e["file"] in reread)
+    rows_per_s = rows_this_run / seconds if seconds > 0 and rows_this_run else None
+    return {
+        "stage": STAGE,
+        "source": _source_identity(src) | {"generated": src.kind == "demo"},
+        "totals": {
+            "files": len(files),
+            "files_ingested": len(ok),
+            "files_rejected": len(rejected),
+            "tickers": sum(1 for e in ok if e.get("rows_kept")),
+            **sums,
+        },
+        "rejected_files": rejected,
+        "tickers_without_metadata": without_meta,
+        "meta_note": meta_note,
+        "incremental": plan["incremental"],
+        "incremental_reason": plan["why"],
+        "changed_partitions": changed_partitions,
+        "files_reread": len(plan["read"]),
+        "rows_read_this_run": rows_this_run,
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows_per_s) if rows_per_s else None,
+        "files": [{k: v for k, v in e.items() if k != "crc32"} for e in files],
+    }

@@ -1,0 +1,152 @@
+"""One partition task: read its files, parse them (jointly where clean), write its raw and quarantine files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (ISA-L)
+
+from ..config import RAW_SCHEMA
+from .batch import BATCH_BYTES, parse_csv_batch
+from .parse import ParsedFile, _reject, parse_csv
+from .quarantine import QUARANTINE_SCHEMA
+from .read import _JoinedBodies, _read_zip_member
+from .write import _BufferedParquet, _RawParquet
+
+_PROGRESS = None  # a multiprocessing queue in worker processes: the number of files done, per batch
+
+
+def _init_worker(progress_queue) -> None:
+    global _PROGRESS
+    _PROGRESS = progress_queue
+
+
+
+class _Task(NamedTuple):
+    key: str
+    source_path: str
+    root: str
+    parse: list[tuple[str, str, str | None]]  # (rel, symbol, security name) to read, in Symbol order
+    keep_symbols: list[str]  # symbols whose rows come from the previous version unchanged
+    previous_raw: str | None  # previous partition files (incremental runs)
+    previous_quarantine: str | None
+    raw_out: str
+    quarantine_out: str
+    bytes: int
+
+
+
+_JOINED: _JoinedBodies | None = None  # one per process: reused by every partition task it runs
+
+
+def _partition_task(task: _Task) -> list[dict]:
+    """Parse a partition's files and write its raw and quarantine Parquet files. Returns per-file entries."""
+    old_raw = old_q = None
+    if task.keep_symbols and task.previous_raw and os.path.exists(task.previous_raw):
+        old_raw = pq.read_table(task.previous_raw, schema=RAW_SCHEMA)
+        old_raw = old_raw.filter(pc.is_in(old_raw["Symbol"], pa.array(task.keep_symbols, pa.string())))
+    if task.keep_symbols and task.previous_quarantine and os.path.exists(task.previous_quarantine):
+        old_q = pq.read_table(task.previous_quarantine, schema=QUARANTINE_SCHEMA)
+        old_q = old_q.filter(pc.is_in(old_q["symbol"], pa.array(task.keep_symbols, pa.string())))
+    raw_out = _RawParquet(Path(task.raw_out))
+    q_out = _BufferedParquet(Path(task.quarantine_out), QUARANTINE_SCHEMA)
+
+    # Merge previous rows of unchanged tickers with freshly parsed ones, in Symbol order.
+    keep = sorted(task.keep_symbols)
+    pieces: list[tuple[str, Any]] = [(s, None) for s in keep] + [(sym, (rel, name)) for rel, sym, name in task.parse]
+    pieces.sort(key=lambda p: p[0])
+    old_bounds = _symbol_bounds(old_raw) if old_raw is not None else {}
+    old_q_bounds = _symbol_bounds(old_q, "symbol") if old_q is not None else {}
+    entries = []
+    # (entry, the file's bytes, symbol, security name, result so far, index of its body in `joined`)
+    batch: list[tuple[dict, bytes | None, str, str | None, ParsedFile | None, int | None]] = []
+    batch_bytes = 0
+    global _JOINED
+    joined = None
+    if os.path.isdir(task.source_path):  # zip members are read as bytes
+        joined = _JOINED = _JOINED or _JoinedBodies()
+        joined.clear()
+
+    def flush() -> None:
+        """Parse the batch (jointly where files are clean, else file by file) and write it in order."""
+        nonlocal batch, batch_bytes
+        fast: dict[int, ParsedFile | None] = {}
+        readable = [k for k, b in enumerate(batch) if b[1] is not None]
+        if len(readable) > 1:
+            try:
+                fast.update(zip(readable, parse_csv_batch([batch[k][1:4] for k in readable], ticker_columns=False)))
+            except Exception:  # the file-by-file path below decides, and reports what is wrong
+                pass
+        in_buffer = [k for k, b in enumerate(batch) if b[5] is not None]
+        if len(in_buffer) > 1:  # one file alone: parse_csv is as fast
+            try:
+                fast.update(zip(in_buffer, joined.parse([batch[k][2:4] for k in in_buffer])))
+            except Exception:
+                pass
+        for k, (entry, data, symbol, name, parsed, body) in enumerate(batch):
+            if parsed is None:
+                parsed = fast.get(k)
+            if parsed is None:
+                try:
+                    parsed = parse_csv(data if body is None else joined.body(body), symbol, name, entry["file"])
+                except Exception as exc:  # never let one file stop the run
+                    parsed = _reject(f"unreadable: {type(exc).__name__}: {exc}")
+            entry.update(parsed.counts)
+            if parsed.error:
+                entry["error"] = parsed.error
+            raw_out.add(parsed.table, symbol, name)
+            q_out.add(parsed.quarantine)
+            entries.append(entry)
+        if _PROGRESS is not None and batch:
+            _PROGRESS.put(len(batch))
+        batch, batch_bytes = [], 0
+        if joined is not None:
+            joined.clear()
+
+    for symbol, item in pieces:
+        if item is None:
+            flush()  # keep Symbol order: earlier files first
+            if symbol in old_bounds:
+                old = old_raw.slice(*old_bounds[symbol])
+                raw_out.add(old, symbol, old["Security Name"][0].as_py())  # as last written
+            if symbol in old_q_bounds:
+                q_out.add(old_q.slice(*old_q_bounds[symbol]))
+            continue
+        rel, name = item
+        entry: dict[str, Any] = {"file": rel[len(task.root):], "symbol": symbol}
+        try:
+            if joined is not None:
+                crc, data = joined.read(os.path.join(task.source_path, rel))
+                body = None if data is not None else len(joined.spans) - 1
+                size = len(data) if data is not None else joined.spans[-1][1] - joined.spans[-1][0]
+            else:
+                data = _read_zip_member(task.source_path, rel)
+                crc, body, size = crc32(data), None, len(data)
+            entry["crc32"] = f"{crc:08x}"
+            batch.append((entry, data, symbol, name, None, body))
+            batch_bytes += size
+        except Exception as exc:  # never let one file stop the run
+            batch.append((entry, None, symbol, name, _reject(f"unreadable: {type(exc).__name__}: {exc}"), None))
+        if batch_bytes >= BATCH_BYTES:
+            flush()
+    flush()
+    raw_out.close()
+    q_out.close()
+    return entries
+
+
+def _symbol_bounds(table: pa.Table, column: str = "Symbol") -> dict[str, tuple[int, int]]:
+    """{symbol: (offset, length)} of a table sorted by that column."""
+    if table is None or not table.num_rows:
+        return {}
+    ree = pc.run_end_encode(table[column].combine_chunks())
+    ends = ree.run_ends.to_numpy()
+    values = ree.values.to_pylist()
+    starts = np.concatenate([[0], ends[:-1]])
+    return {v: (int(s), int(e - s)) for v, s, e in zip(values, starts, ends)}
+
