@@ -1,6 +1,11 @@
-"""Shared fixtures: real data from ../shared when present, generated demo data otherwise."""
+"""Shared fixtures: real data from ../shared when present, generated demo data otherwise.
+
+``VOLCAST_HIDE_SHARED=1`` makes the tests behave as on a fresh clone with no ``../shared`` beside it
+(CI runs the suite both ways, ``.ci/run``). Anything in tests/ that wants ../shared asks ``shared_data()``.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,18 +14,32 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 SAMPLE_ZIP = SHARED_DATA / "stock-market-sample.zip"
 NASDAQ_PARQUET = SHARED_DATA / "nasdaq-2023.parquet"
+HIDE_SHARED_ENV = "VOLCAST_HIDE_SHARED"
+
+
+def shared_hidden() -> bool:
+    return os.environ.get(HIDE_SHARED_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def shared_data(name: str | None = None) -> Path | None:
+    """``../shared/data`` (or a file in it) when it exists and is not hidden by VOLCAST_HIDE_SHARED; else None."""
+    if shared_hidden():
+        return None
+    path = SHARED_DATA / name if name else SHARED_DATA
+    return path if path.exists() else None
 
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path | None:
-    return SHARED_DATA if SHARED_DATA.is_dir() else None
+    return shared_data()
 
 
 @pytest.fixture(scope="session")
 def sample_source(tmp_path_factory) -> Path:
     """The real 209-ticker sample zip, or a generated demo market in the same layout when absent."""
-    if SAMPLE_ZIP.exists():
-        return SAMPLE_ZIP
+    sample = shared_data(SAMPLE_ZIP.name)
+    if sample is not None:
+        return sample
     from volcast.ingest import generate_demo_market
 
     return generate_demo_market(tmp_path_factory.mktemp("demo-source"), n_tickers=40, years=4, seed=7)

@@ -77,6 +77,18 @@ def test_fingerprint_changes_with_content_not_with_time(tmp_path):
     assert pipeline.fingerprint_path(tmp_path / "missing") is None
 
 
+def test_hide_shared_makes_the_tests_see_a_fresh_clone(monkeypatch):
+    import conftest
+
+    monkeypatch.setenv("VOLCAST_HIDE_SHARED", "1")
+    assert conftest.shared_data() is None and conftest.shared_data("stock-market-sample.zip") is None
+    monkeypatch.setenv("VOLCAST_HIDE_SHARED", "0")
+    present = conftest.SHARED_DATA.is_dir()
+    assert conftest.shared_data() == (conftest.SHARED_DATA if present else None)
+    monkeypatch.delenv("VOLCAST_HIDE_SHARED")
+    assert (conftest.shared_data("stock-market-sample.zip") is not None) == (conftest.SAMPLE_ZIP.exists())
+
+
 def test_readme_diagram_is_generated_from_the_dag():
     readme = (ROOT / "README.md").read_text()
     assert pipeline.mermaid() in readme, "README's DAG is stale: paste `python run_pipeline.py dag`"
