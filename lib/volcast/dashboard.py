@@ -253,9 +253,11 @@ class Dashboard:
         # Symbol explorer
         self.symbols = list_symbols(self.output_dir)
         self.symbol_pick = w.Dropdown(options=self.symbols, description="ticker", value=self.symbols[0] if self.symbols else None)
+        self.symbol_pick.add_class("volcast-symbol")
         self.period_pick = w.ToggleButtons(options=list(PERIODS), value="5 years", description="period")
         self.symbol_image = w.Image(format="png", layout=w.Layout(max_width="100%"))
         self.symbol_note = w.HTML()
+        self.symbol_note.add_class("volcast-symbol-note")
         self.symbol_pick.observe(lambda _: self.render_symbol(), names="value")
         self.period_pick.observe(lambda _: self.render_symbol(), names="value")
         self.explorer = w.VBox([w.HBox([self.symbol_pick, self.period_pick]), self.symbol_note, self.symbol_image])
@@ -289,7 +291,7 @@ class Dashboard:
         complete = frame[VOL_FEATURE].notna()
         self.symbol_note.value = (
             f"<small>{len(self.symbols):,} tickers; "
-            f"{symbol}: {int(complete.sum()):,} of {len(frame):,} days have both features "
+            f"{html.escape(symbol)}: {int(complete.sum()):,} of {len(frame):,} days have both features "
             "(a ticker's first days have none: the window is not full yet).</small>"
         )
         _show_png(self.symbol_image, symbol_png(frame, symbol, PERIODS[self.period_pick.value]))
