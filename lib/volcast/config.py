@@ -15,6 +15,10 @@ KAGGLE_DATASET = "jacksoncrow/stock-market-dataset"
 META_FILE = "symbols_valid_meta.csv"
 SOURCE_SUBDIRS = ("stocks", "etfs")
 
+# Column names every stage uses.
+SYMBOL, SECURITY_NAME, DATE = "Symbol", "Security Name", "Date"
+OPEN, HIGH, LOW, CLOSE, ADJ_CLOSE, VOLUME = "Open", "High", "Low", "Close", "Adj Close", "Volume"
+
 # Raw dataset contract (DESIGN.md, Problem 1): exactly these columns, in this order.
 PRICE_COLUMNS = ("Open", "High", "Low", "Close", "Adj Close")
 CSV_COLUMNS = ("Date",) + PRICE_COLUMNS + ("Volume",)
@@ -39,8 +43,17 @@ RAW_DICTIONARY_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.
 VOL_FEATURE = "vol_moving_avg"
 PRICE_FEATURE = "adj_close_rolling_med"
 FEATURE_COLUMNS = (VOL_FEATURE, PRICE_FEATURE)
-FEATURES_SCHEMA = pa.schema(list(RAW_SCHEMA) + [(VOL_FEATURE, pa.float64()), (PRICE_FEATURE, pa.float64())])
 DEFAULT_WINDOW = 30
+# Forecasting inputs (features stage, volcast.features.inputs): per ticker, from the current and earlier
+# rows only. Volume inputs are log ratios to the ticker's 30-row mean Volume (whatever ``window`` is), whose
+# log1p is LOG_VOL_MEAN30; chosen on the validation slice (benchmarks/results/model_eval.md).
+LOG_VOL_MEAN30 = "log_vol_mean30"
+FORECAST_INPUTS = (
+    LOG_VOL_MEAN30, "vol_lr_0", "vol_lr_1", "vol_lr_2", "vol_lr_3", "vol_mean5_lr", "vol_mean10_lr",
+    "vol_mean22_lr", "vol_std30", "return_1d", "range_hl", "weekday",
+)
+FEATURES_SCHEMA = pa.schema(list(RAW_SCHEMA) + [(VOL_FEATURE, pa.float64()), (PRICE_FEATURE, pa.float64())]
+                            + [(name, pa.float64()) for name in FORECAST_INPUTS])
 
 # Stages in DAG order, each with its notebook.
 STAGES = ("ingest", "features", "train")

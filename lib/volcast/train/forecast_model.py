@@ -1,0 +1,144 @@
+"""The forecast model: next-day Volume from every forecasting input, with a P10-P90 interval.
+
+One CatBoost model with a ``MultiQuantile`` loss predicts the 10th, 50th and 90th percentiles of
+``log1p(next-day Volume) - log_vol_mean30`` (a log ratio to the ticker's 30-row mean Volume: one scale for
+every ticker size; quantiles survive the monotone back-transform, so P50 stays a median). The interval
+is then widened or narrowed around P50 by one factor, chosen so that 80 % of the validation slice (later
+train dates, not fitted on) falls inside it (split-conformal calibration of the quantiles).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import LOG_VOL_MEAN30
+from ..errors import UserError
+from .params import (
+    DEFAULT_DEPTH,
+    DEFAULT_FORECAST_ITERATIONS,
+    DEFAULT_LEARNING_RATE,
+    QUANTILES,
+)
+
+MODEL_FILE = "forecast.cbm"
+TARGET_TEXT = "log1p(next-day Volume) - log_vol_mean30 (log ratio to the 30-row mean Volume)"
+NOMINAL_COVERAGE = QUANTILES[-1] - QUANTILES[0]
+
+
+@dataclass
+class ForecastModel:
+    """``predict(x)`` -> (low, mid, high) volumes; ``x``: float32 rows, one column per name in ``inputs``."""
+
+    estimator: Any
+    inputs: tuple
+    quantiles: tuple = QUANTILES
+    widen: float = 1.0  # interval half-widths (log scale) are multiplied by this
+
+    CHUNK = 1 << 20  # rows per estimator call: bounds CatBoost's copy of the inputs
+
+    def log_quantiles(self, x: np.ndarray) -> np.ndarray:
+        """Raw model output, (n, 3) log ratios, sorted per row (quantile lines must not cross)."""
+        x = np.asarray(x, dtype=np.float32)
+        out = np.empty((len(x), len(self.quantiles)), dtype=np.float64)
+        single = len(x) <= 1024  # few rows (the API): one thread starts faster than many
+        for lo in range(0, len(x), self.CHUNK):
+            part = x[lo: lo + self.CHUNK]
+            raw = self.estimator.predict(part, thread_count=1) if single else self.estimator.predict(part)
+            out[lo: lo + len(part)] = np.asarray(raw, dtype=np.float64).reshape(len(part), -1)
+        out.sort(axis=1)
+        return out
+
+    def interval(self, q: np.ndarray, widen: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        w = self.widen if widen is None else widen
+        mid = q[:, 1]
+        return mid - w * (mid - q[:, 0]), mid, mid + w * (q[:, 2] - mid)
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(P10, P50, P90) next-day volumes (float, >= 0); NaN where ``log_vol_mean30`` is missing."""
+        x = np.asarray(x, dtype=np.float32)
+        base = x[:, self.inputs.index(LOG_VOL_MEAN30)].astype(np.float64)
+        low, mid, high = self.interval(self.log_quantiles(x))
+        with np.errstate(over="ignore", invalid="ignore"):
+            return tuple(np.maximum(np.expm1(np.clip(base + v, None, 700.0)), 0.0) for v in (low, mid, high))
+
+    def card(self) -> dict:
+        return {"model_file": MODEL_FILE, "inputs": list(self.inputs), "quantiles": list(self.quantiles),
+                "interval_widen": self.widen, "model_target": TARGET_TEXT,
+                "back_transform": "expm1(prediction + log_vol_mean30), clipped at 0"}
+
+    def save(self, path: Path) -> None:
+        self.estimator.save_model(str(path), format="cbm")
+
+    @classmethod
+    def load(cls, model_dir: Path, card: dict) -> ForecastModel:
+        from catboost import CatBoostRegressor
+
+        estimator = CatBoostRegressor()
+        estimator.load_model(str(Path(model_dir) / card.get("model_file", MODEL_FILE)), format="cbm")
+        return cls(estimator, tuple(card["inputs"]), tuple(card["quantiles"]), float(card["interval_widen"]))
+
+
+def log_target(y, base) -> np.ndarray:
+    return np.log1p(np.maximum(np.asarray(y, dtype=np.float64), 0.0)) - np.asarray(base, dtype=np.float64)
+
+
+def calibrate(q: np.ndarray, z: np.ndarray, coverage: float = NOMINAL_COVERAGE) -> float:
+    """The factor that puts ``coverage`` of the rows' log targets ``z`` inside the widened interval."""
+    mid = q[:, 1]
+    below = (mid - z) / np.maximum(mid - q[:, 0], 1e-9)
+    above = (z - mid) / np.maximum(q[:, 2] - mid, 1e-9)
+    need = np.where(z < mid, below, above)
+    need = need[np.isfinite(need)]
+    return float(np.quantile(need, coverage)) if len(need) else 1.0
+
+
+def fit_forecast(x, y, inputs, *, valid=None, iterations: int = DEFAULT_FORECAST_ITERATIONS,
+                 depth: int = DEFAULT_DEPTH, learning_rate: float = DEFAULT_LEARNING_RATE, seed: int = 42,
+                 threads: int = 1) -> tuple[ForecastModel, pd.DataFrame, dict]:
+    """Fit on float32 inputs ``x`` (columns ``inputs``, which include ``log_vol_mean30``) and next-day
+    volumes ``y``; ``valid`` = (x, y) of the validation slice: learning curve and interval calibration.
+
+    Returns ``(model, learning curve, info)``; info has the parameters, seconds and validation coverage
+    before and after calibration.
+    """
+    from catboost import CatBoostRegressor
+
+    inputs = tuple(inputs)
+    if LOG_VOL_MEAN30 not in inputs:
+        raise UserError(f"the forecast model needs {LOG_VOL_MEAN30!r} among its inputs")
+    col = inputs.index(LOG_VOL_MEAN30)
+    z = log_target(y, x[:, col])
+    loss = "MultiQuantile:alpha=" + ",".join(str(q) for q in QUANTILES)
+    params = dict(loss_function=loss, iterations=int(iterations), depth=int(depth),
+                  learning_rate=float(learning_rate), random_seed=int(seed), thread_count=int(threads))
+    eval_set = None
+    if valid is not None and len(valid[1]):
+        zv = log_target(valid[1], valid[0][:, col])
+        eval_set = (valid[0], zv)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="volcast-catboost-") as tmp:
+        estimator = CatBoostRegressor(**params, verbose=False, allow_writing_files=False, train_dir=tmp)
+        estimator.fit(x, z, eval_set=eval_set, use_best_model=False)
+    seconds = time.perf_counter() - started
+    model = ForecastModel(estimator, inputs)
+    info = {"params": params, "fit_seconds": round(seconds, 2), "validation_coverage_raw": None,
+            "validation_coverage": None}
+    if eval_set is not None:
+        q = model.log_quantiles(valid[0])
+        low, _, high = model.interval(q, 1.0)
+        info["validation_coverage_raw"] = float(np.mean((zv >= low) & (zv <= high)))
+        model.widen = calibrate(q, zv)
+        low, _, high = model.interval(q)
+        info["validation_coverage"] = float(np.mean((zv >= low) & (zv <= high)))
+    evals = estimator.get_evals_result()
+    learn = next(iter(evals.get("learn", {}).values()), [])
+    val = next(iter(evals.get("validation", {}).values()), [np.nan] * len(learn))
+    curve = pd.DataFrame({"iteration": np.arange(1, len(learn) + 1), "train_loss": learn,
+                          "validation_loss": val[: len(learn)], "metric": loss})
+    return model, curve, info

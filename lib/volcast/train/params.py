@@ -1,0 +1,58 @@
+"""Training parameters: defaults (chosen by measurement, benchmarks/results/model_eval.md) and their checks."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import config
+from ..errors import UserError
+
+STAGE = "train"
+TARGET = "target"
+FEATURES = config.FEATURE_COLUMNS  # (vol_moving_avg, adj_close_rolling_med): what the API takes
+
+MODELS = ("catboost", "random_forest")
+SPLITS = ("chronological", "random")
+FORMULATIONS = ("ratio", "log_ratio", "raw")
+
+DEFAULT_MAX_TRAIN_ROWS = 300_000  # the notebook's parameters cell must say the same (tested)
+DEFAULT_ITERATIONS = 300
+DEFAULT_DEPTH = 6
+DEFAULT_LEARNING_RATE = 0.1
+DEFAULT_RATIO_LOSS = "MAE"  # the task model's loss, chosen on the validation slice
+DEFAULT_VALIDATION_FRACTION = 0.1
+VALIDATION_MAX_ROWS = 200_000  # the learning curve needs a faithful, not a huge, validation sample
+
+# The forecast model (volcast.train.forecast_model).
+QUANTILES = (0.1, 0.5, 0.9)
+DEFAULT_FORECAST_ITERATIONS = 300
+
+# RandomForest (the task's reference): fully grown trees on 1 M rows exhaust memory, so it trains on at
+# most this many sampled rows, with leaves of at least RF_MIN_SAMPLES_LEAF rows.
+RF_MAX_ROWS = 200_000
+RF_TREES = 100
+RF_MIN_SAMPLES_LEAF = 5
+
+
+def _check_target_shift(target_shift) -> int:
+    if isinstance(target_shift, bool) or not isinstance(target_shift, (int, np.integer)) or target_shift < 0:
+        raise UserError(f"target_shift must be a whole number >= 0 (1 = next trading day, 0 = same day); got {target_shift!r}")
+    return int(target_shift)
+
+
+
+def _check_fraction(name: str, value) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number between 0 and 1 (e.g. 0.2); got {value!r}") from None
+    if not 0.0 < value < 1.0:
+        raise UserError(f"{name} must be between 0 and 1, exclusive (e.g. 0.2); got {value!r}")
+    return value
+
+
+
+def _positive_int(name: str, value, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UserError(f"{name} must be a whole number >= 1 ({hint}); got {value!r}")
+    return int(value)
+

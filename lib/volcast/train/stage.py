@@ -1,0 +1,386 @@
+"""The train stage: ``DIR/data/features`` -> ``DIR/models/<model_id>/`` (both models, card, learning
+curves, latest-row table, test forecasts), then ``DIR/models/LATEST`` (written last), then
+``DIR/reports/train.json``.
+
+Both models are trained in this one stage, one after the other, from one read of the features: they
+share the rows, the split and the test evaluation, and the directory they are published in must swap
+as one (``volcast.train.forecast``); separate DAG stages would read the features twice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from .. import config, storage
+from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
+from ..errors import UserError
+from . import scoring as M
+from .data import (
+    _day_range,
+    _iso,
+    _sample,
+    load_inputs,
+    load_supervised,
+    plan_rows,
+)
+from .forecast import LATEST_FILE, TEST_FORECASTS_FILE
+from .forecast_model import MODEL_FILE as FORECAST_FILE
+from .forecast_model import fit_forecast
+from .params import (
+    DEFAULT_DEPTH,
+    DEFAULT_FORECAST_ITERATIONS,
+    DEFAULT_ITERATIONS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_MAX_TRAIN_ROWS,
+    DEFAULT_VALIDATION_FRACTION,
+    FEATURES,
+    MODELS,
+    RF_MAX_ROWS,
+    STAGE,
+    TARGET,
+    _check_fraction,
+    _check_target_shift,
+    _positive_int,
+)
+from .task_model import (
+    DERIVED_INPUTS,
+    TEST_SAMPLE_FILE,
+    fingerprint_files,
+    fit_model,
+    latest_model_dir,
+    new_model_id,
+    resolve_formulation,
+    save_model,
+)
+
+TEST_SAMPLE_ROWS = 5000  # enough points for a predicted-vs-actual chart
+TEST_FORECAST_DATES = 250  # per ticker, the last test dates kept for the explorer's band
+TARGET_TEXT = {0: "Volume of the same row (the task's same-day setup; vol_moving_avg contains it)",
+               1: "Volume of the next trading day of the same Symbol"}
+PREDICTORS = ("model", "forecast", "har", "baseline_vol_moving_avg", "baseline_today_volume")
+PREDICTOR_TEXT = {"model": "task model (the two API features)", "forecast": "forecast model P50 (all inputs)",
+                  "har": "HAR: log volume on log 1/5/22-day means (OLS, train dates)",
+                  "baseline_vol_moving_avg": "vol_moving_avg", "baseline_today_volume": "today's Volume"}
+
+
+
+def _clean(obj):
+    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _library_versions() -> dict:
+    from ..pipeline import (
+        library_versions,  # one list of tracked packages for runs and cards
+    )
+
+    return library_versions()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
+
+
+TARGET_TEXT = {0: "Volume of the same row (the task's same-day setup; vol_moving_avg contains it)",
+               1: "Volume of the next trading day of the same Symbol"}
+
+
+
+def _har_inputs(x: np.ndarray, names: list) -> tuple:
+    base = x[:, names.index(LOG_VOL_MEAN30)].astype(np.float64)
+    return tuple(base + x[:, names.index(n)].astype(np.float64) for n in ("vol_lr_0", "vol_mean5_lr", "vol_mean22_lr"))
+
+
+def _test_forecasts(data, test_rows, p10, p50, p90) -> pd.DataFrame:
+    """The last TEST_FORECAST_DATES test rows of each ticker with their forecasts and the actual."""
+    tk = data.ticker[test_rows]
+    n = len(tk)
+    change = np.flatnonzero(tk[1:] != tk[:-1]) + 1 if n else np.zeros(0, np.int64)
+    ends = np.append(change, n)
+    from_end = np.repeat(ends, np.diff(np.append(0, ends))) - np.arange(n)  # 1 = the ticker's last test row
+    keep = np.flatnonzero(from_end <= TEST_FORECAST_DATES)
+    rows = test_rows[keep]
+    nxt = np.minimum(rows + 1, len(data.day) - 1)
+    same = (data.ticker[nxt] == data.ticker[rows]) & (nxt != rows)
+    epoch = np.datetime64("1970-01-01")
+    target_day = np.where(same, data.day[nxt], -1)
+    return pd.DataFrame({
+        SYMBOL: np.asarray(data.tickers, dtype=object)[data.ticker[rows]],
+        DATE: epoch + data.day[rows].astype("timedelta64[D]"),
+        "target_date": pd.to_datetime(np.where(same, epoch + target_day.astype("timedelta64[D]"), np.datetime64("NaT"))),
+        VOLUME: data.volume[rows], "actual_next": data.target[rows],
+        "p10": p10[keep], "p50": p50[keep], "p90": p90[keep],
+    })
+
+
+def run(output_dir, model="catboost", target_shift=1, split="chronological", test_fraction=0.2,
+        max_train_rows=DEFAULT_MAX_TRAIN_ROWS, iterations=DEFAULT_ITERATIONS, seed=42,
+        depth=DEFAULT_DEPTH, learning_rate=DEFAULT_LEARNING_RATE, formulation="auto", loss="auto",
+        validation_fraction=DEFAULT_VALIDATION_FRACTION, jobs=0, forecast_iterations=DEFAULT_FORECAST_ITERATIONS,
+        *, progress: bool = True) -> dict:
+    """Train both models on ``DIR/data/features``; publish them, their card, ``LATEST``; write the report.
+
+    - ``model``: the task model, "catboost" or "random_forest" (the task's reference, fitted on at most
+      ``RF_MAX_ROWS`` sampled rows). The forecast model is always CatBoost (``forecast_model``).
+    - ``target_shift``: target = Volume this many rows later for the same Symbol (0: same day).
+    - ``split``/``test_fraction``: chronological (last fraction of dates) or random rows.
+    - ``validation_fraction``: the last fraction of the *train* dates (or random train rows) is held
+      out of fitting; learning curves and the forecast interval's calibration use it.
+    - ``max_train_rows``: a seeded uniform sample of the remaining train rows is fitted (both models).
+    - ``formulation``: "auto" (= "ratio" for CatBoost, "raw" for the RF), "ratio", "log_ratio", "raw";
+      ``loss``: the task model's CatBoost loss ("auto" = MAE for ratio, RMSE otherwise).
+    - ``jobs``: threads (0 = all cores).
+    """
+    started = time.perf_counter()
+    layout = config.Layout.at(output_dir)
+    if model not in MODELS:
+        raise UserError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
+    target_shift = _check_target_shift(target_shift)
+    max_train_rows = _positive_int("max_train_rows", max_train_rows, "rows sampled for fitting")
+    iterations = _positive_int("iterations", iterations, "boosting rounds")
+    forecast_iterations = _positive_int("forecast_iterations", forecast_iterations, "boosting rounds")
+    depth = _positive_int("depth", depth, "tree depth, e.g. 6")
+    validation_fraction = _check_fraction("validation_fraction", validation_fraction)
+    formulation, loss = resolve_formulation(model, formulation, loss)
+    threads = config.resolve_jobs(jobs)
+    seconds = {}
+
+    t0 = time.perf_counter()
+    data = load_supervised(layout.features_dir, target_shift, progress=progress)
+    if len(data) == 0:
+        raise UserError(f"no usable rows in {layout.features_dir}: every row lacks features (fewer than "
+                        f"a full window of rows per ticker?) or a target; use more history or a smaller window")
+    plan = plan_rows(data.day, split, test_fraction, validation_fraction, max_train_rows, seed)
+    fit_rows, valid_rows, test_rows = plan.fit_rows, plan.valid_rows, plan.test_rows
+    task_rows = fit_rows
+    if model == "random_forest" and len(fit_rows) > RF_MAX_ROWS:
+        task_rows = np.sort(fit_rows[_sample(len(fit_rows), RF_MAX_ROWS, np.random.default_rng(seed))])
+    inputs = list(config.FORECAST_INPUTS)
+    needed = np.union1d(np.union1d(fit_rows, valid_rows), test_rows)
+    x_all = load_inputs(data, needed, inputs, jobs=threads)
+
+    def x_of(rows):
+        return x_all[np.searchsorted(needed, rows)]
+
+    seconds["load"] = time.perf_counter() - t0
+
+    latest = latest_model_dir(layout.output_dir)
+    model_id = new_model_id(model, after=latest.name if latest is not None else None)
+    fit = fit_model(
+        data.vol[task_rows], data.price[task_rows], data.target[task_rows], model=model, formulation=formulation,
+        loss=loss, iterations=iterations, depth=depth, learning_rate=learning_rate, seed=seed, threads=threads,
+        valid=(data.vol[valid_rows], data.price[valid_rows], data.target[valid_rows]) if len(valid_rows) else None,
+        model_id=model_id,
+    )
+    seconds["fit_task"] = fit.seconds
+    x_fit = x_of(fit_rows)
+    forecaster, fcurve, finfo = fit_forecast(
+        x_fit, data.target[fit_rows], inputs, iterations=forecast_iterations, depth=depth,
+        learning_rate=learning_rate, seed=seed, threads=threads,
+        valid=(x_of(valid_rows), data.target[valid_rows]) if len(valid_rows) else None)
+    seconds["fit_forecast"] = finfo["fit_seconds"]
+    har_coef = M.fit_har(*_har_inputs(x_fit, inputs), data.target[fit_rows])
+    del x_fit
+
+    t0 = time.perf_counter()
+    y = data.target[test_rows]
+    vol_test = data.vol[test_rows]
+    x_test = x_of(test_rows)
+    p10, p50, p90 = forecaster.predict(x_test)
+    preds = {"model": fit.model.predict(vol_test, data.price[test_rows]), "forecast": p50,
+             "har": M.predict_har(har_coef, *_har_inputs(x_test, inputs), fallback=vol_test),
+             **M.baseline_predictions(data.volume[test_rows], vol_test)}
+    del x_test
+    all_metrics = {name: M.metrics(y, preds[name]) for name in PREDICTORS}
+    base = all_metrics["baseline_vol_moving_avg"]
+    ratios_all = {name: {k: (m[k] / base[k] if base[k] else None) for k in ("mae", "medape")}
+                  for name, m in all_metrics.items()}
+    test_coverage = M.coverage(y, p10, p90)
+    years = (np.datetime64("1970-01-01") + data.day[test_rows].astype("timedelta64[D]")).astype("datetime64[Y]")
+    by_year = M.table_by(years.astype(int) + 1970, y, preds, "year")
+    cover_year = pd.Series((y >= p10) & (y <= p90)).groupby(years.astype(int) + 1970).mean()
+    by_year["coverage_p10_p90"] = by_year["year"].map(cover_year)
+    by_decile = M.table_by(M.deciles(y), y, preds, "decile")
+    deciles = M.error_by_decile(y, preds["model"], vol_test)
+    test_forecasts = _test_forecasts(data, test_rows, p10, p50, p90)
+    sample = _sample(len(test_rows), TEST_SAMPLE_ROWS, np.random.default_rng(seed))
+    s_rows = test_rows[sample]
+    test_sample = pd.DataFrame({
+        DATE: np.datetime64("1970-01-01") + data.day[s_rows].astype("timedelta64[D]"),
+        VOLUME: data.volume[s_rows], FEATURES[0]: data.vol[s_rows], FEATURES[1]: data.price[s_rows],
+        TARGET: y[sample], "prediction": preds["model"][sample], "baseline": vol_test[sample],
+        "forecast": p50[sample], "forecast_low": p10[sample], "forecast_high": p90[sample],
+        "har": preds["har"][sample],
+    })
+    seconds["evaluate"] = time.perf_counter() - t0
+    del preds, p10, p50, p90, y, vol_test
+
+    rows = {
+        "usable": len(data), "train_period": len(plan.train_rows), "validation_pool": len(plan.valid_pool),
+        "fit_pool": len(plan.fit_pool), "fit": len(task_rows), "fit_forecast": len(fit_rows),
+        "validation": len(valid_rows), "test": len(test_rows), "dropped": data.counts,
+    }
+    dates = {"train": _day_range(data.day[plan.fit_pool]), "validation": _day_range(data.day[plan.valid_pool]),
+             "test": _day_range(data.day[test_rows])}
+    input_ranges = {FEATURES[0]: [float(np.min(data.vol[task_rows])), float(np.max(data.vol[task_rows]))],
+                    FEATURES[1]: [float(np.min(data.price[task_rows])), float(np.max(data.price[task_rows]))]}
+    files, split_info, valid_info = data.files, plan.split_info, plan.valid_info
+    latest_src = files[0].parent / "_latest.parquet"
+    del data, plan
+    x_all = None
+
+    curve = fit.learning_curve
+    best = curve.loc[curve["validation_loss"].idxmin()] if curve["validation_loss"].notna().any() else None
+    forecast_card = {**forecaster.card(), "estimator": "catboost", "loss": finfo["params"]["loss_function"],
+                     "params": finfo["params"], "learning_curve": "learning_curve_forecast.csv",
+                     "test_coverage_p10_p90": test_coverage, "nominal_coverage": 0.8,
+                     "validation_coverage_raw": finfo["validation_coverage_raw"],
+                     "validation_coverage": finfo["validation_coverage"], "fit_seconds": finfo["fit_seconds"]}
+    card = _clean({
+        "model_id": model_id,
+        "model_kind": model,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "parameters": {
+            "model": model, "target_shift": target_shift, "split": split, "test_fraction": test_fraction,
+            "max_train_rows": max_train_rows, "iterations": iterations, "seed": seed, "depth": depth,
+            "learning_rate": learning_rate, "formulation": formulation, "loss": loss,
+            "validation_fraction": validation_fraction, "threads": threads,
+            "forecast_iterations": forecast_iterations,
+        },
+        "estimator_params": fit.params,
+        "features": list(FEATURES),
+        "derived_inputs": list(DERIVED_INPUTS),
+        "input_ranges": input_ranges,
+        "target": {"column": VOLUME, "shift": target_shift,
+                   "description": TARGET_TEXT.get(target_shift, f"Volume {target_shift} trading days later, same Symbol")},
+        "formulation": _formulation_card(formulation, loss, model),
+        "models": {"task": {"model_file": None, "inputs": list(FEATURES), "estimator": model,
+                            "formulation": formulation, "loss": loss},
+                   "forecast": forecast_card},
+        "references": {"har": {"coefficients": [float(c) for c in har_coef],
+                               "design": "log1p(next) ~ 1 + log1p(Volume) + log1p(mean5) + log1p(mean22)"}},
+        "predictors": PREDICTOR_TEXT,
+        "split": {**split_info, "validation_start": _iso(valid_info.get("test_start")) if valid_info.get("test_start") is not None else None,
+                  "validation_fraction": validation_fraction},
+        "sample": {
+            "fit_rows": rows["fit"], "of_rows": rows["fit_pool"], "seed": seed, "max_train_rows": max_train_rows,
+            "note": ("uniform random sample of the train rows outside the validation slice"
+                     + (f"; RandomForest capped at {RF_MAX_ROWS:,} rows (fully grown trees on 1 M rows exhaust "
+                        "memory)" if model == "random_forest" else "")),
+        },
+        "rows": rows,
+        "dates": dates,
+        "data": {"features_files": [p.name for p in files], "fingerprint": fingerprint_files(files)},
+        "metrics": all_metrics,
+        "ratios_vs_vol_moving_avg": ratios_all["model"],
+        "ratios_all_vs_vol_moving_avg": ratios_all,
+        "coverage_p10_p90": test_coverage,
+        "error_by_volume_decile": deciles.to_dict(orient="records"),
+        "by_year": by_year.to_dict(orient="records"),
+        "by_decile": by_decile.to_dict(orient="records"),
+        "learning_curve": {"file": "learning_curve.csv", "metric": str(curve["metric"].iloc[0]) if len(curve) else None,
+                           "iterations": len(curve),
+                           "best_validation_iteration": int(best["iteration"]) if best is not None else None,
+                           "best_validation_loss": float(best["validation_loss"]) if best is not None else None,
+                           "final_validation_loss": float(curve["validation_loss"].iloc[-1]) if len(curve) else None},
+        "latest": {"file": LATEST_FILE, "tickers_with_forecast": None},
+        "library_versions": _library_versions(),
+        "fit_seconds": round(fit.seconds, 2),
+    })
+
+    def write_curve(path):
+        storage.atomic_write_text(path, fcurve.to_csv(index=False))
+
+    def write_latest(path):
+        if latest_src.exists():
+            shutil.copyfile(latest_src, path)
+
+    extras = {FORECAST_FILE: forecaster.save, "learning_curve_forecast.csv": write_curve, LATEST_FILE: write_latest,
+              TEST_FORECASTS_FILE: lambda path: storage.write_parquet(
+                  pa.Table.from_pandas(test_forecasts, preserve_index=False), path)}
+    model_dir = save_model(fit.model, layout.models_dir / model_id, card, curve, test_sample, extras=extras)
+    storage.atomic_write_text(layout.latest_file, model_id + "\n")  # last: readers switch only now
+
+    report = _clean({
+        "model_id": model_id,
+        "target": card["target"]["description"],
+        "split": {"kind": split, "test_start": split_info["test_start"], "test_fraction": test_fraction,
+                  "validation_start": card["split"]["validation_start"]},
+        "metrics": all_metrics,
+        "ratios_all_vs_vol_moving_avg": ratios_all,
+        "coverage_p10_p90": test_coverage,
+        "train_rows": rows["fit"],
+        "test_rows": rows["test"],
+        "train_period_rows": rows["train_period"],
+        "validation_rows": rows["validation"],
+        "dropped_rows": rows["dropped"],
+        "ratios_vs_vol_moving_avg": ratios_all["model"],
+        "params": card["parameters"],
+        "formulation": card["formulation"],
+        "models": card["models"],
+        "by_year": card["by_year"],
+        "by_decile": card["by_decile"],
+        "model_dir": str(model_dir),
+        "learning_curve": str(model_dir / "learning_curve.csv"),
+        "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.perf_counter() - started, 2)},
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    })
+    storage.atomic_write_json(layout.report(STAGE), report)
+    return report
+
+
+def _formulation_card(formulation: str, loss: str, model: str) -> dict:
+    text = {
+        "ratio": ("target / max(vol_moving_avg, 1)", "prediction * max(vol_moving_avg, 1)"),
+        "log_ratio": ("log1p(target) - log1p(max(vol_moving_avg, 1))", "expm1(prediction + log1p(max(vol_moving_avg, 1)))"),
+        "raw": ("target", "prediction"),
+    }[formulation]
+    return {"name": formulation, "model_target": text[0], "back_transform": text[1] + ", clipped at 0",
+            "loss": loss, "estimator": model}
+
+
+def load_test_sample(model_dir) -> pd.DataFrame:
+    """The seeded sample of a model's test rows saved by ``run``, with its predictions.
+
+    Columns: Date, Volume (today), vol_moving_avg, adj_close_rolling_med, target, prediction,
+    baseline (= vol_moving_avg).
+    """
+    return pd.read_parquet(Path(model_dir) / TEST_SAMPLE_FILE)
+
+
+def metrics_table(report: dict, digits: int = 3) -> pd.DataFrame:
+    """The report's metrics as a table (rows: model and baselines), rounded for display."""
+    table = pd.DataFrame(report["metrics"]).T[["mae", "rmse", "r2", "medape"]].astype(float)
+    base = table.loc["baseline_vol_moving_avg"]
+    table["mae_vs_vol_moving_avg"] = table["mae"] / base["mae"]
+    table["medape_vs_vol_moving_avg"] = table["medape"] / base["medape"]
+    table[["mae", "rmse"]] = table[["mae", "rmse"]].round(0)
+    return table.round(digits)
+
+
+def read_report(output_dir) -> dict | None:
+    return storage.read_json(config.Layout.at(output_dir).report(STAGE))
+
+
+def load_learning_curve(model_dir) -> pd.DataFrame:
+    return pd.read_csv(Path(model_dir) / "learning_curve.csv")
+
+
+def load_card(model_dir) -> dict:
+    return json.loads((Path(model_dir) / "card.json").read_text(encoding="utf-8"))
