@@ -1,5 +1,6 @@
 """A run killed with SIGKILL at any moment leaves the previous complete version (or nothing) where
-readers look, and the next run completes and equals a clean run."""
+readers look, and the next run completes and equals a clean run. Ctrl-C or SIGTERM stop a run at once:
+exit 130 / 143, nothing of the interrupted stage published, the lock released, no process left."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from volcast import config, storage
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ["--source", "demo", "--param", "ingest.demo_tickers=40", "--param", "ingest.demo_years=4",
@@ -79,3 +82,74 @@ def test_kill_then_rerun_equals_clean_run(tmp_path, clean_run, previous_run, fra
     pd.testing.assert_frame_equal(_read(tmp_path / "data" / "raw"), clean_raw)
     pd.testing.assert_frame_equal(_read(tmp_path / "data" / "features"), clean_features)
     assert _train_metrics(tmp_path) == _train_metrics(clean)
+
+
+# ----------------------------------------------------------------------------- Ctrl-C and SIGTERM
+
+BIGGER = ["--param", "ingest.demo_seed=2", "--param", "ingest.demo_tickers=400", "--param", "ingest.demo_years=10"]
+
+
+def _running_cell(out: Path, stage: str) -> bool:
+    """True once the executed notebook shows the stage's ``<stage>.run(...)`` cell running (papermill
+    saves the notebook as each cell starts)."""
+    for notebook in (out / "runs").glob(f"*/{config.STAGE_NOTEBOOKS[stage]}"):
+        try:
+            cells = json.loads(notebook.read_text())["cells"]
+        except (OSError, ValueError):
+            continue  # being written
+        for cell in cells:
+            if f"{stage}.run(" in "".join(cell["source"]):
+                return cell.get("metadata", {}).get("papermill", {}).get("status") == "running"
+    return False
+
+
+def _published(out: Path) -> dict:
+    latest = out / "models" / "LATEST"
+    return {"raw": storage.current_version(out / "data" / "raw"),
+            "features": storage.current_version(out / "data" / "features"),
+            "LATEST": latest.read_text() if latest.exists() else None,
+            "state": json.loads((out / "runs" / "state.json").read_text())}
+
+
+@pytest.mark.parametrize("stage, signum, later", [("features", signal.SIGINT, 0.0), ("train", signal.SIGINT, 1.5),
+                                                  ("train", signal.SIGTERM, 1.5)])
+def test_a_signal_during_a_stage_stops_the_run_and_publishes_nothing_of_that_stage(
+        tmp_path, previous_run, stage, signum, later):
+    import filelock
+    import psutil
+
+    shutil.copytree(previous_run, tmp_path, symlinks=True, dirs_exist_ok=True)
+    before = _published(tmp_path)
+    # another market (so every stage runs), and a training long enough to be caught in the middle
+    proc = _start(tmp_path, *BIGGER, "--param", "train.iterations=20000")
+    deadline = time.monotonic() + 600
+    while not _running_cell(tmp_path, stage):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    time.sleep(later)  # train: well into fitting
+    started = psutil.Process(proc.pid).children(recursive=True)  # the stage's kernel and its workers
+    assert any("ipykernel" in " ".join(p.cmdline()) for p in started)
+
+    os.kill(proc.pid, signum)  # the runner only, as a terminal's Ctrl-C or `kill` would
+    stdout, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 128 + signum, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    after = _published(tmp_path)
+    (run_id,) = [line.split()[2] for line in stdout.splitlines() if line.startswith("volcast run ")]
+    manifest = json.loads((tmp_path / "runs" / run_id / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["stages"][stage]["status"] == "interrupted"
+    # the interrupted stage published nothing and recorded nothing; the stages before it completed
+    assert after["LATEST"] == before["LATEST"]
+    assert after["state"]["train"] == before["state"]["train"]
+    assert after["state"][stage] == before["state"][stage]
+    if stage == "features":
+        assert after["features"] == before["features"]
+        assert after["raw"] != before["raw"] and after["state"]["ingest"]["run_id"] == run_id
+    # the lock is free and nothing the run started is left
+    filelock.FileLock(str(config.Layout.at(tmp_path).lock_file)).acquire(timeout=0)
+    gone_by = time.monotonic() + 10
+    while (alive := [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) \
+            and time.monotonic() < gone_by:
+        time.sleep(0.1)
+    assert alive == []

@@ -49,6 +49,23 @@ def test_notebook_defaults_point_at_the_demo(stage):
         assert isinstance(defaults["demo_seed"], int)
 
 
+@pytest.mark.parametrize("stage", [s.name for s in pipeline.DAG])
+def test_notebook_defaults_are_the_library_defaults(stage):
+    """One place for each default: the notebook's literal equals the default of the library function it
+    calls (which takes it from volcast.config where one exists)."""
+    declared = pipeline.notebook_parameters(stage)
+    signature = inspect.signature(pipeline.STAGES[stage].run_function()).parameters
+    compared = [name for name in declared if name in signature and name != "output_dir"]
+    assert compared, "nothing to compare"
+    for name in compared:
+        assert declared[name] == signature[name].default, f"{stage}: {name} = {declared[name]!r} in the notebook"
+    expected_from_config = {
+        "ingest": {"demo_seed": config.DEMO_SEED, "demo_tickers": config.DEMO_TICKERS, "demo_years": config.DEMO_YEARS},
+        "features": {"window": config.DEFAULT_WINDOW},
+    }.get(stage, {})
+    assert {name: declared[name] for name in expected_from_config} == expected_from_config
+
+
 def test_dashboard_has_a_parameters_cell_with_output_dir():
     declared = papermill.inspect_notebook(str(config.NOTEBOOKS_DIR / config.DASHBOARD_NOTEBOOK))
     assert "output_dir" in declared

@@ -77,6 +77,21 @@ def test_fingerprint_changes_with_content_not_with_time(tmp_path):
     assert pipeline.fingerprint_path(tmp_path / "missing") is None
 
 
+def test_dag_order_follows_what_each_stage_reads():
+    made = {"source"}
+    for stage in pipeline.DAG:
+        assert set(stage.inputs) <= made, f"{stage.name} reads what no earlier stage writes"
+        made |= set(stage.outputs)
+        for path in stage.code_paths:  # the code fingerprint covers real files (a renamed module fails here)
+            assert path.is_file() or any(path.glob("*.py")), path
+
+
+def test_one_fingerprint_for_file_trees():
+    from volcast import storage
+
+    assert pipeline.fingerprint_path is storage.fingerprint_path
+
+
 def test_hide_shared_makes_the_tests_see_a_fresh_clone(monkeypatch):
     import conftest
 

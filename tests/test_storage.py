@@ -100,3 +100,49 @@ def test_dictionary_value_counts_add_up_across_row_groups(tmp_path):
     column = pq.read_table(tmp_path / "t.parquet", read_dictionary=["Symbol"])["Symbol"]
     assert column.num_chunks > 1
     assert storage.dictionary_value_counts(column) == collections.Counter(v for v in values if v is not None)
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+
+def _digest(lines: list[bytes]) -> str:
+    """The fingerprint worked out by hand: one line per file, sorted by name."""
+    import hashlib
+
+    return hashlib.sha256(b"".join(lines)).hexdigest()[:16]
+
+
+def test_fingerprint_of_a_tree_is_names_sizes_and_mtimes_of_its_data_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.csv").write_bytes(b"12345")
+    (tmp_path / "a.csv").write_bytes(b"xy")
+    (tmp_path / "_features_state.json").write_text("{}")  # a dataset's own state: not data
+    (tmp_path / ".staging").mkdir()
+    (tmp_path / ".staging" / "c.csv").write_text("hidden")
+    os.utime(tmp_path / "a.csv", ns=(1, 1_000))
+    os.utime(tmp_path / "sub" / "b.csv", ns=(1, 2_000))
+    assert storage.fingerprint_path(tmp_path) == _digest([b"a.csv|2|1000\n", b"sub/b.csv|5|2000\n"])
+    assert storage.fingerprint_path(tmp_path / "a.csv") == _digest([b"a.csv|2|1000\n"])
+    assert storage.fingerprint_path(tmp_path / "missing") is None
+
+
+def test_content_fingerprint_ignores_time_and_place(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder, stamp in ((one, 1_000), (two, 9_000)):
+        folder.mkdir()
+        (folder / "p.parquet").write_bytes(b"abc")
+        os.utime(folder / "p.parquet", ns=(1, stamp))
+    expected = _digest([b"p.parquet|3\nabc\n"])
+    assert storage.fingerprint_path(one, content=True) == storage.fingerprint_path(two, content=True) == expected
+    assert storage.fingerprint_files([two / "p.parquet"], content=True) == expected
+    assert storage.fingerprint_path(one) != storage.fingerprint_path(two)  # the stat form sees the mtime
+    (two / "p.parquet").write_bytes(b"abd")
+    assert storage.fingerprint_path(two, content=True) != expected
+
+
+def test_code_digest_refuses_a_missing_file(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("x = 1\n")
+    assert storage.code_digest(tmp_path / "pkg") == storage.code_digest(tmp_path / "pkg" / "m.py")
+    with pytest.raises(FileNotFoundError):
+        storage.code_digest(tmp_path / "gone.py")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import config
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 SUBCOMMANDS = ("run", "serve", "dag", "sync-notebooks", "refresh-notebooks")
 
@@ -58,20 +58,24 @@ def main(argv: list[str] | None = None) -> int:
             print(pipeline.mermaid())
             return 0
         if command == "sync-notebooks":
-            from . import pipeline
+            from . import notebooks
 
-            for path in pipeline.sync_notebooks(argv or None):
+            for path in notebooks.sync_notebooks(argv or None):
                 print(f"in sync: {path.name} <-> {path.with_suffix('.py').name}")
             return 0
         if command == "refresh-notebooks":
-            from . import pipeline
+            from . import notebooks
 
-            pipeline.refresh_notebooks(argv or None)
+            notebooks.refresh_notebooks(argv or None)
             return 0
         return _run(_run_parser().parse_args(argv))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"interrupted ({exc}): the run stopped and its lock is released; re-run to finish it",
+              file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

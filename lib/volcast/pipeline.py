@@ -6,91 +6,54 @@ skipped when its inputs, parameters and code are unchanged since its last succes
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import datetime as dt
-import hashlib
-import json
 import os
 import platform
-import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-from . import config, storage
+from . import config, notebooks, storage
 from .config import Layout
-from .errors import UserError
+from .errors import Interrupted, UserError
+
+# Kept importable from here: notebooks, tests and benchmarks use these names.
+from .notebooks import KERNEL_NAME, ensure_kernel, refresh_notebooks, sync_notebooks  # noqa: F401
+from .notebooks import import_papermill as _import_papermill
+from .storage import fingerprint_path
 
 LIBRARY_DIR = Path(__file__).resolve().parent
-KERNEL_NAME = "volcast-python"
 TRACKED_PACKAGES = (
     "volcast", "numpy", "pandas", "pyarrow", "bottleneck", "scikit-learn", "catboost",
     "papermill", "nbclient", "ipykernel", "voila", "ipywidgets", "tornado", "kaggle",
 )
-COMMON_CODE = ("config.py", "storage.py", "errors.py", "__init__.py")
-
-
-def _import_papermill():
-    """papermill, imported without the 0.7 s that jsonschema's optional IRI checker costs.
-
-    papermill -> nbformat -> jsonschema imports ``rfc3987_syntax`` when it is installed (it is, through
-    jupyter-events' ``jsonschema[format-nongpl]``), and that module compiles about 35 Lark grammars at
-    import (python-jsonschema/jsonschema#1428). No notebook schema uses the ``iri`` format it checks, so
-    marking the module absent before the first import only skips that checker. Measured here: ``import
-    papermill`` 1.10 s -> 0.37 s, paid by every ``run_pipeline.py`` process.
-    """
-    if "jsonschema" not in sys.modules:
-        sys.modules.setdefault("rfc3987_syntax", None)  # None in sys.modules = "not installed"
-    import papermill
-
-    return papermill
+COMMON_CODE = ("config", "storage", "errors", "__init__")
 
 
 def _start_kernel(kernel: str, stage: "Stage"):
     """Start the stage's kernel now, importing what its notebook imports first, and return its manager.
 
     Started before the runner imports papermill and reads the notebook, the kernel's start-up and
-    imports (~1.3 s) overlap them; for ingest, its worker server starts first, beside the kernel. The
-    imports leave no names behind: the notebook still imports what it uses. nbclient, handed a
-    running kernel, neither starts nor stops it: ``_execute_stage`` does, with ``shut_down``.
+    imports overlap them; for ingest, its worker server starts first, beside the kernel.
     """
-    from jupyter_client.manager import KernelManager
+    km = notebooks.kernel_manager(kernel)
+    _start_stage_kernel(km, stage)
+    return km
 
-    class _KernelManager(KernelManager):
-        """Remembers the clients it hands out, so they are closed with the kernel."""
 
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.handed_out = []
-
-        def client(self, **kwargs):
-            kc = super().client(**kwargs)
-            self.handed_out.append(kc)
-            return kc
-
-        def shut_down(self) -> None:
-            for kc in self.handed_out:
-                kc.stop_channels()
-            if self.has_kernel:
-                # Every output is written (atomically) before the last cell ends; a graceful shutdown
-                # waited 0.4-2.6 s for the kernel's exit hooks (measured at x3, features stage).
-                self.shutdown_kernel(now=True)
-
-    modules = ["pandas", "matplotlib.pyplot", *(f"volcast.{Path(name).stem}" for name in stage.code)]
-    roots = sorted({m.split(".")[0] for m in modules})
+def _start_stage_kernel(km, stage: "Stage") -> None:
+    modules = ["pandas", "matplotlib.pyplot", *(f"volcast.{name}" for name in stage.code)]
     # ingest's worker server first: it imports pandas on the other core while the kernel imports the rest
     warm_up = "import volcast.ingest; volcast.ingest.start_worker_server(); " if stage.name == "ingest" else ""
-    preload = f"{warm_up}import {', '.join(modules)}; del {', '.join(roots)}"
-    km = _KernelManager(kernel_name=kernel)
-    km.start_kernel(cwd=str(config.NOTEBOOKS_DIR),
-                    extra_arguments=["--HistoryManager.hist_file=:memory:",  # as nbclient starts kernels
-                                     f"--IPKernelApp.exec_lines={[preload]!r}"])
-    return km
+    notebooks.start_kernel(km, modules, warm_up)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +64,7 @@ class Stage:
     notebook: str
     inputs: tuple[str, ...]  # Layout attributes (or "source" for the ingest source)
     outputs: tuple[str, ...]  # Layout attributes
-    code: tuple[str, ...]  # modules of lib/volcast the stage executes
-    after: tuple[str, ...] = ()
+    code: tuple[str, ...]  # modules or packages of lib/volcast the stage executes
     notebook_only: tuple[str, ...] = ()  # notebook parameters that only steer what it shows
 
     def run_function(self):
@@ -115,14 +77,25 @@ class Stage:
     def notebook_path(self) -> Path:
         return config.NOTEBOOKS_DIR / self.notebook
 
+    @property
+    def code_paths(self) -> list[Path]:
+        """The source the stage runs (with the modules every stage uses): a module file or a package directory."""
+        return [_module_path(name) for name in COMMON_CODE + self.code]
 
+
+def _module_path(name: str) -> Path:
+    module = LIBRARY_DIR / f"{name}.py"
+    return module if module.exists() else LIBRARY_DIR / name
+
+
+# Order matters: a stage's inputs are the source or outputs of stages before it (a test checks it).
 DAG: tuple[Stage, ...] = (
     Stage("ingest", "01_ingest.ipynb", inputs=("source",), outputs=("raw_dir", "quarantine_dir"),
-          code=("ingest",)),  # a package: every .py file in it
+          code=("ingest",)),
     Stage("features", "02_features.ipynb", inputs=("raw_dir",), outputs=("features_dir",),
-          code=("features.py",), after=("ingest",), notebook_only=("symbol",)),
+          code=("features",), notebook_only=("symbol",)),
     Stage("train", "03_train.ipynb", inputs=("features_dir",), outputs=("models_dir",),
-          code=("train.py", "features.py"), after=("features",)),
+          code=("train", "features")),
 )
 STAGES = {stage.name: stage for stage in DAG}
 PATH_LABELS = {
@@ -155,24 +128,7 @@ def mermaid() -> str:
 
 def notebook_parameters(stage: str) -> dict[str, Any]:
     """The stage notebook's declared parameters and their defaults (papermill's own reading)."""
-    path = STAGES[stage].notebook_path
-    return dict(_declared_parameters(str(path), path.stat().st_mtime_ns))
-
-
-@functools.lru_cache(maxsize=None)
-def _declared_parameters(path: str, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
-    # Read once per notebook version: --param checks and every stage's injection ask again.
-    papermill = _import_papermill()
-    return tuple((name, _literal(spec["default"])) for name, spec in papermill.inspect_notebook(path).items())
-
-
-def _literal(text: str) -> Any:
-    import ast
-
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    return notebooks.notebook_parameters(STAGES[stage].notebook_path)
 
 
 def parse_param_value(text: str) -> Any:
@@ -182,7 +138,7 @@ def parse_param_value(text: str) -> Any:
         return lowered == "true"
     if lowered in ("none", "null"):
         return None
-    value = _literal(text)
+    value = notebooks.literal(text)
     return value if isinstance(value, (int, float, str, bool)) else text
 
 
@@ -218,40 +174,8 @@ def parse_stages(text: str | None) -> list[str]:
 # Fingerprints
 
 
-def _hash_lines(lines) -> str:
-    digest = hashlib.sha256()
-    for line in lines:
-        digest.update(str(line).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()[:16]
-
-
-def fingerprint_path(path: Path) -> str | None:
-    """A cheap, stable fingerprint of a file or directory tree: names, sizes and mtimes.
-
-    Stat-based (no content read), so an unchanged re-run of 8,000 files takes milliseconds. Stages
-    hard-link unchanged partitions into each new version, so an unchanged partition keeps its mtime.
-    """
-    path = Path(path)
-    if not path.exists():
-        return None
-    if path.is_file():
-        st = path.stat()
-        return _hash_lines([path.name, st.st_size, st.st_mtime_ns])
-    root = path.resolve()
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith((".", "_")):  # hidden and _metadata files (stage state) are not data
-                continue
-            st = os.stat(os.path.join(dirpath, name))
-            entries.append(f"{os.path.relpath(os.path.join(dirpath, name), root)}|{st.st_size}|{st.st_mtime_ns}")
-    return _hash_lines(entries)
-
-
 def code_fingerprint(stage: Stage) -> str:
-    return storage.code_digest(*[LIBRARY_DIR / name for name in COMMON_CODE + stage.code], stage.notebook_path)
+    return storage.code_digest(*stage.code_paths, stage.notebook_path)
 
 
 def input_fingerprints(stage: Stage, layout: Layout, params: dict[str, Any]) -> dict[str, str | None]:
@@ -302,28 +226,6 @@ def git_commit() -> str | None:
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
-
-
-def ensure_kernel(layout: Layout) -> str:
-    """A kernelspec that runs the notebooks on *this* interpreter, whatever is registered elsewhere.
-
-    Works in a fresh virtualenv with no ``ipykernel install``: the spec lives in the output dir and
-    is put first on JUPYTER_PATH for this process and its children.
-    """
-    root = layout.output_dir / ".jupyter"
-    spec_dir = root / "kernels" / KERNEL_NAME
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 "--IPKernelApp.log_level=ERROR"],  # no loopback-TCP notice on every stage
-        "display_name": f"volcast ({sys.executable})",
-        "language": "python",
-        "env": {"PYTHONPATH": os.pathsep.join(filter(None, [str(LIBRARY_DIR.parent), os.environ.get("PYTHONPATH")]))},
-        "metadata": {"debugger": False},
-    }
-    storage.atomic_write_json(spec_dir / "kernel.json", spec)
-    paths = [str(root)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != str(root)]
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(paths)
-    return KERNEL_NAME
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,19 +309,59 @@ def _stage_params(stage: str, layout: Layout, source: str | None, jobs: int | No
 
 
 def resolve_source(source: str | None, say: Callable[[str], None] = print) -> str:
-    """The ingest source to inject: an absolute path, "kaggle" or "demo" (chosen when not given)."""
-    if source is None:
-        from . import ingest
+    """The ingest source to inject: an absolute path, "kaggle" or "demo" (chosen when not given).
 
-        chosen = "kaggle" if ingest.has_kaggle_credentials() else "demo"
-        say(ingest.describe_default_source())
-        return chosen
-    if source in ("demo", "kaggle"):
-        return source
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise UserError(f"--source {source}: no such file or directory; give a Kaggle-layout folder or .zip, 'kaggle' or 'demo'")
-    return str(path.resolve())
+    ``ingest.resolve_default_source`` is the one rule (the ingest stage applies the same when run alone).
+    """
+    from .ingest import resolve_default_source
+
+    return resolve_default_source(source, say, name="--source")
+
+
+class _Stopper:
+    """Turns SIGINT, SIGTERM and SIGHUP into a prompt stop of the run: ``Interrupted``.
+
+    The first signal kills the running stage's kernel and its workers at once (outputs are published
+    atomically: nothing partial is left where readers look, and a stage killed before its publish
+    publishes nothing) and raises in the runner, which then records the run as interrupted, releases
+    the lock and exits 128 + the signal's number. Raising matters: papermill waits for the kernel's
+    output without a timeout and would never notice the dead kernel. Later signals only kill again,
+    so a repeated Ctrl-C cannot cut the cleanup short.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.km = None  # the running stage's kernel manager
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame) -> None:
+        first = self.signum is None
+        self.signum = self.signum or signum
+        self.kill_kernel()
+        if first:
+            raise Interrupted(signum)
+
+    def kill_kernel(self) -> None:
+        if self.km is not None:
+            self.km.kill_group()
+
+    def check(self) -> None:
+        """Raise if a signal came (and something on the way swallowed the first raise)."""
+        if self.signum is not None:
+            self.kill_kernel()
+            raise Interrupted(self.signum)
 
 
 def run_pipeline(
@@ -432,7 +374,10 @@ def run_pipeline(
     say: Callable[[str], None] = print,
     progress: bool = True,
 ) -> dict:
-    """Run the selected stages in DAG order; return the manifest. Raises StageFailed on a failing cell."""
+    """Run the selected stages in DAG order; return the manifest.
+
+    Raises StageFailed on a failing cell, and ``Interrupted`` on SIGINT / SIGTERM / SIGHUP (see ``_Stopper``).
+    """
     import filelock
 
     layout = Layout.at(output_dir)
@@ -447,14 +392,15 @@ def run_pipeline(
             f"another volcast run is using {layout.output_dir}; wait for it to finish or pass another --output-dir"
         ) from None
     try:
-        if "ingest" in selected:
-            source = resolve_source(source, say)
-        return _run_locked(layout, selected, source, overrides, force, jobs, say, progress)
+        with _Stopper() as stopper:
+            if "ingest" in selected:
+                source = resolve_source(source, say)
+            return _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper)
     finally:
         lock.release()
 
 
-def _run_locked(layout, selected, source, overrides, force, jobs, say, progress) -> dict:
+def _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper) -> dict:
     run_id = new_run_id(layout.runs_dir)
     run_dir = layout.runs_dir / run_id
     run_dir.mkdir(parents=True)
@@ -504,7 +450,14 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress)
                 storage.atomic_write_json(manifest_path, manifest)
                 continue
             say(f"> {name}: running {stage.notebook}")
-            result = _execute_stage(stage, stage_params, run_dir, kernel, progress)
+            manifest["stages"][name] = dataclasses.asdict(
+                StageResult(name, "running", 0.0, str(run_dir / stage.notebook)))
+            storage.atomic_write_json(manifest_path, manifest)
+            try:
+                result = _execute_stage(stage, stage_params, run_dir, kernel, progress, stopper)
+            except Interrupted:
+                manifest["stages"][name].update(status="interrupted", reason="interrupted")
+                raise
             manifest["stages"][name] = dataclasses.asdict(result)
             storage.atomic_write_json(manifest_path, manifest)
             if result.status != "ok":
@@ -533,13 +486,19 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress)
     return manifest
 
 
-def _execute_stage(stage: Stage, params: dict, run_dir: Path, kernel: str, progress: bool) -> StageResult:
+def _execute_stage(stage: Stage, params: dict, run_dir: Path, kernel: str, progress: bool,
+                   stopper: _Stopper | None = None) -> StageResult:
     """Run the stage's notebook with papermill in a fresh kernel, started first (see ``_start_kernel``)."""
+    stopper = stopper or _Stopper()
     output = run_dir / stage.notebook
     t0 = time.perf_counter()
-    km = _start_kernel(kernel, stage)
+    km = notebooks.kernel_manager(kernel)
+    stopper.km = km
     try:
+        stopper.check()
+        _start_stage_kernel(km, stage)
         papermill = _import_papermill()  # meanwhile the kernel starts (only a process's first stage imports it)
+        stopper.check()
         try:
             papermill.execute_notebook(
                 str(stage.notebook_path),
@@ -552,11 +511,18 @@ def _execute_stage(stage: Stage, params: dict, run_dir: Path, kernel: str, progr
                 km=km,
             )
         except papermill.PapermillExecutionError as exc:
+            stopper.check()
             error = f"{exc.ename}: {str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ''}"
             reason = "user-error" if exc.ename == "UserError" else "cell-error"
             return StageResult(stage.name, "failed", round(time.perf_counter() - t0, 3), str(output), reason, error)
+        except Exception:
+            stopper.check()  # the kernel was killed by the stopper: papermill's error is only its echo
+            raise
     finally:
-        km.shut_down()
+        stopper.km = None
+        with contextlib.suppress(Exception):  # a kernel the stopper killed may be half gone already
+            km.shut_down()
+    stopper.check()  # a signal that came as the last cell ended: the run still stops, its state unrecorded
     return StageResult(stage.name, "ok", round(time.perf_counter() - t0, 3), str(output))
 
 
@@ -579,52 +545,3 @@ def _summary(stage: str, layout: Layout) -> str:
     except (KeyError, TypeError, ZeroDivisionError):
         return ""
     return ""
-
-
-def _notebook_paths(names: list[str] | None, notebooks_dir: Path) -> list[Path]:
-    """The .ipynb side of each named pair (``02_features``, ``02_features.py`` or ``.ipynb``), or all of them."""
-    if not names:
-        return sorted(notebooks_dir.glob("*.ipynb"))
-    return [notebooks_dir / (Path(name).stem + ".ipynb") for name in names]
-
-
-def sync_notebooks(names: list[str] | None = None, notebooks_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Bring each Jupytext pair (``X.ipynb`` + its ``py:percent`` twin ``X.py``) in step: ``jupytext --sync``.
-
-    The side edited last gives the cells; the .ipynb keeps its stored outputs for cells whose source is
-    unchanged. The pairing itself is in ``notebooks/jupytext.toml``, which JupyterLab also reads.
-    """
-    from jupytext.cli import jupytext as jupytext_cli
-
-    paths = _notebook_paths(names, Path(notebooks_dir or config.NOTEBOOKS_DIR))
-    missing = [str(p) for p in paths if not p.exists() and not p.with_suffix(".py").exists()]
-    if missing:
-        raise UserError(f"no such notebook: {', '.join(missing)}")
-    jupytext_cli(["--sync", "--quiet", *map(str, paths)])
-    return paths
-
-
-def refresh_notebooks(names: list[str] | None = None, say: Callable[[str], None] = print) -> None:
-    """Re-execute the committed notebooks in place with their default (demo) parameters.
-
-    This refreshes the stored outputs that nbval compares, after an intended change. Each pair is synced
-    first (an edit made on the .py side is what runs) and after (the twin is rewritten, so it is not older
-    than its .ipynb). nbclient (not papermill) so the committed notebooks carry no injected cell or run
-    metadata.
-    """
-    import nbclient
-    import nbformat
-
-    layout = Layout.at(config.NOTEBOOKS_DIR / "../outputs/demo")
-    kernel = ensure_kernel(layout)
-    order = [stage.notebook for stage in DAG] + [config.DASHBOARD_NOTEBOOK]
-    for path in sync_notebooks(names or order):
-        say(f"refreshing {path.name}")
-        nb = nbformat.read(path, as_version=4)
-        nbclient.NotebookClient(nb, kernel_name=kernel, timeout=1800,
-                                resources={"metadata": {"path": str(config.NOTEBOOKS_DIR)}}).execute()
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-        storage.atomic_write_text(path, nbformat.writes(nb) + "\n")
-        sync_notebooks([path.name])
-        path.with_suffix(".py").touch()  # the twin is current: not older than the .ipynb just written
-    shutil.rmtree(config.NOTEBOOKS_DIR / "catboost_info", ignore_errors=True)

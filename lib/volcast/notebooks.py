@@ -1,0 +1,214 @@
+"""The stage notebooks as files and kernels: their parameters, the kernel that runs them, and their upkeep.
+
+- ``notebook_parameters``: a notebook's ``parameters`` cell, read the way papermill reads it.
+- ``ensure_kernel`` / ``start_kernel``: a kernelspec for *this* interpreter and a kernel started ahead of
+  papermill with the notebook's imports (the pipeline runs each stage in one).
+- ``sync_notebooks`` / ``refresh_notebooks``: each ``X.ipynb`` is a Jupytext pair with its ``py:percent``
+  twin ``X.py`` (``notebooks/jupytext.toml``); sync brings a pair in step, refresh re-executes the
+  committed notebooks to store the outputs nbval compares.
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from . import config, storage
+from .config import Layout
+from .errors import UserError
+
+LIBRARY_DIR = Path(__file__).resolve().parent
+KERNEL_NAME = "volcast-python"
+DEMO_OUTPUT_DIR = "../outputs/demo"  # the committed notebooks' output_dir, relative to notebooks/
+
+
+def import_papermill():
+    """papermill, imported without the 0.7 s that jsonschema's optional IRI checker costs.
+
+    papermill -> nbformat -> jsonschema imports ``rfc3987_syntax`` when it is installed (it is, through
+    jupyter-events' ``jsonschema[format-nongpl]``), and that module compiles about 35 Lark grammars at
+    import (python-jsonschema/jsonschema#1428). No notebook schema uses the ``iri`` format it checks, so
+    marking the module absent before the first import only skips that checker, in every
+    ``run_pipeline.py`` process.
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)  # None in sys.modules = "not installed"
+    import papermill
+
+    return papermill
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+
+
+def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
+    """A notebook's declared parameters and their default values (papermill's own reading)."""
+    path = Path(path)
+    return dict(_declared_parameters(str(path), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=None)
+def _declared_parameters(path: str, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
+    # Read once per notebook version: --param checks and every stage's injection ask again.
+    papermill = import_papermill()
+    return tuple((name, literal(spec["default"])) for name, spec in papermill.inspect_notebook(path).items())
+
+
+def literal(text: str) -> Any:
+    """A Python literal's value, or the text itself when it is not one."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+
+
+def ensure_kernel(layout: Layout) -> str:
+    """A kernelspec that runs the notebooks on *this* interpreter, whatever is registered elsewhere.
+
+    Works in a fresh virtualenv with no ``ipykernel install``: the spec lives in the output dir and
+    is put first on JUPYTER_PATH for this process and its children.
+    """
+    root = layout.output_dir / ".jupyter"
+    spec_dir = root / "kernels" / KERNEL_NAME
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--IPKernelApp.log_level=ERROR"],  # no loopback-TCP notice on every stage
+        "display_name": f"volcast ({sys.executable})",
+        "language": "python",
+        "env": {"PYTHONPATH": os.pathsep.join(filter(None, [str(LIBRARY_DIR.parent), os.environ.get("PYTHONPATH")]))},
+        "metadata": {"debugger": False},
+    }
+    storage.atomic_write_json(spec_dir / "kernel.json", spec)
+    paths = [str(root)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != str(root)]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(paths)
+    return KERNEL_NAME
+
+
+def kernel_manager(kernel: str):
+    """A kernel manager, not started yet, that closes the clients it handed out when it shuts down."""
+    from jupyter_client.manager import KernelManager
+
+    class _KernelManager(KernelManager):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.handed_out = []
+
+        def client(self, **kwargs):
+            kc = super().client(**kwargs)
+            self.handed_out.append(kc)
+            return kc
+
+        def kill_group(self) -> None:
+            """Kill the kernel and every process it started, at once (safe to call from a signal handler).
+
+            jupyter_client starts the kernel in its own session, so its process group holds it and its
+            workers; descendants that left the group are killed by pid. Every output a stage writes is
+            published atomically, so a kill never leaves a partial one where readers look.
+            """
+            import psutil
+
+            provisioner = getattr(self, "provisioner", None)
+            pid, pgid = getattr(provisioner, "pid", None), getattr(provisioner, "pgid", None)
+            if not pid:
+                return
+            try:
+                procs = [psutil.Process(pid)]
+                procs += procs[0].children(recursive=True)
+            except psutil.Error:
+                procs = []
+            if pgid and pgid != os.getpgrp():
+                with contextlib.suppress(OSError):
+                    os.killpg(pgid, signal.SIGKILL)
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+
+        def shut_down(self) -> None:
+            for kc in self.handed_out:
+                kc.stop_channels()
+            if self.has_kernel:
+                # Every output is written (atomically) before the last cell ends; a graceful shutdown
+                # only waits for the kernel's exit hooks.
+                self.shutdown_kernel(now=True)
+
+    return _KernelManager(kernel_name=kernel)
+
+
+def start_kernel(km, modules: list[str], warm_up: str = "") -> None:
+    """Start ``km``'s kernel now, importing ``modules`` (after running ``warm_up``), in notebooks/.
+
+    Started before the runner imports papermill and reads the notebook, the kernel's start-up and
+    imports overlap them. The imports leave no names behind: the notebook still imports what it uses.
+    nbclient, handed a running kernel, neither starts nor stops it; the caller does (``shut_down``).
+    """
+    roots = sorted({m.split(".")[0] for m in modules})
+    preload = f"{warm_up}import {', '.join(modules)}; del {', '.join(roots)}"
+    km.start_kernel(cwd=str(config.NOTEBOOKS_DIR),
+                    extra_arguments=["--HistoryManager.hist_file=:memory:",  # as nbclient starts kernels
+                                     f"--IPKernelApp.exec_lines={[preload]!r}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Jupytext pairs and stored outputs
+
+
+def _notebook_paths(names: list[str] | None, notebooks_dir: Path) -> list[Path]:
+    """The .ipynb side of each named pair (``02_features``, ``02_features.py`` or ``.ipynb``), or all of them."""
+    if not names:
+        return sorted(notebooks_dir.glob("*.ipynb"))
+    return [notebooks_dir / (Path(name).stem + ".ipynb") for name in names]
+
+
+def sync_notebooks(names: list[str] | None = None, notebooks_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Bring each Jupytext pair (``X.ipynb`` + its ``py:percent`` twin ``X.py``) in step: ``jupytext --sync``.
+
+    The side edited last gives the cells; the .ipynb keeps its stored outputs for cells whose source is
+    unchanged. The pairing itself is in ``notebooks/jupytext.toml``, which JupyterLab also reads.
+    """
+    from jupytext.cli import jupytext as jupytext_cli
+
+    paths = _notebook_paths(names, Path(notebooks_dir or config.NOTEBOOKS_DIR))
+    missing = [str(p) for p in paths if not p.exists() and not p.with_suffix(".py").exists()]
+    if missing:
+        raise UserError(f"no such notebook: {', '.join(missing)}")
+    jupytext_cli(["--sync", "--quiet", *map(str, paths)])
+    return paths
+
+
+def refresh_notebooks(names: list[str] | None = None, say: Callable[[str], None] = print) -> None:
+    """Re-execute the committed notebooks in place with their default (demo) parameters.
+
+    This refreshes the stored outputs that nbval compares, after an intended change. Each pair is synced
+    first (an edit made on the .py side is what runs) and after (the twin is rewritten, so it is not older
+    than its .ipynb). nbclient (not papermill) so the committed notebooks carry no injected cell or run
+    metadata.
+    """
+    import nbclient
+    import nbformat
+
+    from .pipeline import DAG
+
+    layout = Layout.at(config.NOTEBOOKS_DIR / DEMO_OUTPUT_DIR)
+    kernel = ensure_kernel(layout)
+    order = [stage.notebook for stage in DAG] + [config.DASHBOARD_NOTEBOOK]
+    for path in sync_notebooks(names or order):
+        say(f"refreshing {path.name}")
+        nb = nbformat.read(path, as_version=4)
+        nbclient.NotebookClient(nb, kernel_name=kernel, timeout=1800,
+                                resources={"metadata": {"path": str(config.NOTEBOOKS_DIR)}}).execute()
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        storage.atomic_write_text(path, nbformat.writes(nb) + "\n")
+        sync_notebooks([path.name])
+        path.with_suffix(".py").touch()  # the twin is current: not older than the .ipynb just written
+    shutil.rmtree(config.NOTEBOOKS_DIR / "catboost_info", ignore_errors=True)
