@@ -161,7 +161,8 @@ def test_joined_reader_takes_a_file_that_changes_size_whole(tmp_path, monkeypatc
     path = tmp_path / "A.csv"
     path.write_bytes(data)
     real_fstat = os.fstat
-    monkeypatch.setattr(ingest.read.os, "fstat", lambda fd: SimpleNamespace(st_size=real_fstat(fd).st_size + change))
+    monkeypatch.setattr(ingest.read.os, "fstat", lambda fd: SimpleNamespace(st_size=real_fstat(fd).st_size + change,
+                                                                             st_mode=real_fstat(fd).st_mode))
     reader = ingest.read._JoinedBodies()
     crc, whole = reader.read(str(path))
     monkeypatch.undo()

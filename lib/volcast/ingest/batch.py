@@ -12,6 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from ..config import CSV_COLUMNS, PRICE_COLUMNS, RAW_SCHEMA, TICKER_COLUMNS
+from .limits import MAX_LINE_BYTES
+from .lines import longest_line
 from .parse import DAY_ONE, ParsedFile
 
 CANONICAL_HEADER = ",".join(CSV_COLUMNS).encode() + b"\n"
@@ -19,14 +21,17 @@ _RAW_BODY_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name not in TICKER_COLU
 BATCH_BYTES = 16 << 20  # CSV text parsed in one Arrow read (per-call overhead is ~0.4 ms, a third of a small file's cost)
 
 
-def _batch_body(data: bytes) -> memoryview | None:
+def _batch_body(data: bytes, max_line_bytes: int = MAX_LINE_BYTES) -> memoryview | None:
     """The data lines of a file the batch reader can take as they are, or None (parse_csv reads it alone).
 
-    Only the plainest files qualify: the canonical header, ASCII, "\n" line ends, no quotes, no NUL.
+    Only the plainest files qualify: the canonical header, ASCII, "\n" line ends, no quotes, no NUL, no
+    line over max_line_bytes.
     """
     if not data.startswith(CANONICAL_HEADER) or len(data) == len(CANONICAL_HEADER):
         return None
     if not _plain(data, len(CANONICAL_HEADER), len(data)):
+        return None
+    if len(data) > max_line_bytes and longest_line(data, len(CANONICAL_HEADER)) > max_line_bytes:
         return None
     return memoryview(data)[len(CANONICAL_HEADER):]
 
@@ -84,7 +89,8 @@ def _convert_by_file(table: pa.Table, starts: np.ndarray, counts: np.ndarray, ok
     return table
 
 
-def parse_csv_batch(items: list[tuple[bytes, str, str | None]], ticker_columns: bool = True) -> list[ParsedFile | None]:
+def parse_csv_batch(items: list[tuple[bytes, str, str | None]], ticker_columns: bool = True,
+                    max_line_bytes: int = MAX_LINE_BYTES) -> list[ParsedFile | None]:
     """Many ticker CSVs ``(data, symbol, security name)`` in one typed Arrow read.
 
     Each result is exactly what ``parse_csv`` returns for that file when the file is clean (the
@@ -101,7 +107,7 @@ def parse_csv_batch(items: list[tuple[bytes, str, str | None]], ticker_columns: 
     results: list[ParsedFile | None] = [None] * len(items)
     picked, parts = [], []
     for i, (data, _, _) in enumerate(items):
-        body = _batch_body(data)
+        body = _batch_body(data, max_line_bytes)
         if body is not None:
             picked.append(i)
             parts.append(body)

@@ -27,3 +27,44 @@ def _line_spans(body: bytes) -> tuple[np.ndarray, np.ndarray]:
     spans = _all_line_spans(body)
     nonblank = np.flatnonzero(spans[:, 1] > spans[:, 0])
     return nonblank, spans[nonblank]
+
+
+def count_lines(buf, start: int = 0, stop: int | None = None) -> int:
+    """Physical lines of ``buf[start:stop]`` (bytes or bytearray): line ends counted with ``count``, the
+    same ends as Arrow's ("\r\n", "\n", a lone "\r"); a last line without an end counts too."""
+    stop = len(buf) if stop is None else stop
+    if stop <= start:
+        return 0
+    ends = buf.count(b"\n", start, stop)
+    if buf.find(b"\r", start, stop) != -1:
+        ends += buf.count(b"\r", start, stop) - buf.count(b"\r\n", start, stop)
+    last = buf[stop - 1]
+    return ends + (0 if last in (10, 13) else 1)
+
+
+def count_blank_lines(buf, start: int = 0, stop: int | None = None) -> int:
+    """Empty physical lines of ``buf[start:stop]`` (the CSV reader skips them: they are no rows)."""
+    stop = len(buf) if stop is None else stop
+    spans = _all_line_spans(memoryview(buf)[start:stop])
+    return int((spans[:, 1] == spans[:, 0]).sum())
+
+
+def data_lines(buf, start: int = 0, stop: int | None = None, accounted: int | None = None, header: int = 1) -> int:
+    """Non-blank physical lines of a CSV file ``buf[start:stop]`` after its ``header`` line (0: a body).
+
+    Counted apart from the CSV parser, to check that every line ended as a kept or a quarantined row.
+    Blank lines are counted only when the cheap count differs from ``accounted`` (what the parser
+    accounted for): a row lost always shows, since the parser cannot have accounted for more lines than
+    the file has.
+    """
+    total = count_lines(buf, start, stop) - header
+    if total == accounted:
+        return total
+    return total - count_blank_lines(buf, start, stop)
+
+
+def longest_line(buf, start: int = 0, stop: int | None = None) -> int:
+    """Bytes in the longest physical line of ``buf[start:stop]`` (its line end not included)."""
+    stop = len(buf) if stop is None else stop
+    spans = _all_line_spans(memoryview(buf)[start:stop])
+    return int((spans[:, 1] - spans[:, 0]).max()) if len(spans) else 0

@@ -13,8 +13,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from ..config import CSV_COLUMNS, PRICE_COLUMNS, RAW_SCHEMA
-from .lines import _all_line_spans
-from .quarantine import _quarantine_rows
+from .limits import DEFAULT_LIMITS, Limits
+from .lines import _all_line_spans, count_blank_lines, count_lines
+from .quarantine import QUARANTINE_TEXT_CHARS, _quarantine_rows
 from .values import _cast_float, _cast_volume, _np_bool, _valid_dates
 
 BOM = b"\xef\xbb\xbf"
@@ -84,8 +85,10 @@ def _bad_utf8_lines(body: bytes) -> set[int]:
     return bad
 
 
-def _read_body(body: pa.Buffer, n_fields: int, cols: dict[str, int], typed: bool):
-    """Read the data lines (no header) with Arrow; rows with a wrong field count are collected."""
+def _read_body(body: pa.Buffer, n_fields: int, cols: dict[str, int], typed: bool, quoting: bool = True,
+               block_size: int = 1 << 22):
+    """Read the data lines (no header) with Arrow; rows with a wrong field count are collected.
+    ``quoting=False`` reads quotes as text, so that no field can run over a line end."""
     invalid: list[tuple[int, int]] = []  # (1-based ordinal among non-blank lines, fields found)
 
     def on_invalid(row):
@@ -100,8 +103,8 @@ def _read_body(body: pa.Buffer, n_fields: int, cols: dict[str, int], typed: bool
         types = {f"c{cols[c]}": pa.string() for c in CSV_COLUMNS}
     table = pcsv.read_csv(
         pa.BufferReader(body),
-        read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=1 << 22),
-        parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
+        read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=block_size),
+        parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid, quote_char='"' if quoting else False),
         convert_options=pcsv.ConvertOptions(
             column_types=types, include_columns=[f"c{cols[c]}" for c in CSV_COLUMNS],
             null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True, check_utf8=False,
@@ -112,18 +115,73 @@ def _read_body(body: pa.Buffer, n_fields: int, cols: dict[str, int], typed: bool
 
 
 
-def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: str = "") -> ParsedFile:
-    """One ticker's CSV bytes -> rows that take RAW_SCHEMA, rows set aside, counts. Never raises on data."""
+def _set_aside_lines(body: bytes, max_line_bytes: int) -> tuple[bytes, list[tuple[int, str, str, str]]]:
+    """Lines kept from the CSV reader, each quarantined alone: NUL bytes, a quote that does not close on
+    its line (the reader would carry the field over the following lines), or longer than max_line_bytes.
+
+    Returns the body with those lines emptied (line ends kept, so every line keeps its number; the reader
+    skips empty lines) and ``(0-based body line, kind, reason, text)`` for each. Linear in the body."""
+    if body.find(b"\x00") == -1 and body.find(b'"') == -1 and len(body) <= max_line_bytes:
+        return body, []
+    spans = _all_line_spans(body)
+    if not len(spans):
+        return body, []
+    arr = np.frombuffer(body, np.uint8)
+
+    def per_line(byte: int) -> np.ndarray:
+        where = np.searchsorted(spans[:, 0], np.flatnonzero(arr == byte), side="right") - 1
+        return np.bincount(where, minlength=len(spans))
+
+    nul, quotes = per_line(0) > 0, per_line(34)
+    too_long = spans[:, 1] - spans[:, 0] > max_line_bytes
+    out, pieces, prev = [], [], 0
+    for i in np.flatnonzero(nul | (quotes % 2 == 1) | too_long).tolist():
+        s, e = (int(v) for v in spans[i])
+        if too_long[i]:
+            kind, reason = "too-long", f"line is {e - s:,} bytes, over the limit max_line_bytes={max_line_bytes:,}"
+        elif nul[i]:
+            kind, reason = "nul-bytes", "line has NUL bytes"
+        else:
+            kind, reason = "unbalanced-quote", f"unbalanced quote: {quotes[i]} quote character(s) on the line"
+        text = body[s:min(e, s + 4 * QUARANTINE_TEXT_CHARS)].rstrip(b"\r").replace(b"\x00", b"\\x00")
+        out.append((i, kind, reason, text.decode("utf-8", errors="replace")[:QUARANTINE_TEXT_CHARS]))
+        pieces.append(body[prev:s])
+        prev = e
+    pieces.append(body[prev:])
+    return b"".join(pieces), out
+
+
+def _header_problem(data: bytes, start: int, limits: Limits) -> str | None:
+    """A header line over max_header_bytes or with more than max_columns fields, found before parsing it."""
+    end = data.find(b"\n", start, start + limits.max_header_bytes + 2)
+    if end == -1 and len(data) - start > limits.max_header_bytes + 1:
+        return f"header line longer than the limit max_header_bytes={limits.max_header_bytes:,}"
+    end = len(data) if end == -1 else end
+    columns = data.count(b",", start, end) + 1
+    if columns > limits.max_columns:
+        return f"header has {columns:,} columns, over the limit max_columns={limits.max_columns:,}"
+    return None
+
+
+def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: str = "",
+              limits: Limits = DEFAULT_LIMITS) -> ParsedFile:
+    """One ticker's CSV bytes -> rows that take RAW_SCHEMA, rows set aside, counts. Never raises on data.
+
+    Every non-blank line after the header ends as a kept row or a quarantined row with its line number
+    (``rows_read`` = kept + quarantined = the non-blank data lines), unless the whole file is rejected."""
     if not data:
         return _reject("empty file (0 bytes)")
-    if data.find(b"\x00") != -1:
-        return _reject("binary file (contains NUL bytes), not a CSV")
     start = len(BOM) if data.startswith(BOM) else 0
+    problem = _header_problem(data, start, limits)
+    if problem:
+        return _reject(problem)
     nl = data.find(b"\n", start)
     header_end = len(data) if nl == -1 else nl
     cr = data.find(b"\r", start, header_end)
     if cr != -1 and cr + 1 != header_end:  # a lone "\r" ends the header (old Mac line ends)
         header_end = cr
+    if data.find(b"\x00", start, header_end) != -1:
+        return _reject("binary file (NUL bytes in the header line), not a CSV")
     fields = _header_fields(data[start:header_end])
     if not any(f.strip() for f in fields):
         return _reject("no header line")
@@ -134,26 +192,35 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
     body = data[body_offset:] if body_offset < len(data) else b""
     if len(body) < 256 and not body.strip(b"\r\n\t "):
         return _reject("header only: no data rows")
-    bad_utf8 = set() if data.isascii() else _bad_utf8_lines(body)
+    body, set_aside = _set_aside_lines(body, limits.max_line_bytes)
+    bad_utf8 = set() if body.isascii() else _bad_utf8_lines(body)
     if bad_utf8:
         # Replace undecodable bytes (U+FFFD) so no value is invalid UTF-8; newlines are untouched,
         # so line numbers stay exact and the lines listed in bad_utf8 are flagged in quarantine.
         body = body.decode("utf-8", errors="replace").encode("utf-8")
     buf = pa.py_buffer(body)
-
-    try:
-        table, invalid = _read_body(buf, len(fields), cols, typed=True)
-        typed = True
-    except pa.ArrowInvalid:
+    block_size = max(1 << 22, 2 * limits.max_line_bytes)
+    quoting = True
+    while True:
         try:
-            table, invalid = _read_body(buf, len(fields), cols, typed=False)
-        except pa.ArrowInvalid as exc:
-            return _reject(f"not readable as CSV: {str(exc).splitlines()[0][:200]}")
-        typed = False
-    n = table.num_rows
-    if n == 0 and not invalid:
+            table, invalid = _read_body(buf, len(fields), cols, typed=True, quoting=quoting, block_size=block_size)
+            typed = True
+        except pa.ArrowInvalid:
+            try:
+                table, invalid = _read_body(buf, len(fields), cols, typed=False, quoting=quoting,
+                                            block_size=block_size)
+            except pa.ArrowInvalid as exc:
+                return _reject(f"not readable as CSV: {str(exc).splitlines()[0][:200]}")
+            typed = False
+        n = table.num_rows
+        # A quoted field that spans lines (quotes balanced on each line, e.g. 'a"b,"c') made one row of
+        # several lines: read again with quotes as text, one row per line.
+        if not quoting or n + len(invalid) == count_lines(body) - count_blank_lines(body):
+            break
+        quoting = False
+    if n == 0 and not invalid and not set_aside:
         return _reject("header only: no data rows")
-    if typed and not invalid:
+    if typed and not invalid and not set_aside:
         clean = _clean_file(table, symbol, security_name)
         if clean is not None:
             return clean
@@ -257,10 +324,10 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
 
     n_bad = int(bad.sum())
     quarantine = None
-    if n_bad or invalid:
+    if n_bad or invalid or set_aside:
         quarantine = _quarantine_rows(body, table, n, bad, problems, duplicate_of, days, invalid,
-                                      bad_utf8, symbol, file, len(fields))
-    rows_read = n + len(invalid)
+                                      bad_utf8, symbol, file, len(fields), set_aside)
+    rows_read = n + len(invalid) + len(set_aside)
     counts = {
         "rows_read": rows_read,
         "rows_kept": kept_n,

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import re
+import stat
 import zipfile
 from pathlib import Path
 from typing import Iterable, NamedTuple
@@ -14,6 +15,7 @@ from .. import config
 from ..errors import UserError
 from .demo import _demo_dir, generate_demo_market
 from .kaggle import describe_default_source, download_kaggle, has_kaggle_credentials
+from .limits import DEFAULT_LIMITS, Limits, file_problem
 from .parse import _zero_counts
 
 
@@ -34,7 +36,7 @@ class Catalog(NamedTuple):
     files: list[SourceFile]
     meta: bytes | None
     meta_fingerprint: str | None
-    rejected: list[dict]  # files set aside before parsing (same ticker twice)
+    rejected: list[dict]  # files set aside unread: same ticker twice, over a limit, links, special files
     root: str  # folder or zip prefix holding stocks/ and etfs/
 
 
@@ -107,52 +109,122 @@ def _split_members(paths: Iterable[str]) -> tuple[str, list[str], str | None]:
     return root, sorted(members), root + config.META_FILE
 
 
-def scan_source(src: ResolvedSource) -> Catalog:
-    """List the ticker files of a source with their sizes and change stamps (no file is read)."""
+LINK_REFUSED = "symbolic link (refused; allow_links=True reads links to files inside the source folder)"
+
+
+def _entry_problem(entry: os.DirEntry, root_real: str, limits: Limits) -> str | None:
+    """Why a ticker file of a folder source is refused before it is read: a link (unless allowed and to a
+    regular file inside the folder), or no regular file (a FIFO, socket or device); None when it is fine."""
+    if entry.is_symlink():
+        target = os.path.realpath(entry.path)
+        if not os.path.exists(target):
+            return "dangling symbolic link (its target does not exist)"
+        if not limits.allow_links:
+            return LINK_REFUSED
+        if os.path.commonpath([root_real, target]) != root_real:
+            return "symbolic link to a file outside the source folder (refused)"
+        return None if stat.S_ISREG(os.stat(target).st_mode) else "symbolic link to something that is not a regular file"
+    if not entry.is_file(follow_symlinks=False):
+        return "not a regular file (a FIFO, socket or device): refused"
+    return None
+
+
+def _folder_dirs(path: Path, limits: Limits) -> tuple[list[Path], list[dict]]:
+    """The stocks/ and etfs/ folders to list (at the top or one level down), and the linked folders refused."""
+    root_real = os.path.realpath(path)
+    dirs, refused = [], []
+    tops = [path, *sorted(p for p in path.iterdir() if p.is_dir())]
+    for sub in config.SOURCE_SUBDIRS:
+        for top in tops:
+            d = top / sub
+            if not d.is_dir():
+                continue
+            linked = [p for p in (top, d) if p.is_symlink()]
+            inside = os.path.commonpath([root_real, os.path.realpath(d)]) == root_real
+            if linked and not (limits.allow_links and inside):
+                rel = str(linked[0].relative_to(path))
+                if all(r["file"] != rel for r in refused):
+                    refused.append({"file": rel, "symbol": "", **_zero_counts(),
+                                    "error": "symbolic link to a folder (refused)" if inside or not limits.allow_links
+                                    else "symbolic link to a folder outside the source (refused)"})
+                continue
+            dirs.append(d)
+    return dirs, refused
+
+
+def scan_source(src: ResolvedSource, limits: Limits = DEFAULT_LIMITS) -> Catalog:
+    """List the ticker files of a source with their sizes and change stamps (no file is read).
+
+    Files over a limit (from ``stat`` or the zip directory), links and special files are set aside in
+    ``Catalog.rejected`` with their reason; nothing outside a folder source is read."""
     path = src.path
     entries: dict[str, tuple[int, str]] = {}
+    refused: dict[str, str] = {}  # rel -> reason
+    rejected: list[dict] = []
     meta: bytes | None = None
     meta_fp = None
     if path.is_dir():
+        root_real = os.path.realpath(path)
+        dirs, rejected = _folder_dirs(path, limits)
         found = []
-        for sub in config.SOURCE_SUBDIRS:
-            for top in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
-                d = top / sub
-                if d.is_dir():
-                    found.extend(str((d / f.name).relative_to(path)) for f in os.scandir(d) if f.is_file())
-        root, members, meta_rel = _split_members(found)
+        for d in dirs:
+            for entry in os.scandir(d):
+                rel = str((d / entry.name).relative_to(path))
+                problem = _entry_problem(entry, root_real, limits)
+                if problem:
+                    refused[rel] = problem
+                elif entry.is_file():
+                    found.append(rel)
+        root, members, meta_rel = _split_members(found + list(refused))
+        refused = {rel: refused[rel] for rel in members if rel in refused}  # only files of the chosen layout
         for rel in members:
+            if rel in refused:
+                continue
             st = os.stat(path / rel)
             entries[rel] = (st.st_size, str(st.st_mtime_ns))
+            refused.update({rel: p for p in [file_problem(st.st_size, limits)] if p})
         meta_path = path / meta_rel
-        if meta_path.is_file():
-            meta = meta_path.read_bytes()
+        if os.path.lexists(meta_path):
+            entry = next(e for e in os.scandir(meta_path.parent) if e.name == meta_path.name)
+            problem = _entry_problem(entry, root_real, limits) or file_problem(os.stat(meta_path).st_size, limits)
+            if problem:
+                rejected.append({"file": config.META_FILE, "symbol": "", **_zero_counts(), "error": problem})
+            else:
+                meta = meta_path.read_bytes()
     else:
         try:
             with zipfile.ZipFile(path) as zf:
                 infos = {i.filename: i for i in zf.infolist() if not i.is_dir()}
                 root, members, meta_rel = _split_members(infos)
                 for rel in members:
-                    entries[rel] = (infos[rel].file_size, f"crc{infos[rel].CRC:08x}")
+                    info = infos[rel]
+                    entries[rel] = (info.file_size, f"crc{info.CRC:08x}")
+                    refused.update({rel: p for p in [file_problem(info.file_size, limits, info.compress_size)] if p})
                 if meta_rel in infos:
-                    meta = zf.read(meta_rel)
+                    problem = file_problem(infos[meta_rel].file_size, limits, infos[meta_rel].compress_size)
+                    if problem:
+                        rejected.append({"file": config.META_FILE, "symbol": "", **_zero_counts(), "error": problem})
+                    else:
+                        meta = zf.read(meta_rel)
         except zipfile.BadZipFile as exc:
             raise UserError(f"source {path}: broken zip ({exc}); download it again") from None
     if meta is not None:
         meta_fp = hashlib.blake2b(meta, digest_size=16).hexdigest()
-    files, rejected, seen = [], [], {}
-    for rel in sorted(entries, key=lambda r: (Path(r).stem, r)):
+    files, seen = [], {}
+    for rel in sorted(set(entries) | set(refused), key=lambda r: (Path(r).stem, r)):
         symbol = Path(rel).stem
-        size, stamp = entries[rel]
         short = rel[len(root):]
+        if rel in refused:
+            rejected.append({"file": short, "symbol": symbol, **_zero_counts(), "error": refused[rel]})
+            continue
         if symbol in seen:
             rejected.append({"file": short, "symbol": symbol, **_zero_counts(),
                              "error": f"same ticker as {seen[symbol]}; only the first is ingested"})
             continue
         seen[symbol] = short
+        size, stamp = entries[rel]
         files.append(SourceFile(rel, symbol, size, stamp))
     return Catalog(files, meta, meta_fp, rejected, root)
-
 
 
 def parse_meta(data: bytes | None) -> tuple[dict[str, str | None], str | None]:

@@ -8,6 +8,8 @@ from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (
 
 from .. import config, storage
 from ..config import RAW_SCHEMA, Layout
+from . import limits as limits_mod
+from .limits import Limits
 from .sources import (
     Catalog,
     ResolvedSource,
@@ -47,7 +49,10 @@ def _load_state(layout: Layout) -> dict | None:
 
 
 def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tickers=config.DEMO_TICKERS,
-        demo_years=config.DEMO_YEARS, incremental=True) -> dict:
+        demo_years=config.DEMO_YEARS, incremental=True, *, max_file_bytes=limits_mod.MAX_FILE_BYTES,
+        max_compression_ratio=limits_mod.MAX_COMPRESSION_RATIO, max_line_bytes=limits_mod.MAX_LINE_BYTES,
+        max_header_bytes=limits_mod.MAX_HEADER_BYTES, max_columns=limits_mod.MAX_COLUMNS,
+        allow_links=limits_mod.ALLOW_LINKS) -> dict:
     """Ingest ``source`` into ``output_dir/data/raw`` (+ quarantine) and write ``reports/ingest.json``.
 
     ``source``: a Kaggle-layout folder or .zip, ``"kaggle"``, ``"demo"`` or None (Kaggle when
@@ -56,17 +61,26 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
     ``incremental=False`` (the pipeline's ``--force``) ignores the previous run and re-reads everything.
     With ``jobs`` > 1 files are parsed in worker processes (forkserver): a script that calls this must
     keep its top level under ``if __name__ == "__main__":``, as multiprocessing requires.
+
+    Limits (``volcast.ingest.limits``): a file over ``max_file_bytes`` (uncompressed) or, in a zip, expanding
+    more than ``max_compression_ratio`` times, or whose header is over ``max_header_bytes`` or
+    ``max_columns``, is set aside with its reason; a line over ``max_line_bytes`` is quarantined. Links
+    and special files in a folder source are refused (``allow_links=True`` reads links to regular files
+    inside the folder). Every non-blank data line of a file read ends as a kept or a quarantined row:
+    the stage raises ``LinesNotAccounted`` (and publishes nothing) if it counts otherwise.
     """
     t0 = time.perf_counter()
+    limits = Limits(int(max_file_bytes), float(max_compression_ratio), int(max_line_bytes), int(max_header_bytes),
+                    int(max_columns), bool(allow_links))
     layout = Layout.at(output_dir)
     jobs = config.resolve_jobs(jobs)
     src = resolve_source(source, layout.cache_dir, demo_seed=int(demo_seed), demo_tickers=int(demo_tickers),
                          demo_years=int(demo_years))
     print(f"ingest: source {src.label}" + (" -- NOT real market data" if src.kind == "demo" else ""))
-    catalog = scan_source(src)
+    catalog = scan_source(src, limits)
     names, meta_note = parse_meta(catalog.meta)
     state = _load_state(layout) if incremental else None
-    code_fp = _code_fingerprint()
+    code_fp = f"{_code_fingerprint()}:{storage.code_digest(extra=sorted(limits.as_dict().items()))}"
     plan = _plan(catalog, state, src, code_fp, layout)
 
     entries: dict[str, dict] = {}  # file -> per-file entry
@@ -78,10 +92,11 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
             storage.atomic_write_json(storage.current_version(layout.raw_dir) / STATE_FILE,
                                       _state(src, catalog, code_fp, entries, plan["stamps"]))
     else:
-        entries = _write_partitions(layout, src, catalog, names, plan, jobs, state)
+        entries = _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits)
         changed_partitions = sorted(plan["rewrite"])
 
     report = _report(src, catalog, names, meta_note, entries, plan, changed_partitions, time.perf_counter() - t0)
+    report["limits"] = limits.as_dict()
     storage.atomic_write_json(layout.report(STAGE), report)
     t = report["totals"]
     print(f"ingest: {t['files_ingested']:,} files, {t['rows_kept']:,} rows kept, "
@@ -98,7 +113,7 @@ def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: st
     if state is None:
         return full
     if state.get("version") != STATE_VERSION or state.get("code") != code_fp:
-        return {**full, "why": "ingest code changed"}
+        return {**full, "why": "ingest code or limits changed"}
     if state.get("source", {}).get("path") != str(src.path) or state.get("source", {}).get("kind") != src.kind:
         return {**full, "why": "different source"}
     if state.get("meta") != catalog.meta_fingerprint:
@@ -129,7 +144,7 @@ def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: st
             "stamps_refreshed": refreshed, "why": "same source as the last run"}
 
 
-def _write_partitions(layout, src, catalog, names, plan, jobs, state) -> dict[str, dict]:
+def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits) -> dict[str, dict]:
     by_key: dict[str, list[SourceFile]] = {}
     for f in catalog.files:
         by_key.setdefault(storage.partition_key(f.symbol), []).append(f)
@@ -157,7 +172,7 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state) -> dict[st
                 str(previous_raw / part) if previous_raw else None,
                 str(previous_q / part) if previous_q else None,
                 str(raw_stage / part), str(q_stage / part),
-                sum(f.size for f in files if f.rel in plan["read"]),
+                sum(f.size for f in files if f.rel in plan["read"]), limits,
             ))
         for entry in _execute(tasks, jobs, sum(len(t.parse) for t in tasks)):
             entries[entry["file"]] = entry
@@ -169,7 +184,7 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state) -> dict[st
             e = entries.get(f.rel[len(catalog.root):], {})
             if e.get("crc32"):
                 stamps[f.rel]["crc32"] = e["crc32"]
-        storage.atomic_write_json(raw_stage / STATE_FILE, _state(src, catalog, _code_fingerprint(), entries, stamps))
+        storage.atomic_write_json(raw_stage / STATE_FILE, _state(src, catalog, code_fp, entries, stamps))
     return entries
 
 

@@ -13,17 +13,14 @@ from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (
 
 from ..config import RAW_SCHEMA
 from .batch import BATCH_BYTES, parse_csv_batch
+from .limits import DEFAULT_LIMITS, Limits, Refused
+from .lines import data_lines
 from .parse import ParsedFile, _reject, parse_csv
 from .quarantine import QUARANTINE_SCHEMA
 from .read import _JoinedBodies, _read_zip_member
 from .write import _BufferedParquet, _RawParquet
 
-_PROGRESS = None  # a multiprocessing queue in worker processes: the number of files done, per batch
-
-
-def _init_worker(progress_queue) -> None:
-    global _PROGRESS
-    _PROGRESS = progress_queue
+_PROGRESS = None  # a multiprocessing queue in worker processes (set by workers._init_worker): files done
 
 
 
@@ -38,6 +35,7 @@ class _Task(NamedTuple):
     raw_out: str
     quarantine_out: str
     bytes: int
+    limits: Limits = DEFAULT_LIMITS
 
 
 
@@ -79,7 +77,8 @@ def _partition_task(task: _Task) -> list[dict]:
         readable = [k for k, b in enumerate(batch) if b[1] is not None]
         if len(readable) > 1:
             try:
-                fast.update(zip(readable, parse_csv_batch([batch[k][1:4] for k in readable], ticker_columns=False)))
+                fast.update(zip(readable, parse_csv_batch([batch[k][1:4] for k in readable], ticker_columns=False,
+                                                          max_line_bytes=task.limits.max_line_bytes)))
             except Exception:  # the file-by-file path below decides, and reports what is wrong
                 pass
         in_buffer = [k for k, b in enumerate(batch) if b[5] is not None]
@@ -93,12 +92,16 @@ def _partition_task(task: _Task) -> list[dict]:
                 parsed = fast.get(k)
             if parsed is None:
                 try:
-                    parsed = parse_csv(data if body is None else joined.body(body), symbol, name, entry["file"])
+                    parsed = parse_csv(data if body is None else joined.body(body), symbol, name, entry["file"],
+                                       task.limits)
                 except Exception as exc:  # never let one file stop the run
                     parsed = _reject(f"unreadable: {type(exc).__name__}: {exc}")
             entry.update(parsed.counts)
             if parsed.error:
                 entry["error"] = parsed.error
+            else:
+                _account(entry, joined.lines(body, parsed.counts["rows_read"]) if body is not None
+                         else data_lines(data, accounted=parsed.counts["rows_read"]))
             raw_out.add(parsed.table, symbol, name)
             q_out.add(parsed.quarantine)
             entries.append(entry)
@@ -121,7 +124,7 @@ def _partition_task(task: _Task) -> list[dict]:
         entry: dict[str, Any] = {"file": rel[len(task.root):], "symbol": symbol}
         try:
             if joined is not None:
-                crc, data = joined.read(os.path.join(task.source_path, rel))
+                crc, data = joined.read(os.path.join(task.source_path, rel), task.limits)
                 body = None if data is not None else len(joined.spans) - 1
                 size = len(data) if data is not None else joined.spans[-1][1] - joined.spans[-1][0]
             else:
@@ -130,6 +133,8 @@ def _partition_task(task: _Task) -> list[dict]:
             entry["crc32"] = f"{crc:08x}"
             batch.append((entry, data, symbol, name, None, body))
             batch_bytes += size
+        except Refused as exc:
+            batch.append((entry, None, symbol, name, _reject(str(exc)), None))
         except Exception as exc:  # never let one file stop the run
             batch.append((entry, None, symbol, name, _reject(f"unreadable: {type(exc).__name__}: {exc}"), None))
         if batch_bytes >= BATCH_BYTES:
@@ -138,6 +143,21 @@ def _partition_task(task: _Task) -> list[dict]:
     raw_out.close()
     q_out.close()
     return entries
+
+
+class LinesNotAccounted(RuntimeError):
+    """A file's data lines differ from its kept plus quarantined rows: rows would be lost silently."""
+
+
+def _account(entry: dict, lines: int) -> None:
+    """Record the file's non-blank data lines, counted apart from the parser; stop the run if any is
+    neither kept nor quarantined (the stage then publishes nothing)."""
+    entry["lines"] = lines
+    if lines != entry["rows_kept"] + entry["rows_quarantined"]:
+        raise LinesNotAccounted(
+            f"ingest lost rows of {entry['file']}: {lines:,} data lines, but {entry['rows_kept']:,} kept + "
+            f"{entry['rows_quarantined']:,} quarantined; nothing was published (a bug in ingest: please report "
+            "it with that file)")
 
 
 def _symbol_bounds(table: pa.Table, column: str = "Symbol") -> dict[str, tuple[int, int]]:

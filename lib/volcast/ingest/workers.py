@@ -1,11 +1,55 @@
 """The process pool: partition tasks on forkserver workers, with a progress bar over files."""
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
+import os
 import queue as queue_mod
+import select
+import signal
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-from .task import _init_worker, _partition_task, _Task
+from . import task as task_mod
+from .task import _partition_task, _Task
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _init_worker(progress_queue, owner: int) -> None:
+    task_mod._PROGRESS = progress_queue
+    _exit_with(owner)
+
+
+def _exit_with(owner: int) -> None:
+    """End this worker as soon as the process running the stage (``owner``) ends, however it ended
+    (SIGKILL included, when no cleanup runs): the kernel sends us SIGKILL when our parent, the forkserver,
+    dies (PR_SET_PDEATHSIG), and a thread waits on the owner's pidfd, readable once it has exited."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the thread below still watches
+        pass
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(1)
+    except (OSError, AttributeError):
+        pidfd = None
+
+    def watch() -> None:
+        if pidfd is not None:
+            select.select([pidfd], [], [])
+        else:
+            while True:
+                try:
+                    os.kill(owner, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="volcast-ingest-owner-watch", daemon=True).start()
 
 
 def start_worker_server():
@@ -40,7 +84,7 @@ def _execute(tasks: list[_Task], jobs: int, n_files: int) -> list[dict]:
         ctx = start_worker_server()
         progress = ctx.Queue()
         with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(progress,)) as pool:
+                                 initializer=_init_worker, initargs=(progress, os.getpid())) as pool:
             pending = {pool.submit(_partition_task, t) for t in tasks}
             while pending:
                 done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
