@@ -15,7 +15,7 @@
 # %% [markdown]
 # # volcast · next-day trading volume
 #
-# Predict a ticker's next-day volume from its 30-day features, see how the current model compares with the naive baselines, and explore the data it was trained on. The JSON API serves the same model (`GET /predict?vol_moving_avg=…&adj_close_rolling_med=…`).
+# Pick a ticker and see how many shares it will trade on the next trading day, with a P10–P90 interval and the inputs the forecast used; explore its history with the model's out-of-sample forecasts of the test period; compare both models with every reference; or predict from the two 30-day features. The JSON API serves the same model and the same numbers (`GET /forecast?symbol=…`, `GET /predict?vol_moving_avg=…&adj_close_rolling_med=…`). Charts zoom (drag; double-click resets) and show values on hover.
 
 # %% tags=["parameters"]
 output_dir = "../outputs/demo"
@@ -28,19 +28,25 @@ output_dir = output_dir_from_env(output_dir)
 app = Dashboard(output_dir)
 
 # %% [markdown]
-# ## Predict
+# ## Tomorrow's volume for a ticker: forecast, interval and the inputs it used
 
 # %%
-app.predictor
+app.forecast
 
 # %% [markdown]
-# ## Model card: test metrics against the baselines, learning curve
+# ## Symbol explorer: price, volume, both features, and the out-of-sample forecasts of the test period
+
+# %%
+app.explorer
+
+# %% [markdown]
+# ## Model card: both models against every reference on the same test rows, interval coverage, learning curves
 
 # %%
 app.model_card
 
 # %% [markdown]
-# ## Symbol explorer: price, volume and both features over time
+# ## Predict from the two features (the task's `/predict` contract)
 
 # %%
-app.explorer
+app.predictor

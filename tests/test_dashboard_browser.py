@@ -165,7 +165,6 @@ for (const name of ['alert', 'confirm', 'prompt']) {
 def test_a_hostile_ticker_runs_no_script_and_shows_as_text(tmp_path_factory, browser):
     """Issue 14, finding 6: a ticker file named like an <img onerror> tag, ingested and served."""
     from selenium.common.exceptions import NoAlertPresentException
-    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
 
     out = build_hostile_output(tmp_path_factory.mktemp("hostile-browser"))

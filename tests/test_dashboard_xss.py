@@ -7,8 +7,11 @@ from __future__ import annotations
 import html
 
 import pytest
-from dashboard_helpers import HOSTILE_MARKERS, HOSTILE_NAME, HOSTILE_SYMBOL, build_hostile_output
-
+from dashboard_helpers import (
+    HOSTILE_MARKERS,
+    HOSTILE_SYMBOL,
+    build_hostile_output,
+)
 from volcast import dashboard as dash
 
 

@@ -1,0 +1,223 @@
+"""``Dashboard``: the widgets of the four panels and what happens when someone clicks (the only part
+that needs ipywidgets). Each panel says what to do when its input does not exist yet.
+"""
+from __future__ import annotations
+
+import html
+
+import pandas as pd
+
+from volcast.config import PRICE_FEATURE, SYMBOL, VOL_FEATURE, Layout
+from volcast.serve import (
+    NO_MODEL_ERROR,
+    InputError,
+    ModelHolder,
+    bounds_text,
+    parse_predict_params,
+)
+
+from . import charts, data, render
+from .render import PredictOutcome, esc, format_volume
+
+# A mid-size stock: 1 M shares a day at $25.
+DEFAULT_VOL_TEXT = "1000000"
+DEFAULT_PRICE_TEXT = "25"
+NO_FEATURES = "no features yet: run `python run_pipeline.py` first"
+DEFAULT_PERIOD = "test period"
+
+
+def predict_text(holder: ModelHolder, vol_text: str, price_text: str) -> PredictOutcome:
+    """The form's two texts -> a prediction or the reason there is none (the API's own words)."""
+    try:
+        vol, price = parse_predict_params({VOL_FEATURE: [vol_text], PRICE_FEATURE: [price_text]})
+    except InputError as err:
+        return PredictOutcome(False, str(err), field=err.field)
+    predictor = holder.get()
+    if predictor is None:
+        return PredictOutcome(False, NO_MODEL_ERROR + (f" ({holder.error})" if holder.error else ""))
+    volume = predictor.predict_one(vol, price)
+    extrapolated = False
+    model = getattr(predictor, "model", None)
+    if hasattr(model, "extrapolated"):  # a bundle: the API's own range check
+        extrapolated = bool(model.extrapolated([vol], [price])[0])
+    return PredictOutcome(True, f"{format_volume(volume)} shares", volume, predictor.model_id,
+                          extrapolated=extrapolated)
+
+
+def forecast_for(holder: ModelHolder, symbol: str) -> tuple[dict | None, str | None, object]:
+    """(the API's answer for ``symbol`` with its model_id, or None; the reason there is none; the bundle)."""
+    from volcast.train.forecast import ForecastError
+
+    predictor = holder.get()
+    if predictor is None:
+        return None, NO_MODEL_ERROR + (f" ({holder.error})" if holder.error else ""), None
+    bundle = data.bundle_of(predictor)
+    if bundle is None:
+        return None, f"model {predictor.model_id} has no forecasts; re-run the train stage", None
+    try:
+        answer = bundle.forecast_one(symbol)  # what GET /forecast?symbol= answers
+    except ForecastError as err:
+        return None, err.message, bundle
+    answer["model_id"] = bundle.model_id
+    return answer, None, bundle
+
+
+class Dashboard:
+    """The panels for one output dir: ``.forecast``, ``.explorer``, ``.model_card``, ``.predictor``."""
+
+    def __init__(self, output_dir, holder: ModelHolder | None = None):
+        import ipywidgets as w
+        import plotly.graph_objects as go
+
+        self.output_dir = Layout.at(output_dir).output_dir
+        self.holder = holder or ModelHolder(self.output_dir)
+        self.holder.refresh()
+        rows = data.symbol_rows(self.output_dir)
+        self.symbols = sorted(rows)
+        self._frames: dict[str, pd.DataFrame] = {}
+
+        # One ticker picker, shown in the forecast and explorer panels (two views of one widget).
+        self.symbol_pick = w.Dropdown(options=self.symbols, value=data.default_symbol(rows), description="ticker",
+                                      layout=w.Layout(width="320px"))
+        self.symbol_pick.add_class("volcast-symbol")
+
+        # Ticker forecast
+        self.forecast_html = w.HTML()
+        self.forecast_html.add_class("volcast-forecast-output")
+        self.inputs_html = w.HTML()
+        self.inputs_html.add_class("volcast-inputs-output")
+        self.forecast = w.VBox([self.symbol_pick, self.forecast_html, self.inputs_html])
+
+        # Symbol explorer
+        self.period_pick = w.ToggleButtons(options=list(charts.PERIODS), value=DEFAULT_PERIOD, description="period")
+        self.symbol_note = w.HTML()
+        self.symbol_note.add_class("volcast-symbol-note")
+        self.explorer_fig = go.FigureWidget(charts.explorer_figure(pd.DataFrame(), pd.DataFrame(), ""))
+        self.explorer = w.VBox([w.HBox([self.symbol_pick, self.period_pick]), self.symbol_note, self.explorer_fig])
+
+        # Model card
+        self.card_html = w.HTML()
+        self.card_html.add_class("volcast-card")
+        self.compare_fig = go.FigureWidget(charts.comparison_figure(None))
+        self.curve_fig = go.FigureWidget(charts.learning_curve_figure({}))
+        self.card_refresh = w.Button(description="Reload model card", icon="refresh")
+        self.card_refresh.on_click(lambda _: self.render_card())
+        self.model_card = w.VBox([self.card_html, self.compare_fig, self.curve_fig, self.card_refresh])
+
+        # Predictor form (the task contract: /predict)
+        # continuous_update=False: a box sends its value once, when it loses focus (which clicking
+        # Predict does first), so the click can never overtake a throttled stream of keystrokes.
+        box = dict(continuous_update=False, style={"description_width": "170px"}, layout=w.Layout(width="380px"))
+        self.vol_box = w.Text(value=DEFAULT_VOL_TEXT, description=VOL_FEATURE, placeholder="e.g. 1000000", **box)
+        self.price_box = w.Text(value=DEFAULT_PRICE_TEXT, description=PRICE_FEATURE, placeholder="e.g. 25", **box)
+        self.vol_box.add_class("volcast-vol")
+        self.price_box.add_class("volcast-price")
+        self.button = w.Button(description="Predict", button_style="primary", icon="chart-line")
+        self.button.add_class("volcast-predict")
+        self.result = w.HTML(value="")
+        self.result.add_class("volcast-output")
+        self.button.on_click(lambda _: self.predict())
+        help_text = w.HTML(
+            f"<small>{VOL_FEATURE}: mean daily volume of the last 30 trading days, in shares "
+            f"({esc(bounds_text(VOL_FEATURE))}); {PRICE_FEATURE}: median adjusted close of the same days "
+            f"({esc(bounds_text(PRICE_FEATURE))}).</small>"
+        )
+        self.predictor = w.VBox([self.vol_box, self.price_box, help_text, self.button, self.result])
+        if self.holder.current is None:
+            self.result.value = render.outcome_html(PredictOutcome(False, NO_MODEL_ERROR))
+
+        self.symbol_pick.observe(lambda _: self.render_symbol(), names="value")
+        self.period_pick.observe(lambda _: self.render_explorer(), names="value")
+        self.render_card()
+        self.render_symbol()
+
+    # -- predictor ---------------------------------------------------------------------------
+
+    def predict(self) -> PredictOutcome:
+        outcome = predict_text(self.holder, self.vol_box.value, self.price_box.value)
+        self.result.value = render.outcome_html(outcome)
+        return outcome
+
+    # -- ticker: forecast + explorer ---------------------------------------------------------
+
+    def _frame(self, symbol: str) -> pd.DataFrame:
+        if symbol not in self._frames:
+            if len(self._frames) > 32:
+                self._frames.clear()
+            self._frames[symbol] = data.load_symbol(self.output_dir, symbol)
+        return self._frames[symbol]
+
+    def render_symbol(self) -> None:
+        self.render_forecast()
+        self.render_explorer()
+
+    def render_forecast(self) -> dict | None:
+        symbol = self.symbol_pick.value
+        if symbol is None:
+            self.forecast_html.value = render.message_html(NO_FEATURES)
+            self.inputs_html.value = ""
+            return None
+        answer, problem, bundle = forecast_for(self.holder, symbol)
+        if answer is None:
+            self.forecast_html.value = render.message_html(problem, error=True)
+            self.inputs_html.value = ""
+            return None
+        name = data.security_name(self._frame(symbol))
+        self.forecast_html.value = render.forecast_html(answer, name, answer["model_id"],
+                                                        data.interval_coverage(bundle.card))
+        latest = bundle.latest[bundle.latest[SYMBOL] == symbol]
+        inputs = list(bundle.forecaster.inputs) if bundle.forecaster is not None else []
+        if len(latest) and inputs:
+            self.inputs_html.value = (
+                f"<small>The inputs of this forecast: {esc(symbol)}'s row of {esc(answer['as_of'])}, the last "
+                "in the data (volumes as log ratios to the 30-day mean, and the shares they stand for).</small>"
+                + render.inputs_html(render.inputs_frame(latest.iloc[0].to_dict(), inputs)))
+        else:
+            self.inputs_html.value = ""
+        return answer
+
+    def render_explorer(self) -> None:
+        symbol = self.symbol_pick.value
+        if symbol is None:
+            self.symbol_note.value = render.message_html(NO_FEATURES)
+            return
+        frame = self._frame(symbol)
+        predictor = self.holder.get()
+        model_dir = getattr(predictor, "model_dir", None) if predictor is not None else None
+        forecasts = data.align_forecasts(frame, data.test_forecasts(model_dir, symbol))
+        self.symbol_note.value = render.symbol_note_html(
+            symbol, len(self.symbols), int(frame[VOL_FEATURE].notna().sum()), len(frame),
+            len(forecasts) if model_dir is not None else None)
+        shown, shown_fc = charts.clip_period(frame, forecasts, self.period_pick.value)
+        fig = charts.explorer_figure(shown, shown_fc, symbol, data.security_name(frame))
+        with self.explorer_fig.batch_update():
+            for trace, new in zip(self.explorer_fig.data, fig.data):
+                trace.x, trace.y = new.x, new.y
+            self.explorer_fig.layout.title.text = fig.layout.title.text
+            self.explorer_fig.layout.xaxis.autorange = True
+            self.explorer_fig.layout.yaxis.autorange = True
+            self.explorer_fig.layout.yaxis2.autorange = True
+
+    # -- model card --------------------------------------------------------------------------
+
+    def render_card(self) -> None:
+        predictor = self.holder.get()
+        if predictor is None:
+            self.card_html.value = f"<p>{html.escape(NO_MODEL_ERROR)}</p>"
+            self._set_figure(self.compare_fig, charts.comparison_figure(None))
+            self._set_figure(self.curve_fig, charts.learning_curve_figure({}))
+            return
+        card = predictor.card
+        self.card_html.value = (render.card_summary_html(predictor.model_id, card) + render.metrics_html(card)
+                                + render.coverage_html(data.interval_coverage(card)))
+        self._set_figure(self.compare_fig, charts.comparison_figure(render.metrics_frame(card)))
+        self._set_figure(self.curve_fig, charts.learning_curve_figure(data.learning_curves(predictor.model_dir)))
+
+    @staticmethod
+    def _set_figure(widget, fig) -> None:
+        widget.data = ()
+        widget.add_traces(list(fig.data))
+        widget.layout = fig.layout
+
+
+__all__ = ["DEFAULT_PRICE_TEXT", "DEFAULT_VOL_TEXT", "NO_FEATURES", "Dashboard", "forecast_for", "predict_text"]
