@@ -104,15 +104,15 @@ def _running_cell(out: Path, stage: str) -> bool:
 
 
 def _published(out: Path) -> dict:
-    latest = out / "models" / "LATEST"
+    """What readers see (the dataset versions, the served model) and the runner's record of each stage."""
     return {"raw": storage.current_version(out / "data" / "raw"),
             "features": storage.current_version(out / "data" / "features"),
-            "LATEST": latest.read_text() if latest.exists() else None,
+            "LATEST": (out / "models" / "LATEST").read_text(),
             "state": json.loads((out / "runs" / "state.json").read_text())}
 
 
-@pytest.mark.parametrize("stage, signum, later", [("features", signal.SIGINT, 0.0), ("train", signal.SIGINT, 1.5),
-                                                  ("train", signal.SIGTERM, 1.5)])
+@pytest.mark.parametrize("stage, signum, later", [("ingest", signal.SIGINT, 0.0), ("features", signal.SIGINT, 0.0),
+                                                  ("train", signal.SIGINT, 1.5), ("train", signal.SIGTERM, 1.5)])
 def test_a_signal_during_a_stage_stops_the_run_and_publishes_nothing_of_that_stage(
         tmp_path, previous_run, stage, signum, later):
     import filelock
@@ -139,13 +139,14 @@ def test_a_signal_during_a_stage_stops_the_run_and_publishes_nothing_of_that_sta
     (run_id,) = [line.split()[2] for line in stdout.splitlines() if line.startswith("volcast run ")]
     manifest = json.loads((tmp_path / "runs" / run_id / "manifest.json").read_text())
     assert manifest["status"] == "interrupted" and manifest["stages"][stage]["status"] == "interrupted"
-    # the interrupted stage published nothing and recorded nothing; the stages before it completed
-    assert after["LATEST"] == before["LATEST"]
-    assert after["state"]["train"] == before["state"]["train"]
-    assert after["state"][stage] == before["state"][stage]
-    if stage == "features":
-        assert after["features"] == before["features"]
-        assert after["raw"] != before["raw"] and after["state"]["ingest"]["run_id"] == run_id
+    # the interrupted stage and the later ones published and recorded nothing; the earlier ones completed
+    outputs = {"ingest": "raw", "features": "features", "train": "LATEST"}
+    position = config.STAGES.index(stage)
+    for name in config.STAGES[position:]:
+        assert after[outputs[name]] == before[outputs[name]], name
+        assert after["state"][name] == before["state"][name], name
+    for name in config.STAGES[:position]:
+        assert after[outputs[name]] != before[outputs[name]] and after["state"][name]["run_id"] == run_id
     # the lock is free and nothing the run started is left
     filelock.FileLock(str(config.Layout.at(tmp_path).lock_file)).acquire(timeout=0)
     gone_by = time.monotonic() + 10
