@@ -163,8 +163,8 @@ def test_sync_of_an_unknown_notebook_is_a_user_error(tmp_path):
 
 
 def test_pytest_collects_the_ipynb_for_nbval_and_not_the_py_twins():
-    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "notebooks"],
-                         cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "notebooks"]
+    out = subprocess.run(command, cwd=config.PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     ids = [line for line in out.stdout.splitlines() if "::" in line]
     assert out.returncode == 0, out.stdout + out.stderr
     assert {i.split("::")[0] for i in ids} == {f"notebooks/{name}.ipynb" for name in NOTEBOOKS}

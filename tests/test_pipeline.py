@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import subprocess
 import sys
@@ -262,7 +261,8 @@ def test_stage_kernel_starts_with_its_imports_done_but_no_names_bound(tmp_path, 
         kc.wait_for_ready(timeout=60)
         code = ("import sys, os; print(sorted(n for n in globals() if not n.startswith('_') and n not in "
                 "('In', 'Out', 'exit', 'quit', 'open', 'get_ipython', 'sys', 'os')), "
-                f"[m in sys.modules for m in ('pandas', 'matplotlib.pyplot', 'volcast.{stage}')], os.getcwd(), os.getpid())")
+                f"[m in sys.modules for m in ('pandas', 'matplotlib.pyplot', 'volcast.{stage}')], "
+                "os.getcwd(), os.getpid())")
         printed = []
         kc.execute_interactive(code, timeout=60, output_hook=lambda msg: printed.append(msg["content"].get("text", "")))
         words = "".join(printed).split()

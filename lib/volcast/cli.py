@@ -20,13 +20,20 @@ def _run_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--source", help="Kaggle-layout folder or .zip, 'kaggle' or 'demo' "
                         "(default: kaggle when credentials exist, else demo)")
-    parser.add_argument("--output-dir", default=None, help=f"where everything goes (default {config.DEFAULT_OUTPUT_DIR})")
+    parser.add_argument("--output-dir", default=None,
+                        help=f"where everything goes (default {config.DEFAULT_OUTPUT_DIR})")
     parser.add_argument("--stages", default=None, help="comma-separated subset of " + ",".join(config.STAGES))
     parser.add_argument("--param", action="append", default=[], metavar="STAGE.NAME=VALUE",
                         help="set a notebook parameter, e.g. features.window=10 (repeatable)")
     parser.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
+    parser.add_argument("--executor", choices=("local", "dask"), default=None,
+                        help="where ingest's and features' partition tasks run: local worker processes (default) "
+                        "or a dask.distributed cluster (default dask when $VOLCAST_DASK_SCHEDULER is set)")
+    parser.add_argument("--scheduler", default=None, metavar="ADDR",
+                        help="dask scheduler address, e.g. tcp://HOST:8786 (default $VOLCAST_DASK_SCHEDULER; "
+                        "none: --executor dask starts a LocalCluster of --jobs worker processes)")
     return parser
 
 
@@ -37,7 +44,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default=config.DEFAULT_HOST)
     parser.add_argument("--api-port", type=int, default=config.DEFAULT_API_PORT)
     parser.add_argument("--dashboard-port", type=int, default=config.DEFAULT_DASHBOARD_PORT)
-    parser.add_argument("--api-workers", type=int, default=0, help="API processes sharing the port (default: one per core)")
+    parser.add_argument("--api-workers", type=int, default=0,
+                        help="API processes sharing the port (default: one per core)")
     return parser
 
 
@@ -88,7 +96,8 @@ def _run(args) -> int:
     params = pipeline.parse_params(args.param)
     try:
         pipeline.run_pipeline(args.output_dir, source=args.source, stages=stages, params=params,
-                              force=args.force, jobs=args.jobs, progress=not args.no_progress)
+                              force=args.force, jobs=args.jobs, progress=not args.no_progress,
+                              executor=args.executor, scheduler=args.scheduler)
     except pipeline.StageFailed as exc:
         if exc.user_error:
             print(f"error: {exc.error.removeprefix('UserError: ')}", file=sys.stderr)

@@ -91,7 +91,7 @@ class Layout:
     output_dir: Path
 
     @classmethod
-    def at(cls, output_dir: str | os.PathLike | None = None) -> "Layout":
+    def at(cls, output_dir: str | os.PathLike | None = None) -> Layout:
         return cls(Path(output_dir or DEFAULT_OUTPUT_DIR).expanduser().resolve())
 
     @property

@@ -16,8 +16,9 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import config, storage
 from .config import Layout
@@ -54,7 +55,7 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
     return dict(_declared_parameters(str(path), path.stat().st_mtime_ns))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _declared_parameters(path: str, mtime_ns: int) -> tuple[tuple[str, Any], ...]:
     # Read once per notebook version: --param checks and every stage's injection ask again.
     papermill = import_papermill()

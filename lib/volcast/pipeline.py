@@ -17,11 +17,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import config, notebooks, storage
+from .executor import RunCluster
 from .config import Layout
 from .errors import Interrupted, UserError
 
@@ -38,7 +40,7 @@ TRACKED_PACKAGES = (
 COMMON_CODE = ("config", "storage", "errors", "__init__")
 
 
-def _start_kernel(kernel: str, stage: "Stage"):
+def _start_kernel(kernel: str, stage: Stage):
     """Start the stage's kernel now, importing what its notebook imports first, and return its manager.
 
     Started before the runner imports papermill and reads the notebook, the kernel's start-up and
@@ -49,7 +51,7 @@ def _start_kernel(kernel: str, stage: "Stage"):
     return km
 
 
-def _start_stage_kernel(km, stage: "Stage") -> None:
+def _start_stage_kernel(km, stage: Stage) -> None:
     modules = ["pandas", "matplotlib.pyplot", *(f"volcast.{name}" for name in stage.code)]
     # ingest's worker server first: it imports pandas on the other core while the kernel imports the rest
     warm_up = "import volcast.ingest; volcast.ingest.start_worker_server(); " if stage.name == "ingest" else ""
@@ -274,11 +276,15 @@ def new_run_id(runs_dir: Path | None = None, now: dt.datetime | None = None) -> 
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _state_path(layout: Layout) -> Path:
     return layout.runs_dir / "state.json"
+
+
+# Parameters that change how a stage runs, not what it writes: not part of its up-to-date check.
+RUN_ONLY_PARAMS = ("output_dir", "incremental", "executor", "scheduler")
 
 
 def up_to_date_reason(stage: Stage, layout: Layout, record: dict | None, fingerprint: dict) -> str | None:
@@ -373,8 +379,14 @@ def run_pipeline(
     jobs: int | None = None,
     say: Callable[[str], None] = print,
     progress: bool = True,
+    executor: str | None = None,
+    scheduler: str | None = None,
 ) -> dict:
     """Run the selected stages in DAG order; return the manifest.
+
+    ``executor``/``scheduler``: where ingest's and features' partition tasks run (``volcast.executor``;
+    default local workers, or dask when ``$VOLCAST_DASK_SCHEDULER`` is set). dask with no scheduler
+    starts one LocalCluster for the run, shared by its stages.
 
     Raises StageFailed on a failing cell, and ``Interrupted`` on SIGINT / SIGTERM / SIGHUP (see ``_Stopper``).
     """
@@ -383,6 +395,7 @@ def run_pipeline(
     layout = Layout.at(output_dir)
     selected = stages or [stage.name for stage in DAG]
     overrides = params or {}
+    cluster = RunCluster(executor, scheduler, config.resolve_jobs(jobs))  # checks the choice; starts nothing
     layout.output_dir.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(layout.lock_file))
     try:
@@ -395,12 +408,14 @@ def run_pipeline(
         with _Stopper() as stopper:
             if "ingest" in selected:
                 source = resolve_source(source, say)
-            return _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper)
+            return _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper, cluster)
     finally:
+        cluster.close()
         lock.release()
 
 
-def _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper) -> dict:
+def _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper,
+                cluster: RunCluster | None = None) -> dict:
     run_id = new_run_id(layout.runs_dir)
     run_dir = layout.runs_dir / run_id
     run_dir.mkdir(parents=True)
@@ -435,7 +450,7 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress,
             stage_params = _stage_params(name, layout, source, jobs, overrides, force)
             fingerprint = {
                 "inputs": input_fingerprints(stage, layout, stage_params),
-                "parameters": {k: v for k, v in stage_params.items() if k not in ("output_dir", "incremental")},
+                "parameters": {k: v for k, v in stage_params.items() if k not in RUN_ONLY_PARAMS},
                 "code": code_fingerprint(stage),
             }
             manifest["parameters"][name] = stage_params
@@ -449,6 +464,9 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress,
                 manifest["stages"][name] = dataclasses.asdict(StageResult(name, "skipped", 0.0, reason=reason))
                 storage.atomic_write_json(manifest_path, manifest)
                 continue
+            if cluster is not None and "executor" in notebook_parameters(name):
+                stage_params.update(cluster.params())  # dask: the LocalCluster starts with the first such stage
+                manifest["parameters"][name] = stage_params
             say(f"> {name}: running {stage.notebook}")
             manifest["stages"][name] = dataclasses.asdict(
                 StageResult(name, "running", 0.0, str(run_dir / stage.notebook)))
