@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from . import config, notebooks, storage
-from .executor import RunCluster
 from .config import Layout
 from .errors import Interrupted, UserError
+from .executor import RunCluster
 
 # Kept importable from here: notebooks, tests and benchmarks use these names.
 from .notebooks import KERNEL_NAME, ensure_kernel, refresh_notebooks, sync_notebooks  # noqa: F401

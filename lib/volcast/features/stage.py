@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from .. import config, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
 from ..errors import UserError
+from ..executor import resolve as resolve_executor
 from .columns import _date_ticks, _numeric, sort_order
 from .core import _symbol_key, compute_sorted
 from .read import LATEST_FILE
@@ -113,27 +114,34 @@ def process_partition(src: str | os.PathLike, dst: str | os.PathLike, window=con
     return stats, latest_rows(out, starts)
 
 
-def _compute(todo: list[tuple[Path, Path]], spec: WindowSpec, jobs: int) -> tuple[dict[str, dict], dict[str, pa.Table]]:
+def _process_item(item: tuple) -> tuple[str, dict, pa.Table]:
+    """``process_partition`` on one ``(src, dst, spec, min_periods)``: the unit of work an executor runs."""
+    src, dst, spec, min_periods = item
+    stats, latest = process_partition(src, dst, spec, min_periods)
+    return Path(src).name, stats, latest
+
+
+def _compute(todo: list[tuple[Path, Path]], spec: WindowSpec, jobs: int, executor: str = "local",
+             scheduler: str = "") -> tuple[dict[str, dict], dict[str, pa.Table]]:
     from tqdm import tqdm  # a text bar: an executed notebook keeps a line, not a widget
+
+    from ..executor import map_tasks
 
     stats: dict[str, dict] = {}
     latest: dict[str, pa.Table] = {}
     bar = tqdm(total=len(todo), desc="features", unit="partition", disable=not todo, mininterval=0.5)
-    args = (spec, spec.min_periods)
-    if jobs <= 1 or len(todo) <= 1:
-        for src, dst in todo:
-            stats[src.name], latest[src.name] = process_partition(src, dst, *args)
-            bar.update()
-    else:
-        # Threads, not processes: Parquet reads and writes and Arrow compute, most of the time, release
-        # the GIL, and a thread starts at once where a fresh worker process costs a second of imports.
-        # Largest partitions first so the workers finish together.
-        todo = sorted(todo, key=lambda item: -item[0].stat().st_size)
-        with ThreadPoolExecutor(max_workers=min(jobs, len(todo)), thread_name_prefix="features") as pool:
-            futures = {pool.submit(process_partition, src, dst, *args): src.name for src, dst in todo}
-            for future in as_completed(futures):
-                stats[futures[future]], latest[futures[future]] = future.result()
-                bar.update()
+    # Largest partitions first so the workers finish together.
+    todo = sorted(todo, key=lambda item: -item[0].stat().st_size)
+
+    def on_done(_item, result) -> None:
+        name, stats[name], latest[name] = result
+        bar.update()
+
+    # Local: threads, not processes: Parquet reads and writes and Arrow compute, most of the time, release
+    # the GIL, and a thread starts at once where a fresh worker process costs a second of imports.
+    map_tasks(_process_item, [(src, dst, spec, spec.min_periods) for src, dst in todo], jobs=jobs,
+              executor=executor, scheduler=scheduler, name="features", on_done=on_done,
+              local_pool=lambda n: ThreadPoolExecutor(max_workers=n, thread_name_prefix="features"))
     bar.close()
     return stats, latest
 
@@ -150,15 +158,18 @@ def _latest_table(staging: Path, computed: dict[str, pa.Table], reused: set[str]
     schema = pa.schema([*config.FEATURES_SCHEMA, pa.field("rows", pa.int64())])
     table = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
     return table.sort_by([(SYMBOL, "ascending")])
-def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, incremental=True) -> dict:
+def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, incremental=True, executor="local",
+        scheduler="") -> dict:
     """The features stage: ``DIR/data/raw`` -> ``DIR/data/features`` + ``DIR/reports/features.json``.
 
     Incremental: a partition whose raw file, parameters and this code are unchanged since the last
     run is carried over (hard link) instead of recomputed; the result equals a full run.
+    ``executor="dask"`` computes the partitions on a dask cluster (``volcast.executor``), with the same result.
     """
     t0 = time.perf_counter()
     spec = parse_window(window, min_periods)
     jobs = config.resolve_jobs(jobs)
+    executor, scheduler = resolve_executor(executor, scheduler)
     layout = config.Layout.at(output_dir)
     raw = storage.current_version(layout.raw_dir)
     if raw is None:
@@ -187,7 +198,8 @@ def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, increme
             for item in staging.iterdir():  # seeded: drop what is not carried over
                 if item.name not in reusable and item.name != LATEST_FILE:
                     item.unlink()
-            computed, latest = _compute([(sources[name], staging / name) for name in todo_names], spec, jobs)
+            computed, latest = _compute([(sources[name], staging / name) for name in todo_names], spec, jobs,
+                                        executor, scheduler)
             table = _latest_table(staging, latest, set(reusable))
             storage.write_parquet(table, staging / LATEST_FILE)
             state = {"params": params, "partitions": {
@@ -211,6 +223,7 @@ def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, increme
         "partitions_recomputed": len(todo_names),
         "partitions_reused": len(sources) - len(todo_names),
         "jobs": jobs,
+        "executor": executor,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     storage.atomic_write_json(layout.report(STAGE), report)

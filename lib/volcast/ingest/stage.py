@@ -8,6 +8,7 @@ from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (
 
 from .. import config, storage
 from ..config import RAW_SCHEMA, Layout
+from ..executor import resolve as resolve_executor
 from . import limits as limits_mod
 from .limits import Limits
 from .sources import (
@@ -52,7 +53,7 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
         demo_years=config.DEMO_YEARS, incremental=True, *, max_file_bytes=limits_mod.MAX_FILE_BYTES,
         max_compression_ratio=limits_mod.MAX_COMPRESSION_RATIO, max_line_bytes=limits_mod.MAX_LINE_BYTES,
         max_header_bytes=limits_mod.MAX_HEADER_BYTES, max_columns=limits_mod.MAX_COLUMNS,
-        allow_links=limits_mod.ALLOW_LINKS) -> dict:
+        allow_links=limits_mod.ALLOW_LINKS, executor="local", scheduler="") -> dict:
     """Ingest ``source`` into ``output_dir/data/raw`` (+ quarantine) and write ``reports/ingest.json``.
 
     ``source``: a Kaggle-layout folder or .zip, ``"kaggle"``, ``"demo"`` or None (Kaggle when
@@ -66,7 +67,9 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
     more than ``max_compression_ratio`` times, or whose header is over ``max_header_bytes`` or
     ``max_columns``, is set aside with its reason; a line over ``max_line_bytes`` is quarantined. Links
     and special files in a folder source are refused (``allow_links=True`` reads links to regular files
-    inside the folder). Every non-blank data line of a file read ends as a kept or a quarantined row:
+    inside the folder). ``executor="dask"`` runs the partition tasks on the dask scheduler at ``scheduler``
+    (or ``$VOLCAST_DASK_SCHEDULER``, or a LocalCluster of ``jobs`` processes): see ``volcast.executor``.
+    Every non-blank data line of a file read ends as a kept or a quarantined row:
     the stage raises ``LinesNotAccounted`` (and publishes nothing) if it counts otherwise.
     """
     t0 = time.perf_counter()
@@ -74,6 +77,7 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
                     int(max_columns), bool(allow_links))
     layout = Layout.at(output_dir)
     jobs = config.resolve_jobs(jobs)
+    executor, scheduler = resolve_executor(executor, scheduler)
     src = resolve_source(source, layout.cache_dir, demo_seed=int(demo_seed), demo_tickers=int(demo_tickers),
                          demo_years=int(demo_years))
     print(f"ingest: source {src.label}" + (" -- NOT real market data" if src.kind == "demo" else ""))
@@ -92,11 +96,13 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
             storage.atomic_write_json(storage.current_version(layout.raw_dir) / STATE_FILE,
                                       _state(src, catalog, code_fp, entries, plan["stamps"]))
     else:
-        entries = _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits)
+        entries = _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits,
+                                    executor, scheduler)
         changed_partitions = sorted(plan["rewrite"])
 
     report = _report(src, catalog, names, meta_note, entries, plan, changed_partitions, time.perf_counter() - t0)
     report["limits"] = limits.as_dict()
+    report["executor"] = executor
     storage.atomic_write_json(layout.report(STAGE), report)
     t = report["totals"]
     print(f"ingest: {t['files_ingested']:,} files, {t['rows_kept']:,} rows kept, "
@@ -144,7 +150,8 @@ def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: st
             "stamps_refreshed": refreshed, "why": "same source as the last run"}
 
 
-def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits) -> dict[str, dict]:
+def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits, executor="local",
+                      scheduler="") -> dict[str, dict]:
     by_key: dict[str, list[SourceFile]] = {}
     for f in catalog.files:
         by_key.setdefault(storage.partition_key(f.symbol), []).append(f)
@@ -174,7 +181,7 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, l
                 str(raw_stage / part), str(q_stage / part),
                 sum(f.size for f in files if f.rel in plan["read"]), limits,
             ))
-        for entry in _execute(tasks, jobs, sum(len(t.parse) for t in tasks)):
+        for entry in _execute(tasks, jobs, sum(len(t.parse) for t in tasks), executor, scheduler):
             entries[entry["file"]] = entry
         ordered = {f.rel[len(catalog.root):]: None for f in catalog.files}
         entries = {k: entries[k] for k in ordered if k in entries}

@@ -1,4 +1,4 @@
-"""The process pool: partition tasks on forkserver workers, with a progress bar over files."""
+"""The process pool: partition tasks on forkserver workers (or a dask cluster), with a progress bar over files."""
 from __future__ import annotations
 
 import ctypes
@@ -9,7 +9,7 @@ import select
 import signal
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor
 
 from . import task as task_mod
 from .task import _partition_task, _Task
@@ -67,30 +67,36 @@ def start_worker_server():
     return ctx
 
 
-def _execute(tasks: list[_Task], jobs: int, n_files: int) -> list[dict]:
-    """Run partition tasks on ``jobs`` processes (biggest first) with a progress bar over files."""
+def _execute(tasks: list[_Task], jobs: int, n_files: int, executor: str = "local", scheduler: str = "") -> list[dict]:
+    """Run partition tasks (biggest first) with a progress bar over files: on ``jobs`` forkserver
+    processes, or on a dask cluster (``volcast.executor``; the bar then moves a partition at a time)."""
     from tqdm import tqdm  # text bar: executed notebooks keep a line, not a widget
 
+    from ..executor import LOCAL, map_tasks, resolve
+
+    executor, scheduler = resolve(executor, scheduler)
     tasks = sorted(tasks, key=lambda t: -t.bytes)
     out: list[dict] = []
     bar = tqdm(total=n_files, desc="ingest", unit="file", disable=n_files == 0, mininterval=0.5)
-    try:
-        if jobs <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                entries = _partition_task(task)
-                bar.update(len(task.parse))
-                out.extend(entries)
-            return out
+    progress = None
+
+    def local_pool(workers: int) -> ProcessPoolExecutor:
+        nonlocal progress
         ctx = start_worker_server()
         progress = ctx.Queue()
-        with ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(progress, os.getpid())) as pool:
-            pending = {pool.submit(_partition_task, t) for t in tasks}
-            while pending:
-                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(progress, bar)
-                for fut in done:
-                    out.extend(fut.result())
+        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(progress, os.getpid()))
+
+    def on_done(task: _Task, entries: list[dict]) -> None:
+        out.extend(entries)
+        if progress is None:  # inline or dask: no per-file messages, count the task's files
+            bar.update(len(task.parse))
+
+    try:
+        map_tasks(_partition_task, tasks, jobs=jobs, executor=executor, scheduler=scheduler,
+                  local_pool=local_pool, on_done=on_done, name="ingest",
+                  poll=lambda: progress is not None and _drain(progress, bar))
+        if executor == LOCAL and progress is not None:
             _drain(progress, bar)
         return out
     finally:
