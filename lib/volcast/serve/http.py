@@ -10,14 +10,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
+from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerConnectionDelegate, ResponseStartLine
+from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
 from .model import ModelHolder
 from .openapi import openapi_json
 from .validate import (
+    MAX_BATCH,
     MAX_BODY_BYTES,
     NO_MODEL_ERROR,
     InputError,
@@ -30,12 +35,79 @@ from .validate import (
 log = logging.getLogger("volcast.serve")
 
 
+# The request line and headers together (tornado's max_header_size): above it, 414 or 431.
+MAX_HEADER_BYTES = 64 * 1024
+# After a refusal the client may still be sending: read and drop its bytes this long before closing,
+# so the close does not reset the connection before the client has read the answer.
+LINGER_SECONDS = 2.0
+
 _ROUTES = {"/predict": ("GET", "POST"), "/health": ("GET",), "/openapi.json": ("GET",)}
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large",
+    414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj).encode("utf-8")
+
+
+def _closing_response(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 response with a JSON error body, for a connection about to be closed."""
+    body = _dumps({"error": message})
+    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+async def _answer_and_linger(stream: IOStream, response: bytes) -> None:
+    """Write ``response`` on a stream tornado no longer reads, drop what the client still sends, close."""
+    try:
+        await stream.write(response)
+        stream.socket.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait_for(stream.read_bytes(64 * 1024, partial=True), left)
+    except (StreamClosedError, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        stream.close()
+
+
+def _declared_length(value: str) -> int | None:
+    """Content-Length as a number (None when malformed: tornado answers those with 400)."""
+    pieces = {piece.strip() for piece in value.split(",")}
+    if len(pieces) != 1:
+        return None
+    text = pieces.pop()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= 18 else 10**18
+
+
+class _ApiStream(IOStream):
+    """tornado's IOStream, but a request line or headers over ``MAX_HEADER_BYTES`` get a JSON 414 or
+    431 before the connection closes (tornado closes it without a status)."""
+
+    def close(self, exc_info: Any = False) -> None:
+        if isinstance(exc_info, UnsatisfiableReadError) and self._read_regex is not None and not self.closed():
+            head = bytes(self._read_buffer[:MAX_HEADER_BYTES])
+            if b"\n" in head.lstrip(b"\r\n"):
+                response = _closing_response(
+                    431, f"the request headers are over {MAX_HEADER_BYTES:,} bytes; send fewer or shorter headers")
+            else:
+                response = _closing_response(
+                    414, f"the request line is over {MAX_HEADER_BYTES:,} bytes; the API's URLs are short")
+            try:  # best effort, non-blocking: a small answer fits in the socket's send buffer
+                self.socket.send(response)
+                self.socket.shutdown(socket.SHUT_WR)
+                for _ in range(64):  # drop what already arrived, so the close sends no reset
+                    if not self.socket.recv(64 * 1024):
+                        break
+            except OSError:
+                pass
+        super().close(exc_info)
 
 
 class _Request(HTTPMessageDelegate):
@@ -50,6 +122,12 @@ class _Request(HTTPMessageDelegate):
     # tornado.httputil.HTTPMessageDelegate interface
     def headers_received(self, start_line, headers):
         self.method, self.target = start_line.method, start_line.path
+        length = headers.get("Content-Length")
+        if length is not None and (_declared_length(length) or 0) > MAX_BODY_BYTES:
+            # Refused from the header, before a byte of the body is read (no 100-continue is sent).
+            message = (f"the body is {_declared_length(length):,} bytes; the most is {MAX_BODY_BYTES:,} "
+                       f"(a full batch of {MAX_BATCH:,} objects needs far less); split it")
+            asyncio.ensure_future(_answer_and_linger(self.conn.detach(), _closing_response(413, message)))
 
     def data_received(self, chunk):
         self.chunks.append(chunk)
@@ -123,9 +201,11 @@ class ApiApplication(HTTPServerConnectionDelegate):
             else:
                 self._predict_post(req)
         elif path == "/health":
-            predictor = self.holder.current
+            predictor, problem = self.holder.status()
             if predictor is None:
                 self._unavailable(req)
+            elif problem:  # still answering, with the last good model
+                req.respond(200, _dumps({"status": "degraded", "reason": problem, "model_id": predictor.model_id}))
             else:
                 req.respond(200, b'{"status": "ok", "model_id": %s}' % predictor.model_id_json.encode())
         else:
@@ -198,11 +278,16 @@ class ApiApplication(HTTPServerConnectionDelegate):
         req.respond(200, body.encode("utf-8"))
 
 
-def make_http_server(holder: ModelHolder):
-    from tornado.httpserver import HTTPServer
+class _ApiHTTPServer(HTTPServer):
+    def handle_stream(self, stream, address):
+        stream.__class__ = _ApiStream  # the same object with one overridden method (see _ApiStream)
+        super().handle_stream(stream, address)
 
-    return HTTPServer(
+
+def make_http_server(holder: ModelHolder) -> HTTPServer:
+    return _ApiHTTPServer(
         ApiApplication(holder),
+        max_header_size=MAX_HEADER_BYTES,
         max_body_size=MAX_BODY_BYTES,
         idle_connection_timeout=75,
         body_timeout=30,

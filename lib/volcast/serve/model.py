@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from volcast.config import Layout
+
+from .validate import clip
 
 log = logging.getLogger("volcast.serve")
 
@@ -80,10 +83,28 @@ class Predictor:
         return self.predict_pairs([(vol, price)])[0]
 
 
-def _default_locator(output_dir: Path) -> Path | None:
-    from volcast.train import latest_model_dir
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
-    return latest_model_dir(output_dir)
+
+def _default_locator(output_dir: Path) -> Path | None:
+    """``models/<LATEST>``; None while there is no LATEST; ``ValueError`` saying why when it is unusable."""
+    layout = Layout.at(output_dir)
+    latest = layout.latest_file
+    try:
+        raw = latest.read_bytes()[:1024]
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ValueError("models/LATEST is a directory, not a file naming a model") from None
+    except OSError as err:
+        raise ValueError(f"models/LATEST cannot be read: {err.strerror}") from None
+    name = raw.decode("utf-8", "replace").strip()
+    if not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"models/LATEST does not name a model directory (it holds {clip(name)!r})")
+    model_dir = layout.models_dir / name
+    if not (model_dir / "card.json").is_file():
+        raise ValueError(f"models/LATEST names {name}, which is not a model directory (no card.json)")
+    return model_dir
 
 
 def _default_loader(model_dir: Path) -> Any:
@@ -98,10 +119,14 @@ class ModelHolder:
     ``current`` is one attribute: readers take it once per request. ``refresh()`` locates the latest
     model dir; when it differs from the loaded one it loads the new model *fully* (outside any
     reader's way) and only then replaces the reference. If loading fails the old model stays.
-    ``load_model`` / ``latest_model_dir`` default to ``volcast.train``'s; tests may inject others.
+    A candidate must also answer ``PROBE`` with a finite value. ``load_model`` defaults to
+    ``volcast.train.load_model`` and ``latest_model_dir`` to reading LATEST here; tests may inject others.
     """
 
     RETRY_FAILED_AFTER = 30.0
+    # A known, ordinary input (1 M shares a day at $25) that a candidate model must answer with a
+    # finite value before it is swapped in: a model that loads but cannot predict is refused.
+    PROBE = (1_000_000.0, 25.0)
 
     def __init__(
         self,
@@ -124,36 +149,56 @@ class ModelHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _set_error(self, text: str | None) -> None:
+        if text and text != self.error:  # logged once per new problem, not once per check
+            log.error(text)
+        self.error = text
+
     def refresh(self) -> bool:
-        """Load the latest model if it changed. True when a new model was swapped in."""
+        """Load the latest model if it changed. True when a new model was swapped in.
+
+        ``error`` says why the latest model is not the one serving (LATEST missing, unreadable, or
+        naming a model that fails to load or to answer the probe); None when all is well.
+        """
         with self._lock:
             self._last_check = time.monotonic()
             try:
                 model_dir = self._locate(self.output_dir)
             except Exception as err:  # a broken LATEST must not take the server down
-                self.error = f"cannot read {self.output_dir / 'models' / 'LATEST'}: {err}"
-                log.warning(self.error)
+                self._set_error(str(err) if isinstance(err, ValueError) else f"cannot read models/LATEST: {err}")
                 return False
-            if model_dir is None:
-                return False  # keep serving what we have (nothing, or the last good model)
+            if model_dir is None:  # keep serving what we have (nothing, or the last good model)
+                self._set_error("models/LATEST is missing" if self.current is not None else None)
+                return False
             model_dir = Path(model_dir)
             key = str(model_dir.resolve())
             if key == self._key:
+                self._set_error(None)  # LATEST points back at the model serving
                 return False
             if self._failed and self._failed[0] == key and time.monotonic() - self._failed[1] < self.RETRY_FAILED_AFTER:
                 return False
+            step = "could not be loaded"
             try:
                 predictor = Predictor(self._load(model_dir), model_dir)
+                step = f"was refused: it cannot answer the probe input {self.PROBE}"
+                self._probe(predictor)
             except Exception as err:
                 self._failed = (key, time.monotonic())
-                self.error = f"model {model_dir.name} could not be loaded: {type(err).__name__}: {err}"
-                log.error(self.error)
+                self._set_error(f"model {model_dir.name} {step}: {type(err).__name__}: {clip(str(err), 300)}")
                 return False
             old = self.current
             self.current = predictor  # the swap: one reference assignment
             self._key, self._failed, self.error = key, None, None
             log.info("serving model %s%s", predictor.model_id, f" (was {old.model_id})" if old else "")
             return True
+
+    def _probe(self, predictor: Predictor) -> None:
+        vol, price = self.PROBE
+        predictor.predict(np.array([vol]), np.array([price]))  # raises unless one finite answer
+
+    def status(self) -> tuple[Predictor | None, str | None]:
+        """(the model serving, why the latest model is not it); read once, for /health."""
+        return self.current, self.error
 
     def get(self) -> Predictor | None:
         """The current predictor, after a rate-limited check for a new one (for callers without a poller)."""

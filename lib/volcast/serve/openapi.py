@@ -9,27 +9,25 @@ from pathlib import Path
 from volcast import __version__
 from volcast.config import PRICE_FEATURE, PROJECT_ROOT, VOL_FEATURE
 
-from .validate import FIELD_BOUNDS, FIELDS, MAX_BATCH, NO_MODEL_ERROR
+from .validate import FIELD_BOUNDS, FIELDS, MAX_BATCH, MAX_BODY_BYTES, NO_MODEL_ERROR
 
 
 OPENAPI_PATH = PROJECT_ROOT / "docs" / "openapi.json"
 
 
 def openapi_spec() -> dict:
-    vol_lo, vol_hi = FIELD_BOUNDS[VOL_FEATURE]
-    price_lo, price_hi = FIELD_BOUNDS[PRICE_FEATURE]
+    vol_lo, _ = FIELD_BOUNDS[VOL_FEATURE]  # no maximum: every finite number >= 0 is accepted
+    price_lo, _ = FIELD_BOUNDS[PRICE_FEATURE]
     number = {
         VOL_FEATURE: {
             "type": "number",
             "minimum": vol_lo,
-            "maximum": vol_hi,
             "description": "Mean daily volume (shares) over the last 30 trading days, today included.",
             "example": 12345,
         },
         PRICE_FEATURE: {
             "type": "number",
             "minimum": price_lo,
-            "maximum": price_hi,
             "description": "Median adjusted close over the same 30 trading days.",
             "example": 25,
         },
@@ -39,9 +37,14 @@ def openapi_spec() -> dict:
     prediction = {"$ref": "#/components/schemas/Prediction"}
     no_model = json_error(f"No model has been trained yet (`{NO_MODEL_ERROR}`).")
     bad_input = json_error(
-        "Bad input: missing, repeated or unknown field, not a number, NaN, infinity, negative, above the "
-        "upper bound, malformed JSON, wrong JSON type (strings and booleans are not numbers), empty or "
-        "too large batch. `error` says what is wrong; `field` (and `index` in a batch) say where."
+        "Bad input: missing, repeated or unknown field, not a number (ASCII digits only), NaN, infinity, "
+        "negative, too large for a float, malformed JSON, wrong JSON type (strings and booleans are not "
+        "numbers), empty or too large batch. `error` says what is wrong; `field` (and `index` in a batch) "
+        "say where."
+    )
+    too_large = json_error(
+        f"The body's Content-Length is over {MAX_BODY_BYTES:,} bytes; refused before the body is read "
+        "(the connection is then closed)."
     )
     return {
         "openapi": "3.0.3",
@@ -51,7 +54,9 @@ def openapi_spec() -> dict:
             "description": (
                 "Predicts a ticker's next-day trading volume from two features. Predictions are rounded "
                 "to the nearest non-negative integer (halves up). The model in `models/LATEST` is "
-                "reloaded without a restart within about a second of a new training run."
+                "reloaded without a restart within about a second of a new training run, once it has "
+                "answered a probe input. Request lines and headers over 64 KiB get 414 / 431 with a JSON "
+                "error."
             ),
         },
         "paths": {
@@ -100,17 +105,22 @@ def openapi_spec() -> dict:
                             },
                         },
                         "400": bad_input,
+                        "413": too_large,
                         "503": no_model,
                     },
                 },
             },
             "/health": {
                 "get": {
-                    "summary": "Is a model loaded?",
+                    "summary": "Is a model loaded, and is it the latest?",
                     "operationId": "health",
                     "responses": {
                         "200": {
-                            "description": "A model is loaded.",
+                            "description": (
+                                "A model is serving. `degraded`: models/LATEST is missing, unreadable, or names a "
+                                "model that could not be loaded or failed its probe; `reason` says which, and "
+                                "`model_id` is the model still serving."
+                            ),
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
                         },
                         "503": no_model,
@@ -144,7 +154,11 @@ def openapi_spec() -> dict:
                 "Health": {
                     "type": "object",
                     "required": ["status", "model_id"],
-                    "properties": {"status": {"type": "string", "enum": ["ok"]}, "model_id": {"type": "string"}},
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "degraded"]},
+                        "model_id": {"type": "string"},
+                        "reason": {"type": "string", "description": "Only when degraded: why."},
+                    },
                 },
                 "Error": {
                     "type": "object",

@@ -17,21 +17,35 @@ from volcast.config import PRICE_FEATURE, VOL_FEATURE
 from volcast.errors import UserError
 
 
-# Inclusive bounds. The largest 30-day mean volume in the Kaggle data is ~1e9 shares and the
-# largest rolling median price ~4e5 (BRK-A); the bounds leave two orders of magnitude of room and
-# still reject values that can only be typos or unit mistakes.
+# Inclusive bounds: every finite non-negative number. Real split-adjusted Adj Close reaches 1e10 and
+# Volume 7.4e9, so any upper bound would refuse real rows; an input outside the training range is
+# answered with "extrapolated": true instead (model.Predictor).
 FIELD_BOUNDS: dict[str, tuple[float, float]] = {
-    VOL_FEATURE: (0.0, 1e11),
-    PRICE_FEATURE: (0.0, 1e7),
+    VOL_FEATURE: (0.0, math.inf),
+    PRICE_FEATURE: (0.0, math.inf),
 }
 FIELDS = tuple(FIELD_BOUNDS)
 MAX_BATCH = 10_000
-# A 10,000-object batch is ~0.8 MB of JSON; bodies above this are refused before parsing.
-MAX_BODY_BYTES = 16 * 1024 * 1024
+# Bytes one batch item may take: a 10,000-object batch of plain json.dumps is ~0.75 MB; 256 bytes an
+# item leaves room for 17-digit numbers and pretty-printing. Larger bodies are refused with 413 from
+# Content-Length, before a byte of them is read.
+MAX_ITEM_BYTES = 256
+MAX_BODY_BYTES = MAX_BATCH * MAX_ITEM_BYTES
+# Digits a JSON integer may have (float's range ends near 1.8e308); longer ones are refused by name
+# without ever converting them (int() of 5,000 digits is refused by Python itself).
+MAX_INT_DIGITS = 400
 NO_MODEL_ERROR = "no model yet: run `python run_pipeline.py` first"
+# Longest text of a name or value quoted back in an error (the rest is cut, with "...").
+SHOWN_CHARS = 40
 
-_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# ASCII digits only: str patterns' \d and float() also take Arabic-Indic or fullwidth digits.
+_NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _NON_FINITE_WORDS = {"nan": "NaN", "inf": "infinity", "infinity": "infinity"}
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (with "..."), for echoing user input back."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class InputError(UserError, ValueError):
@@ -45,33 +59,32 @@ class InputError(UserError, ValueError):
     def payload(self) -> dict:
         out: dict[str, Any] = {"error": str(self)}
         if self.field is not None:
-            out["field"] = self.field
+            out["field"] = clip(self.field)  # an unknown 1 MB key is not echoed whole
         if self.index is not None:
             out["index"] = self.index
         return out
 
 
-def _show(text: str, limit: int = 40) -> str:
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def _fmt(bound: float) -> str:
-    """1e11 -> "1e11" (not "1e+11"), 0 -> "0"."""
-    return re.sub(r"e\+0*", "e", f"{bound:g}")
+def _show(text: str, limit: int = SHOWN_CHARS) -> str:
+    return repr(clip(text, limit))
 
 
 def bounds_text(field: str) -> str:
-    """'a number from 0 to 1e11': the accepted range of a field, in words."""
+    """'a finite number, 0 or more': the accepted range of a field, in words."""
     lo, hi = FIELD_BOUNDS[field]
-    return f"a number from {_fmt(lo)} to {_fmt(hi)}"
+    if math.isinf(hi):
+        return f"a finite number, {lo:g} or more"
+    return f"a number from {lo:g} to {hi:g}"
 
 
-def _check_range(field: str, value: float, shown: str) -> float:
+def _check_range(field: str, value: float, shown: str, where: str = "") -> float:
     lo, hi = FIELD_BOUNDS[field]
+    if not math.isfinite(value):  # 1e400 parses to inf: it is not a number we can use
+        raise InputError(f"{where}{field} must be a finite number, got {shown}, which is too large for a float", field)
     if value < lo:
-        raise InputError(f"{field} must not be negative, got {shown}", field)
+        raise InputError(f"{where}{field} must not be negative, got {shown}", field)
     if value > hi:
-        raise InputError(f"{field} must be at most {_fmt(hi)}, got {shown}", field)
+        raise InputError(f"{where}{field} must be at most {hi!r}, got {shown}", field)
     return float(value)
 
 
@@ -85,12 +98,12 @@ def parse_number_text(field: str, text: str) -> float:
         raise InputError(f"{field} must be a finite number, got {_NON_FINITE_WORDS[word]}", field)
     if not _NUMBER_RE.fullmatch(stripped):
         raise InputError(
-            f"{field} must be a plain number like 12345.6 (no commas, units or spaces inside), "
-            f"got {_show(stripped)}",
+            f"{field} must be a plain number like 12345.6 (ASCII digits; no commas, units or spaces "
+            f"inside), got {_show(stripped)}",
             field,
         )
     value = float(stripped)  # cannot fail after the regex; a huge exponent gives +-inf
-    shown = stripped if len(stripped) <= 40 else f"{value:g}"
+    shown = stripped if len(stripped) <= SHOWN_CHARS else f"a number of {len(stripped):,} characters"
     return _check_range(field, value, shown)
 
 
@@ -126,6 +139,13 @@ class _JsonConstant:
         self.word = word
 
 
+def _json_int(text: str) -> Any:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        return _JsonConstant(f"an integer of {digits:,} digits")
+    return int(text)
+
+
 def _json_type(value: Any) -> str:
     if isinstance(value, _JsonConstant):
         return value.word
@@ -151,18 +171,16 @@ def _validate_json_number(field: str, value: Any, where: str) -> float:
         raise InputError(f"{where}{field} must be a finite number, got {value.word}", field)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{where}{field} must be a JSON number, got {_json_type(value)}", field)
-    lo, hi = FIELD_BOUNDS[field]
-    # Compare before float(): a 400-digit JSON integer would overflow float(). A literal such as
-    # 1e400 parses to inf and lands in the "at most" branch below, which is what it is.
-    if isinstance(value, float):
-        shown = f"{value:g}" if math.isfinite(value) else "a number too large for a float"
+    if isinstance(value, int):
+        text = str(value)
+        shown = text if len(text) <= SHOWN_CHARS else f"an integer of {len(text.lstrip('-')):,} digits"
+        try:
+            number = float(value)
+        except OverflowError:  # 309 to MAX_INT_DIGITS digits
+            number = math.inf
     else:
-        shown = str(value) if value.bit_length() < 128 else "a huge integer"
-    if value < lo:
-        raise InputError(f"{where}{field} must not be negative, got {shown}", field)
-    if value > hi:
-        raise InputError(f"{where}{field} must be at most {_fmt(hi)}, got {shown}", field)
-    return float(value)
+        shown, number = (repr(value) if math.isfinite(value) else "a number"), value
+    return _check_range(field, number, shown, where)
 
 
 def validate_record(obj: Any, index: int | None = None) -> tuple[float, float]:
@@ -220,8 +238,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
         for name, _ in pairs:
             counts[name] = counts.get(name, 0) + 1
         name = next(n for n in obj if counts[n] > 1)
-        shown = name if len(name) <= 40 else name[:40] + "..."
-        raise InputError(f"{shown} is given {counts[name]} times in one object; give it once", name)
+        raise InputError(f"{clip(name)} is given {counts[name]} times in one object; give it once", name)
     return obj
 
 
@@ -234,10 +251,10 @@ def parse_json_body(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise InputError("malformed JSON: the body is not UTF-8 text") from None
     try:
-        return json.loads(text, parse_constant=_JsonConstant, object_pairs_hook=_unique_keys)
+        return json.loads(text, parse_constant=_JsonConstant, parse_int=_json_int, object_pairs_hook=_unique_keys)
     except InputError:
         raise
     except RecursionError:
         raise InputError("malformed JSON: nested too deeply") from None
-    except ValueError as err:  # JSONDecodeError, and int() digit-limit errors
-        raise InputError(f"malformed JSON: {err}") from None
+    except ValueError as err:  # JSONDecodeError (its message says where)
+        raise InputError(f"malformed JSON: {clip(str(err), 200)}") from None
