@@ -1,4 +1,4 @@
-"""The feature core against values worked out by hand and against a naive loop (hypothesis)."""
+"""The task columns of the feature core against values worked out by hand and against a naive loop (hypothesis)."""
 from __future__ import annotations
 
 import math
@@ -16,6 +16,11 @@ from volcast.errors import UserError
 
 NAN = math.nan
 VOL, MED = "vol_moving_avg", "adj_close_rolling_med"
+
+
+def task_columns(df, *args, **kwargs):
+    """The two task columns only (the forecasting inputs have their own tests: test_features_inputs.py)."""
+    return features.add_features(df, *args, inputs=(), **kwargs)
 
 # Three tickers; BBB (2 rows) is shorter than a 3-row window and sits between AAA and CCC, so a
 # window that ignored ticker boundaries would mix BBB into CCC's first rows. Close is deliberately
@@ -103,7 +108,7 @@ def assert_same(actual, expected) -> None:
 @pytest.mark.parametrize("shuffled", [False, True])
 def test_hand_worked_values(window, min_periods, expected, shuffled):
     df = hand_frame(shuffled)
-    out = features.add_features(df, window=window, min_periods=min_periods)
+    out = task_columns(df, window=window, min_periods=min_periods)
     vol, med = expected_in_input_order(expected, shuffled)
     assert_same(out[VOL], vol)
     assert_same(out[MED], med)
@@ -117,7 +122,7 @@ def test_hand_worked_values(window, min_periods, expected, shuffled):
 def test_default_window_is_30_rows():
     days = pd.bdate_range("2021-01-01", periods=31).strftime("%Y-%m-%d")
     df = pd.DataFrame({"Symbol": "X", "Date": days, "Adj Close": np.arange(31.0), "Volume": np.arange(31) * 2})
-    out = features.add_features(df)
+    out = task_columns(df)
     assert out[VOL].isna().sum() == 29
     assert out[VOL].iloc[29] == 29.0  # mean of 0, 2, ..., 58
     assert out[MED].iloc[29] == 14.5  # median of 0..29
@@ -127,7 +132,7 @@ def test_default_window_is_30_rows():
 def test_arrow_table_in_arrow_table_out():
     df = hand_frame()
     table = pa.Table.from_pandas(df, preserve_index=False)
-    out = features.add_features(table, window=3)
+    out = task_columns(table, window=3)
     assert isinstance(out, pa.Table)
     assert out.column_names[-2:] == [VOL, MED]
     vol, med = expected_in_input_order(W3)
@@ -137,7 +142,7 @@ def test_arrow_table_in_arrow_table_out():
 
 def test_dates_as_timestamps_and_existing_feature_columns_are_replaced():
     df = hand_frame().assign(Date=lambda d: pd.to_datetime(d["Date"]), **{VOL: -1.0, MED: -1.0})
-    out = features.add_features(df, window="30D")
+    out = task_columns(df, window="30D")
     vol, med = expected_in_input_order(D30)
     assert_same(out[VOL], vol)
     assert_same(out[MED], med)
@@ -152,7 +157,7 @@ def test_missing_values_are_skipped_like_pandas():
         "Adj Close": [1.0, NAN, 3.0, 4.0, 10.0],
         "Volume": [10.0, 20.0, NAN, 40.0, 50.0],
     })
-    out = features.add_features(df, window=3, min_periods=2)
+    out = task_columns(df, window=3, min_periods=2)
     # Volume windows: [10] [10,20] [10,20,-] [20,-,40] [-,40,50]
     assert_same(out[VOL], [NAN, 15.0, 15.0, 30.0, 45.0])
     # Adj Close windows: [1] [1,-] [1,-,3] [-,3,4] [3,4,10]
@@ -162,7 +167,7 @@ def test_missing_values_are_skipped_like_pandas():
 def test_fractional_volumes_are_exact_to_rounding():
     df = pd.DataFrame({"Symbol": ["A"] * 4, "Date": ["2020-01-0%d" % d for d in range(1, 5)],
                        "Adj Close": [1.0, 2.0, 3.0, 4.0], "Volume": [0.1, 0.2, 0.3, 1e-9]})
-    out = features.add_features(df, window=2)
+    out = task_columns(df, window=2)
     np.testing.assert_allclose(out[VOL].to_numpy()[1:], [0.15, 0.25, (0.3 + 1e-9) / 2], rtol=1e-15)
 
 
@@ -174,7 +179,7 @@ def test_large_whole_volumes_do_not_drift():
     volume[-40:] = np.arange(1, 41)
     df = pd.DataFrame({"Symbol": "X", "Date": pd.date_range("1500-01-01", periods=n, freq="D", unit="s"),
                        "Adj Close": 1.0, "Volume": volume})
-    out = features.add_features(df, window=30)
+    out = task_columns(df, window=30)
     assert_same(out[VOL].to_numpy()[-5:], [(i - 29 + i) / 2 for i in range(36, 41)])
 
 
@@ -184,7 +189,7 @@ def test_large_whole_volumes_do_not_drift():
 ])
 def test_bad_parameters_say_what_to_do(window, min_periods, message):
     with pytest.raises(UserError, match=message):
-        features.add_features(hand_frame(), window=window, min_periods=min_periods)
+        task_columns(hand_frame(), window=window, min_periods=min_periods)
 
 
 def test_parameters_as_papermill_may_pass_them():
@@ -197,13 +202,13 @@ def test_parameters_as_papermill_may_pass_them():
 
 def test_missing_columns_and_symbols_are_user_errors():
     with pytest.raises(UserError, match="missing Adj Close"):
-        features.add_features(hand_frame().drop(columns="Adj Close"))
+        task_columns(hand_frame().drop(columns="Adj Close"))
     with pytest.raises(UserError, match="Symbol"):
-        features.add_features(hand_frame().assign(Symbol=None))
+        task_columns(hand_frame().assign(Symbol=None))
 
 
 def test_empty_frame():
-    out = features.add_features(hand_frame().iloc[:0])
+    out = task_columns(hand_frame().iloc[:0])
     assert len(out) == 0 and VOL in out.columns
 
 
@@ -256,7 +261,7 @@ def frames(draw):
 @given(df=frames(), window=st.integers(1, 6), data=st.data())
 def test_rows_window_equals_naive_loop(df, window, data):
     min_periods = data.draw(st.integers(0, window))
-    out = features.add_features(df, window=window, min_periods=min_periods)
+    out = task_columns(df, window=window, min_periods=min_periods)
     vol, med = naive(df, window, min_periods)
     assert_same(out[VOL], vol)
     assert_same(out[MED], med)
@@ -265,33 +270,10 @@ def test_rows_window_equals_naive_loop(df, window, data):
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(df=frames(), days=st.integers(1, 12), min_periods=st.integers(0, 4))
 def test_offset_window_equals_naive_loop(df, days, min_periods):
-    out = features.add_features(df, window=f"{days}D", min_periods=min_periods)
+    out = task_columns(df, window=f"{days}D", min_periods=min_periods)
     vol, med = naive(df, f"{days}D", min_periods)
     assert_same(out[VOL], vol)
     assert_same(out[MED], med)
-
-
-# ---------------------------------------------------------------------------------------------
-# The forked parallel path gives the same result as one process (also for unsorted input).
-
-
-@pytest.mark.parametrize("window", [3, "30D"])
-@pytest.mark.parametrize("shuffled", [False, True])
-def test_parallel_equals_serial(monkeypatch, window, shuffled):
-    rng = np.random.default_rng(5)
-    parts = []
-    for k, sym in enumerate(["AA", "AB", "B", "CA", "CB", "D", "E"]):
-        n = 40 + 13 * k
-        parts.append(pd.DataFrame({"Symbol": sym, "Date": pd.bdate_range("2020-01-01", periods=n).strftime("%Y-%m-%d"),
-                                   "Adj Close": rng.integers(1, 50, n) / 2, "Volume": rng.integers(0, 10**7, n)}))
-    df = pd.concat(parts, ignore_index=True)
-    if shuffled:
-        df = df.sample(frac=1, random_state=3)
-    serial = features.add_features(df, window=window, jobs=1)
-    monkeypatch.setattr(features, "_PARALLEL_MIN_ROWS", 0)
-    for jobs in (2, 3):
-        parallel = features.add_features(df, window=window, jobs=jobs)
-        pd.testing.assert_frame_equal(parallel, serial)
 
 
 def test_chunked_arrow_columns_give_the_same_result():
@@ -300,6 +282,6 @@ def test_chunked_arrow_columns_give_the_same_result():
     table = pa.Table.from_pandas(df, preserve_index=False)
     chunked = pa.concat_tables([table.slice(0, 4), table.slice(4, 3), table.slice(7)])
     assert chunked["Symbol"].num_chunks == 3
-    out = features.add_features(chunked, window=3, min_periods=1)
+    out = task_columns(chunked, window=3, min_periods=1)
     assert_same(out[VOL].to_numpy(), W3_MP1[VOL])
     assert_same(out[MED].to_numpy(), W3_MP1[MED])

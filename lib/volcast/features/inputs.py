@@ -93,7 +93,7 @@ def _positive_log(x: np.ndarray) -> np.ndarray:
 def _running_high(a: np.ndarray, starts: np.ndarray, width: int) -> np.ndarray:
     """Highest value of the last ``width`` rows of the same ticker (fewer at its start); NaN ignored."""
     n = len(a)
-    out = bn.move_max(a, width, min_count=1) if n else np.empty(0)
+    out = bn.move_max(a, min(width, n), min_count=1) if n else np.empty(0)
     # A ticker's first width-1 rows would reach into the previous ticker: their own running maximum.
     ends = np.append(starts[1:], n)
     for s, e in zip(starts.tolist(), np.minimum(ends, starts + width - 1).tolist()):
