@@ -88,6 +88,13 @@ def test_model_card_compares_both_models_with_every_reference(tiny_output):
     bars = {t.name: dict(zip(t.y, t.x)) for t in app.compare_fig.data}
     assert bars["MAE"][dash.PREDICTOR_LABELS["forecast"]] == pytest.approx(card["metrics"]["forecast"]["mae"] / base["mae"])
     assert len(bars["median APE"]) == len(card["metrics"])
+    # By year and by decile: each predictor's MAE over the reference's, worked out from the card's records.
+    year = card["by_year"][-1]
+    ratio = year["mae_forecast"] / year["mae_baseline_vol_moving_avg"]
+    frame_year = dash.breakdown_frame(card["by_year"], "year").set_index("year")
+    assert frame_year.loc[year["year"], dash.PREDICTOR_LABELS["forecast"]] == pytest.approx(ratio)
+    assert f"<td>{year['year']}</td>" in app.breakdown_html.value and f"<td>{ratio:.3f}</td>" in app.breakdown_html.value
+    assert len(dash.breakdown_frame(card["by_decile"], "decile")) == len(card["by_decile"])
     # Coverage of the interval, as the card measured it; both learning curves, one panel each.
     coverage = card["models"]["forecast"]["test_coverage_p10_p90"]
     assert f"<b>{coverage:.1%}</b>" in app.card_html.value

@@ -49,6 +49,8 @@ from .render import (
     METRIC_LABELS,
     PREDICTOR_LABELS,
     PredictOutcome,
+    breakdown_frame,
+    breakdown_html,
     card_summary_html,
     coverage_html,
     esc,
@@ -70,7 +72,7 @@ def output_dir_from_env(default: str) -> str:
 
 __all__ = [
     "DEFAULT_PRICE_TEXT", "DEFAULT_VOL_TEXT", "METRIC_LABELS", "NO_FEATURES", "PERIODS", "PREDICTOR_LABELS",
-    "Dashboard", "PredictOutcome", "align_forecasts", "bundle_of", "card_summary_html", "clip_period",
+    "Dashboard", "PredictOutcome", "align_forecasts", "breakdown_frame", "breakdown_html", "bundle_of", "card_summary_html", "clip_period",
     "comparison_figure", "coverage_html", "default_symbol", "esc", "explorer_figure", "forecast_for",
     "forecast_html", "format_volume", "inputs_frame", "inputs_html", "interval_coverage", "learning_curve_figure",
     "learning_curves", "list_symbols", "load_symbol", "metrics_frame", "metrics_html", "outcome_html",

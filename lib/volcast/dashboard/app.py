@@ -102,7 +102,10 @@ class Dashboard:
         self.curve_fig = go.FigureWidget(charts.learning_curve_figure({}))
         self.card_refresh = w.Button(description="Reload model card", icon="refresh")
         self.card_refresh.on_click(lambda _: self.render_card())
-        self.model_card = w.VBox([self.card_html, self.compare_fig, self.curve_fig, self.card_refresh])
+        self.breakdown_html = w.HTML()
+        self.breakdown_html.add_class("volcast-breakdown-output")
+        self.model_card = w.VBox([self.card_html, self.compare_fig, self.breakdown_html, self.curve_fig,
+                                  self.card_refresh])
 
         # Predictor form (the task contract: /predict)
         # continuous_update=False: a box sends its value once, when it loses focus (which clicking
@@ -204,12 +207,14 @@ class Dashboard:
         predictor = self.holder.get()
         if predictor is None:
             self.card_html.value = f"<p>{html.escape(NO_MODEL_ERROR)}</p>"
+            self.breakdown_html.value = ""
             self._set_figure(self.compare_fig, charts.comparison_figure(None))
             self._set_figure(self.curve_fig, charts.learning_curve_figure({}))
             return
         card = predictor.card
         self.card_html.value = (render.card_summary_html(predictor.model_id, card) + render.metrics_html(card)
                                 + render.coverage_html(data.interval_coverage(card)))
+        self.breakdown_html.value = render.breakdown_html(card)
         self._set_figure(self.compare_fig, charts.comparison_figure(render.metrics_frame(card)))
         self._set_figure(self.curve_fig, charts.learning_curve_figure(data.learning_curves(predictor.model_dir)))
 

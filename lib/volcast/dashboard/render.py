@@ -203,6 +203,41 @@ def card_summary_html(model_id: str, card: dict) -> str:
     return "<p>" + " · ".join(parts) + "</p>"
 
 
+def breakdown_frame(records, key: str) -> pd.DataFrame | None:
+    """card["by_year"] / card["by_decile"] -> per group: rows, each predictor's MAE as a ratio to the
+    vol_moving_avg reference's MAE in that group, and the interval's coverage when the card has it."""
+    if not isinstance(records, list) or not records:
+        return None
+    frame = pd.DataFrame(records)
+    base = "mae_baseline_vol_moving_avg"
+    if key not in frame or base not in frame:
+        return None
+    out = pd.DataFrame({key: frame[key], "rows": frame["rows"]})
+    names = [k for k in PREDICTOR_LABELS if f"mae_{k}" in frame and k != "baseline_vol_moving_avg"]
+    for name in names:
+        out[predictor_label(name)] = frame[f"mae_{name}"] / frame[base].where(frame[base] > 0)
+    if "coverage_p10_p90" in frame:
+        out["P10–P90 coverage"] = frame["coverage_p10_p90"]
+    return out
+
+
+def breakdown_html(card: dict) -> str:
+    """The tables by year and by volume decile (MAE / vol_moving_avg per predictor)."""
+    parts = []
+    for records, key, title in ((card.get("by_year"), "year", "by year"),
+                                (card.get("by_decile"), "decile", "by decile of the actual volume (1 = lowest)")):
+        frame = breakdown_frame(records, key)
+        if frame is None:
+            continue
+        shown = pd.DataFrame({key: frame[key].astype(str), "rows": [f"{int(v):,}" for v in frame["rows"]]})
+        for col in frame.columns[2:]:
+            fmt = "{:.1%}" if col == "P10–P90 coverage" else "{:.3f}"
+            shown[col] = ["–" if pd.isna(v) else fmt.format(v) for v in frame[col]]
+        parts.append(f"<p><small>MAE / vol_moving_avg's MAE, {esc(title)}:</small></p>"
+                     + shown.to_html(classes="volcast-table volcast-breakdown", border=0, escape=True, index=False))
+    return TABLE_STYLE + "".join(parts) if parts else ""
+
+
 def coverage_html(coverage: float | None, nominal: float | None = 0.8) -> str:
     if coverage is None:
         return "<p><small>This model has no prediction interval (no forecast model in its card).</small></p>"
@@ -217,6 +252,6 @@ def symbol_note_html(symbol: str, n_symbols: int, complete: int, total: int, for
             f"(a ticker's first days have none: the window is not full yet){fc}.</small>")
 
 
-__all__ = ["METRIC_LABELS", "PREDICTOR_LABELS", "PredictOutcome", "card_summary_html", "coverage_html", "esc",
+__all__ = ["METRIC_LABELS", "PREDICTOR_LABELS", "PredictOutcome", "breakdown_frame", "breakdown_html", "card_summary_html", "coverage_html", "esc",
            "forecast_html", "format_volume", "inputs_frame", "inputs_html", "message_html", "metrics_frame",
            "metrics_html", "outcome_html", "predictor_label", "symbol_note_html"]
