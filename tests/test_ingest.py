@@ -264,7 +264,7 @@ def test_summarize_raw_sums_across_row_groups(sample_run, sample_raw, tmp_path, 
     the summary ingest writes in each footer or, without one (or with one that does not fit), from the rows."""
     raw_dir = Layout.at(tmp_path).raw_dir
     raw_dir.mkdir(parents=True)
-    for i, f in enumerate(sorted(Layout.at(sample_run[0]).raw_dir.glob("part-*.parquet"))[:5]):
+    for f in sorted(Layout.at(sample_run[0]).raw_dir.glob("part-*.parquet"))[:5]:
         table = pq.read_table(f)
         assert ingest.SUMMARY_KEY.encode() in table.schema.metadata
         if footer == "stripped":

@@ -111,7 +111,8 @@ def test_every_valid_row_kept(broken_run):
     assert df.groupby("Symbol").size().to_dict() == keep
     # Spot values: columns matched by name, 5254.0 and 1e3 integral, int64 extremes, order by date.
     reord = df[df.Symbol == "REORD"].iloc[0]
-    assert (reord.Open, reord.High, reord.Low, reord.Close, reord["Adj Close"], reord.Volume) == (1.0, 2.0, 0.5, 1.5, 1.4, 300)
+    values = (reord.Open, reord.High, reord.Low, reord.Close, reord["Adj Close"], reord.Volume)
+    assert values == (1.0, 2.0, 0.5, 1.5, 1.4, 300)
     assert df[df.Symbol == "FRAC"].Volume.tolist() == [5254, 1000]
     assert df[df.Symbol == "BIGVOL"].Volume.tolist() == [2**63 - 1, 12]
     assert df[df.Symbol == "DATES"].Date.tolist() == ["2020-01-02", "2020-01-03"]

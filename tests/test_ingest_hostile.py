@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from volcast import ingest, storage
 from volcast.config import Layout
 from volcast.errors import UserError
@@ -155,7 +156,8 @@ def rejected(report: dict) -> dict[str, str]:
 
 def test_zip_member_over_the_compression_ratio_is_set_aside_unread(tmp_path, monkeypatch):
     bomb = HEADER + b"2020-01-02,1.5,2,1,1.5,1.5,500\n" * 150_000  # 4.6 MB that deflates to a few KB
-    src = zip_source(tmp_path / "s.zip", {"stocks/BOMB.csv": bomb, "stocks/AAA.csv": HEADER + b"".join(ticker_lines())})
+    good = HEADER + b"".join(ticker_lines())
+    src = zip_source(tmp_path / "s.zip", {"stocks/BOMB.csv": bomb, "stocks/AAA.csv": good})
     assert zipfile.ZipFile(src).getinfo("stocks/BOMB.csv").compress_size * 100 < len(bomb)
     read = []
     real = ingest.task._read_zip_member
@@ -164,8 +166,8 @@ def test_zip_member_over_the_compression_ratio_is_set_aside_unread(tmp_path, mon
     assert "max_compression_ratio=100" in rejected(report)["stocks/BOMB.csv"]
     assert read == ["stocks/AAA.csv"]
     assert entry(report, "AAA")["rows_kept"] == N_ROWS and report["totals"]["files_rejected"] == 1
-    json.dumps(report)  # the report stays plain JSON
-    assert json.loads(Layout.at(tmp_path / "out").report("ingest").read_text())["limits"]["max_compression_ratio"] == 100
+    written = json.loads(Layout.at(tmp_path / "out").report("ingest").read_text())
+    assert written["limits"]["max_compression_ratio"] == 100 and written["rejected_files"] == report["rejected_files"]
 
 
 def test_file_over_max_file_bytes_is_set_aside_from_zip_directory_and_folder(tmp_path):

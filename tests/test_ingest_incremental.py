@@ -77,7 +77,8 @@ def test_summary_after_an_incremental_run_counts_the_dataset(edited):
     assert summary["rows_per_ticker"].to_dict() == raw.groupby("Symbol").size().to_dict()
     assert summary["rows_per_year"].to_dict() == raw["Date"].str[:4].astype(int).value_counts().to_dict()
     assert (summary["date_min"], summary["date_max"]) == (raw["Date"].min(), raw["Date"].max())
-    assert all(ingest.summary._footer_summary(pq.read_metadata(p)) for p in Layout.at(edited["out"]).raw_dir.glob("part-*"))
+    parts = Layout.at(edited["out"]).raw_dir.glob("part-*")
+    assert all(ingest.summary._footer_summary(pq.read_metadata(p)) for p in parts)
 
 
 def test_only_changed_partitions_rewritten(edited):

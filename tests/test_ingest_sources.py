@@ -106,7 +106,7 @@ class FakeKaggleApi:
         if FakeKaggleApi.fail_auth:
             raise SystemExit(1)  # what the real client does when no credential works
 
-    def dataset_download_files(self, dataset, path=None, force=False, quiet=True, unzip=False, licenses=[]):
+    def dataset_download_files(self, dataset, path=None, force=False, quiet=True, unzip=False, licenses=()):
         FakeKaggleApi.calls.append(("download", dataset, path, unzip))
         dest = Path(path)
         if FakeKaggleApi.unzip_itself:

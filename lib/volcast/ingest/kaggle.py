@@ -95,7 +95,8 @@ def download_kaggle(dest: str | os.PathLike) -> Path:
     except Exception as exc:  # network, 401/403, 404: say it in one line
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if any(code in text for code in ("401", "403", "Unauthorized", "Forbidden")):
-            raise UserError(f"Kaggle refused the download ({text}); check your credentials: {CREDENTIALS_HELP}") from None
+            raise UserError(f"Kaggle refused the download ({text}); check your credentials: "
+                            f"{CREDENTIALS_HELP}") from None
         raise UserError(f"Kaggle download of {slug} failed: {text}") from None
     archive = dest / (slug.split("/")[1] + ".zip")
     if archive.is_file():

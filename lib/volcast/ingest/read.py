@@ -67,7 +67,8 @@ class _JoinedBodies:
             stop = start + n
             crc = crc32(view[start:stop], crc32(header))
             changed = n < size - self._HEADER or os.pread(fd, 1, self._HEADER + n)  # shrank or grew meanwhile
-            too_long = stop - start > limits.max_line_bytes and longest_line(self.buffer, start, stop) > limits.max_line_bytes
+            limit = limits.max_line_bytes
+            too_long = stop - start > limit and longest_line(self.buffer, start, stop) > limit
             if changed or too_long or not _plain(self.buffer, start, stop):
                 rest = _read_rest(fd, self._HEADER + n, limits.max_file_bytes - self._HEADER - n)
                 data = header + view[start:stop].tobytes() + rest

@@ -8,8 +8,9 @@ import os
 import re
 import stat
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from .. import config
 from ..errors import UserError
@@ -123,7 +124,8 @@ def _entry_problem(entry: os.DirEntry, root_real: str, limits: Limits) -> str | 
             return LINK_REFUSED
         if os.path.commonpath([root_real, target]) != root_real:
             return "symbolic link to a file outside the source folder (refused)"
-        return None if stat.S_ISREG(os.stat(target).st_mode) else "symbolic link to something that is not a regular file"
+        regular = stat.S_ISREG(os.stat(target).st_mode)
+        return None if regular else "symbolic link to something that is not a regular file"
     if not entry.is_file(follow_symlinks=False):
         return "not a regular file (a FIFO, socket or device): refused"
     return None
@@ -182,7 +184,9 @@ def scan_source(src: ResolvedSource, limits: Limits = DEFAULT_LIMITS) -> Catalog
                 continue
             st = os.stat(path / rel)
             entries[rel] = (st.st_size, str(st.st_mtime_ns))
-            refused.update({rel: p for p in [file_problem(st.st_size, limits)] if p})
+            problem = file_problem(st.st_size, limits)
+            if problem:
+                refused[rel] = problem
         meta_path = path / meta_rel
         if os.path.lexists(meta_path):
             entry = next(e for e in os.scandir(meta_path.parent) if e.name == meta_path.name)
@@ -199,7 +203,9 @@ def scan_source(src: ResolvedSource, limits: Limits = DEFAULT_LIMITS) -> Catalog
                 for rel in members:
                     info = infos[rel]
                     entries[rel] = (info.file_size, f"crc{info.CRC:08x}")
-                    refused.update({rel: p for p in [file_problem(info.file_size, limits, info.compress_size)] if p})
+                    problem = file_problem(info.file_size, limits, info.compress_size)
+                    if problem:
+                        refused[rel] = problem
                 if meta_rel in infos:
                     problem = file_problem(infos[meta_rel].file_size, limits, infos[meta_rel].compress_size)
                     if problem:

@@ -105,7 +105,8 @@ def summarize_raw(output_dir: str | os.PathLike, head: int = 3) -> dict:
     if files:
         schema = pq.read_schema(files[0])
         batch = next(pq.ParquetFile(files[0]).iter_batches(batch_size=max(head, 1)), None)
-        head_df = (pa.Table.from_batches([batch]) if batch is not None else schema.empty_table()).slice(0, head).to_pandas()
+        head_table = pa.Table.from_batches([batch]) if batch is not None else schema.empty_table()
+        head_df = head_table.slice(0, head).to_pandas()
     else:
         schema = RAW_SCHEMA
         head_df = RAW_SCHEMA.empty_table().to_pandas()
