@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from serve_helpers import (  # noqa: F401  (tiny_output is a fixture)
     Client,
     copy_output,
@@ -17,7 +18,7 @@ from serve_helpers import (  # noqa: F401  (tiny_output is a fixture)
     run_swap,
     tiny_output,
 )
-
+from volcast import train
 from volcast.config import Layout
 from volcast.serve import (
     FIELD_BOUNDS,
@@ -193,7 +194,8 @@ def test_validate_batch_shapes_and_limits():
         (b'[{"vol_moving_avg": 1, "adj_close_rolling_med": 2, "adj_close_rolling_med": 2}]', "given 2 times", PRICE),
         # NaN / Infinity where an object is expected: named as written, not by an internal class name.
         (b"NaN", "a list of objects, got NaN", None),
-        (b"[-Infinity]", "item 0: expected a JSON object with vol_moving_avg and adj_close_rolling_med, got -Infinity", None),
+        (b"[-Infinity]",
+         "item 0: expected a JSON object with vol_moving_avg and adj_close_rolling_med, got -Infinity", None),
     ],
 )
 def test_json_body_errors(body, words, field):
@@ -329,12 +331,22 @@ def client(api):
 PAIRS = [(12345.0, 25.0), (0.0, 0.0), (1e11, 1e7), (2_500_000.0, 3.75), (987.5, 1234.5)]
 
 
+def answer(tiny_output, vol, price, volume) -> dict:
+    """The expected answer: "extrapolated": true only outside the card's training ranges."""
+    card = json.loads((train.latest_model_dir(tiny_output) / "card.json").read_text())
+    (vlo, vhi), (plo, phi) = card["input_ranges"][VOL], card["input_ranges"][PRICE]
+    out = {"volume": volume, "model_id": latest_id(tiny_output)}
+    if not (vlo <= vol <= vhi and plo <= price <= phi):
+        out["extrapolated"] = True
+    return out
+
+
 def test_get_predict_equals_the_loaded_model_rounded(client, tiny_output):
     expected = expected_volumes(tiny_output, [v for v, _ in PAIRS], [p for _, p in PAIRS])
     for (vol, price), want in zip(PAIRS, expected):
         status, body = client.get(f"/predict?vol_moving_avg={vol!r}&adj_close_rolling_med={price!r}")
         assert status == 200
-        assert body == {"volume": want, "model_id": latest_id(tiny_output)}
+        assert body == answer(tiny_output, vol, price, want)
         assert isinstance(body["volume"], int)
 
 
@@ -342,9 +354,9 @@ def test_post_object_and_list(client, tiny_output):
     model_id = latest_id(tiny_output)
     want = expected_volumes(tiny_output, [v for v, _ in PAIRS], [p for _, p in PAIRS])
     status, body = client.post("/predict", {VOL: 12345, PRICE: 25})
-    assert status == 200 and body == {"volume": want[0], "model_id": model_id}
+    assert status == 200 and body == answer(tiny_output, 12345, 25, want[0]) and body["model_id"] == model_id
     status, body = client.post("/predict", [{VOL: v, PRICE: p} for v, p in PAIRS])
-    assert status == 200 and body == [{"volume": w, "model_id": model_id} for w in want]
+    assert status == 200 and body == [answer(tiny_output, v, p, w) for (v, p), w in zip(PAIRS, want)]
     status, body = client.post("/predict", [{VOL: 5, PRICE: 1}])
     assert status == 200 and isinstance(body, list) and len(body) == 1
 
@@ -460,7 +472,8 @@ json_values = st.recursive(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(st.tuples(st.sampled_from([VOL, PRICE, "x", ""]) | st.text(max_size=5), st.text(max_size=12)), max_size=4),
+@given(st.lists(st.tuples(st.sampled_from([VOL, PRICE, "x", ""]) | st.text(max_size=5), st.text(max_size=12)),
+                max_size=4),
        json_values, st.binary(max_size=40))
 def test_no_input_gives_a_5xx(api, pairs, value, junk):
     from urllib.parse import urlencode

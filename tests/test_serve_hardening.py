@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from serve_helpers import Client, copy_output, expected_volumes, latest_id, tiny_output  # noqa: F401
 
+from serve_helpers import Client, copy_output, expected_volumes, latest_id, tiny_output  # noqa: F401
 from volcast.config import Layout
 from volcast.serve import MAX_BODY_BYTES, ApiServer
 from volcast.storage import atomic_write_json, atomic_write_text
@@ -90,10 +90,12 @@ def test_a_body_at_the_limit_is_read_and_one_byte_more_is_refused(api, tiny_outp
 
 
 def test_long_url_is_414_and_long_headers_are_431_as_json(api):
-    status, body, head_text = raw_exchange(api.port, b"GET /predict?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    long_url = b"GET /predict?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    status, body, head_text = raw_exchange(api.port, long_url)
     assert status == 414 and "request line is over 65,536 bytes" in body["error"]
     assert b"content-type: application/json" in head_text.lower()
-    status, body, _ = raw_exchange(api.port, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n")
+    big_header = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 100_000 + b"\r\n\r\n"
+    status, body, _ = raw_exchange(api.port, big_header)
     assert status == 431 and "headers are over 65,536 bytes" in body["error"]
     many = b"".join(b"X-H%d: %s\r\n" % (i, b"c" * 100) for i in range(1000))  # 100 KB of short headers
     status, body, _ = raw_exchange(api.port, b"GET /health HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")

@@ -6,6 +6,7 @@ import socket
 
 import psutil
 import pytest
+
 from serve_helpers import (  # noqa: F401  (tiny_output is a fixture)
     Client,
     ServeProcess,
@@ -16,7 +17,6 @@ from serve_helpers import (  # noqa: F401  (tiny_output is a fixture)
     run_swap,
     tiny_output,
 )
-
 from volcast.config import resolve_jobs
 from volcast.errors import UserError
 from volcast.serve import serve

@@ -20,7 +20,6 @@ from .launch import _free_port as _free_port
 from .launch import bind_api_sockets, serve, start_api_workers, start_dashboard, stop_processes, voila_command
 from .model import ModelHolder, Predictor, round_volumes
 from .openapi import OPENAPI_PATH, openapi_json, openapi_spec, write_openapi
-from .validate import _unique_keys as _unique_keys
 from .validate import (
     FIELD_BOUNDS,
     FIELDS,
@@ -35,8 +34,9 @@ from .validate import (
     validate_batch,
     validate_record,
 )
-from .worker import _worker_main as _worker_main
+from .validate import _unique_keys as _unique_keys
 from .worker import ApiServer, run_api_worker
+from .worker import _worker_main as _worker_main
 
 __all__ = [
     "FIELD_BOUNDS",

@@ -19,7 +19,7 @@ from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerConnectionDelegate, ResponseStartLine
 from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
-from .model import ModelHolder
+from .model import ForecastRefused, ModelHolder
 from .openapi import openapi_json
 from .validate import (
     MAX_BATCH,
@@ -27,9 +27,11 @@ from .validate import (
     NO_MODEL_ERROR,
     InputError,
     _show,
+    parse_forecast_params,
     parse_json_body,
     parse_predict_params,
     validate_batch,
+    validate_symbols,
 )
 
 log = logging.getLogger("volcast.serve")
@@ -41,16 +43,29 @@ MAX_HEADER_BYTES = 64 * 1024
 # so the close does not reset the connection before the client has read the answer.
 LINGER_SECONDS = 2.0
 
-_ROUTES = {"/predict": ("GET", "POST"), "/health": ("GET",), "/openapi.json": ("GET",)}
+_ROUTES = {"/predict": ("GET", "POST"), "/forecast": ("GET", "POST"), "/health": ("GET",), "/openapi.json": ("GET",)}
 _REASONS = {
     200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large",
-    414: "URI Too Long", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    414: "URI Too Long", 422: "Unprocessable Content", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj).encode("utf-8")
+    # < > & as \u escapes: still the same JSON, but text a client echoes into HTML cannot become markup.
+    text = json.dumps(obj)
+    if "<" in text or ">" in text or "&" in text:
+        text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return text.encode("utf-8")
+
+
+_EXTRAPOLATED = b', "extrapolated": true}'
+
+
+def _prediction(volume: int, model_id_json: bytes, extrapolated: bool) -> bytes:
+    body = b'{"volume": %d, "model_id": %s}' % (volume, model_id_json)
+    return body[:-1] + _EXTRAPOLATED if extrapolated else body
 
 
 def _closing_response(status: int, message: str) -> bytes:
@@ -69,7 +84,7 @@ async def _answer_and_linger(stream: IOStream, response: bytes) -> None:
         deadline = time.monotonic() + LINGER_SECONDS
         while (left := deadline - time.monotonic()) > 0:
             await asyncio.wait_for(stream.read_bytes(64 * 1024, partial=True), left)
-    except (StreamClosedError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, StreamClosedError, OSError):
         pass
     finally:
         stream.close()
@@ -115,7 +130,7 @@ class _Request(HTTPMessageDelegate):
 
     __slots__ = ("app", "conn", "method", "target", "chunks")
 
-    def __init__(self, app: "ApiApplication", conn):
+    def __init__(self, app: ApiApplication, conn):
         self.app, self.conn = app, conn
         self.chunks: list[bytes] = []  # the body; tornado enforces max_body_size
 
@@ -200,6 +215,8 @@ class ApiApplication(HTTPServerConnectionDelegate):
                 self._predict_get(req, query)
             else:
                 self._predict_post(req)
+        elif path == "/forecast":
+            self._forecast(req, query if method == "GET" else None)
         elif path == "/health":
             predictor, problem = self.holder.status()
             if predictor is None:
@@ -230,7 +247,7 @@ class ApiApplication(HTTPServerConnectionDelegate):
             return
         hit = predictor.cached(vol, price)
         if hit is not None:
-            req.respond(200, b'{"volume": %d, "model_id": %s}' % (hit, predictor.model_id_json.encode()))
+            req.respond(200, _prediction(hit, predictor.model_id_json.encode(), predictor.extrapolated_one(vol, price)))
             return
         # Misses that arrive in the same event-loop turn share one model call.
         self._pending.append((req, vol, price))
@@ -256,8 +273,8 @@ class ApiApplication(HTTPServerConnectionDelegate):
         self.batches += 1
         self.batched_rows += len(pending)
         mid = predictor.model_id_json.encode()
-        for (req, _, _), volume in zip(pending, answers):
-            req.respond(200, b'{"volume": %d, "model_id": %s}' % (volume, mid))
+        for (req, vol, price), volume in zip(pending, answers):
+            req.respond(200, _prediction(volume, mid, predictor.extrapolated_one(vol, price)))
 
     def _predict_post(self, req: _Request) -> None:
         try:
@@ -273,9 +290,39 @@ class ApiApplication(HTTPServerConnectionDelegate):
             self._unavailable(req)
             return
         volumes = predictor.predict(vols, prices).tolist()
-        mid = predictor.model_id_json
-        body = "[" + ", ".join('{"volume": %d, "model_id": %s}' % (v, mid) for v in volumes) + "]"
-        req.respond(200, body.encode("utf-8"))
+        outside = predictor.extrapolated(vols, prices).tolist()
+        mid = predictor.model_id_json.encode()
+        req.respond(200, b"[" + b", ".join(_prediction(v, mid, x) for v, x in zip(volumes, outside)) + b"]")
+
+    def _forecast(self, req: _Request, query: str | None) -> None:
+        """GET /forecast?symbol= (``query``) or POST /forecast with a JSON list of symbols (``query`` None)."""
+        try:
+            if query is not None:
+                try:
+                    params = parse_qs(query, keep_blank_values=True, max_num_fields=4)
+                except ValueError:
+                    raise InputError("too many query parameters; give symbol") from None
+                symbols = [parse_forecast_params(params)]
+            else:
+                symbols = validate_symbols(parse_json_body(b"".join(req.chunks)))
+        except InputError as err:
+            req.respond(400, _dumps(err.payload()))
+            return
+        predictor = self.holder.current  # one model (and its latest-row table) for the whole answer
+        if predictor is None:
+            self._unavailable(req)
+            return
+        answers = []
+        for i, symbol in enumerate(symbols):
+            try:
+                answers.append(predictor.forecast_json(symbol))
+            except ForecastRefused as err:
+                payload = {"error": err.message, "symbol": symbol}
+                if query is None:
+                    payload["index"] = i
+                req.respond(err.status, _dumps(payload))
+                return
+        req.respond(200, answers[0] if query is not None else b"[" + b", ".join(answers) + b"]")
 
 
 class _ApiHTTPServer(HTTPServer):

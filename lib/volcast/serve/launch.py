@@ -11,8 +11,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from volcast.config import (
     DASHBOARD_NOTEBOOK,
@@ -31,7 +31,9 @@ from .validate import NO_MODEL_ERROR
 
 
 def _port_in_use_error(what: str, host: str, port: int, flag: str) -> UserError:
-    return UserError(f"{what} port {port} on {host} is already in use; stop what uses it or pass {flag} with another port")
+    return UserError(
+        f"{what} port {port} on {host} is already in use; stop what uses it or pass {flag} with another port"
+    )
 
 
 def bind_api_sockets(host: str, port: int, workers: int) -> list[socket.socket]:
@@ -278,7 +280,8 @@ def serve(
         print(f"  try: curl 'http://{shown_host}:{api_port}/predict?{VOL_FEATURE}=12345&{PRICE_FEATURE}=25'")
         if dashboard:
             print(f"volcast dashboard: http://{shown_host}:{dashboard_port}/")
-        print(f"serving models from {layout.models_dir}" + ("" if has_model else f"; {NO_MODEL_ERROR} (the API answers 503 until then)"))
+        waiting = "" if has_model else f"; {NO_MODEL_ERROR} (the API answers 503 until then)"
+        print(f"serving models from {layout.models_dir}{waiting}")
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested.wait(0.5):
             for name, proc in procs:

@@ -14,12 +14,13 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from volcast.config import Layout
+from volcast.config import PRICE_FEATURE, VOL_FEATURE, Layout
 
 from .validate import clip
 
@@ -34,11 +35,21 @@ def round_volumes(raw: np.ndarray) -> np.ndarray:
     return np.maximum(np.floor(raw + 0.5), 0.0).astype(np.int64)
 
 
-class Predictor:
-    """A loaded model and what is derived from it once: its id (JSON-encoded) and an answer cache.
+class ForecastRefused(Exception):
+    """A symbol the model has no forecast for: ``status`` 404 (unknown) or 422 (too little history)."""
 
-    The cache maps an exact (vol_moving_avg, adj_close_rolling_med) pair to the rounded answer the
-    model gave for it, so a cached answer is by construction identical to ``model.predict``.
+    def __init__(self, status: int, message: str, symbol: str):
+        super().__init__(message)
+        self.status, self.message, self.symbol = status, message, symbol
+
+
+class Predictor:
+    """A loaded model and what is derived from it once: its id (JSON-encoded) and answer caches.
+
+    The model is a ``volcast.train.forecast.Bundle`` (task model, forecast model and the latest-row
+    table of the same run, loaded together, so they swap together), or anything with ``model_id``
+    and ``predict(vol, price)``. The cache maps an exact (vol_moving_avg, adj_close_rolling_med) pair
+    to the rounded answer the model gave for it, so a cached answer is identical to the model's.
     """
 
     CACHE_SIZE = 65_536
@@ -49,13 +60,58 @@ class Predictor:
         self.model_dir = model_dir
         self.model_id_json = json.dumps(self.model_id)
         self._cache: dict[tuple[float, float], int] = {}
+        self._predict = getattr(model, "predict_task", None) or model.predict
+        ranges = getattr(model, "input_ranges", None) or {}
+        everything = (-math.inf, math.inf)
+        (self._vol_lo, self._vol_hi), (self._price_lo, self._price_hi) = (
+            tuple(ranges.get(VOL_FEATURE, everything)), tuple(ranges.get(PRICE_FEATURE, everything)))
+        self.has_forecasts = hasattr(model, "forecast_one")
+        self._forecast_json: dict[str, bytes] = {}
 
     @property
     def card(self) -> dict:
         return getattr(self.model, "card", {}) or {}
 
+    def extrapolated_one(self, vol: float, price: float) -> bool:
+        """True when an input lies outside the range the model was trained on (from its card)."""
+        return not (self._vol_lo <= vol <= self._vol_hi and self._price_lo <= price <= self._price_hi)
+
+    def extrapolated(self, vols: np.ndarray, prices: np.ndarray) -> np.ndarray:
+        return ((vols < self._vol_lo) | (vols > self._vol_hi) | (prices < self._price_lo) | (prices > self._price_hi))
+
+    def forecast_json(self, symbol: str) -> bytes:
+        """GET /forecast's answer for ``symbol`` as JSON bytes (built once per symbol and model), or
+        ForecastRefused. A symbol not found is tried once more in upper case (aapl -> AAPL)."""
+        cached = self._forecast_json.get(symbol)
+        if cached is not None:
+            return cached
+        try:
+            answer = self._forecast_one(symbol)
+        except ForecastRefused as err:
+            if err.status != 404 or symbol.upper() == symbol:
+                raise
+            try:
+                answer = self._forecast_one(symbol.upper())
+            except ForecastRefused:
+                raise err from None
+        body = json.dumps({**answer, "model_id": self.model_id}).encode("utf-8")
+        if len(self._forecast_json) < self.CACHE_SIZE:
+            self._forecast_json[symbol] = body
+        return body
+
+    def _forecast_one(self, symbol: str) -> dict:
+        if not self.has_forecasts:
+            raise ForecastRefused(503, f"model {self.model_id} has no forecasts; re-run the train stage", symbol)
+        try:
+            return self.model.forecast_one(symbol)
+        except Exception as err:  # volcast.train.forecast's UnknownSymbol (404) / NotEnoughHistory (422)
+            status = getattr(err, "status", None)
+            if status not in (404, 422):
+                raise
+            raise ForecastRefused(status, str(getattr(err, "message", err)), symbol) from None
+
     def predict(self, vols: np.ndarray, prices: np.ndarray) -> np.ndarray:
-        raw = self.model.predict(np.asarray(vols, dtype=np.float64), np.asarray(prices, dtype=np.float64))
+        raw = self._predict(np.asarray(vols, dtype=np.float64), np.asarray(prices, dtype=np.float64))
         out = round_volumes(raw)
         if out.shape != (len(vols),):
             raise RuntimeError(f"the model returned shape {out.shape} for {len(vols)} rows")
@@ -108,9 +164,9 @@ def _default_locator(output_dir: Path) -> Path | None:
 
 
 def _default_loader(model_dir: Path) -> Any:
-    from volcast.train import load_model
+    from volcast.train.forecast import load_bundle
 
-    return load_model(model_dir)
+    return load_bundle(model_dir)  # the task model, the forecast model and the latest-row table
 
 
 class ModelHolder:
@@ -120,7 +176,7 @@ class ModelHolder:
     model dir; when it differs from the loaded one it loads the new model *fully* (outside any
     reader's way) and only then replaces the reference. If loading fails the old model stays.
     A candidate must also answer ``PROBE`` with a finite value. ``load_model`` defaults to
-    ``volcast.train.load_model`` and ``latest_model_dir`` to reading LATEST here; tests may inject others.
+    ``volcast.train.forecast.load_bundle`` and ``latest_model_dir`` to reading LATEST here; tests may inject others.
     """
 
     RETRY_FAILED_AFTER = 30.0
@@ -195,6 +251,9 @@ class ModelHolder:
     def _probe(self, predictor: Predictor) -> None:
         vol, price = self.PROBE
         predictor.predict(np.array([vol]), np.array([price]))  # raises unless one finite answer
+        self_check = getattr(predictor.model, "self_check", None)
+        if self_check is not None:  # a bundle checks its forecast model too
+            self_check()
 
     def status(self) -> tuple[Predictor | None, str | None]:
         """(the model serving, why the latest model is not it); read once, for /health."""
@@ -206,7 +265,7 @@ class ModelHolder:
             self.refresh()
         return self.current
 
-    def start_polling(self) -> "ModelHolder":
+    def start_polling(self) -> ModelHolder:
         """Check for a new model every ``check_interval`` seconds in a daemon thread."""
         if self._thread is None:
             self._stop.clear()

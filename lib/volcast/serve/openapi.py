@@ -9,8 +9,7 @@ from pathlib import Path
 from volcast import __version__
 from volcast.config import PRICE_FEATURE, PROJECT_ROOT, VOL_FEATURE
 
-from .validate import FIELD_BOUNDS, FIELDS, MAX_BATCH, MAX_BODY_BYTES, NO_MODEL_ERROR
-
+from .validate import FIELD_BOUNDS, FIELDS, MAX_BATCH, MAX_BODY_BYTES, NO_MODEL_ERROR, SYMBOL_PATTERN, SYMBOL_RULE
 
 OPENAPI_PATH = PROJECT_ROOT / "docs" / "openapi.json"
 
@@ -46,14 +45,22 @@ def openapi_spec() -> dict:
         f"The body's Content-Length is over {MAX_BODY_BYTES:,} bytes; refused before the body is read "
         "(the connection is then closed)."
     )
+    symbol = {"type": "string", "pattern": f"^{SYMBOL_PATTERN}$",
+              "example": "AAPL", "description": f"A ticker: {SYMBOL_RULE}. Looked up as given, then in upper case."}
+    forecast = {"$ref": "#/components/schemas/Forecast"}
+    bad_symbol = json_error("A missing, repeated or malformed symbol, or a body that is not a list of symbols.")
+    unknown_symbol = json_error("A symbol not in the data of the model serving; `symbol` names it.")
+    short_history = json_error("A ticker with too little history for a forecast (it needs 30 trading days); "
+                               "`error` says how much it has.")
     return {
         "openapi": "3.0.3",
         "info": {
             "title": "volcast prediction API",
             "version": __version__,
             "description": (
-                "Predicts a ticker's next-day trading volume from two features. Predictions are rounded "
-                "to the nearest non-negative integer (halves up). The model in `models/LATEST` is "
+                "Forecasts a ticker's next-day trading volume with a P10-P90 interval (`/forecast`), and "
+                "predicts it from two features (`/predict`, rounded to the nearest non-negative integer, "
+                "halves up). The model in `models/LATEST` is "
                 "reloaded without a restart within about a second of a new training run, once it has "
                 "answered a probe input. Request lines and headers over 64 KiB get 414 / 431 with a JSON "
                 "error."
@@ -69,7 +76,10 @@ def openapi_spec() -> dict:
                         for name, schema in number.items()
                     ],
                     "responses": {
-                        "200": {"description": "The prediction.", "content": {"application/json": {"schema": prediction}}},
+                        "200": {
+                            "description": "The prediction.",
+                            "content": {"application/json": {"schema": prediction}},
+                        },
                         "400": bad_input,
                         "503": no_model,
                     },
@@ -106,6 +116,40 @@ def openapi_spec() -> dict:
                         },
                         "400": bad_input,
                         "413": too_large,
+                        "503": no_model,
+                    },
+                },
+            },
+            "/forecast": {
+                "get": {
+                    "summary": "Tomorrow's volume of one ticker, with a P10-P90 interval",
+                    "operationId": "forecastGet",
+                    "parameters": [{"name": "symbol", "in": "query", "required": True, "schema": symbol}],
+                    "responses": {
+                        "200": {"description": "The forecast.", "content": {"application/json": {"schema": forecast}}},
+                        "400": bad_symbol,
+                        "404": unknown_symbol,
+                        "422": short_history,
+                        "503": no_model,
+                    },
+                },
+                "post": {
+                    "summary": "Forecasts of a list of tickers",
+                    "operationId": "forecastPost",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {
+                            "type": "array", "items": symbol, "minItems": 1, "maxItems": MAX_BATCH}}},
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "A list in the order of the symbols.",
+                            "content": {"application/json": {"schema": {"type": "array", "items": forecast}}},
+                        },
+                        "400": bad_symbol,
+                        "404": unknown_symbol,
+                        "413": too_large,
+                        "422": short_history,
                         "503": no_model,
                     },
                 },
@@ -148,6 +192,30 @@ def openapi_spec() -> dict:
                     "required": ["volume", "model_id"],
                     "properties": {
                         "volume": {"type": "integer", "minimum": 0, "example": 1234567},
+                        "model_id": {"type": "string"},
+                        "extrapolated": {
+                            "type": "boolean",
+                            "enum": [True],
+                            "description": "Present (true) only when an input lies outside the range the model "
+                                           "was trained on (recorded in its card): the answer is an extrapolation.",
+                        },
+                    },
+                },
+                "Forecast": {
+                    "type": "object",
+                    "required": ["symbol", "as_of", "volume", "interval", "model_id"],
+                    "properties": {
+                        "symbol": {"type": "string", "example": "AAPL"},
+                        "as_of": {"type": "string", "format": "date",
+                                  "description": "The ticker's last date in the data; the forecast is for the "
+                                                 "next trading day."},
+                        "volume": {"type": "integer", "minimum": 0, "description": "P50 of next-day volume."},
+                        "interval": {
+                            "type": "object",
+                            "required": ["low", "high"],
+                            "properties": {"low": {"type": "integer", "description": "P10"},
+                                           "high": {"type": "integer", "description": "P90"}},
+                        },
                         "model_id": {"type": "string"},
                     },
                 },

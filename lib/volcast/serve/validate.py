@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from volcast.config import PRICE_FEATURE, VOL_FEATURE
 from volcast.errors import UserError
-
 
 # Inclusive bounds: every finite non-negative number. Real split-adjusted Adj Close reaches 1e10 and
 # Volume 7.4e9, so any upper bound would refuse real rows; an input outside the training range is
@@ -35,6 +35,11 @@ MAX_BODY_BYTES = MAX_BATCH * MAX_ITEM_BYTES
 # without ever converting them (int() of 5,000 digits is refused by Python itself).
 MAX_INT_DIGITS = 400
 NO_MODEL_ERROR = "no model yet: run `python run_pipeline.py` first"
+# Ticker symbols: ASCII letters and digits, and . - _ ^ = $ (BRK.A, BRK-A, ^GSPC, CL=F), at most 20.
+MAX_SYMBOL_CHARS = 20
+SYMBOL_PATTERN = rf"[A-Za-z0-9^][A-Za-z0-9.\-_^=$]{{0,{MAX_SYMBOL_CHARS - 1}}}"
+_SYMBOL_RE = re.compile(SYMBOL_PATTERN)
+SYMBOL_RULE = f"1 to {MAX_SYMBOL_CHARS} characters: ASCII letters, digits, or . - _ ^ = $"
 # Longest text of a name or value quoted back in an error (the rest is cut, with "...").
 SHOWN_CHARS = 40
 
@@ -258,3 +263,38 @@ def parse_json_body(body: bytes) -> Any:
         raise InputError("malformed JSON: nested too deeply") from None
     except ValueError as err:  # JSONDecodeError (its message says where)
         raise InputError(f"malformed JSON: {clip(str(err), 200)}") from None
+
+
+def validate_symbol(value: Any, index: int | None = None) -> str:
+    """One ticker symbol (checked before any look-up) -> str, or InputError."""
+    where = "" if index is None else f"item {index}: "
+    if not isinstance(value, str):
+        raise InputError(f"{where}a symbol must be a JSON string, got {_json_type(value)}", "symbol", index)
+    if not _SYMBOL_RE.fullmatch(value):
+        shown = "an empty string" if not value else _show(value)
+        raise InputError(f"{where}symbol must be {SYMBOL_RULE}; got {shown}", "symbol", index)
+    return value
+
+
+def parse_forecast_params(query: Mapping[str, Sequence[str]]) -> str:
+    """Query parameters of GET /forecast -> the symbol, or InputError."""
+    for name in query:
+        if name != "symbol":
+            raise InputError(f"unknown parameter {_show(name)}; the parameter is symbol", name)
+    given = query.get("symbol")
+    if not given:
+        raise InputError("symbol is missing; give a ticker such as symbol=AAPL", "symbol")
+    if len(given) > 1:
+        raise InputError(f"symbol is given {len(given)} times; give it once, or POST a list", "symbol")
+    return validate_symbol(given[0])
+
+
+def validate_symbols(obj: Any) -> list[str]:
+    """The parsed body of POST /forecast (a JSON list of symbols) -> the symbols, or InputError."""
+    if not isinstance(obj, list):
+        raise InputError(f"the body must be a JSON list of symbols such as [\"AAPL\"], got {_json_type(obj)}")
+    if not obj:
+        raise InputError("the list is empty; send at least one symbol")
+    if len(obj) > MAX_BATCH:
+        raise InputError(f"the list has {len(obj)} symbols; the most is {MAX_BATCH}; split it")
+    return [validate_symbol(item, i) for i, item in enumerate(obj)]

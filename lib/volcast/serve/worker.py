@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 from volcast.config import DEFAULT_HOST
 
@@ -45,7 +45,7 @@ class ApiServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> "ApiServer":
+    def start(self) -> ApiServer:
         from tornado.netutil import bind_sockets
 
         sockets = bind_sockets(self.port, self.host)
@@ -77,7 +77,7 @@ class ApiServer:
             self._thread.join(timeout=10)
         self.holder.stop_polling()
 
-    def __enter__(self) -> "ApiServer":
+    def __enter__(self) -> ApiServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -114,7 +114,7 @@ def run_api_worker(sock: socket.socket, output_dir: str | os.PathLike | None, ch
         server.stop()
         try:
             await asyncio.wait_for(server.close_all_connections(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     asyncio.run(main())
