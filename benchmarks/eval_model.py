@@ -1,21 +1,17 @@
-"""Model evaluation on all 2,758 real tickers, and the training-size / Kaggle-scale benchmark.
+"""Model evaluation on all 2,758 real tickers: both models against every reference, and the x``k`` train stage.
 
-    python benchmarks/eval_model.py                    # default model: MAE and medAPE ratios vs vol_moving_avg
-    python benchmarks/eval_model.py --variants         # + the table of formulations tried
-    python benchmarks/eval_model.py --knee             # + accuracy vs rows fitted, iterations, depth
-    python benchmarks/eval_model.py --scale 4          # + train.run at x4 (~31 M rows): time, peak RSS
-    python benchmarks/eval_model.py --end-to-end      # + CSV tree + run_pipeline.py (the issue's protocol)
-    python benchmarks/eval_model.py --all
+    python benchmarks/eval_model.py                  # train.run defaults on the real tickers: the README's table
+    python benchmarks/eval_model.py --inputs         # + the choice of forecasting inputs on the validation slice
+    python benchmarks/eval_model.py --scale 3        # + train.run at x3 (23.6 M rows) in a fresh process: time, peak
+    python benchmarks/eval_model.py --render         # only re-render the .md from the .json
 
-Material: ``../shared/data/nasdaq-2023.parquet``. Features are built with ``volcast.features.add_features``
-and written as a features dataset (``benchmarks/data/model_eval/x1``), then the training stage runs on
-it exactly as the pipeline does (``volcast.train.run``, default parameters): this is the pipeline
-minus CSV ingest, which does not change a value (the end-to-end variant writes the parquet out with
-``benchmarks/make_kaggle_scale.py`` and runs ``run_pipeline.py``). The x``k`` dataset repeats every ticker
-``k`` times under new names (``make_kaggle_scale.copy_names``), so its dates and split are the real ones.
+Material: ``../shared/data/nasdaq-2023.parquet``, written as a raw dataset (Security Name null) and run through
+the features stage (``volcast.features.run``) and the train stage (``volcast.train.run``, default parameters)
+exactly as the pipeline does, minus CSV ingest, which changes no value. The x``k`` dataset repeats every
+ticker ``k`` times under new names (``make_kaggle_scale.copy_names``), so its dates and split are the real ones.
 
-Results accumulate in ``benchmarks/results/model_eval.json`` (each section keeps its last measurement)
-and are rendered to ``benchmarks/results/model_eval.md``.
+Results accumulate in ``benchmarks/results/model_eval.json`` (each section keeps its last measurement) and
+are rendered to ``benchmarks/results/model_eval.md``.
 """
 from __future__ import annotations
 
@@ -24,67 +20,41 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from make_kaggle_scale import DEFAULT_META_ZIP, DEFAULT_PARQUET, build, copy_names  # noqa: E402
-from run import measure  # noqa: E402
-
-from volcast import config, features, storage, train  # noqa: E402
+from make_kaggle_scale import DEFAULT_PARQUET, copy_names
+from run import measure
+from volcast import config, features, storage, train
 
 DATA = ROOT / "benchmarks" / "data" / "model_eval"
 RESULTS = ROOT / "benchmarks" / "results"
 RESULTS_JSON = RESULTS / "model_eval.json"
 RESULTS_MD = RESULTS / "model_eval.md"
-GOAL = {"mae": 0.90, "medape": 0.85}
-
-NOTES = """\
-- **The MAE goal (≤ 0.90×) is out of reach for any model of these two inputs.** A constant multiple of the
-  baseline (0.85 × `vol_moving_avg`, no inputs used) already gets ~0.947× / ~0.877×; every sensible model
-  lands at 0.944–0.946× MAE. The oracle rows fit the vol-weighted median ratio per cell of (vol, price)
-  bins *on the test answers themselves*: even that, in-sample, reaches only ~0.937× MAE and ~0.851× medAPE
-  with 10,000 cells. Tomorrow's volume deviates from the 30-day mean mostly for reasons these two numbers
-  do not carry (news, earnings, index events, the last few days' activity).
-- **What the model does get**: next-day Volume / `vol_moving_avg` is right-skewed (median ≈ 0.8, mean ≈ 1), so
-  a mean-like baseline over-predicts the typical day. Predicting a low quantile of the ratio and scaling back
-  is worth ~5.5 % MAE and ~14 % median APE; the inputs add only a size/price-dependent adjustment on top of
-  the constant shrink (0.9465 → 0.945 MAE, 0.877 → 0.859 medAPE).
-- **Loss**: MAE is minimised by the conditional median (alpha 0.5), median APE by a somewhat lower value.
-  The default is chosen on the validation slice (2006-02 → 2011-01, which includes 2008), never on the test
-  period: there plain MAE (`loss="MAE"`) beats every quantile tried (0.40-0.47) on both metrics, and scores
-  0.9457× / 0.869× on the test set. Alpha 0.45 would show 0.945× / 0.859× on test, but picking it would mean
-  choosing with the test set in view. Either way the MAE goal is missed by the same margin.
-- Raw-Volume targets lose to the baseline (RMSE 1.26×, MAE 1.16×), as measured before the issue. The task's
-  RandomForest (`model="random_forest"`: 100 trees, min_samples_leaf 5, 200,000 sampled rows, raw Volume,
-  same split) scores 1.084× MAE and 1.116× medAPE (fit 78 s, peak 1.1 GiB; measured once by hand with
-  `train.run`, not by this script).
-- What would reach the goal: a third input. "Predict today's Volume" alone is 0.937× MAE and 0.831× medAPE
-  of the `vol_moving_avg` baseline; the API takes only the two features.
-- **Knee**: beyond 300,000 fitted rows the test ratios move by < 0.001 while fit time grows 7 → 55 → 145 s
-  on this (shared) machine: default `max_train_rows=300000`. Iterations 100–1000 and depth 4–8 change the
-  ratios by < 0.001; defaults 300 iterations, learning rate 0.1, depth 6 (the learning curve is flat well
-  before 300).
-"""
+# Issue 13's goals for the forecast model.
+GOALS = {"mae_vs_vma": 0.74, "medape_vs_vma": 0.70, "mae_vs_today": 0.82, "coverage": (0.77, 0.83),
+         "x3_seconds": 45.0, "x3_peak_gib": 3.0}
+NAMES = {"forecast": "forecast model, P50 (all inputs)", "model": "task model (the two API features)",
+         "har": "HAR: log volume on log 1/5/22-day means", "baseline_vol_moving_avg": "naive: vol_moving_avg",
+         "baseline_today_volume": "naive: today's Volume"}
 
 
 # ---------------------------------------------------------------------------------------------
-# Features datasets
+# Datasets
 
 
-def build_features(out: Path, parquet: Path = DEFAULT_PARQUET) -> Path:
-    """The real tickers -> a features dataset in ``out`` (as the features stage would write it)."""
+def build_x1(out: Path = DATA / "x1", parquet: Path = DEFAULT_PARQUET) -> Path:
+    """The real tickers -> a raw dataset -> the features stage (inputs, latest-row table) in ``out``."""
     layout = config.Layout.at(out)
-    if layout.features_dir.exists():
+    if (storage.current_version(layout.features_dir) or Path("/nonexistent")).joinpath(features.LATEST_FILE).exists():
         return out
     t0 = time.perf_counter()
     table = pq.read_table(parquet)
@@ -92,14 +62,15 @@ def build_features(out: Path, parquet: Path = DEFAULT_PARQUET) -> Path:
         "Symbol": table["Symbol"], "Security Name": pa.nulls(table.num_rows, pa.string()), "Date": table["Date"],
         **{c: table[c].cast(pa.float64()) for c in config.PRICE_COLUMNS},
         "Volume": table["Volume"].cast(pa.int64()),
-    })
-    table = table.sort_by([("Symbol", "ascending"), ("Date", "ascending")])
-    table = features.add_features(table, jobs=config.resolve_jobs(0)).cast(config.FEATURES_SCHEMA)
+    }).sort_by([("Symbol", "ascending"), ("Date", "ascending")])
     keys = np.array([storage.partition_key(s) for s in table["Symbol"].to_pylist()])
-    with storage.publish_dir(layout.features_dir) as staging:
+    with storage.publish_dir(layout.raw_dir) as staging:
         for key in sorted(set(keys)):
             storage.write_parquet(table.filter(pa.array(keys == key)), staging / storage.partition_file(key))
-    print(f"features x1: {table.num_rows:,} rows in {time.perf_counter() - t0:.0f} s -> {layout.features_dir}", flush=True)
+    del table
+    report = features.run(out, incremental=False)
+    print(f"features x1: {report['rows']:,} rows in {time.perf_counter() - t0:.0f} s -> {layout.features_dir}",
+          flush=True)
     return out
 
 
@@ -107,18 +78,17 @@ def build_scaled(base: Path, scale: int) -> Path:
     """x``scale``: every ticker of ``base`` repeated under new names, partition by partition."""
     out = DATA / f"x{scale}"
     layout = config.Layout.at(out)
-    if layout.features_dir.exists():
+    if (storage.current_version(layout.features_dir) or Path("/nonexistent")).joinpath(features.LATEST_FILE).exists():
         return out
     src = config.Layout.at(base).features_dir.resolve()
     with storage.publish_dir(layout.features_dir) as staging:
-        for path in sorted(src.glob("part-*.parquet")):
+        for path in [*sorted(src.glob("part-*.parquet")), src / features.LATEST_FILE]:
             table = pq.read_table(path)
             symbols = table["Symbol"].to_pylist()
             names = copy_names(sorted(set(symbols)), scale)
             copies = [table]
             for i in range(1, scale):
-                renamed = pa.array([names[s][i] for s in symbols], pa.string())
-                copies.append(table.set_column(0, "Symbol", renamed))
+                copies.append(table.set_column(0, "Symbol", pa.array([names[s][i] for s in symbols], pa.string())))
             big = pa.concat_tables(copies).sort_by([("Symbol", "ascending"), ("Date", "ascending")])
             storage.write_parquet(big, staging / path.name)
     print(f"features x{scale} -> {layout.features_dir}", flush=True)
@@ -132,124 +102,63 @@ def build_scaled(base: Path, scale: int) -> Path:
 def section_default(base: Path) -> dict:
     """train.run with its defaults on the real tickers (what the pipeline does)."""
     report = train.run(base, progress=False)
-    ratios = report["ratios_vs_vol_moving_avg"]
-    return {"params": report["params"], "metrics": report["metrics"], "ratios": ratios,
-            "train_rows": report["train_rows"], "test_rows": report["test_rows"], "split": report["split"],
-            "dropped_rows": report["dropped_rows"], "seconds": report["seconds"], "model_id": report["model_id"],
-            "goal_met": {k: ratios[k] <= GOAL[k] for k in GOAL}}
-
-
-def _ratios(y, pred, base) -> dict:
-    m, b = train.metrics(y, pred), train.metrics(y, base)
-    return {"mae": m["mae"] / b["mae"], "medape": m["medape"] / b["medape"]}
-
-
-def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
-    order = np.argsort(values)
-    cw = np.cumsum(weights[order])
-    return float(values[order][np.searchsorted(cw, cw[-1] / 2)])
-
-
-def _binned_oracle(vol, price, y, bins_vol: int, bins_price: int) -> np.ndarray:
-    """Per cell of (vol, price) quantile bins OF THE TEST ROWS, the vol-weighted median ratio of the
-    test rows themselves: fitted on the answers, so no model of these two inputs does better out of
-    sample (a generous bound, it overfits as cells shrink)."""
-    kv = pd.qcut(np.log1p(vol), bins_vol, labels=False, duplicates="drop")
-    kp = pd.qcut(np.log(np.maximum(price, 1e-4)), bins_price, labels=False, duplicates="drop")
-    key = np.asarray(kv, np.int64) * 10_000 + np.asarray(kp, np.int64)
-    ratio = y / np.maximum(vol, 1.0)
-    frame = pd.DataFrame({"k": key, "r": ratio, "w": np.maximum(vol, 1.0)}).sort_values(["k", "r"])
-    frame["cw"] = frame.groupby("k")["w"].cumsum()
-    frame["half"] = frame.groupby("k")["w"].transform("sum") / 2
-    med = frame[frame["cw"] >= frame["half"]].groupby("k")["r"].first()
-    return med.reindex(key).to_numpy() * np.maximum(vol, 1.0)
-
-
-def _load(base: Path):
-    return train.load_supervised(config.Layout.at(base).features_dir, 1)
-
-
-def section_variants(base: Path, rows: int, iterations: int, threads: int) -> list[dict]:
-    data = _load(base)
-    plan = train.plan_rows(data.day, max_train_rows=rows, seed=42)
-    fit, val, test = data.take(plan.fit_rows), data.take(plan.valid_rows), data.take(plan.test_rows)
-    out = []
-
-    def record(name, pred_val, pred_test, note="", seconds=None):
-        row = {"variant": name, "validation": _ratios(val.target, pred_val, val.vol),
-               "test": _ratios(test.target, pred_test, test.vol), "note": note, "fit_seconds": seconds}
-        out.append(row)
-        print(f"  {name:42s} val {row['validation']['mae']:.4f}/{row['validation']['medape']:.4f}  "
-              f"test {row['test']['mae']:.4f}/{row['test']['medape']:.4f}", flush=True)
-
-    # Constant multiples of the baseline: what a model gets without using the inputs at all.
-    c = _weighted_median(fit.target / np.maximum(fit.vol, 1), np.maximum(fit.vol, 1))
-    record(f"constant: {c:.3f} x vol_moving_avg", c * val.vol, c * test.vol,
-           "vol-weighted median of next/vol_moving_avg on the fitted rows")
-    for name, formulation, loss in [
-        ("raw Volume, RMSE", "raw", "RMSE"),
-        ("raw Volume, MAE", "raw", "MAE"),
-        ("log ratio, RMSE (exp back)", "log_ratio", "RMSE"),
-        ("log ratio, MAE (exp back)", "log_ratio", "MAE"),
-        ("ratio, MAE (default)", "ratio", "MAE"),
-        ("ratio, MAPE", "ratio", "MAPE"),
-        ("ratio, Quantile alpha=0.40", "ratio", "Quantile:alpha=0.4"),
-        ("ratio, Quantile alpha=0.45", "ratio", "Quantile:alpha=0.45"),
-        ("ratio, Quantile alpha=0.47", "ratio", "Quantile:alpha=0.47"),
-    ]:
-        res = train.fit_model(fit.vol, fit.price, fit.target, formulation=formulation, loss=loss,
-                              iterations=iterations, threads=threads, seed=42)
-        record(name, res.model.predict(val.vol, val.price), res.model.predict(test.vol, test.price),
-               seconds=round(res.seconds, 1))
-    # Weighting rows by vol_moving_avg makes the ratio loss equal to the volume-scale MAE.
-    from catboost import CatBoostRegressor
-
-    t0 = time.perf_counter()
-    est = CatBoostRegressor(loss_function="MAE", iterations=iterations, depth=train.DEFAULT_DEPTH,
-                            learning_rate=train.DEFAULT_LEARNING_RATE, random_seed=42, thread_count=threads,
-                            verbose=False, allow_writing_files=False)
-    est.fit(train.design_matrix(fit.vol, fit.price), fit.target / np.maximum(fit.vol, 1), sample_weight=np.maximum(fit.vol, 1))
-    wrapped = train.VolumeModel("w", {}, est, "catboost", "ratio")
-    record("ratio, MAE weighted by vol_moving_avg", wrapped.predict(val.vol, val.price),
-           wrapped.predict(test.vol, test.price), "= MAE on the volume scale", round(time.perf_counter() - t0, 1))
-    # Upper bounds: fitted on the test answers themselves.
-    for bv, bp in [(20, 1), (50, 10), (200, 50)]:
-        pred = _binned_oracle(test.vol, test.price, test.target, bv, bp)
-        out.append({"variant": f"oracle bound: {bv}x{bp} cells fitted ON TEST", "validation": None,
-                    "test": _ratios(test.target, pred, test.vol),
-                    "note": "in-sample on the test rows: no function of the two inputs beats this out of sample "
-                            "unless it finds finer structure"})
-        print(f"  {out[-1]['variant']:42s} test {out[-1]['test']['mae']:.4f}/{out[-1]['test']['medape']:.4f}", flush=True)
+    keep = ("model_id", "params", "metrics", "ratios_all_vs_vol_moving_avg", "coverage_p10_p90", "train_rows",
+            "test_rows", "validation_rows", "split", "dropped_rows", "seconds", "peak_rss_mb", "by_year", "by_decile")
+    out = {k: report[k] for k in keep}
+    out["forecast_card"] = {k: report["models"]["forecast"].get(k) for k in (
+        "inputs", "interval_widen", "validation_coverage_raw", "validation_coverage", "loss", "fit_seconds")}
     return out
 
 
-def section_knee(base: Path, threads: int, sizes, seeds, iteration_grid, depth_grid) -> dict:
-    data = _load(base)
-    results = {"rows": [], "iterations": [], "depth": []}
+def section_inputs(base: Path, threads: int) -> dict:
+    """Candidate inputs, one group at a time on top of the issue's list, scored on the VALIDATION slice
+    (the last 10 % of the train dates), never the test period. CatBoost median (Quantile 0.5) of the log ratio."""
+    from catboost import CatBoostRegressor
 
-    def one(rows, seed, iterations=train.DEFAULT_ITERATIONS, depth=train.DEFAULT_DEPTH,
-            learning_rate=train.DEFAULT_LEARNING_RATE):
-        plan = train.plan_rows(data.day, max_train_rows=rows, seed=seed)
-        fit, val, test = data.take(plan.fit_rows), data.take(plan.valid_rows), data.take(plan.test_rows)
-        res = train.fit_model(fit.vol, fit.price, fit.target, iterations=iterations, depth=depth,
-                              learning_rate=learning_rate, threads=threads, seed=seed)
-        row = {"rows": len(plan.fit_rows), "seed": seed, "iterations": iterations, "depth": depth,
-               "learning_rate": learning_rate, "fit_seconds": round(res.seconds, 1),
-               "validation": _ratios(val.target, res.model.predict(val.vol, val.price), val.vol),
-               "test": _ratios(test.target, res.model.predict(test.vol, test.price), test.vol)}
-        print(f"  rows {row['rows']:>9,} seed {seed} it {iterations} depth {depth}: fit {row['fit_seconds']:>5} s  "
-              f"val {row['validation']['mae']:.4f}/{row['validation']['medape']:.4f}  "
-              f"test {row['test']['mae']:.4f}/{row['test']['medape']:.4f}", flush=True)
-        return row
+    cands = {"lags 4-9": [f"vol_lr_{k}" for k in range(4, 10)], "5/10/22-day means": ["vol_mean10_lr", "vol_mean22_lr"],
+             "volume volatility (10 rows)": ["vol_std10"], "volume volatility (30 rows)": ["vol_std30"],
+             "distance from 52-week high": ["dist_52w_high"], "days since zero volume": ["days_since_zero_volume"],
+             "market total volume (ratio to its 30-date mean)": ["market_vol_lr"]}
+    start = ["log_vol_mean30", "vol_lr_0", "vol_lr_1", "vol_lr_2", "vol_lr_3", "vol_mean5_lr", "return_1d",
+             "range_hl", "weekday"]
+    every = start + [c for cols in cands.values() for c in cols if c != "market_vol_lr"]
+    raw = pq.read_table(config.Layout.at(base).raw_dir)
+    table = features.add_features(raw, inputs=every)
+    sym = table["Symbol"].to_numpy(zero_copy_only=False)
+    day = table["Date"].cast(pa.date32()).cast(pa.int32()).to_numpy().astype(np.int64)
+    vol = table["Volume"].to_numpy().astype(np.float64)
+    cols = {name: table[name].to_numpy() for name in every}
+    cols["market_vol_lr"] = features.market_volume_ratio(day, vol)
+    vma = table[config.VOL_FEATURE].to_numpy()
+    del table, raw
+    y = np.full(len(vol), np.nan)
+    y[:-1] = np.where(sym[1:] == sym[:-1], vol[1:], np.nan)
+    ok = np.isfinite(y) & np.isfinite(vma) & np.isfinite(cols["log_vol_mean30"])
+    plan = train.plan_rows(day[ok].astype(np.int32))
+    rows = np.flatnonzero(ok)
+    fit, val = rows[plan.fit_rows], rows[plan.valid_rows]
+    base_log = cols["log_vol_mean30"]
 
-    for rows in sizes:
-        for seed in seeds:
-            results["rows"].append(one(rows, seed))
-    for iterations, lr in iteration_grid:
-        results["iterations"].append(one(train.DEFAULT_MAX_TRAIN_ROWS, 42, iterations=iterations, learning_rate=lr))
-    for depth in depth_grid:
-        results["depth"].append(one(train.DEFAULT_MAX_TRAIN_ROWS, 42, depth=depth))
-    return results
+    def score(names):
+        x = np.column_stack([cols[n] for n in names]).astype(np.float32)
+        m = CatBoostRegressor(loss_function="Quantile:alpha=0.5", iterations=train.DEFAULT_FORECAST_ITERATIONS,
+                              depth=train.DEFAULT_DEPTH, learning_rate=train.DEFAULT_LEARNING_RATE, random_seed=42,
+                              thread_count=threads, verbose=False, allow_writing_files=False)
+        m.fit(x[fit], np.log1p(y[fit]) - base_log[fit])
+        pred = np.maximum(np.expm1(m.predict(x[val]) + base_log[val]), 0.0)
+        r = train.metrics(y[val], pred)
+        b = train.metrics(y[val], vma[val])
+        return {"mae": r["mae"] / b["mae"], "medape": r["medape"] / b["medape"]}
+
+    table_rows = [{"inputs": "the issue's list", "names": start, **score(start)}]
+    for label, extra in cands.items():
+        table_rows.append({"inputs": f"+ {label}", "names": extra, **score(start + extra)})
+        print(table_rows[-1], flush=True)
+    chosen = list(config.FORECAST_INPUTS)
+    table_rows.append({"inputs": "chosen (config.FORECAST_INPUTS)", "names": chosen, **score(chosen)})
+    table_rows.append({"inputs": "everything", "names": every + ["market_vol_lr"], **score(every + ["market_vol_lr"])})
+    return {"validation_start": plan.valid_info.get("test_start"), "fit_rows": len(fit),
+            "validation_rows": len(val), "table": table_rows}
 
 
 def section_scale(base: Path, scale: int) -> dict:
@@ -257,159 +166,137 @@ def section_scale(base: Path, scale: int) -> dict:
     code = ("import json, sys; from volcast import train; "
             "r = train.run(sys.argv[1], progress=False); "
             "print(json.dumps({k: r[k] for k in ('seconds', 'train_rows', 'test_rows', 'peak_rss_mb', "
-            "'ratios_vs_vol_moving_avg', 'dropped_rows')}))")
+            "'ratios_all_vs_vol_moving_avg', 'coverage_p10_p90', 'dropped_rows')}))")
     got = measure([sys.executable, "-c", code, str(out)], f"train.run x{scale}")
     inner = json.loads(got["stdout"].splitlines()[-1])
-    rows = inner["dropped_rows"]["rows_in"]
-    return {"scale": scale, "rows": rows, "wall_seconds": round(got["seconds"], 1),
+    return {"scale": scale, "rows": inner["dropped_rows"]["rows_in"], "wall_seconds": round(got["seconds"], 1),
             "peak_rss_gib": round(got["peak_rss_gib"], 2), **inner}
-
-
-def section_end_to_end() -> dict:
-    """The issue's protocol: the parquet written out as Kaggle-layout CSVs, then ``run_pipeline.py``."""
-    tree = ROOT / "benchmarks" / "data" / "kaggle-x1"
-    if not (tree / "symbols_valid_meta.csv").exists():
-        build(DEFAULT_PARQUET, tree, 1, config.resolve_jobs(0), DEFAULT_META_ZIP, progress=False)
-    out = DATA / "e2e-x1"
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(tree), "--output-dir", str(out),
-                    "--force", "--no-progress"], check=True, cwd=ROOT)
-    report = train.read_report(out)
-    return {"seconds": round(time.perf_counter() - t0, 1), "model_id": report["model_id"],
-            "ratios": report["ratios_vs_vol_moving_avg"], "metrics": report["metrics"],
-            "test_rows": report["test_rows"], "test_start": report["split"]["test_start"],
-            "dropped_rows": report["dropped_rows"]}
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
 
 
-def _fmt(r: dict | None) -> str:
-    return "–" if not r else f"{r['mae']:.3f} / {r['medape']:.3f}"
+def _goal_rows(d: dict, scale: dict | None) -> list[tuple]:
+    m = d["metrics"]
+    f, vma, today, har = m["forecast"], m["baseline_vol_moving_avg"], m["baseline_today_volume"], m["har"]
+    cov = d["coverage_p10_p90"]
+    rows = [("forecast MAE / vol_moving_avg MAE", f"{f['mae'] / vma['mae']:.3f}x", "<= 0.74x", f["mae"] / vma["mae"] <= GOALS["mae_vs_vma"]),
+            ("forecast median APE / vol_moving_avg's", f"{f['medape'] / vma['medape']:.3f}x", "<= 0.70x",
+             f["medape"] / vma["medape"] <= GOALS["medape_vs_vma"]),
+            ("forecast MAE / today's Volume MAE", f"{f['mae'] / today['mae']:.3f}x", "<= 0.82x", f["mae"] / today["mae"] <= GOALS["mae_vs_today"]),
+            ("forecast vs HAR (MAE, median APE)", f"{f['mae'] / har['mae']:.3f}x, {f['medape'] / har['medape']:.3f}x",
+             "< 1 on both", f["mae"] < har["mae"] and f["medape"] < har["medape"]),
+            ("P10-P90 test coverage", f"{100 * cov:.1f} %", "80 +/- 3 %", GOALS["coverage"][0] <= cov <= GOALS["coverage"][1])]
+    if scale:
+        rows += [(f"train stage at x{scale['scale']}, own time", f"{scale['seconds']['total']:.1f} s", "<= 45 s",
+                  scale["seconds"]["total"] <= GOALS["x3_seconds"]),
+                 (f"train stage at x{scale['scale']}, peak memory (process)", f"{scale['peak_rss_gib']:.2f} GiB", "<= 3 GB",
+                  scale["peak_rss_gib"] * 2**30 <= GOALS["x3_peak_gib"] * 1e9)]
+    return rows
 
 
 def render(results: dict) -> str:
     env = results.get("environment", {})
     lines = ["# Model evaluation: all 2,758 real tickers (`nasdaq-2023.parquet`)", "",
-             f"Generated by `benchmarks/eval_model.py`. Machine: {env.get('cpus')} cores, "
-             f"{env.get('platform')}, Python {env.get('python')}; **shared with other work while measured** "
-             "(times are indicative; accuracy is not affected).", "",
-             "Ratios are model / baseline \"predict `vol_moving_avg`\" on the same test rows (lower is better). "
-             f"Goal: MAE ≤ {GOAL['mae']:.2f}×, median APE ≤ {GOAL['medape']:.2f}×.", ""]
+             f"Generated by `benchmarks/eval_model.py` on {env.get('date', '?')}. Machine: {env.get('cpus', '?')} cores, "
+             f"Python {env.get('python', '?')}; shared with other work while measured (times are indicative; accuracy "
+             "is not affected).", ""]
     d = results.get("default")
     if d:
         m = d["metrics"]
-        lines += ["## Default model (`volcast.train.run()` defaults)", "",
+        vma, today = m["baseline_vol_moving_avg"], m["baseline_today_volume"]
+        lines += ["## Both models and every reference, same test rows", "",
                   f"Target: next trading day's Volume. Split: chronological, test from {d['split']['test_start']} "
-                  f"({d['test_rows']:,} test rows); fitted on {d['train_rows']:,} sampled rows; "
-                  f"{d['dropped_rows']['dropped']:,} rows dropped (no features: {d['dropped_rows']['no_features']:,}, "
-                  f"no target: {d['dropped_rows']['no_target']:,}). Parameters: `{json.dumps(d['params'])}`.", "",
-                  "| | MAE | RMSE | R² | median APE |", "|---|---:|---:|---:|---:|"]
-        for key, label in [("model", "model"), ("baseline_vol_moving_avg", "baseline: vol_moving_avg"),
-                           ("baseline_today_volume", "baseline: today's Volume")]:
-            x = m[key]
-            lines.append(f"| {label} | {x['mae']:,.0f} | {x['rmse']:,.0f} | {x['r2']:.3f} | {x['medape']:.4f} |")
-        r = d["ratios"]
-        lines += ["", f"**MAE ratio {r['mae']:.4f}× (goal ≤ {GOAL['mae']}: {'met' if d['goal_met']['mae'] else 'NOT met'}), "
-                      f"median APE ratio {r['medape']:.4f}× (goal ≤ {GOAL['medape']}: "
-                      f"{'met' if d['goal_met']['medape'] else 'NOT met'}).** "
-                      f"Stage time {d['seconds']['total']:.0f} s (fit {d['seconds']['fit']:.0f} s).", ""]
-    v = results.get("variants")
-    if v:
-        lines += ["## What was tried (same fitted rows, validation slice and test rows)", "",
-                  f"{v['rows']:,} fitted rows, {v['iterations']} iterations, depth 6. Validation = the last 10 % "
-                  "of the train period's dates (2006-02-28 → 2011-01-18), held out of fitting; test from 2011-01-19.", "",
-                  "| variant | validation: MAE / medAPE ratio | test: MAE / medAPE ratio | note |",
-                  "|---|---|---|---|"]
-        for row in v["table"]:
-            lines.append(f"| {row['variant']} | {_fmt(row['validation'])} | {_fmt(row['test'])} | {row.get('note', '')} |")
-        lines.append("")
-    k = results.get("knee")
-    if k:
-        lines += ["## Accuracy vs rows fitted (the knee) and iterations / depth", "",
-                  "| rows fitted | seed | iterations | depth | fit s | validation: MAE / medAPE | test: MAE / medAPE |",
-                  "|---:|---:|---:|---:|---:|---|---|"]
-        for row in k["rows"] + k["iterations"] + k["depth"]:
-            lines.append(f"| {row['rows']:,} | {row['seed']} | {row['iterations']} (lr {row['learning_rate']}) | "
-                         f"{row['depth']} | {row['fit_seconds']} | {_fmt(row['validation'])} | {_fmt(row['test'])} |")
-        lines.append("")
-    e = results.get("end_to_end")
-    if e:
-        lines += ["## End to end: CSVs + `run_pipeline.py`", "",
-                  "`nasdaq-2023.parquet` written as a Kaggle-layout tree (`benchmarks/make_kaggle_scale.py --scale 1`), "
-                  "then `python run_pipeline.py --source <tree> --force` (ingest, features, train notebooks via papermill):", "",
-                  f"MAE ratio **{e['ratios']['mae']:.4f}×**, median APE ratio **{e['ratios']['medape']:.4f}×** on "
-                  f"{e['test_rows']:,} test rows from {e['test_start']} (whole pipeline {e['seconds']:.0f} s).", ""]
+                  f"({d['test_rows']:,} test rows), validation from {d['split']['validation_start']}; fitted on "
+                  f"{d['train_rows']:,} sampled rows. `volcast.train.run()` defaults: "
+                  f"`{json.dumps(d['params'])}`.", "",
+                  "| predictor | MAE | RMSE | R² | median APE | MAE / vma | median APE / vma | MAE / today |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name in ("forecast", "model", "har", "baseline_vol_moving_avg", "baseline_today_volume"):
+            r = m[name]
+            r2 = "–" if r["r2"] is None else f"{r['r2']:.3f}"
+            lines.append(f"| {NAMES[name]} | {r['mae']:,.0f} | {r['rmse']:,.0f} | {r2} | {r['medape']:.4f} | "
+                         f"{r['mae'] / vma['mae']:.3f}x | {r['medape'] / vma['medape']:.3f}x | {r['mae'] / today['mae']:.3f}x |")
+        fc = d["forecast_card"]
+        lines += ["", f"P10-P90 interval: **{100 * d['coverage_p10_p90']:.1f} %** of test rows inside (nominal 80 %). "
+                  f"On the validation slice the raw quantiles covered {100 * (fc['validation_coverage_raw'] or 0):.1f} %; "
+                  f"the interval is scaled by {fc['interval_widen']:.3f} around P50 so that 80 % of the validation "
+                  f"slice falls inside. Forecast inputs: {', '.join(f'`{n}`' for n in fc['inputs'])}. "
+                  f"Train stage here: {d['seconds']['total']:.1f} s (load {d['seconds']['load']:.1f}, task fit "
+                  f"{d['seconds']['fit_task']:.1f}, forecast fit {d['seconds']['fit_forecast']:.1f}, evaluate "
+                  f"{d['seconds']['evaluate']:.1f}), peak {d['peak_rss_mb'] / 1024:.2f} GiB.", "",
+                  "## Goals (issue 13)", "", "| measure | measured | goal | met |", "|---|---:|---:|---|"]
+        for label, got, goal, met in _goal_rows(d, results.get("scale")):
+            lines.append(f"| {label} | {got} | {goal} | {'yes' if met else '**no**'} |")
+        for key, title, col in (("by_year", "By year (test period)", "year"), ("by_decile", "By decile of the actual next-day volume", "decile")):
+            lines += ["", f"## {title}", "", "Ratios to the `vol_moving_avg` baseline's error on the same rows.", "",
+                      f"| {col} | rows | forecast MAE | forecast medAPE | HAR MAE | HAR medAPE | today MAE | task MAE |"
+                      + (" P10-P90 coverage |" if key == "by_year" else ""),
+                      "|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if key == "by_year" else "")]
+            for r in d[key]:
+                b_mae, b_med = r["mae_baseline_vol_moving_avg"], r["medape_baseline_vol_moving_avg"]
+
+                def q(a, b):
+                    return f"{a / b:.3f}" if b else "–"
+                line = (f"| {r[col]} | {r['rows']:,} | {q(r['mae_forecast'], b_mae)} | {q(r['medape_forecast'], b_med)} | "
+                        f"{q(r['mae_har'], b_mae)} | {q(r['medape_har'], b_med)} | {q(r['mae_baseline_today_volume'], b_mae)} | "
+                        f"{q(r['mae_model'], b_mae)} |")
+                if key == "by_year":
+                    line += f" {100 * r['coverage_p10_p90']:.1f} % |"
+                lines.append(line)
+    inp = results.get("inputs")
+    if inp:
+        lines += ["", "## Choosing the forecasting inputs (validation slice only)", "",
+                  f"CatBoost median of the log ratio, {train.DEFAULT_FORECAST_ITERATIONS} iterations, depth "
+                  f"{train.DEFAULT_DEPTH}, on {inp['fit_rows']:,} sampled train rows; scored on {inp['validation_rows']:,} "
+                  f"validation rows (from {inp['validation_start']}), never on the test period. Ratios to the "
+                  "`vol_moving_avg` baseline on the validation rows.", "",
+                  "| inputs | MAE / vma | median APE / vma | names |", "|---|---:|---:|---|"]
+        for r in inp["table"]:
+            lines.append(f"| {r['inputs']} | {r['mae']:.4f} | {r['medape']:.4f} | {', '.join(r['names'])} |")
     s = results.get("scale")
     if s:
-        lines += ["## Kaggle scale", "",
-                  f"Every real ticker ×{s['scale']} under new names: {s['rows']:,} feature rows (Kaggle: ~28 M). "
-                  "`train.run()` with defaults in a fresh process, 2 cores:", "",
-                  "| wall s (process) | load s | fit s | evaluate s | stage total s | peak RSS (process tree) |",
-                  "|---:|---:|---:|---:|---:|---:|",
-                  f"| {s['wall_seconds']} | {s['seconds']['load']} | {s['seconds']['fit']} | {s['seconds']['evaluate']} | "
-                  f"{s['seconds']['total']} | {s['peak_rss_gib']} GiB |", "",
-                  "The real tickers all start with A–D, so this dataset has 4 partitions of up to 10 M rows; the "
-                  "Kaggle set spreads over ~26 partitions of ~1 M, which lowers the loader's peak.", "",
-                  f"Budget: training under 90 s and 4 GB on 2 cores. Fitted rows {s['train_rows']:,}, test rows "
-                  f"{s['test_rows']:,}; ratios at this scale {s['ratios_vs_vol_moving_avg']['mae']:.4f} / "
-                  f"{s['ratios_vs_vol_moving_avg']['medape']:.4f}.", ""]
-    lines += ["## Reading", "", NOTES]
-    return "\n".join(lines)
+        lines += ["", f"## Train stage at x{s['scale']} ({s['rows']:,} feature rows)", "",
+                  "`train.run()` with defaults in a fresh process (both models, every reference, the tables):", "",
+                  "| wall s (process) | stage total s | load | task fit | forecast fit | evaluate | peak RSS (process) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {s['wall_seconds']} | {s['seconds']['total']} | {s['seconds']['load']} | {s['seconds']['fit_task']} | "
+                  f"{s['seconds']['fit_forecast']} | {s['seconds']['evaluate']} | {s['peak_rss_gib']} GiB |"]
+    if results.get("notes"):
+        lines += ["", "## Reading", "", results["notes"]]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", action="store_true")
-    ap.add_argument("--knee", action="store_true")
-    ap.add_argument("--scale", type=int, default=0, help="also run train.run at this many copies of every ticker")
-    ap.add_argument("--end-to-end", action="store_true", help="also: CSV tree + run_pipeline.py on the real tickers")
-    ap.add_argument("--all", action="store_true", help="--variants --knee --scale 4 --end-to-end")
-    ap.add_argument("--no-default", action="store_true", help="skip the default-model run")
-    ap.add_argument("--variant-rows", type=int, default=train.DEFAULT_MAX_TRAIN_ROWS)
-    ap.add_argument("--sizes", default="30000,100000,300000,1000000,3000000")
-    ap.add_argument("--seeds", default="42")
-    args = ap.parse_args(argv)
-    if args.all:
-        args.variants = args.knee = args.end_to_end = True
-        args.scale = args.scale or 4
-    threads = config.resolve_jobs(0)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--inputs", action="store_true", help="score candidate inputs on the validation slice")
+    p.add_argument("--scale", type=int, default=0, help="also run train.run at this scale (e.g. 3)")
+    p.add_argument("--no-default", action="store_true", help="skip the default section")
+    p.add_argument("--render", action="store_true", help="only re-render the .md from the .json")
+    args = p.parse_args(argv)
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
-    results["environment"] = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                              "catboost": train._library_versions().get("catboost"),
-                              "measured": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-    base = build_features(DATA / "x1")
-
-    def save():
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        storage.atomic_write_json(RESULTS_JSON, results)
-        storage.atomic_write_text(RESULTS_MD, render(results) + "\n")
-
-    sections = [
-        ("default", not args.no_default, lambda: section_default(base)),
-        ("variants", args.variants, lambda: {
-            "rows": args.variant_rows, "iterations": train.DEFAULT_ITERATIONS,
-            "table": section_variants(base, args.variant_rows, train.DEFAULT_ITERATIONS, threads)}),
-        ("knee", args.knee, lambda: section_knee(
-            base, threads, [int(x) for x in args.sizes.split(",")], [int(x) for x in args.seeds.split(",")],
-            iteration_grid=[(100, 0.2), (300, 0.1), (1000, 0.05)], depth_grid=[4, 8])),
-        ("scale", bool(args.scale), lambda: section_scale(base, args.scale)),
-        ("end_to_end", args.end_to_end, section_end_to_end),
-    ]
-    for name, wanted, measure_section in sections:
-        if not wanted:
-            continue
-        print(f"{name}:", flush=True)
-        results[name] = measure_section()
-        save()  # each section is kept as soon as it is measured
-        if name == "default":
-            r = results["default"]["ratios"]
-            print(f"  MAE ratio {r['mae']:.4f}x, medAPE ratio {r['medape']:.4f}x vs the vol_moving_avg baseline "
-                  f"(goal <= {GOAL['mae']}, <= {GOAL['medape']})", flush=True)
-    print(f"wrote {RESULTS_MD.relative_to(ROOT)}")
+    if not args.render:
+        threads = config.resolve_jobs(0)
+        results["environment"] = {"date": dt.date.today().isoformat(), "cpus": os.cpu_count(),
+                                  "python": platform.python_version(), "platform": platform.platform()}
+        base = build_x1()
+        for name, wanted, fn in (("default", not args.no_default, lambda: section_default(base)),
+                                 ("inputs", args.inputs, lambda: section_inputs(base, threads)),
+                                 ("scale", bool(args.scale), lambda: section_scale(base, args.scale))):
+            if wanted:
+                t0 = time.perf_counter()
+                results[name] = fn()
+                print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+                RESULTS_JSON.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    # Sections of the old single-model evaluation are not produced any more.
+    for old in ("variants", "knee", "end_to_end"):
+        results.pop(old, None)
+    RESULTS_JSON.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    RESULTS_MD.write_text(render(results))
+    print(RESULTS_MD.read_text())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

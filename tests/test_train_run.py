@@ -17,7 +17,7 @@ from volcast import config, train
 from volcast.errors import UserError
 
 VOL, PRICE = config.VOL_FEATURE, config.PRICE_FEATURE
-SMALL = dict(iterations=20, max_train_rows=20_000, progress=False)
+SMALL = dict(iterations=20, forecast_iterations=20, max_train_rows=20_000, progress=False)
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +49,7 @@ def test_run_writes_model_card_curve_latest_and_report(trained):
     out, report = trained
     layout = config.Layout.at(out)
     assert set(report) >= {"model_id", "target", "split", "metrics", "train_rows", "test_rows"}
-    assert set(report["metrics"]) == {"model", "baseline_vol_moving_avg", "baseline_today_volume"}
+    assert set(report["metrics"]) == {"model", "forecast", "har", "baseline_vol_moving_avg", "baseline_today_volume"}
     for block in report["metrics"].values():
         assert set(block) == {"mae", "rmse", "r2", "medape"}
     assert report["split"]["kind"] == "chronological"
@@ -60,7 +60,8 @@ def test_run_writes_model_card_curve_latest_and_report(trained):
     model_dir = train.latest_model_dir(out)
     assert model_dir == layout.models_dir / report["model_id"]
     files = {p.name for p in model_dir.iterdir()}
-    assert files == {"model.cbm", "card.json", "learning_curve.csv", train.TEST_SAMPLE_FILE}
+    assert files == {"model.cbm", "card.json", "learning_curve.csv", train.TEST_SAMPLE_FILE, "forecast.cbm",
+                     "learning_curve_forecast.csv", "latest.parquet", "test_forecasts.parquet"}
     # LATEST is written after everything it points to.
     latest_mtime = layout.latest_file.stat().st_mtime_ns
     assert all((model_dir / f).stat().st_mtime_ns <= latest_mtime for f in files)

@@ -1,0 +1,137 @@
+"""The forecast model and the serving bundle (``volcast.train.forecast``) on a trained model directory."""
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from volcast import config, train
+from volcast.train import scoring
+from volcast.train.forecast_model import calibrate
+
+from test_train_run import SMALL, _output_with, features_dir  # noqa: F401 (the session fixture)
+
+
+@pytest.fixture(scope="module")
+def model_dir(features_dir, tmp_path_factory):  # noqa: F811
+    out = _output_with(features_dir, tmp_path_factory.mktemp("forecast-run"))
+    report = train.run(out, **SMALL)
+    return out, report, train.latest_model_dir(out)
+
+
+def test_bundle_answers_every_ticker_of_the_latest_table(model_dir):
+    out, report, path = model_dir
+    bundle = train.load_bundle(path)
+    bundle.self_check()
+    assert bundle.model_id == report["model_id"]
+    latest = pd.read_parquet(path / "latest.parquet")
+    # The latest-row table is each ticker's last row of the features dataset.
+    feats = pd.read_parquet(config.Layout.at(out).features_dir)
+    last = feats.groupby("Symbol").tail(1).set_index("Symbol")
+    assert sorted(latest["Symbol"]) == sorted(last.index)
+    assert (latest.set_index("Symbol")["Date"] == last.loc[latest["Symbol"], "Date"]).all()
+    assert (latest.set_index("Symbol")["rows"] == feats.groupby("Symbol").size()).all()
+    enough = latest[latest["rows"] >= 30]
+    answers = bundle.forecast(enough["Symbol"].tolist())
+    for row, answer in zip(enough.itertuples(index=False), answers):
+        assert answer["symbol"] == row.Symbol and answer["as_of"] == row.Date
+        assert isinstance(answer["volume"], int)
+        assert 0 <= answer["interval"]["low"] <= answer["volume"] <= answer["interval"]["high"]
+    # The same numbers as the forecast model on the row's inputs.
+    x = enough[list(bundle.forecaster.inputs)].to_numpy(np.float32)
+    low, mid, high = bundle.forecaster.predict(x)
+    assert [a["volume"] for a in answers] == [int(round(v)) for v in mid]
+
+
+def test_unknown_symbol_is_404_and_short_history_is_422(model_dir, tmp_path):
+    _, _, path = model_dir
+    copy = tmp_path / path.name
+    shutil.copytree(path, copy)
+    latest = pd.read_parquet(copy / "latest.parquet")
+    short = latest["Symbol"].iloc[0]
+    latest.loc[0, "log_vol_mean30"] = math.nan  # as for a ticker with 12 rows
+    latest.loc[0, "rows"] = 12
+    latest.to_parquet(copy / "latest.parquet")
+    bundle = train.load_bundle(copy)
+    with pytest.raises(train.UnknownSymbol) as err:
+        bundle.forecast(["NO-SUCH-TICKER"])
+    assert err.value.status == 404 and "NO-SUCH-TICKER" in err.value.message
+    with pytest.raises(train.NotEnoughHistory) as err:
+        bundle.forecast_one(short)
+    assert err.value.status == 422 and "12 rows" in err.value.message and "30" in err.value.message
+    assert short not in bundle.symbols
+
+
+def test_predict_task_and_extrapolation_flag(model_dir):
+    _, _, path = model_dir
+    bundle = train.load_bundle(path)
+    model = train.load_model(path)
+    vma, med = np.array([1e4, 2e6]), np.array([5.0, 80.0])
+    np.testing.assert_array_equal(bundle.predict_task(vma, med), model.predict(vma, med))
+    (lo_v, hi_v), (lo_p, hi_p) = bundle.input_ranges["vol_moving_avg"], bundle.input_ranges["adj_close_rolling_med"]
+    assert 0 <= lo_v < hi_v and lo_p < hi_p
+    inside = bundle.extrapolated([(lo_v + hi_v) / 2], [(lo_p + hi_p) / 2])
+    outside = bundle.extrapolated([hi_v * 10, (lo_v + hi_v) / 2], [(lo_p + hi_p) / 2, hi_p * 10])
+    assert inside.tolist() == [False] and outside.tolist() == [True, True]
+
+
+def test_self_check_refuses_a_model_that_predicts_nan(model_dir, monkeypatch):
+    _, _, path = model_dir
+    bundle = train.load_bundle(path)
+    monkeypatch.setattr(bundle.task, "predict", lambda v, p: np.array([np.nan]))
+    with pytest.raises(RuntimeError, match="probe"):
+        bundle.self_check()
+
+
+def test_test_forecasts_hold_the_actual_next_day_volume(model_dir):
+    out, report, path = model_dir
+    got = train.load_test_forecasts(path)
+    assert list(got.columns[:2]) == ["Symbol", "Date"]
+    assert (got["p10"] <= got["p50"]).all() and (got["p50"] <= got["p90"]).all()
+    assert got.groupby("Symbol").size().max() <= train.TEST_FORECAST_DATES
+    # actual_next recomputed with pandas: the Volume of the ticker's next row.
+    feats = pd.read_parquet(config.Layout.at(out).features_dir, columns=["Symbol", "Date", "Volume"])
+    feats["next"] = feats.groupby("Symbol")["Volume"].shift(-1)
+    feats["Date"] = pd.to_datetime(feats["Date"])
+    merged = got.merge(feats, on=["Symbol", "Date"], suffixes=("", "_f"))
+    assert len(merged) == len(got)
+    np.testing.assert_array_equal(merged["actual_next"].to_numpy(), merged["next"].to_numpy())
+    assert (merged["Date"] >= pd.Timestamp(report["split"]["test_start"])).all()
+
+
+def test_report_has_every_reference_and_the_coverage(model_dir):
+    _, report, _ = model_dir
+    assert 0.0 <= report["coverage_p10_p90"] <= 1.0
+    assert {r["year"] for r in report["by_year"]} and len(report["by_decile"]) == 10
+    for row in report["by_year"]:
+        assert {"mae_forecast", "mae_har", "mae_baseline_today_volume", "coverage_p10_p90"} <= set(row)
+
+
+def test_calibration_puts_the_asked_share_inside():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=10_000)
+    q = np.column_stack([np.full(len(z), -0.5), np.zeros(len(z)), np.full(len(z), 0.5)])
+    w = calibrate(q, z, 0.8)
+    assert abs(w * 0.5 - 1.2816) < 0.05  # the normal's 90th percentile
+    assert abs(np.mean(np.abs(z) <= w * 0.5) - 0.8) < 1e-3
+
+
+def test_har_recovers_known_coefficients():
+    rng = np.random.default_rng(1)
+    a, b, c = rng.normal(10, 1, (3, 5000))
+    y = np.expm1(0.5 + 0.4 * a + 0.3 * b + 0.2 * c)
+    coef = scoring.fit_har(a, b, c, y)
+    np.testing.assert_allclose(coef, [0.5, 0.4, 0.3, 0.2], atol=1e-8)
+    np.testing.assert_allclose(scoring.predict_har(coef, a, b, c, fallback=0.0), y, rtol=1e-8)
+
+
+def test_coverage_and_tables_by_group():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    assert scoring.coverage(y, np.array([0, 0, 4, 4]), np.array([2, 2, 5, 5])) == 0.75
+    t = scoring.table_by(np.array([2020, 2020, 2021, 2021]), y, {"p": np.array([1.0, 3.0, 3.0, 2.0])}, "year")
+    assert t["year"].tolist() == [2020, 2021]
+    assert t["mae_p"].tolist() == [0.5, 1.0]  # |0|,|1| and |0|,|2|
+    assert t["medape_p"].tolist() == [0.25, 0.25]  # median(0, 1/2); median(0, 2/4)
