@@ -29,6 +29,8 @@ window = 30
 min_periods = 0
 jobs = 0
 incremental = True
+executor = "local"
+scheduler = ""
 symbol = ""
 
 # %%
@@ -40,7 +42,7 @@ from volcast import features
 plt.rcParams.update({"figure.dpi": 80})
 
 report = features.run(output_dir, window=window, min_periods=min_periods, jobs=jobs,
-                      incremental=incremental)
+                      incremental=incremental, executor=executor, scheduler=scheduler)
 print(f"{report['seconds']} s: {report['partitions_recomputed']} partitions computed, "
       f"{report['partitions_reused']} carried over unchanged")
 
@@ -83,3 +85,24 @@ bottom.plot(dates, rows["vol_moving_avg"], lw=1, label=f"moving average ({report
 bottom.set_ylabel("volume"); bottom.legend(loc="upper left", fontsize=8)
 fig.suptitle(f"{symbol}: {rows['Security Name'].fillna('').iloc[0]}")
 plt.tight_layout(); plt.show()
+
+# %% [markdown]
+# ## Forecasting inputs (the same ticker, its last rows)
+#
+# From the current and earlier rows of the ticker only: volumes as log ratios to the 30-row mean (`vol_lr_K`: K rows back; `vol_meanK_lr`: K-row means), `vol_std30`, `return_1d`, `range_hl`, `weekday` (see `volcast.features.inputs`).
+
+# %%
+# NBVAL_CHECK_OUTPUT
+from volcast import config
+
+rows[["Date", *config.FORECAST_INPUTS]].tail(5).round(3)
+
+# %% [markdown]
+# ## The latest-row table (one row per ticker: what `/forecast` answers from)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+latest = features.load_latest(output_dir)
+print(f"{len(latest):,} tickers; {int((latest['rows'] < 30).sum())} with fewer than 30 rows (no forecast)")
+latest[["Symbol", "Date", "rows", "Volume", "vol_moving_avg", "vol_lr_0"]].head().round(3)
+
