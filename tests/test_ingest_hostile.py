@@ -99,6 +99,32 @@ def test_line_count_is_independent_of_the_parser(ending, final_newline):
     assert ingest.lines.count_lines(body) == 4
 
 
+def reference_spans(body: bytes) -> list[tuple[int, int]]:
+    """Line spans by walking the bytes: "\r\n", "\n" and a lone "\r" end a line."""
+    spans, start, i = [], 0, 0
+    while i < len(body):
+        if body[i] in b"\r\n":
+            spans.append((start, i))
+            i += 2 if body[i:i + 2] == b"\r\n" else 1
+            start = i
+        else:
+            i += 1
+    if start < len(body):
+        spans.append((start, len(body)))
+    return spans
+
+
+def test_line_spans_and_counts_match_a_byte_walk():
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        body = bytes(rng.choice(list(b"ab\r\n"), rng.integers(0, 30)).astype(np.uint8))
+        spans = reference_spans(body)
+        assert [tuple(s) for s in ingest.lines._all_line_spans(body).tolist()] == spans, body
+        assert ingest.lines.count_lines(body) == len(spans)
+        assert ingest.lines.count_blank_lines(body) == sum(s == e for s, e in spans)
+        assert ingest.lines.longest_line(body) == max((e - s for s, e in spans), default=0)
+
+
 def test_a_row_lost_by_the_parser_stops_the_stage(tmp_path, monkeypatch):
     """If a parser ever drops a line but counts consistently (finding 1's failure), the stage raises and
     publishes nothing, rather than reporting rows_read = kept + quarantined over fewer rows."""

@@ -4,17 +4,20 @@ from __future__ import annotations
 import numpy as np
 
 
-def _all_line_spans(body: bytes) -> np.ndarray:
-    """[start, end) of every physical line, with Arrow's line ends: "\r\n", "\n" or a lone "\r"."""
+def _all_line_spans(body) -> np.ndarray:
+    """[start, end) of every physical line, with Arrow's line ends: "\r\n", "\n" or a lone "\r".
+    Works on positions (one byte-sized temporary at a time), so memory stays near the body's size."""
     arr = np.frombuffer(body, dtype=np.uint8)
     if not len(arr):
         return np.zeros((0, 2), np.int64)
-    cr = arr == 13
-    lf = arr == 10
-    next_lf = np.concatenate([lf[1:], [False]])
-    prev_cr = np.concatenate([[False], cr[:-1]])
-    term = np.flatnonzero(cr | (lf & ~prev_cr))  # where each line ending starts
-    term_len = np.where(cr[term] & next_lf[term], 2, 1)
+    term = np.flatnonzero(arr == 10)  # where each line ending starts
+    term_len = np.ones(len(term), np.int64)
+    cr = np.flatnonzero(arr == 13)
+    if len(cr):
+        crlf = cr[cr + 1 < len(arr)]
+        crlf = crlf[arr[crlf + 1] == 10]
+        term = np.union1d(cr, np.setdiff1d(term, crlf + 1, assume_unique=True))
+        term_len = np.where(np.isin(term, crlf, assume_unique=True), 2, 1)
     starts = np.concatenate([[0], term + term_len])
     ends = np.concatenate([term, [len(arr)]])
     if starts[-1] == len(arr):  # the empty tail after the last line end is not a line

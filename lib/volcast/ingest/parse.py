@@ -215,7 +215,8 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
         n = table.num_rows
         # A quoted field that spans lines (quotes balanced on each line, e.g. 'a"b,"c') made one row of
         # several lines: read again with quotes as text, one row per line.
-        if not quoting or n + len(invalid) == count_lines(body) - count_blank_lines(body):
+        rows = n + len(invalid)
+        if not quoting or rows == count_lines(body) or rows == count_lines(body) - count_blank_lines(body):
             break
         quoting = False
     if n == 0 and not invalid and not set_aside:
