@@ -29,6 +29,8 @@ demo_seed = 42
 demo_tickers = 200
 demo_years = 10
 incremental = True
+executor = "local"
+scheduler = ""
 
 # %%
 import matplotlib.pyplot as plt
@@ -39,7 +41,8 @@ from volcast import ingest
 plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (6, 3.2)})
 
 report = ingest.run(output_dir, source=source, jobs=jobs, demo_seed=demo_seed,
-                    demo_tickers=demo_tickers, demo_years=demo_years, incremental=incremental)
+                    demo_tickers=demo_tickers, demo_years=demo_years, incremental=incremental,
+                    executor=executor, scheduler=scheduler)
 print(f"{report['seconds']} s, {report['rows_per_second'] or 0:,} rows/s; "
       f"{'incremental' if report['incremental'] else 'full'} run ({report['incremental_reason']}), "
       f"{len(report['changed_partitions'])} partitions written")
