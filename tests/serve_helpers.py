@@ -106,13 +106,14 @@ class Client:
 class ServeProcess:
     """``volcast.serve.serve()`` in a child process on free ports (what `run_pipeline.py serve` runs)."""
 
-    def __init__(self, output_dir: Path, dashboard: bool, timeout: float = 120):
+    def __init__(self, output_dir: Path, dashboard: bool, timeout: float = 120, **options):
         code = (
-            "import sys; from volcast.serve import serve; "
-            "sys.exit(serve(sys.argv[1], api_port=0, dashboard_port=0, dashboard=sys.argv[2] == '1'))"
+            "import json, sys; from volcast.serve import serve; "
+            "sys.exit(serve(sys.argv[1], api_port=0, dashboard_port=0, dashboard=sys.argv[2] == '1', "
+            "**json.loads(sys.argv[3])))"
         )
         self.proc = subprocess.Popen(
-            [sys.executable, "-u", "-c", code, str(output_dir), "1" if dashboard else "0"],
+            [sys.executable, "-u", "-c", code, str(output_dir), "1" if dashboard else "0", json.dumps(options)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()

@@ -154,12 +154,21 @@ def start_api_workers(output_dir: Path, host: str, port: int, workers: int) -> t
     return procs, port
 
 
-def voila_command(port: int, host: str = DEFAULT_HOST, notebook: Path | None = None) -> list[str]:
+# Each dashboard page load starts a kernel (~250 MB). One whose page is closed (no websocket left) is
+# shut down after this many idle seconds, checked every DASHBOARD_CULL_INTERVAL; an open page keeps its
+# kernel however long it idles. No pre-heated pool: a pooled kernel would show the model card of the
+# model serving when it was heated, not of the one serving when the page is opened.
+DASHBOARD_KERNEL_IDLE = 180
+DASHBOARD_CULL_INTERVAL = 30
+
+
+def voila_command(port: int, host: str = DEFAULT_HOST, notebook: Path | None = None, *,
+                  kernel_idle: int = DASHBOARD_KERNEL_IDLE, cull_interval: int = DASHBOARD_CULL_INTERVAL) -> list[str]:
     notebook = notebook or NOTEBOOKS_DIR / DASHBOARD_NOTEBOOK
     return [
         sys.executable,
         "-m",
-        "voila",
+        "volcast.serve.voila_app",  # Voila, with /logout and malformed template paths answering 404
         str(notebook),
         f"--port={port}",
         "--no-browser",
@@ -168,6 +177,10 @@ def voila_command(port: int, host: str = DEFAULT_HOST, notebook: Path | None = N
         "--Voila.log_level=WARN",
         "--show_tracebacks=False",
         "--strip_sources=True",
+        f"--MappingKernelManager.cull_idle_timeout={int(kernel_idle)}",
+        f"--MappingKernelManager.cull_interval={int(cull_interval)}",
+        "--MappingKernelManager.cull_connected=False",  # never cull a kernel whose page is open
+        "--VoilaConfiguration.preheat_kernel=False",
     ]
 
 
@@ -186,8 +199,9 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
-def start_dashboard(output_dir: Path, host: str, port: int) -> subprocess.Popen:
-    command = voila_command(port, host)
+def start_dashboard(output_dir: Path, host: str, port: int, *, kernel_idle: int = DASHBOARD_KERNEL_IDLE,
+                    cull_interval: int = DASHBOARD_CULL_INTERVAL) -> subprocess.Popen:
+    command = voila_command(port, host, kernel_idle=kernel_idle, cull_interval=cull_interval)
     return subprocess.Popen(
         [command[0], "-c", _VOILA_GUARD, str(os.getpid()), *command[1:]],
         cwd=str(NOTEBOOKS_DIR),
@@ -242,12 +256,15 @@ def serve(
     api_workers: int = 0,
     dashboard: bool = True,
     startup_timeout: float = 120.0,
+    dashboard_kernel_idle: int = DASHBOARD_KERNEL_IDLE,
+    dashboard_cull_interval: int = DASHBOARD_CULL_INTERVAL,
 ) -> int:
     """Run the JSON API (``api_workers`` processes; 0 = one per core) and the Voilà dashboard.
 
     Prints both URLs, then waits; Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops both and
     returns 0. If a child dies on its own, the rest are stopped and 1 is returned. Port 0 picks a free
-    port (printed).
+    port (printed). A dashboard kernel whose page is closed is shut down after ``dashboard_kernel_idle``
+    idle seconds (checked every ``dashboard_cull_interval``).
     """
     layout = Layout.at(output_dir)
     workers = resolve_jobs(api_workers)
@@ -264,7 +281,9 @@ def serve(
         api_procs, api_port = start_api_workers(layout.output_dir, host, api_port, workers)
         procs += [("API worker", p) for p in api_procs]
         if dashboard:
-            procs.append(("dashboard (Voila)", start_dashboard(layout.output_dir, host, dashboard_port)))
+            procs.append(("dashboard (Voila)", start_dashboard(
+                layout.output_dir, host, dashboard_port,
+                kernel_idle=dashboard_kernel_idle, cull_interval=dashboard_cull_interval)))
         shown_host = f"[{host}]" if ":" in host else host
         for name, proc in procs:
             port = dashboard_port if name.startswith("dashboard") else api_port
