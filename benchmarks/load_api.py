@@ -1,4 +1,4 @@
-"""Load test of the JSON API: GET /predict with wrk on loopback, the way `run_pipeline.py serve` runs it.
+"""Load test of the JSON API: GET /predict and GET /forecast with wrk on loopback, as `run_pipeline.py serve` runs it.
 
     python benchmarks/load_api.py [--output-dir outputs] [--duration 10] [--connections 32]
 
@@ -8,7 +8,9 @@ against the model in OUTPUT_DIR/models/LATEST, then runs wrk twice:
 * fixed  - the same URL every time (the issue's goal: >= 3,000 req/s, p99 <= 10 ms, 32 connections);
            after the first request every answer comes from the per-model answer cache;
 * varied - a random (vol_moving_avg, adj_close_rolling_med) per request from a Lua script, so almost
-           every request is a cache miss and goes to the model (batched per event-loop turn).
+           every request is a cache miss and goes to the model (batched per event-loop turn);
+* forecast - GET /forecast?symbol= with a random ticker of the model's latest-row table per request
+           (every ticker's forecast is computed when the model loads; a request is a look-up).
 
 Prints req/s, p50/p99 and non-2xx counts and writes benchmarks/results/api_load.md.
 Needs `wrk` (`apt-get install -y wrk`). Loopback only; the server binds 127.0.0.1.
@@ -52,6 +54,31 @@ request = function()
   return wrk.format("GET", "/predict?vol_moving_avg=" .. vol .. "&adj_close_rolling_med=" .. price)
 end
 """
+
+
+FORECAST_LUA = """
+-- One random ticker of the model per request.
+local symbols = {%s}
+local counter = 0
+setup = function(thread)
+  counter = counter + 1
+  thread:set("seed", counter)
+end
+init = function(args)
+  math.randomseed(7 + seed * 7919)
+end
+request = function()
+  return wrk.format("GET", "/forecast?symbol=" .. symbols[math.random(1, #symbols)])
+end
+"""
+
+
+def forecast_symbols(layout) -> list[str]:
+    """The tickers with a forecast in the model LATEST names."""
+    from volcast.train import latest_model_dir
+    from volcast.train.forecast import load_bundle
+
+    return load_bundle(latest_model_dir(layout.output_dir)).symbols
 
 
 def _ms(value: str, unit: str) -> float:
@@ -113,7 +140,8 @@ def machine_note() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{resolve_jobs(0)} cores ({cpu}), Python {platform.python_version()}, load average {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}"
+    loads = "/".join(f"{x:.2f}" for x in load)
+    return f"{resolve_jobs(0)} cores ({cpu}), Python {platform.python_version()}, load average {loads}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1 leaves the cores to the server)")
     parser.add_argument("--workers", type=int, default=0, help="API worker processes (0 = one per core)")
-    parser.add_argument("--scenarios", default="fixed,varied")
+    parser.add_argument("--scenarios", default="fixed,varied,forecast")
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario; the median run (by p99) is reported")
     parser.add_argument("--results", default=str(RESULTS), help="markdown file to write ('' = do not write)")
     args = parser.parse_args(argv)
@@ -132,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     layout = Layout.at(args.output_dir)
     if not layout.latest_file.exists():
-        raise SystemExit(f"no model in {layout.models_dir}: run `python run_pipeline.py --output-dir {args.output_dir}` first")
+        raise SystemExit(
+            f"no model in {layout.models_dir}: run `python run_pipeline.py --output-dir {args.output_dir}` first")
     workers = resolve_jobs(args.workers)
     procs, port = start_api_workers(layout.output_dir, "127.0.0.1", 0, workers)
     base = f"http://127.0.0.1:{port}"
@@ -145,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         before = machine_note()
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
             lua.write(VARIED_LUA)
+        symbols = forecast_symbols(layout) if "forecast" in args.scenarios.split(",") else []
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as flua:
+            flua.write(FORECAST_LUA % ", ".join(json.dumps(s) for s in symbols))
         try:
             for name in args.scenarios.split(","):
-                script = lua.name if name == "varied" else None
+                script = {"varied": lua.name, "forecast": flua.name}.get(name)
                 run_wrk(fixed_url, min(2.0, args.duration), args.connections, args.threads, script)  # warm-up
                 runs = []
                 for i in range(args.repeat):
@@ -155,13 +187,15 @@ def main(argv: list[str] | None = None) -> int:
                     r["load"] = os.getloadavg()[0]
                     runs.append(r)
                     print(
-                        f"{name:>6} run {i + 1}: {r['rps']:,.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms  "
+                        f"{name:>6} run {i + 1}: {r['rps']:,.0f} req/s  p50 {r['p50_ms']:.2f} ms  "
+                        f"p99 {r['p99_ms']:.2f} ms  "
                         f"non-2xx {r['non_2xx']}  socket errors {r['socket_errors']}  (load average {r['load']:.2f})",
                         flush=True,
                     )
                 results[name] = runs
         finally:
             os.unlink(lua.name)
+            os.unlink(flua.name)
         after = machine_note()
     finally:
         stop_processes(procs)
@@ -173,18 +207,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"goal (>= {GOAL_RPS:,} req/s, p99 <= {GOAL_P99_MS:g} ms, no non-2xx) on the median run: "
           + ", ".join(f"{name} {'met' if met else 'NOT met'}" for name, met in ok.items()))
     if args.results:
-        write_results(Path(args.results), args, workers, health, sample, results, before, after, ok)
+        write_results(Path(args.results), args, workers, health, sample, results, before, after, ok, len(symbols))
         print(f"wrote {args.results}")
     return 0
 
 
-def write_results(path, args, workers, health, sample, results, before, after, ok) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+def write_results(path, args, workers, health, sample, results, before, after, ok, n_symbols=0) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=HERE).stdout.strip()
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
     lines = [
-        "# API load test (GET /predict)",
+        "# API load test (GET /predict, GET /forecast)",
         "",
-        f"Written by `benchmarks/load_api.py` on {dt.datetime.now().isoformat(timespec='seconds')} (commit {commit or '?'}).",
+        f"Written by `benchmarks/load_api.py` on {dt.datetime.now().isoformat(timespec='seconds')} "
+        f"(commit {commit or '?'}).",
         "",
         f"- Server: `volcast.serve` API, {workers} worker process(es) sharing the port with SO_REUSEPORT, tornado "
         "HTTPServer without the RequestHandler layer.",
@@ -208,7 +244,8 @@ def write_results(path, args, workers, health, sample, results, before, after, o
     lines += [
         "",
         "`fixed`: one URL (answers come from the per-model cache after the first). `varied`: a random valid pair "
-        "per request (cache misses; the model is called once per event-loop turn for all pending rows).",
+        "per request (cache misses; the model is called once per event-loop turn for all pending rows). "
+        f"`forecast`: GET /forecast?symbol= with a random one of the model's {n_symbols:,} tickers per request.",
         "",
         f"Goal (>= {GOAL_RPS:,} req/s, p99 <= {GOAL_P99_MS:g} ms, no non-2xx), judged on each scenario's median run "
         "(by p99): " + ", ".join(f"{name} **{'met' if met else 'not met'}**" for name, met in ok.items()) + ".",

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 
 import psutil
+
 from serve_helpers import ServeProcess, tiny_output  # noqa: F401
 
 PAGE_TIMEOUT = 180  # a page load starts a kernel and runs the dashboard notebook: slow on a busy CI box
