@@ -77,6 +77,8 @@ def test_nul_bytes_quarantine_their_line_only(tmp_path):
     q = ingest.load_quarantine(tmp_path / "out")
     assert q[["line", "kind"]].values.tolist() == [[51, "nul-bytes"], [2002, "nul-bytes"]]
     assert raw_volumes(tmp_path / "out", "AAA") == [100 + i for i in range(N_ROWS) if i not in (49, 2000)]
+    only = ingest.parse_csv(HEADER + b"2000-01-03,1\x00,1,1,1,1,5\n", "B")  # the file's one line set aside
+    assert only.error is None and (only.counts["rows_kept"], only.counts["rows_quarantined"]) == (0, 1)
 
 
 def test_quoted_field_running_over_lines_loses_no_line():

@@ -115,6 +115,24 @@ def _read_body(body: pa.Buffer, n_fields: int, cols: dict[str, int], typed: bool
 
 
 
+def _read_lines(body: bytes, n_fields: int, cols: dict[str, int], block_size: int):
+    """(table, invalid rows, typed) with one row per non-blank line: typed when every value converts, else
+    text. A quoted field that spans lines (quotes balanced on each line, e.g. 'a"b,"c') would make one row
+    of several lines: then the body is read again with quotes as text."""
+    buf = pa.py_buffer(body)
+    for quoting in (True, False):
+        try:
+            table, invalid = _read_body(buf, n_fields, cols, typed=True, quoting=quoting, block_size=block_size)
+            typed = True
+        except pa.ArrowInvalid:
+            table, invalid = _read_body(buf, n_fields, cols, typed=False, quoting=quoting, block_size=block_size)
+            typed = False
+        rows = table.num_rows + len(invalid)
+        if rows == count_lines(body) or rows == count_lines(body) - count_blank_lines(body):
+            break
+    return table, invalid, typed
+
+
 def _set_aside_lines(body: bytes, max_line_bytes: int) -> tuple[bytes, list[tuple[int, str, str, str]]]:
     """Lines kept from the CSV reader, each quarantined alone: NUL bytes, a quote that does not close on
     its line (the reader would carry the field over the following lines), or longer than max_line_bytes.
@@ -198,27 +216,14 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
         # Replace undecodable bytes (U+FFFD) so no value is invalid UTF-8; newlines are untouched,
         # so line numbers stay exact and the lines listed in bad_utf8 are flagged in quarantine.
         body = body.decode("utf-8", errors="replace").encode("utf-8")
-    buf = pa.py_buffer(body)
-    block_size = max(1 << 22, 2 * limits.max_line_bytes)
-    quoting = True
-    while True:
+    if set_aside and count_lines(body) == count_blank_lines(body):  # every data line was set aside
+        table, invalid, typed = pa.table({c: pa.array([], pa.string()) for c in CSV_COLUMNS}), [], False
+    else:
         try:
-            table, invalid = _read_body(buf, len(fields), cols, typed=True, quoting=quoting, block_size=block_size)
-            typed = True
-        except pa.ArrowInvalid:
-            try:
-                table, invalid = _read_body(buf, len(fields), cols, typed=False, quoting=quoting,
-                                            block_size=block_size)
-            except pa.ArrowInvalid as exc:
-                return _reject(f"not readable as CSV: {str(exc).splitlines()[0][:200]}")
-            typed = False
-        n = table.num_rows
-        # A quoted field that spans lines (quotes balanced on each line, e.g. 'a"b,"c') made one row of
-        # several lines: read again with quotes as text, one row per line.
-        rows = n + len(invalid)
-        if not quoting or rows == count_lines(body) or rows == count_lines(body) - count_blank_lines(body):
-            break
-        quoting = False
+            table, invalid, typed = _read_lines(body, len(fields), cols, max(1 << 22, 2 * limits.max_line_bytes))
+        except pa.ArrowInvalid as exc:
+            return _reject(f"not readable as CSV: {str(exc).splitlines()[0][:200]}")
+    n = table.num_rows
     if n == 0 and not invalid and not set_aside:
         return _reject("header only: no data rows")
     if typed and not invalid and not set_aside:
