@@ -31,6 +31,12 @@ demo_years = 10
 incremental = True
 executor = "local"
 scheduler = ""
+max_file_bytes = 1073741824  # limits (volcast.ingest.limits): a file over one is set aside, a line quarantined
+max_compression_ratio = 100.0
+max_line_bytes = 1048576
+max_header_bytes = 65536
+max_columns = 1000
+allow_links = False
 
 # %%
 import matplotlib.pyplot as plt
@@ -42,7 +48,9 @@ plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (6, 3.2)})
 
 report = ingest.run(output_dir, source=source, jobs=jobs, demo_seed=demo_seed,
                     demo_tickers=demo_tickers, demo_years=demo_years, incremental=incremental,
-                    executor=executor, scheduler=scheduler)
+                    executor=executor, scheduler=scheduler, max_file_bytes=max_file_bytes,
+                    max_compression_ratio=max_compression_ratio, max_line_bytes=max_line_bytes,
+                    max_header_bytes=max_header_bytes, max_columns=max_columns, allow_links=allow_links)
 print(f"{report['seconds']} s, {report['rows_per_second'] or 0:,} rows/s; "
       f"{'incremental' if report['incremental'] else 'full'} run ({report['incremental_reason']}), "
       f"{len(report['changed_partitions'])} partitions written")
