@@ -266,7 +266,19 @@ def serve(
     port (printed). A dashboard kernel whose page is closed is shut down after ``dashboard_kernel_idle``
     idle seconds (checked every ``dashboard_cull_interval``).
     """
-    layout = Layout.at(output_dir)
+    from volcast import remote
+
+    sync = None
+    if remote.is_remote(output_dir):
+        # The API workers follow models/LATEST on the store themselves; the dashboard reads a working copy
+        # that this process keeps in step.
+        sync = remote.Sync(remote.Remote(output_dir))
+        sync.once()
+        if sync.error:
+            print(f"volcast serve: {sync.error}; serving the working copy {sync.remote.mirror} meanwhile",
+                  file=sys.stderr)
+        sync.start()
+    layout = Layout.at(sync.remote.mirror if sync else output_dir)
     workers = resolve_jobs(api_workers)
     stop_requested = threading.Event()
     previous = {}
@@ -278,7 +290,8 @@ def serve(
     try:
         if dashboard:
             dashboard_port = _free_port(host, dashboard_port, "dashboard", "--dashboard-port")
-        api_procs, api_port = start_api_workers(layout.output_dir, host, api_port, workers)
+        api_procs, api_port = start_api_workers(sync.remote.url if sync else layout.output_dir, host, api_port,
+                                                workers)
         procs += [("API worker", p) for p in api_procs]
         if dashboard:
             procs.append(("dashboard (Voila)", start_dashboard(
@@ -300,7 +313,7 @@ def serve(
         if dashboard:
             print(f"volcast dashboard: http://{shown_host}:{dashboard_port}/")
         waiting = "" if has_model else f"; {NO_MODEL_ERROR} (the API answers 503 until then)"
-        print(f"serving models from {layout.models_dir}{waiting}")
+        print(f"serving models from {sync.remote.url + '/models' if sync else layout.models_dir}{waiting}")
         print("Press Ctrl-C to stop.", flush=True)
         while not stop_requested.wait(0.5):
             for name, proc in procs:
@@ -310,6 +323,8 @@ def serve(
         print("volcast serve: stopping", flush=True)
         return 0
     finally:
+        if sync is not None:
+            sync.stop()
         stop_processes([p for _, p in procs])
         for sig, handler in previous.items():
             signal.signal(sig, handler)

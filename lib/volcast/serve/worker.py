@@ -34,7 +34,11 @@ class ApiServer:
         holder: ModelHolder | None = None,
         check_interval: float = 1.0,
     ):
-        self.holder = holder or ModelHolder(output_dir, check_interval=check_interval)
+        if holder is None:
+            from volcast.remote import model_holder  # an s3:// output dir follows models/LATEST on the store
+
+            holder = model_holder(output_dir, check_interval=check_interval)
+        self.holder = holder
         self.host, self.port = host, port
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -88,7 +92,9 @@ def run_api_worker(sock: socket.socket, output_dir: str | os.PathLike | None, ch
     """Serve the API on an already-bound listening socket until SIGTERM/SIGINT (one worker process)."""
     import gc
 
-    holder = ModelHolder(output_dir, check_interval=check_interval)
+    from volcast.remote import model_holder  # an s3:// output dir follows models/LATEST on the store
+
+    holder = model_holder(output_dir, check_interval=check_interval)
     holder.refresh()
     holder.start_polling()
     parent = os.getppid()
