@@ -31,9 +31,8 @@ class _JoinedBodies:
     the way ``parse_csv_batch`` joins them: no bytes object per file and no joined copy.
 
     Files not plain enough for the joint read (``_batch_body``'s rules) are returned as bytes instead.
-    Measured on 2,000 files of the x3 benchmark (553 MB, in the page cache, one process): ``read()``
-    per file 0.33-0.81 s (fresh pages for each bytes object), into the reused buffer 0.13 s; the
-    join's copy (0.19 s) is gone too.
+    A bytes object per file costs fresh pages each time; the reused buffer does not, and the join's copy
+    is gone too (measurements: README, Performance).
     """
 
     _HEADER = len(CANONICAL_HEADER)

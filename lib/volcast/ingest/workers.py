@@ -57,7 +57,7 @@ def start_worker_server():
 
     forkserver: workers start from a clean process, not a fork of a threaded parent (pyarrow). The
     server imports this module and pandas (pyarrow's to_numpy imports it) before it forks the first
-    worker: about 0.5 s, which the pipeline overlaps with the kernel's start by calling this ahead.
+    worker, which the pipeline overlaps with the kernel's start by calling this ahead.
     """
     from multiprocessing import forkserver
 
