@@ -75,3 +75,30 @@ def test_unreachable_storage_keeps_the_loaded_model_serving(tiny_output, tmp_pat
             fresh = remote.model_holder(url, check_interval=0.3, mirror=tmp_path / "empty")
             with ApiServer(holder=fresh, port=0) as empty:
                 assert Client(empty.url).get("/health")[0] == 503
+
+
+def test_serve_command_on_an_s3_output_dir(tiny_output, tmp_path, monkeypatch):
+    """`serve --output-dir s3://...` as a process: API workers answer with the store's model, and the
+    dashboard's working copy holds the store's current features and model."""
+    from serve_helpers import ServeProcess
+
+    with moto_endpoint():
+        url = f"s3://{new_bucket()}/prod"
+        out = copy_output(tiny_output, tmp_path / "trainer")
+        writer = remote.Remote(url, mirror=out)
+        writer.push()
+        monkeypatch.setenv("VOLCAST_CACHE", str(tmp_path / "cache"))
+        proc = ServeProcess(url, dashboard=False, api_workers=2)
+        try:
+            status, body = Client(proc.api_url).get("/health")
+            assert (status, body) == (200, {"status": "ok", "model_id": latest_id(out)})
+            status, body = Client(proc.api_url).get("/predict?vol_moving_avg=12345&adj_close_rolling_med=25")
+            assert status == 200 and body["model_id"] == latest_id(out)
+            copy = remote.Remote(url).mirror
+            assert str(copy).startswith(str(tmp_path / "cache"))
+            assert (copy / "data" / "features").resolve().name == writer.dataset_version("features")
+            assert latest_id(copy) == latest_id(out)
+            assert any(url in line for line in proc.log)  # says where the models come from
+            assert not any("volcast-test-secret" in line for line in proc.log)
+        finally:
+            assert proc.stop() == 0

@@ -1,0 +1,154 @@
+"""Scaling out, measured: the dask executor against the local one, and a run to s3:// against local disk.
+
+    python benchmarks/scale_out.py --scale 1 --repeat 2            # both parts
+    python benchmarks/scale_out.py --scale 3 --only dask           # x3, executors only
+
+1. ``--executor dask`` on a 2-worker LocalCluster against the default local executor, interleaved in one
+   run: ingest + features through ``run_pipeline.py --force`` from an empty output directory. Two dask
+   forms: ``--executor dask`` alone (the run starts its LocalCluster: its start-up is paid), and
+   ``--scheduler`` on a cluster this script started before (a cluster that is already running).
+2. The whole run (ingest, features, train) to ``s3://`` on a loopback S3 endpoint (moto's server,
+   started here) against the same run to local disk; each s3 run starts from an empty bucket prefix
+   and an empty working copy.
+
+Source: the Kaggle-layout tree ``benchmarks/make_kaggle_scale.py`` writes (x1: 7.88 M rows, 2,758
+files). Every command is measured as a whole process (wall seconds, peak RSS of its process tree);
+the stages' own seconds come from their reports. Results: ``benchmarks/results/scale_out_x<scale>.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import ROOT, best_of, ensure_tree  # noqa: E402  (benchmarks/run.py: the shared measuring code)
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def pipeline_cmd(tree: Path, out: str, stages: str, *extra: str) -> list[str]:
+    return [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(tree), "--output-dir", out,
+            "--stages", stages, "--force", "--no-progress", "--jobs", "2", *extra]
+
+
+def own_seconds(report_dir: Path, stages: list[str]) -> dict:
+    out = {}
+    for stage in stages:
+        seconds = json.loads((report_dir / f"{stage}.json").read_text()).get("seconds")
+        out[stage] = seconds.get("total", seconds.get("stage")) if isinstance(seconds, dict) else seconds
+    return out
+
+
+def bench_executors(tree: Path, work: Path, repeat: int) -> dict:
+    import distributed
+
+    stages = ["ingest", "features"]
+    results: dict[str, list] = {"local": [], "dask (LocalCluster started by the run)": [],
+                                "dask (cluster already running)": []}
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        commands = {
+            "local": ("--executor", "local"),
+            "dask (LocalCluster started by the run)": ("--executor", "dask"),
+            "dask (cluster already running)": ("--executor", "dask", "--scheduler", cluster.scheduler_address),
+        }
+        for _ in range(repeat):  # interleaved: each round runs every variant once
+            for label, extra in commands.items():
+                out = work / label.split()[0]
+                shutil.rmtree(out, ignore_errors=True)
+                result = best_of(1, pipeline_cmd(tree, str(out), ",".join(stages), *extra), label)
+                result["own_seconds"] = own_seconds(out / "reports", stages)
+                results[label].append(result)
+    return {label: _best(runs) for label, runs in results.items()}
+
+
+def _best(runs: list[dict]) -> dict:
+    best = min(runs, key=lambda r: r["seconds"])
+    return {"seconds": round(best["seconds"], 2), "peak_rss_gib": round(best["peak_rss_gib"], 2),
+            "own_seconds": best.get("own_seconds"), "all_seconds": [round(r["seconds"], 2) for r in runs]}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_s3(tree: Path, work: Path, repeat: int) -> dict:
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=endpoint)
+    fs = fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True)
+    fs.mkdir("bench")
+    stages = ["ingest", "features", "train"]
+    results: dict[str, list] = {"local disk": [], "s3:// (loopback moto)": []}
+    try:
+        for i in range(repeat):
+            out = work / "local-disk"
+            shutil.rmtree(out, ignore_errors=True)
+            result = best_of(1, pipeline_cmd(tree, str(out), ",".join(stages)), "local disk")
+            result["own_seconds"] = own_seconds(out / "reports", stages)
+            results["local disk"].append(result)
+
+            os.environ["VOLCAST_CACHE"] = str(work / f"cache-{i}")  # an empty working copy
+            url = f"s3://bench/run{i}"
+            result = best_of(1, pipeline_cmd(tree, url, ",".join(stages)), "s3:// (loopback moto)")
+            from volcast import remote
+
+            mirror = remote.default_mirror(url)
+            result["own_seconds"] = own_seconds(mirror / "reports", stages)
+            result["bytes_on_store"] = sum(fs.du(f"bench/run{i}", total=False).values())
+            results["s3:// (loopback moto)"].append(result)
+            shutil.rmtree(mirror, ignore_errors=True)
+            fs.rm(f"bench/run{i}", recursive=True)
+    finally:
+        server.stop()
+    summary = {label: _best(runs) for label, runs in results.items()}
+    summary["s3:// (loopback moto)"]["bytes_on_store"] = results["s3:// (loopback moto)"][0]["bytes_on_store"]
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scale", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--only", choices=("dask", "s3"), default=None)
+    args = parser.parse_args(argv)
+    tree = ensure_tree(args.scale)
+    report = {"scale": args.scale, "repeat": args.repeat, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "load_average_at_start": os.getloadavg()}
+    with tempfile.TemporaryDirectory(prefix="volcast-scale-out-") as tmp:
+        work = Path(tmp)
+        if args.only in (None, "dask"):
+            report["executors"] = bench_executors(tree, work, args.repeat)
+        if args.only in (None, "s3"):
+            report["s3"] = bench_s3(tree, work, args.repeat)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"scale_out_x{args.scale}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"# Scaling out, x{args.scale} (best of {args.repeat}, {report['started']})", "",
+             "| run | seconds (whole process) | stages' own seconds | peak RSS (GiB) |", "|---|---:|---|---:|"]
+    for part in ("executors", "s3"):
+        for label, r in report.get(part, {}).items():
+            own = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("own_seconds") or {}).items() if v is not None)
+            lines.append(f"| {label} | {r['seconds']:.1f} | {own} | {r['peak_rss_gib']:.2f} |")
+    (RESULTS / f"scale_out_x{args.scale}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
