@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from s3_helpers import moto_endpoint, new_bucket
 from serve_helpers import Client, check_swap, copy_output, hammer, latest_id, tiny_output  # noqa: F401
-
 from volcast import remote, train
 from volcast.serve import ApiServer
 
