@@ -213,7 +213,7 @@ def _report(src, catalog, names, meta_note, entries, plan, changed_partitions, s
     ok = [e for e in files if not e.get("error")]
     rejected = [{"file": e["file"], "symbol": e["symbol"], "reason": e["error"]} for e in files if e.get("error")]
     sums = {k: sum(e.get(k, 0) for e in files) for k in
-            ("rows_read", "rows_kept", "rows_quarantined", "zero_volume_rows", "nonpositive_price_rows")}
+            ("lines", "rows_read", "rows_kept", "rows_quarantined", "zero_volume_rows", "nonpositive_price_rows")}
     without_meta = sorted(e["symbol"] for e in ok if e.get("rows_kept") and e["symbol"] not in names)
     # Speed counts only the rows parsed in this run (an incremental run rereads few files).
     reread = {f.rel[len(catalog.root):] for f in catalog.files if f.rel in plan["read"]}
