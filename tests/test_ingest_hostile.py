@@ -308,6 +308,12 @@ def test_allowed_links_are_read_only_inside_the_source(tmp_path, linked_source):
     assert "root-secret" not in Layout.at(tmp_path / "out").report("ingest").read_text()
 
 
+def test_a_fifo_given_as_the_source_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "source.zip")
+    with pytest.raises(UserError, match="not a folder or a .zip"):
+        ingest.run(tmp_path / "out", source=str(tmp_path / "source.zip"), jobs=1)
+
+
 def test_file_swapped_for_a_link_after_the_scan_is_not_followed(tmp_path):
     outside = tmp_path / "outside.csv"
     outside.write_bytes(HEADER + b"1999-01-04,1,1,1,1,1,424242\n")

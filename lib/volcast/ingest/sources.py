@@ -84,7 +84,7 @@ def resolve_source(source: str | os.PathLike | None, cache_dir: str | os.PathLik
     path = Path(source)
     if path.is_dir():
         return ResolvedSource("dir", path, path.name)
-    if zipfile.is_zipfile(path):
+    if path.is_file() and zipfile.is_zipfile(path):  # is_file first: opening a FIFO or device would block
         return ResolvedSource("zip", path, path.name)
     raise UserError(f"source {source}: not a folder or a .zip; give a Kaggle-layout folder or .zip, 'kaggle' or 'demo'")
 
