@@ -27,6 +27,7 @@ from .validate import (
     NO_MODEL_ERROR,
     InputError,
     _show,
+    clip,
     parse_forecast_params,
     parse_json_body,
     parse_predict_params,
@@ -266,7 +267,7 @@ class ApiApplication(HTTPServerConnectionDelegate):
             answers = predictor.predict_pairs([(v, p) for _, v, p in pending])
         except Exception as err:
             log.exception("prediction failed")
-            body = _dumps({"error": f"prediction failed: {err}"})
+            body = _dumps({"error": f"prediction failed: {clip(str(err), 200)}; see the server log"})
             for req, _, _ in pending:
                 req.respond(500, body)
             return
