@@ -3,6 +3,7 @@ server): versions under their own prefix, pointers written last, readers that ne
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import fsspec
 import pandas as pd
@@ -121,3 +122,28 @@ def test_endpoint_and_credentials_come_from_the_environment(monkeypatch):
     assert remote.storage_options("gs://b/p") == {}
     assert remote.is_remote("s3://b/p") and not remote.is_remote("/tmp/x") and not remote.is_remote("file:///tmp")
     assert remote.default_mirror("s3://b/p") != remote.default_mirror("s3://b/q")
+
+
+def test_incremental_version_copies_unchanged_partitions_on_the_store(s3_endpoint, tmp_path):
+    """One source file changes: ingest rewrites one partition and hard-links the rest; the push uploads
+    only that partition (and the state file) and copies the others server-side; the store's dataset then
+    equals a fresh local ingest of the changed source."""
+    source = ingest.generate_demo_market(tmp_path / "src", n_tickers=20, years=2, seed=3)
+    url = f"s3://{new_bucket()}/inc"
+    writer = remote.Remote(url, mirror=tmp_path / "w")
+    ingest.run(writer.mirror, source=str(source), jobs=1)
+    writer.push(["raw_dir"])
+    first = writer.dataset_version("raw")
+    changed = sorted((Path(source) / "stocks").glob("*.csv"))[0]
+    lines = changed.read_text().splitlines()
+    changed.write_text("\n".join(lines[:-5]) + "\n")  # the last five days dropped
+    report = ingest.run(writer.mirror, source=str(source), jobs=1)
+    assert len(report["changed_partitions"]) == 1
+    writer.push(["raw_dir"])
+    second = writer.dataset_version("raw")
+    assert second != first
+    parts = len(list((writer.layout.raw_dir).glob("part-*.parquet")))
+    assert writer.transfers[second] == {"uploaded": 2, "copied": parts - 1}  # the partition + the state file
+    fresh = tmp_path / "fresh"
+    ingest.run(fresh, source=str(source), jobs=1)
+    pd.testing.assert_frame_equal(_read_remote(url, "raw"), pd.read_parquet(fresh / "data" / "raw"))

@@ -80,6 +80,7 @@ class Remote:
         self.root = self.root.rstrip("/")
         self.mirror = Path(mirror or default_mirror(self.url)).resolve()
         self.layout = Layout.at(self.mirror)
+        self.transfers: dict[str, dict[str, int]] = {}  # version pushed -> files uploaded / copied on the store
 
     def __repr__(self) -> str:
         return f"Remote({self.url!r})"
@@ -175,6 +176,7 @@ class Remote:
         for src, dst in copies:
             self.fs.copy(self.key(src), self.key(dst))
         self._put(uploads)
+        self.transfers[local.name] = {"uploaded": len(uploads), "copied": len(copies)}
 
     def _prune(self, name: str, keep: set) -> None:
         """Remove the store's older versions of ``name`` (all but the current and the one it replaced)."""
@@ -327,3 +329,45 @@ class Sync:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+class RunTarget:
+    """Where a pipeline run writes: a local directory (nothing to do), or a store through its working copy.
+
+    ``local`` is the directory the stages use. On a store, ``start`` pulls the current versions (a no-op
+    when the working copy is in step), ``stage_done`` pushes a finished stage's outputs (files, then
+    pointers) and ``run_done`` uploads the run's notebooks and manifest. A run killed before a stage's
+    push leaves the store on the previous versions.
+    """
+
+    def __init__(self, output_dir, say: Callable[[str], None] = print):
+        self.remote = Remote(output_dir) if is_remote(output_dir) else None
+        self.local = self.remote.mirror if self.remote else output_dir
+        self.say = say
+
+    @property
+    def label(self) -> str | None:
+        return self.remote.url if self.remote else None
+
+    def start(self) -> None:
+        if self.remote is None:
+            return
+        self.say(f"output on {self.remote.url} (working copy {self.remote.mirror})")
+        try:
+            changed = self.remote.pull()
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"cannot read {self.remote.url}: {type(exc).__name__}: {exc}") from None
+        if changed:
+            self.say(f"  brought down from the store: {', '.join(changed)}")
+
+    def stage_done(self, outputs: Iterable[str]) -> None:
+        if self.remote is not None:
+            moved = self.remote.push(outputs)
+            if moved:
+                self.say(f"  published to {self.remote.url}: {', '.join(moved)}")
+
+    def run_done(self, run_dir: Path) -> None:
+        if self.remote is not None:
+            self.remote.push_tree(run_dir)
