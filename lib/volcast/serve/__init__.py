@@ -3,13 +3,15 @@
 The package's modules, from pure to I/O:
 
 * ``validate``: what a request may contain (``parse_predict_params``, ``validate_record``,
-  ``validate_batch``, ``parse_json_body``); the dashboard explains bad input with the same functions.
-* ``model``: ``Predictor`` (one loaded model, rounding, answer cache) and ``ModelHolder`` (the
-  current model and its hot swap when ``models/LATEST`` changes).
+  ``validate_batch``, ``parse_json_body``, ``validate_symbol``) and the limits; the dashboard explains bad
+  input with the same functions.
+* ``model``: ``Predictor`` (one loaded model bundle, rounding, answer caches, forecasts) and
+  ``ModelHolder`` (the current model, its probe and hot swap when ``models/LATEST`` changes).
 * ``openapi``: the OpenAPI document, served at /openapi.json and written to docs/openapi.json.
-* ``http``: the HTTP application (routing and answers) on tornado's bare ``HTTPServer``.
+* ``http``: the HTTP application (routing, answers, size limits) on tornado's bare ``HTTPServer``.
 * ``worker``: the app in a background thread (``ApiServer``) or in one API worker process.
-* ``launch``: ``serve()``, the workers on one port, the Voilà dashboard, and their supervision.
+* ``launch``: ``serve()``, the workers on one port, the Voilà dashboard (kernel culling), supervision.
+* ``voila_app``: Voilà as ``serve`` runs it, with /logout and malformed template URLs made harmless.
 
 Every public name is importable from ``volcast.serve`` itself.
 """
