@@ -147,3 +147,21 @@ def test_incremental_version_copies_unchanged_partitions_on_the_store(s3_endpoin
     fresh = tmp_path / "fresh"
     ingest.run(fresh, source=str(source), jobs=1)
     pd.testing.assert_frame_equal(_read_remote(url, "raw"), pd.read_parquet(fresh / "data" / "raw"))
+
+
+def test_a_local_output_dir_has_the_stores_layout(s3_endpoint, local_run, tmp_path):
+    """The local symlink and the pointer file name the same version, so a local data/ tree copied as
+    plain files (no links) to a bucket is a published dataset there."""
+    data = local_run / "data"
+    for name in ("raw", "quarantine", "features"):
+        assert (data / f"{name}.current").read_text().strip() == os.readlink(data / name)
+    url = f"s3://{new_bucket()}/copied"
+    fs = _fs()
+    root = url.split("://", 1)[1]
+    for path in data.rglob("*"):
+        rel = path.relative_to(local_run).as_posix()
+        if path.is_file() and not path.is_symlink() and not any(p.is_symlink() for p in path.parents):
+            fs.put_file(str(path), f"{root}/{rel}")
+    reader = remote.Remote(url, mirror=tmp_path / "r")
+    assert sorted(reader.pull(["raw_dir", "features_dir"])) == ["data/features", "data/raw"]
+    pd.testing.assert_frame_equal(pd.read_parquet(reader.layout.features_dir), pd.read_parquet(data / "features"))

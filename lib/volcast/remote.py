@@ -31,7 +31,7 @@ from .config import Layout
 from .errors import UserError
 
 DATASETS = {"raw_dir": "raw", "quarantine_dir": "quarantine", "features_dir": "features"}
-POINTER_SUFFIX = ".current"
+POINTER_SUFFIX = storage.POINTER_SUFFIX  # data/raw.current, the same name as in a local output dir
 ENDPOINT_ENVS = ("VOLCAST_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 CACHE_ENV = "VOLCAST_CACHE"
 # What a pointer may name: a version directory of that dataset, a model id. Anything else (a path with
@@ -264,6 +264,7 @@ def _point_link(final: Path, version: str) -> None:
     link_tmp = final.parent / f".{final.name}.link-{uuid.uuid4().hex[:8]}"
     os.symlink(version, link_tmp)
     os.replace(link_tmp, final)
+    storage.atomic_write_text(storage.pointer_file(final), version + "\n")
     for old in final.parent.glob(f".{final.name}.v*"):
         if old.name != version and (previous is None or old != previous):
             shutil.rmtree(old, ignore_errors=True)

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 PARTITION_PREFIX = "part-"
+POINTER_SUFFIX = ".current"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -247,6 +248,9 @@ def publish_dir(final: str | os.PathLike, *, seed_from_current: bool = False) ->
     link_tmp = final.parent / f".{final.name}.link-{uuid.uuid4().hex[:8]}"
     os.symlink(version.name, link_tmp)
     os.replace(link_tmp, final)  # the atomic step
+    # The same pointer an object store holds (volcast.remote): data/raw.current names the version. The
+    # link decides here; the file makes a copied tree (to a store, or a filesystem without links) complete.
+    atomic_write_text(pointer_file(final), version.name + "\n")
     # Keep the version just replaced: a reader that resolved the old link a moment ago (the
     # dashboard, a notebook) can finish reading it. Older ones go.
     for old in _versions(final):
@@ -254,8 +258,15 @@ def publish_dir(final: str | os.PathLike, *, seed_from_current: bool = False) ->
             shutil.rmtree(old, ignore_errors=True)
 
 
+def pointer_file(final: str | os.PathLike) -> Path:
+    """``data/raw`` -> ``data/raw.current``: the small file naming the current version directory."""
+    final = Path(final)
+    return final.parent / f"{final.name}{POINTER_SUFFIX}"
+
+
 def remove_published(final: str | os.PathLike) -> None:
     final = Path(final)
+    pointer_file(final).unlink(missing_ok=True)
     if final.is_symlink():
         final.unlink()
     elif final.exists():
