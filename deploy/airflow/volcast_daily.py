@@ -139,9 +139,11 @@ class VolcastStageOperator(PapermillOperator):
             manifest["source"] = params.get("source")
         state_path = layout.runs_dir / "state.json"
         state = storage.read_json(state_path, default={}) or {}
+        # the same up-to-date record as run_pipeline's (volcast.pipeline._run_locked), so either may skip
+        run_only = getattr(pipeline, "RUN_ONLY_PARAMS", ("output_dir", "incremental"))
         fingerprint = {
             "inputs": pipeline.input_fingerprints(stage, layout, params),
-            "parameters": {k: v for k, v in params.items() if k not in ("output_dir", "incremental")},
+            "parameters": {k: v for k, v in params.items() if k not in run_only},
             "code": pipeline.code_fingerprint(stage),
         }
         manifest["parameters"][self.stage] = params
