@@ -18,22 +18,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .. import config, storage
 from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
 from ..errors import UserError
 from . import scoring as M
-from .data import (
-    _day_range,
-    _iso,
-    _sample,
-    load_inputs,
-    load_supervised,
-    plan_rows,
-)
+from .data import _iso, _sample
 from .forecast import LATEST_FILE, TEST_FORECASTS_FILE
 from .forecast_model import MODEL_FILE as FORECAST_FILE
 from .forecast_model import fit_forecast
+from .rows import DEFAULT_MAX_TEST_ROWS, MARKET_INPUT, TEST_FORECAST_DATES, load_rows, market_at  # noqa: F401 (re-exported)
 from .params import (
     DEFAULT_DEPTH,
     DEFAULT_FORECAST_ITERATIONS,
@@ -62,7 +57,6 @@ from .task_model import (
 )
 
 TEST_SAMPLE_ROWS = 5000  # enough points for a predicted-vs-actual chart
-TEST_FORECAST_DATES = 250  # per ticker, the last test dates kept for the explorer's band
 TARGET_TEXT = {0: "Volume of the same row (the task's same-day setup; vol_moving_avg contains it)",
                1: "Volume of the next trading day of the same Symbol"}
 PREDICTORS = ("model", "forecast", "har", "baseline_vol_moving_avg", "baseline_today_volume")
@@ -107,33 +101,48 @@ def _har_inputs(x: np.ndarray, names: list) -> tuple:
     return tuple(base + x[:, names.index(n)].astype(np.float64) for n in ("vol_lr_0", "vol_mean5_lr", "vol_mean22_lr"))
 
 
-def _test_forecasts(data, test_rows, p10, p50, p90) -> pd.DataFrame:
-    """The last TEST_FORECAST_DATES test rows of each ticker with their forecasts and the actual."""
-    tk = data.ticker[test_rows]
-    n = len(tk)
-    change = np.flatnonzero(tk[1:] != tk[:-1]) + 1 if n else np.zeros(0, np.int64)
-    ends = np.append(change, n)
-    from_end = np.repeat(ends, np.diff(np.append(0, ends))) - np.arange(n)  # 1 = the ticker's last test row
-    keep = np.flatnonzero(from_end <= TEST_FORECAST_DATES)
-    rows = test_rows[keep]
-    nxt = np.minimum(rows + 1, len(data.day) - 1)
-    same = (data.ticker[nxt] == data.ticker[rows]) & (nxt != rows)
+def _test_forecasts(data, forecaster) -> pd.DataFrame:
+    """Each ticker's last TEST_FORECAST_DATES test rows with their forecasts and the actual next-day Volume."""
+    rows = data.band
+    p10, p50, p90 = forecaster.predict(data.x[rows])
     epoch = np.datetime64("1970-01-01")
-    target_day = np.where(same, data.day[nxt], -1)
+    nxt = data.next_day[rows]
     return pd.DataFrame({
         SYMBOL: np.asarray(data.tickers, dtype=object)[data.ticker[rows]],
         DATE: epoch + data.day[rows].astype("timedelta64[D]"),
-        "target_date": pd.to_datetime(np.where(same, epoch + target_day.astype("timedelta64[D]"), np.datetime64("NaT"))),
-        VOLUME: data.volume[rows], "actual_next": data.target[rows],
-        "p10": p10[keep], "p50": p50[keep], "p90": p90[keep],
+        "target_date": pd.to_datetime(np.where(nxt >= 0, epoch + np.maximum(nxt, 0).astype("timedelta64[D]"),
+                                               np.datetime64("NaT"))),
+        VOLUME: data.volume[rows], "actual_next": data.target[rows], "p10": p10, "p50": p50, "p90": p90,
     })
+
+
+def _write_latest(src: Path, path: Path, inputs, market) -> None:
+    """The latest-row table of the features dataset, plus the inputs computed here (the market ratio)."""
+    if not src.exists():
+        return
+    if MARKET_INPUT not in inputs:
+        shutil.copyfile(src, path)
+        return
+    table = pq.read_table(src)
+    days = _days_of(table[DATE])
+    column = pa.array(market_at(market, days), pa.float64())
+    if MARKET_INPUT in table.column_names:
+        table = table.set_column(table.column_names.index(MARKET_INPUT), MARKET_INPUT, column)
+    else:
+        table = table.append_column(MARKET_INPUT, column)
+    storage.write_parquet(table, path)
+
+
+def _days_of(dates) -> np.ndarray:
+    arr = dates.combine_chunks() if isinstance(dates, pa.ChunkedArray) else dates
+    return arr.cast(pa.date32()).cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def run(output_dir, model="catboost", target_shift=1, split="chronological", test_fraction=0.2,
         max_train_rows=DEFAULT_MAX_TRAIN_ROWS, iterations=DEFAULT_ITERATIONS, seed=42,
         depth=DEFAULT_DEPTH, learning_rate=DEFAULT_LEARNING_RATE, formulation="auto", loss="auto",
         validation_fraction=DEFAULT_VALIDATION_FRACTION, jobs=0, forecast_iterations=DEFAULT_FORECAST_ITERATIONS,
-        *, progress: bool = True) -> dict:
+        max_test_rows=DEFAULT_MAX_TEST_ROWS, *, progress: bool = True) -> dict:
     """Train both models on ``DIR/data/features``; publish them, their card, ``LATEST``; write the report.
 
     - ``model``: the task model, "catboost" or "random_forest" (the task's reference, fitted on at most
@@ -145,6 +154,8 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     - ``max_train_rows``: a seeded uniform sample of the remaining train rows is fitted (both models).
     - ``formulation``: "auto" (= "ratio" for CatBoost, "raw" for the RF), "ratio", "log_ratio", "raw";
       ``loss``: the task model's CatBoost loss ("auto" = MAE for ratio, RMSE otherwise).
+    - ``max_test_rows``: the test metrics are computed on every test row up to this many, else on a seeded
+      uniform sample of this many (the card says which: ``rows.test_scored`` of ``rows.test``).
     - ``jobs``: threads (0 = all cores).
     """
     started = time.perf_counter()
@@ -153,6 +164,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         raise UserError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
     target_shift = _check_target_shift(target_shift)
     max_train_rows = _positive_int("max_train_rows", max_train_rows, "rows sampled for fitting")
+    max_test_rows = _positive_int("max_test_rows", max_test_rows, "test rows scored at most")
     iterations = _positive_int("iterations", iterations, "boosting rounds")
     forecast_iterations = _positive_int("forecast_iterations", forecast_iterations, "boosting rounds")
     depth = _positive_int("depth", depth, "tree depth, e.g. 6")
@@ -162,22 +174,14 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     seconds = {}
 
     t0 = time.perf_counter()
-    data = load_supervised(layout.features_dir, target_shift, progress=progress)
-    if len(data) == 0:
-        raise UserError(f"no usable rows in {layout.features_dir}: every row lacks features (fewer than "
-                        f"a full window of rows per ticker?) or a target; use more history or a smaller window")
-    plan = plan_rows(data.day, split, test_fraction, validation_fraction, max_train_rows, seed)
-    fit_rows, valid_rows, test_rows = plan.fit_rows, plan.valid_rows, plan.test_rows
+    inputs = list(config.FORECAST_INPUTS)
+    data = load_rows(layout.features_dir, inputs, target_shift=target_shift, split=split, test_fraction=test_fraction,
+                     validation_fraction=validation_fraction, max_train_rows=max_train_rows,
+                     max_test_rows=max_test_rows, seed=seed, threads=threads)
+    fit_rows, valid_rows, test_rows = data.fit, data.valid, data.test
     task_rows = fit_rows
     if model == "random_forest" and len(fit_rows) > RF_MAX_ROWS:
         task_rows = np.sort(fit_rows[_sample(len(fit_rows), RF_MAX_ROWS, np.random.default_rng(seed))])
-    inputs = list(config.FORECAST_INPUTS)
-    needed = np.union1d(np.union1d(fit_rows, valid_rows), test_rows)
-    x_all = load_inputs(data, needed, inputs, jobs=threads)
-
-    def x_of(rows):
-        return x_all[np.searchsorted(needed, rows)]
-
     seconds["load"] = time.perf_counter() - t0
 
     latest = latest_model_dir(layout.output_dir)
@@ -189,11 +193,11 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         model_id=model_id,
     )
     seconds["fit_task"] = fit.seconds
-    x_fit = x_of(fit_rows)
+    x_fit = data.x[fit_rows]
     forecaster, fcurve, finfo = fit_forecast(
         x_fit, data.target[fit_rows], inputs, iterations=forecast_iterations, depth=depth,
         learning_rate=learning_rate, seed=seed, threads=threads,
-        valid=(x_of(valid_rows), data.target[valid_rows]) if len(valid_rows) else None)
+        valid=(data.x[valid_rows], data.target[valid_rows]) if len(valid_rows) else None)
     seconds["fit_forecast"] = finfo["fit_seconds"]
     har_coef = M.fit_har(*_har_inputs(x_fit, inputs), data.target[fit_rows])
     del x_fit
@@ -201,7 +205,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     t0 = time.perf_counter()
     y = data.target[test_rows]
     vol_test = data.vol[test_rows]
-    x_test = x_of(test_rows)
+    x_test = data.x[test_rows]
     p10, p50, p90 = forecaster.predict(x_test)
     preds = {"model": fit.model.predict(vol_test, data.price[test_rows]), "forecast": p50,
              "har": M.predict_har(har_coef, *_har_inputs(x_test, inputs), fallback=vol_test),
@@ -218,7 +222,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     by_year["coverage_p10_p90"] = by_year["year"].map(cover_year)
     by_decile = M.table_by(M.deciles(y), y, preds, "decile")
     deciles = M.error_by_decile(y, preds["model"], vol_test)
-    test_forecasts = _test_forecasts(data, test_rows, p10, p50, p90)
+    test_forecasts = _test_forecasts(data, forecaster)
     sample = _sample(len(test_rows), TEST_SAMPLE_ROWS, np.random.default_rng(seed))
     s_rows = test_rows[sample]
     test_sample = pd.DataFrame({
@@ -232,18 +236,17 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     del preds, p10, p50, p90, y, vol_test
 
     rows = {
-        "usable": len(data), "train_period": len(plan.train_rows), "validation_pool": len(plan.valid_pool),
-        "fit_pool": len(plan.fit_pool), "fit": len(task_rows), "fit_forecast": len(fit_rows),
-        "validation": len(valid_rows), "test": len(test_rows), "dropped": data.counts,
+        "usable": data.rows["usable"], "train_period": data.rows["train_period"],
+        "validation_pool": data.rows["validation_pool"], "fit_pool": data.rows["fit_pool"], "fit": len(task_rows),
+        "fit_forecast": len(fit_rows), "validation": len(valid_rows), "test": data.rows["test"],
+        "test_scored": len(test_rows), "dropped": data.counts,
     }
-    dates = {"train": _day_range(data.day[plan.fit_pool]), "validation": _day_range(data.day[plan.valid_pool]),
-             "test": _day_range(data.day[test_rows])}
+    dates = data.dates
     input_ranges = {FEATURES[0]: [float(np.min(data.vol[task_rows])), float(np.max(data.vol[task_rows]))],
                     FEATURES[1]: [float(np.min(data.price[task_rows])), float(np.max(data.price[task_rows]))]}
-    files, split_info, valid_info = data.files, plan.split_info, plan.valid_info
+    files, split_info, valid_info, market = data.files, data.split_info, data.valid_info, data.market
     latest_src = files[0].parent / "_latest.parquet"
-    del data, plan
-    x_all = None
+    del data
 
     curve = fit.learning_curve
     best = curve.loc[curve["validation_loss"].idxmin()] if curve["validation_loss"].notna().any() else None
@@ -261,7 +264,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
             "max_train_rows": max_train_rows, "iterations": iterations, "seed": seed, "depth": depth,
             "learning_rate": learning_rate, "formulation": formulation, "loss": loss,
             "validation_fraction": validation_fraction, "threads": threads,
-            "forecast_iterations": forecast_iterations,
+            "forecast_iterations": forecast_iterations, "max_test_rows": max_test_rows,
         },
         "estimator_params": fit.params,
         "features": list(FEATURES),
@@ -285,6 +288,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
                         "memory)" if model == "random_forest" else "")),
         },
         "rows": rows,
+        "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
         "dates": dates,
         "data": {"features_files": [p.name for p in files], "fingerprint": fingerprint_files(files)},
         "metrics": all_metrics,
@@ -308,8 +312,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         storage.atomic_write_text(path, fcurve.to_csv(index=False))
 
     def write_latest(path):
-        if latest_src.exists():
-            shutil.copyfile(latest_src, path)
+        _write_latest(latest_src, path, inputs, market)
 
     extras = {FORECAST_FILE: forecaster.save, "learning_curve_forecast.csv": write_curve, LATEST_FILE: write_latest,
               TEST_FORECASTS_FILE: lambda path: storage.write_parquet(
@@ -327,6 +330,8 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         "coverage_p10_p90": test_coverage,
         "train_rows": rows["fit"],
         "test_rows": rows["test"],
+        "test_scored_rows": rows["test_scored"],
+        "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
         "train_period_rows": rows["train_period"],
         "validation_rows": rows["validation"],
         "dropped_rows": rows["dropped"],
@@ -343,6 +348,13 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     })
     storage.atomic_write_json(layout.report(STAGE), report)
     return report
+
+
+def _scoring_note(scored: int, total: int, seed: int) -> str:
+    if scored == total:
+        return f"every test row ({total:,})"
+    return (f"a seeded uniform sample of {scored:,} of the {total:,} test rows (seed {seed + 2}); the metrics, "
+            "tables and coverage are those of the sample")
 
 
 def _formulation_card(formulation: str, loss: str, model: str) -> dict:
