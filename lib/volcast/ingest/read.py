@@ -11,7 +11,7 @@ from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (
 
 from .batch import _SEPARATOR, BATCH_BYTES, CANONICAL_HEADER, _parse_joined, _plain
 from .limits import DEFAULT_LIMITS, Limits, Refused, file_problem
-from .lines import data_lines, longest_line
+from .lines import count_lines, data_lines, longest_line
 from .parse import ParsedFile
 
 _ZIPS: dict[str, zipfile.ZipFile] = {}
@@ -41,9 +41,10 @@ class _JoinedBodies:
         self.buffer = bytearray(BATCH_BYTES + (1 << 20))
         self.end = 0
         self.spans: list[tuple[int, int]] = []  # each appended body's [start, stop) in the buffer
+        self.counts: list[int] = []  # each appended body's physical lines, counted as it was read
 
     def clear(self) -> None:
-        self.end, self.spans = 0, []
+        self.end, self.spans, self.counts = 0, [], []
 
     def read(self, path: str, limits: Limits = DEFAULT_LIMITS) -> tuple[int, bytes | None]:
         """Append the file's body (the result is ``(crc32 of the whole file, None)``), or return
@@ -76,6 +77,7 @@ class _JoinedBodies:
             del view
             self.end = stop + len(_SEPARATOR)
             self.spans.append((start, stop))
+            self.counts.append(count_lines(self.buffer, start, stop))  # now, while the bytes are in cache
             return crc, None
         finally:
             os.close(fd)
@@ -83,7 +85,7 @@ class _JoinedBodies:
     def lines(self, k: int, accounted: int) -> int:
         """The k-th body's non-blank lines, counted apart from the parser (see ``lines.data_lines``)."""
         start, stop = self.spans[k]
-        return data_lines(self.buffer, start, stop, accounted, header=0)
+        return data_lines(self.buffer, start, stop, accounted, header=0, counted=self.counts[k])
 
     def body(self, k: int) -> bytes:
         """The whole file of the k-th appended body, for the file-by-file parser."""
