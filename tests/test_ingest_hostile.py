@@ -140,7 +140,7 @@ def test_a_row_lost_by_the_parser_stops_the_stage(tmp_path, monkeypatch):
         return p._replace(table=p.table.slice(1), counts=counts)
 
     monkeypatch.setattr(ingest.task, "parse_csv", losing)
-    with pytest.raises(ingest.task.LinesNotAccounted, match="40 data lines, but 39 kept"):
+    with pytest.raises(ingest.LinesNotAccounted, match="40 data lines, but 39 kept"):
         ingest.run(tmp_path / "out", source=str(src), jobs=1)
     assert storage.current_version(Layout.at(tmp_path / "out").raw_dir) is None
     assert not Layout.at(tmp_path / "out").report("ingest").exists()

@@ -20,6 +20,7 @@ from .kaggle import (
     has_kaggle_credentials,
     kaggle_credentials_location,
 )
+from .limits import DEFAULT_LIMITS, Limits
 from .parse import ParsedFile, parse_csv
 from .quarantine import QUARANTINE_SCHEMA, load_quarantine
 from .sources import (
@@ -33,12 +34,13 @@ from .sources import (
 )
 from .stage import STAGE, STATE_FILE, run
 from .summary import load_raw, summarize_raw
+from .task import LinesNotAccounted
 from .workers import start_worker_server
 from .write import ROW_GROUP_ROWS, SUMMARY_KEY
 
 __all__ = [
     "BATCH_BYTES", "CANONICAL_HEADER", "CREDENTIALS_HELP", "DEMO_END", "DEMO_VERSION", "QUARANTINE_SCHEMA",
-    "ROW_GROUP_ROWS", "STAGE", "STATE_FILE", "SUMMARY_KEY", "Catalog", "ParsedFile", "ResolvedSource", "SourceFile",
+    "DEFAULT_LIMITS", "LinesNotAccounted", "Limits", "ROW_GROUP_ROWS", "STAGE", "STATE_FILE", "SUMMARY_KEY", "Catalog", "ParsedFile", "ResolvedSource", "SourceFile",
     "describe_default_source", "download_kaggle", "generate_demo_market", "has_kaggle_credentials",
     "kaggle_credentials_location", "load_quarantine", "load_raw", "parse_csv", "parse_csv_batch", "parse_meta",
     "resolve_default_source", "resolve_source", "run", "scan_source", "start_worker_server", "summarize_raw",

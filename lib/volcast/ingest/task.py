@@ -14,7 +14,7 @@ from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (
 from ..config import RAW_SCHEMA
 from .batch import BATCH_BYTES, parse_csv_batch
 from .limits import DEFAULT_LIMITS, Limits, Refused
-from .lines import data_lines
+from .lines import count_lines, data_lines
 from .parse import ParsedFile, _reject, parse_csv
 from .quarantine import QUARANTINE_SCHEMA
 from .read import _JoinedBodies, _read_zip_member
@@ -96,12 +96,13 @@ def _partition_task(task: _Task) -> list[dict]:
                                        task.limits)
                 except Exception as exc:  # never let one file stop the run
                     parsed = _reject(f"unreadable: {type(exc).__name__}: {exc}")
+            counted = entry.pop("physical_lines", None)
             entry.update(parsed.counts)
             if parsed.error:
                 entry["error"] = parsed.error
             else:
                 _account(entry, joined.lines(body, parsed.counts["rows_read"]) if body is not None
-                         else data_lines(data, accounted=parsed.counts["rows_read"]))
+                         else data_lines(data, accounted=parsed.counts["rows_read"], counted=counted))
             raw_out.add(parsed.table, symbol, name)
             q_out.add(parsed.quarantine)
             entries.append(entry)
@@ -130,6 +131,7 @@ def _partition_task(task: _Task) -> list[dict]:
             else:
                 data = _read_zip_member(task.source_path, rel)
                 crc, body, size = crc32(data), None, len(data)
+                entry["physical_lines"] = count_lines(data)  # now, while the bytes are in cache
             entry["crc32"] = f"{crc:08x}"
             batch.append((entry, data, symbol, name, None, body))
             batch_bytes += size
