@@ -40,7 +40,8 @@ from .write import ROW_GROUP_ROWS, SUMMARY_KEY
 
 __all__ = [
     "BATCH_BYTES", "CANONICAL_HEADER", "CREDENTIALS_HELP", "DEMO_END", "DEMO_VERSION", "QUARANTINE_SCHEMA",
-    "DEFAULT_LIMITS", "LinesNotAccounted", "Limits", "ROW_GROUP_ROWS", "STAGE", "STATE_FILE", "SUMMARY_KEY", "Catalog", "ParsedFile", "ResolvedSource", "SourceFile",
+    "DEFAULT_LIMITS", "ROW_GROUP_ROWS", "STAGE", "STATE_FILE", "SUMMARY_KEY", "Catalog", "Limits",
+    "LinesNotAccounted", "ParsedFile", "ResolvedSource", "SourceFile",
     "describe_default_source", "download_kaggle", "generate_demo_market", "has_kaggle_credentials",
     "kaggle_credentials_location", "load_quarantine", "load_raw", "parse_csv", "parse_csv_batch", "parse_meta",
     "resolve_default_source", "resolve_source", "run", "scan_source", "start_worker_server", "summarize_raw",
