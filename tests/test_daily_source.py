@@ -17,15 +17,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HOLD_BACK = 6
 
 
-def _load_module():
-    path = REPO_ROOT / "benchmarks" / "make_daily_source.py"
-    spec = importlib.util.spec_from_file_location("make_daily_source", path)
+def _load_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-mds = _load_module()
+mds = _load_module("make_daily_source")
 
 HEADER = "Date,Open,High,Low,Close,Adj Close,Volume\n"
 
@@ -76,7 +75,7 @@ def versions(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("daily-out") / "src"
     mds.init(str(source), out, HOLD_BACK)
     trees, stats = [_tree(out)], [{rel: os.stat(out / rel) for rel in _tree(out)}]
-    for k in range(1, HOLD_BACK + 1):
+    for _ in range(HOLD_BACK):
         result = mds.main(["release", str(out), "next"])
         assert result == 0
         trees.append(_tree(out))
@@ -116,7 +115,8 @@ def test_rows_add_up_day_by_day(source, versions):
         assert {rel: len(df) for rel, df in frames.items()} == expected, f"version {k}"
     for k in range(1, HOLD_BACK + 1):
         traded = sum(int((df["Date"] == days[k - 1]).sum()) for df in original.values())
-        added = sum(len(df) for df in _frames(trees[k]).values()) - sum(len(df) for df in _frames(trees[k - 1]).values())
+        rows = [sum(len(df) for df in _frames(trees[v]).values()) for v in (k - 1, k)]
+        added = rows[1] - rows[0]
         assert added == traded, f"day {days[k - 1]}"
     # the hand-made cases, spelled out
     assert "stocks/NEWCO.csv" not in trees[3] and "stocks/NEWCO.csv" in trees[4]
@@ -178,3 +178,31 @@ def test_sample_source_round_trip(sample_source, tmp_path):
     assert final == original
     assert all(final[rel].startswith(data) for rel, data in v0.items())
     assert sum(len(df) for df in _frames(final).values()) > sum(len(df) for df in _frames(v0).values())
+
+
+def test_parquet_source_ends_as_make_kaggle_scale_writes_it(source, tmp_path):
+    """A long-form parquet (as ../shared/data/nasdaq-2023.parquet) at --scale 2: the last version is the
+    tree that make_kaggle_scale.py writes from the same parquet, copies included."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frames = []
+    for kind in ("stocks", "etfs"):
+        for path in sorted((source / kind).glob("*.csv"))[:3]:
+            df = pd.read_csv(path).dropna()
+            frames.append(df.assign(Symbol=path.stem, Kind=kind, Volume=df["Volume"].astype("float64")))
+    long = pd.concat(frames)[["Symbol", "Kind", "Date", "Open", "High", "Low", "Close", "Adj Close", "Volume"]]
+    parquet = tmp_path / "long.parquet"
+    pq.write_table(pa.Table.from_pandas(long, preserve_index=False), parquet)
+
+    mks = _load_module("make_kaggle_scale")
+    mks.build(parquet, tmp_path / "direct", 2, 1, None, progress=False)
+
+    out = tmp_path / "daily"
+    mds.init(str(parquet), out, 2, scale=2, jobs=1)
+    v0 = _tree(out)
+    copies = {f"stocks/{s}1.csv" for s in long.loc[long.Kind == "stocks", "Symbol"]}
+    assert copies <= {rel for rel in v0 if rel.endswith(".csv")}
+    mds.release(out, "all")
+    assert _tree(out) == _tree(tmp_path / "direct")
+    assert all(_tree(out)[rel].startswith(data) for rel, data in v0.items())
