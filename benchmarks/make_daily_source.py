@@ -39,8 +39,6 @@ import time
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 STATE_DIR = ".daily"
 STATE_FILE = "state.json"
 FULL_DIR = "full"
@@ -89,6 +87,16 @@ def _copy_dir(src: Path, dest: Path) -> None:
             shutil.copyfile(path, dest / path.name)
 
 
+def _sibling(name: str):
+    """A script beside this one, imported by path (sys.path is left alone: tests import this module)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def materialise(src: str, dest: Path, scale: int = 1, jobs: int = 0, demo_tickers: int = 200,
                 demo_years: int = 10, demo_seed: int = 42) -> str:
     """Write the full source tree into ``dest`` (created); return a label saying what it is."""
@@ -101,8 +109,7 @@ def materialise(src: str, dest: Path, scale: int = 1, jobs: int = 0, demo_ticker
     if not path.exists():
         raise SystemExit(f"error: {src}: no such file or directory")
     if path.suffix == ".parquet":
-        import make_kaggle_scale
-
+        make_kaggle_scale = _sibling("make_kaggle_scale")
         meta_zip = make_kaggle_scale.DEFAULT_META_ZIP if make_kaggle_scale.DEFAULT_META_ZIP.exists() else None
         make_kaggle_scale.build(path, dest, scale, jobs or (os.cpu_count() or 1), meta_zip, progress=False)
         return f"{path} x{scale}"
