@@ -3,6 +3,7 @@ readers look, and the next run completes and equals a clean run. Ctrl-C or SIGTE
 exit 130 / 143, nothing of the interrupted stage published, the lock released, no process left."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -89,10 +90,34 @@ def test_kill_then_rerun_equals_clean_run(tmp_path, clean_run, previous_run, fra
 BIGGER = ["--param", "ingest.demo_seed=2", "--param", "ingest.demo_tickers=400", "--param", "ingest.demo_years=10"]
 
 
-def _running_cell(out: Path, stage: str) -> bool:
-    """True once the executed notebook shows the stage's ``<stage>.run(...)`` cell running (papermill
-    saves the notebook as each cell starts)."""
+def _stage_status(out: Path, stage: str, earlier: set[str]) -> str | None:
+    """The stage's status in the manifest of the run under test, the one run not in ``earlier`` (the
+    runner writes "running" as the stage starts)."""
+    manifests = [p for p in (out / "runs").glob("*/manifest.json") if p.parent.name not in earlier]
+    try:
+        return json.loads(manifests[0].read_text())["stages"].get(stage, {}).get("status")
+    except (IndexError, ValueError):  # not written yet, or being replaced
+        return None
+
+
+def _kernels(proc: subprocess.Popen) -> list:
+    import psutil
+
+    def command(p):
+        try:
+            return " ".join(p.cmdline())
+        except psutil.Error:  # gone, or a zombie (the previous stage's kernel, not reaped yet)
+            return ""
+
+    return [p for p in psutil.Process(proc.pid).children(recursive=True) if "ipykernel" in command(p)]
+
+
+def _in_cell(out: Path, stage: str, earlier: set[str]) -> bool:
+    """True while the run's executed notebook shows the stage's ``<stage>.run(...)`` cell running
+    (papermill saves the notebook as each cell starts and ends)."""
     for notebook in (out / "runs").glob(f"*/{config.STAGE_NOTEBOOKS[stage]}"):
+        if notebook.parent.name in earlier:
+            continue
         try:
             cells = json.loads(notebook.read_text())["cells"]
         except (OSError, ValueError):
@@ -103,6 +128,18 @@ def _running_cell(out: Path, stage: str) -> bool:
     return False
 
 
+def _kill_all(proc: subprocess.Popen) -> None:
+    """Cleanup after a failed test: the runner and everything it started (kernels have their own session)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
 def _published(out: Path) -> dict:
     """What readers see (the dataset versions, the served model) and the runner's record of each stage."""
     return {"raw": storage.current_version(out / "data" / "raw"),
@@ -111,27 +148,37 @@ def _published(out: Path) -> dict:
             "state": json.loads((out / "runs" / "state.json").read_text())}
 
 
-@pytest.mark.parametrize("stage, signum, later", [("ingest", signal.SIGINT, 0.0), ("features", signal.SIGINT, 0.0),
-                                                  ("train", signal.SIGINT, 1.5), ("train", signal.SIGTERM, 1.5)])
+# ingest and train: in the middle of the stage's own work (ingest reads 4,000 ticker-years, train fits 20,000
+# trees); features is quick, so it is caught as it starts (its kernel starting, papermill reading the notebook).
+@pytest.mark.parametrize("stage, signum, in_cell, later", [
+    ("ingest", signal.SIGINT, True, 0.0), ("features", signal.SIGINT, False, 0.0),
+    ("train", signal.SIGINT, True, 1.5), ("train", signal.SIGTERM, True, 1.5)])
 def test_a_signal_during_a_stage_stops_the_run_and_publishes_nothing_of_that_stage(
-        tmp_path, previous_run, stage, signum, later):
+        tmp_path, previous_run, stage, signum, in_cell, later):
     import filelock
     import psutil
 
     shutil.copytree(previous_run, tmp_path, symlinks=True, dirs_exist_ok=True)
     before = _published(tmp_path)
+    earlier = {p.name for p in (tmp_path / "runs").iterdir()}
     # another market (so every stage runs), and a training long enough to be caught in the middle
     proc = _start(tmp_path, *BIGGER, "--param", "train.iterations=20000")
     deadline = time.monotonic() + 600
-    while not _running_cell(tmp_path, stage):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
-    time.sleep(later)  # train: well into fitting
-    started = psutil.Process(proc.pid).children(recursive=True)  # the stage's kernel and its workers
-    assert any("ipykernel" in " ".join(p.cmdline()) for p in started)
+    try:
+        while (status := _stage_status(tmp_path, stage, earlier)) != "running" or not _kernels(proc) \
+                or (in_cell and not _in_cell(tmp_path, stage, earlier)):
+            assert proc.poll() is None, proc.communicate()
+            assert status in (None, "running"), f"{stage} ended ({status}) before it was caught"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(later)  # train: well into fitting
+        started = psutil.Process(proc.pid).children(recursive=True)  # the stage's kernel and its workers
 
-    os.kill(proc.pid, signum)  # the runner only, as a terminal's Ctrl-C or `kill` would
-    stdout, stderr = proc.communicate(timeout=60)
+        os.kill(proc.pid, signum)  # the runner only, as a terminal's Ctrl-C or `kill` would
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            _kill_all(proc)
 
     assert proc.returncode == 128 + signum, stderr[-2000:]
     assert "interrupted" in stderr and "Traceback" not in stderr

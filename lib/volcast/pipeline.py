@@ -3,59 +3,43 @@
 Every run leaves ``DIR/runs/<run_id>/`` with the executed notebooks (the log of the run) and
 ``manifest.json`` (parameters, input fingerprints, code versions, timings, status). A stage is
 skipped when its inputs, parameters and code are unchanged since its last successful run.
+
+Two kinds of state, for two decisions:
+- ``DIR/runs/state.json`` (here): run the stage at all? Whole-stage fingerprints; a skip starts no kernel.
+- ``_ingest_state.json`` / ``_features_state.json`` (inside each published dataset version, owned by the
+  stage): when the stage runs, which files or partitions can be carried over unchanged.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import datetime as dt
 import os
 import platform
-import signal
-import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from . import config, notebooks, storage
 from .config import Layout
 from .errors import Interrupted, UserError
-from .executor import RunCluster
+from .execute import StageResult
 
 # Kept importable from here: notebooks, tests and benchmarks use these names.
+from .execute import Stopper as _Stopper
+from .execute import execute_stage as _execute_stage
+from .execute import start_kernel as _start_kernel  # noqa: F401
+from .executor import RunCluster
 from .notebooks import KERNEL_NAME, ensure_kernel, refresh_notebooks, sync_notebooks  # noqa: F401
-from .notebooks import import_papermill as _import_papermill
+from .notebooks import import_papermill as _import_papermill  # noqa: F401
+from .runs import git_commit, library_versions, new_run_id
+from .runs import now as _now
+from .runs import summary as _summary
 from .storage import fingerprint_path
 
 LIBRARY_DIR = Path(__file__).resolve().parent
-TRACKED_PACKAGES = (
-    "volcast", "numpy", "pandas", "pyarrow", "bottleneck", "scikit-learn", "catboost",
-    "papermill", "nbclient", "ipykernel", "voila", "ipywidgets", "tornado", "kaggle",
-)
 COMMON_CODE = ("config", "storage", "errors", "__init__")
-
-
-def _start_kernel(kernel: str, stage: Stage):
-    """Start the stage's kernel now, importing what its notebook imports first, and return its manager.
-
-    Started before the runner imports papermill and reads the notebook, the kernel's start-up and
-    imports overlap them; for ingest, its worker server starts first, beside the kernel.
-    """
-    km = notebooks.kernel_manager(kernel)
-    _start_stage_kernel(km, stage)
-    return km
-
-
-def _start_stage_kernel(km, stage: Stage) -> None:
-    modules = ["pandas", "matplotlib.pyplot", *(f"volcast.{name}" for name in stage.code)]
-    # ingest's worker server first: it imports pandas on the other core while the kernel imports the rest
-    warm_up = "import volcast.ingest; volcast.ingest.start_worker_server(); " if stage.name == "ingest" else ""
-    notebooks.start_kernel(km, modules, warm_up)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,48 +184,7 @@ def output_fingerprints(stage: Stage, layout: Layout) -> dict[str, str | None]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Environment of a run
-
-
-def library_versions() -> dict[str, str | None]:
-    versions = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(config.PROJECT_ROOT), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5,
-        )
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(
-            ["git", "-C", str(config.PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
 # Running
-
-
-@dataclasses.dataclass
-class StageResult:
-    name: str
-    status: str  # ok | skipped | failed
-    seconds: float
-    notebook: str | None = None
-    reason: str | None = None
-    error: str | None = None
 
 
 class StageFailed(Exception):
@@ -250,36 +193,8 @@ class StageFailed(Exception):
         self.stage, self.error, self.notebook, self.user_error = stage, error, notebook, user_error
 
 
-_RUN_STAMP = "%Y%m%dT%H%M%S.%f"
-
-
-def new_run_id(runs_dir: Path | None = None, now: dt.datetime | None = None) -> str:
-    """A run id that sorts after every run already in ``runs_dir``.
-
-    ``ls runs/ | tail -1`` is the latest run: the stamp has microseconds, because an unchanged re-run
-    takes well under a second, and if the clock is behind the newest id (stepped back, or two runs in
-    one tick) the stamp is moved just past it. Runs of one output directory are serialised by its
-    lock, so no two runs race here.
-    """
-    stamp = now or dt.datetime.now()
-    newest = None
-    if runs_dir is not None and runs_dir.is_dir():
-        newest = max((p.name for p in runs_dir.iterdir() if p.is_dir()), default=None)
-    if newest is not None:
-        try:
-            newest_stamp = dt.datetime.strptime(newest.split("-", 1)[0], _RUN_STAMP)
-        except ValueError:  # a run id of the older, whole-second form, or a stray directory
-            newest_stamp = None
-        if newest_stamp is not None and stamp <= newest_stamp:
-            stamp = newest_stamp + dt.timedelta(microseconds=1)
-    return stamp.strftime(_RUN_STAMP) + "-" + uuid.uuid4().hex[:6]
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
 def _state_path(layout: Layout) -> Path:
+    """Stage-level skip state (see the module docstring for the datasets' own per-partition state)."""
     return layout.runs_dir / "state.json"
 
 
@@ -322,52 +237,6 @@ def resolve_source(source: str | None, say: Callable[[str], None] = print) -> st
     from .ingest import resolve_default_source
 
     return resolve_default_source(source, say, name="--source")
-
-
-class _Stopper:
-    """Turns SIGINT, SIGTERM and SIGHUP into a prompt stop of the run: ``Interrupted``.
-
-    The first signal kills the running stage's kernel and its workers at once (outputs are published
-    atomically: nothing partial is left where readers look, and a stage killed before its publish
-    publishes nothing) and raises in the runner, which then records the run as interrupted, releases
-    the lock and exits 128 + the signal's number. Raising matters: papermill waits for the kernel's
-    output without a timeout and would never notice the dead kernel. Later signals only kill again,
-    so a repeated Ctrl-C cannot cut the cleanup short.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.km = None  # the running stage's kernel manager
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum, frame) -> None:
-        first = self.signum is None
-        self.signum = self.signum or signum
-        self.kill_kernel()
-        if first:
-            raise Interrupted(signum)
-
-    def kill_kernel(self) -> None:
-        if self.km is not None:
-            self.km.kill_group()
-
-    def check(self) -> None:
-        """Raise if a signal came (and something on the way swallowed the first raise)."""
-        if self.signum is not None:
-            self.kill_kernel()
-            raise Interrupted(self.signum)
 
 
 def run_pipeline(
@@ -502,64 +371,3 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress,
         storage.atomic_write_json(manifest_path, manifest)
     say(f"run {run_id}: ok in {manifest['seconds']:.1f} s; notebooks and manifest in {run_dir}")
     return manifest
-
-
-def _execute_stage(stage: Stage, params: dict, run_dir: Path, kernel: str, progress: bool,
-                   stopper: _Stopper | None = None) -> StageResult:
-    """Run the stage's notebook with papermill in a fresh kernel, started first (see ``_start_kernel``)."""
-    stopper = stopper or _Stopper()
-    output = run_dir / stage.notebook
-    t0 = time.perf_counter()
-    km = notebooks.kernel_manager(kernel)
-    stopper.km = km
-    try:
-        stopper.check()
-        _start_stage_kernel(km, stage)
-        papermill = _import_papermill()  # meanwhile the kernel starts (only a process's first stage imports it)
-        stopper.check()
-        try:
-            papermill.execute_notebook(
-                str(stage.notebook_path),
-                str(output),
-                parameters=params,
-                kernel_name=kernel,
-                cwd=str(config.NOTEBOOKS_DIR),
-                progress_bar=progress,
-                request_save_on_cell_execute=True,
-                km=km,
-            )
-        except papermill.PapermillExecutionError as exc:
-            stopper.check()
-            error = f"{exc.ename}: {str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ''}"
-            reason = "user-error" if exc.ename == "UserError" else "cell-error"
-            return StageResult(stage.name, "failed", round(time.perf_counter() - t0, 3), str(output), reason, error)
-        except Exception:
-            stopper.check()  # the kernel was killed by the stopper: papermill's error is only its echo
-            raise
-    finally:
-        stopper.km = None
-        with contextlib.suppress(Exception):  # a kernel the stopper killed may be half gone already
-            km.shut_down()
-    stopper.check()  # a signal that came as the last cell ended: the run still stops, its state unrecorded
-    return StageResult(stage.name, "ok", round(time.perf_counter() - t0, 3), str(output))
-
-
-def _summary(stage: str, layout: Layout) -> str:
-    """One line of what the stage produced, read from its report."""
-    report = storage.read_json(layout.report(stage), default=None)
-    if not isinstance(report, dict):
-        return ""
-    try:
-        if stage == "ingest":
-            totals = report.get("totals", report)
-            return (f": {totals['rows_kept']:,} rows kept, {totals['rows_quarantined']:,} quarantined, "
-                    f"{len(report.get('rejected_files', []))} files set aside")
-        if stage == "features":
-            return f": {report['rows']:,} rows, {report['tickers']:,} tickers"
-        if stage == "train":
-            model, base = report["metrics"]["model"], report["metrics"]["baseline_vol_moving_avg"]
-            return (f": model {report['model_id']}, MAE {model['mae']:,.0f} vs baseline {base['mae']:,.0f} "
-                    f"({model['mae'] / base['mae']:.3f}x)")
-    except (KeyError, TypeError, ZeroDivisionError):
-        return ""
-    return ""
