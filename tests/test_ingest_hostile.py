@@ -222,6 +222,20 @@ def test_ten_million_column_header_is_refused_before_parsing(tmp_path):
         "header has 1,508 columns, over the limit max_columns=1,000")
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+def test_header_limits_count_the_header_line_only(ending):
+    """A file far over max_header_bytes whose header is short is read, whatever its line ends (a lone
+    "\r" too); a header of exactly max_header_bytes passes, one byte more does not."""
+    body = b"".join(line.replace(b"\n", ending) for line in ticker_lines(3000))  # about 120 kB
+    parsed = ingest.parse_csv(HEADER.replace(b"\n", ending) + body, "AAA")
+    assert parsed.error is None and parsed.counts["rows_kept"] == 3000
+    limits = ingest.Limits(max_header_bytes=len(HEADER) - 1)  # the header without its line end
+    assert ingest.parse_csv(HEADER + body, "AAA", limits=limits).error is None
+    tight = ingest.Limits(max_header_bytes=len(HEADER) - 2)
+    assert ingest.parse_csv(HEADER + body, "AAA", limits=tight).error == (
+        f"header line longer than the limit max_header_bytes={len(HEADER) - 2}")
+
+
 def test_line_over_max_line_bytes_is_quarantined_alone(tmp_path):
     """A 5 MB line (more than a CSV reader's block) in the middle of a file, in a folder and in a zip."""
     lines = ticker_lines(300)

@@ -171,11 +171,11 @@ def _set_aside_lines(body: bytes, max_line_bytes: int) -> tuple[bytes, list[tupl
 
 def _header_problem(data: bytes, start: int, limits: Limits) -> str | None:
     """A header line over max_header_bytes or with more than max_columns fields, found before parsing it."""
-    end = data.find(b"\n", start, start + limits.max_header_bytes + 2)
-    if end == -1 and len(data) - start > limits.max_header_bytes + 1:
+    window = data[start:start + limits.max_header_bytes + 1]  # a header within the limit ends in here
+    ends = [i for i in (window.find(b"\n"), window.find(b"\r")) if i != -1]
+    if not ends and len(data) - start > limits.max_header_bytes:
         return f"header line longer than the limit max_header_bytes={limits.max_header_bytes:,}"
-    end = len(data) if end == -1 else end
-    columns = data.count(b",", start, end) + 1
+    columns = window.count(b",", 0, min(ends, default=len(window))) + 1
     if columns > limits.max_columns:
         return f"header has {columns:,} columns, over the limit max_columns={limits.max_columns:,}"
     return None
