@@ -168,3 +168,25 @@ def test_pytest_collects_the_ipynb_for_nbval_and_not_the_py_twins():
     ids = [line for line in out.stdout.splitlines() if "::" in line]
     assert out.returncode == 0, out.stdout + out.stderr
     assert {i.split("::")[0] for i in ids} == {f"notebooks/{name}.ipynb" for name in NOTEBOOKS}
+
+
+@pytest.mark.slow
+def test_refresh_runs_an_edit_of_the_py_twin_and_leaves_the_pair_in_sync(tmp_path):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    _copy_notebooks(folder)
+    twin, ipynb = folder / "01_ingest.py", folder / "01_ingest.ipynb"
+    # a new cell, added on the .py side only, whose output is worked out here: 6 * 7
+    twin.write_text(twin.read_text() + '\n# %%\nprint("answer:", 6 * 7)\n')
+    _make_newest(twin)
+
+    pipeline.refresh_notebooks(["01_ingest"], notebooks_dir=folder, say=lambda _: None)
+
+    nb = nbformat.read(ipynb, as_version=4)
+    last = nb.cells[-1]
+    assert last.source == 'print("answer:", 6 * 7)'
+    assert [o.get("text") for o in last.outputs] == ["answer: 42\n"]
+    assert all(c.execution_count for c in nb.cells if c.cell_type == "code")  # every cell ran
+    assert _cells(twin) == _cells(ipynb)
+    assert twin.stat().st_mtime >= ipynb.stat().st_mtime  # JupyterLab's jupytext reads the twin as current
+    assert (tmp_path / "outputs" / "demo" / "data" / "raw").exists()  # ran in its folder: ../outputs/demo

@@ -187,29 +187,33 @@ def sync_notebooks(names: list[str] | None = None, notebooks_dir: str | os.PathL
     return paths
 
 
-def refresh_notebooks(names: list[str] | None = None, say: Callable[[str], None] = print) -> None:
+def refresh_notebooks(names: list[str] | None = None, say: Callable[[str], None] = print,
+                      notebooks_dir: str | os.PathLike | None = None) -> list[Path]:
     """Re-execute the committed notebooks in place with their default (demo) parameters.
 
     This refreshes the stored outputs that nbval compares, after an intended change. Each pair is synced
     first (an edit made on the .py side is what runs) and after (the twin is rewritten, so it is not older
     than its .ipynb). nbclient (not papermill) so the committed notebooks carry no injected cell or run
-    metadata.
+    metadata. The notebooks run in their folder, so their ``output_dir`` is ``../outputs/demo`` from it.
     """
     import nbclient
     import nbformat
 
     from .pipeline import DAG
 
-    layout = Layout.at(config.NOTEBOOKS_DIR / DEMO_OUTPUT_DIR)
+    folder = Path(notebooks_dir or config.NOTEBOOKS_DIR).resolve()
+    layout = Layout.at(folder / DEMO_OUTPUT_DIR)
     kernel = ensure_kernel(layout)
     order = [stage.notebook for stage in DAG] + [config.DASHBOARD_NOTEBOOK]
-    for path in sync_notebooks(names or order):
+    paths = sync_notebooks(names or order, notebooks_dir=folder)
+    for path in paths:
         say(f"refreshing {path.name}")
         nb = nbformat.read(path, as_version=4)
         nbclient.NotebookClient(nb, kernel_name=kernel, timeout=1800,
-                                resources={"metadata": {"path": str(config.NOTEBOOKS_DIR)}}).execute()
+                                resources={"metadata": {"path": str(folder)}}).execute()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         storage.atomic_write_text(path, nbformat.writes(nb) + "\n")
-        sync_notebooks([path.name])
+        sync_notebooks([path.name], notebooks_dir=folder)
         path.with_suffix(".py").touch()  # the twin is current: not older than the .ipynb just written
-    shutil.rmtree(config.NOTEBOOKS_DIR / "catboost_info", ignore_errors=True)
+    shutil.rmtree(folder / "catboost_info", ignore_errors=True)
+    return paths
