@@ -124,8 +124,8 @@ def execute_stage(stage: Stage, params: dict, run_dir: Path, kernel: str, progre
             stopper.check()  # the kernel was killed by the stopper: papermill's error is only its echo
             raise
     finally:
-        stopper.km = None
         with contextlib.suppress(Exception):  # a kernel the stopper killed may be half gone already
             km.shut_down()
+        stopper.km = None  # only now: a signal during the shutdown still kills the kernel
     stopper.check()  # a signal that came as the last cell ended: the run still stops, its state unrecorded
     return StageResult(stage.name, "ok", round(time.perf_counter() - t0, 3), str(output))
