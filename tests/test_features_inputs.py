@@ -128,3 +128,49 @@ def test_market_volume_ratio_by_hand():
     volume = np.array([4, 6, 10, 20, 30, 30])
     got = features.market_volume_ratio(days, volume, window=2)
     close(got, [NAN, NAN, L(30) - L(20), L(30) - L(20), L(60) - L(45), L(60) - L(45)])
+
+
+def _day(iso: str) -> int:
+    return int((np.datetime64(iso) - np.datetime64("1970-01-01")).astype(int))
+
+
+def test_market_holidays_match_the_published_nyse_calendars():
+    from volcast.features.calendar import holidays
+
+    # NYSE's published holiday calendars (nyse.com, "Holidays & Trading Hours").
+    published = {
+        2019: ["2019-01-01", "2019-01-21", "2019-02-18", "2019-04-19", "2019-05-27", "2019-07-04", "2019-09-02",
+               "2019-11-28", "2019-12-25"],
+        2021: ["2021-01-01", "2021-01-18", "2021-02-15", "2021-04-02", "2021-05-31", "2021-07-05", "2021-09-06",
+               "2021-11-25", "2021-12-24"],  # July 4th on a Sunday -> Monday; Christmas on a Saturday -> Friday
+        2022: ["2022-01-17", "2022-02-21", "2022-04-15", "2022-05-30", "2022-06-20", "2022-07-04", "2022-09-05",
+               "2022-11-24", "2022-12-26"],  # New Year's Day on a Saturday: not observed; Juneteenth from 2022
+    }
+    for year, days in published.items():
+        assert sorted(d.isoformat() for d in holidays(year)) == days
+
+
+def test_target_day_calendar_inputs_by_hand():
+    # Each row's inputs describe the NEXT trading day after its date.
+    cases = {  # date: (weekday, gap, expiration, month end, pre-holiday) of the next trading day
+        "2019-03-14": (4, 1, 2, 0, 0),   # -> Fri 2019-03-15: third Friday of March (quarterly expiration)
+        "2019-04-17": (3, 1, 1, 0, 1),   # -> Thu 2019-04-18: expiration moved from Good Friday, a holiday follows
+        "2019-04-18": (0, 4, 0, 0, 0),   # -> Mon 2019-04-22 over Good Friday and the weekend
+        "2019-06-27": (4, 1, 0, 2, 0),   # -> Fri 2019-06-28: last trading day of June (quarter end)
+        "2019-07-02": (2, 1, 0, 0, 1),   # -> Wed 2019-07-03: July 4th follows
+        "2019-11-27": (4, 2, 0, 1, 0),   # -> Fri 2019-11-29 after Thanksgiving, last trading day of November
+        "2019-12-20": (0, 3, 0, 0, 0),   # -> Mon 2019-12-23 (a plain Monday)
+        "2019-12-23": (1, 1, 0, 0, 1),   # -> Tue 2019-12-24: Christmas follows
+    }
+    frame = pd.DataFrame({"Symbol": "A", "Date": list(cases), "High": 1.0, "Low": 1.0, "Close": 1.0,
+                          "Adj Close": 1.0, "Volume": 1})
+    names = ("next_weekday", "next_gap_days", "next_expiration", "next_month_end", "next_pre_holiday")
+    out = features.add_features(frame, inputs=names)
+    close(out[list(names)].to_numpy(), np.array(list(cases.values()), dtype=float))
+
+
+def test_price_level_is_the_log_of_the_rolling_median():
+    frame = tiny()
+    out = features.add_features(frame, window=2, min_periods=1, inputs=("log_price_med",))
+    # Adj Close medians over 2 rows: A: 10, 10.5, 10.45; B: 1, 1.5, 1.0 (median of 2.0 and 0.0)
+    close(out["log_price_med"], np.log([10.0, 10.5, 10.45, 1.0, 1.5, 1.0]))

@@ -50,7 +50,8 @@ DEFAULT_WINDOW = 30
 LOG_VOL_MEAN30 = "log_vol_mean30"
 FORECAST_INPUTS = (
     LOG_VOL_MEAN30, "vol_lr_0", "vol_lr_1", "vol_lr_2", "vol_lr_3", "vol_mean5_lr", "vol_mean10_lr",
-    "vol_mean22_lr", "vol_std30", "return_1d", "range_hl", "weekday",
+    "vol_mean22_lr", "vol_std30", "return_1d", "range_hl", "weekday", "next_weekday", "next_gap_days",
+    "next_expiration", "next_month_end", "next_pre_holiday", "log_price_med", "dist_52w_high",
 )
 FEATURES_SCHEMA = pa.schema(list(RAW_SCHEMA) + [(VOL_FEATURE, pa.float64()), (PRICE_FEATURE, pa.float64())]
                             + [(name, pa.float64()) for name in FORECAST_INPUTS])

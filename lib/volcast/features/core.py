@@ -38,7 +38,7 @@ def compute_sorted(starts: np.ndarray, ticks: tuple[np.ndarray, int], volume: np
     vol, med = _features_sorted(starts, volume, adj_close, ticks if spec.is_offset else None, spec)
     out = {config.VOL_FEATURE: vol, config.PRICE_FEATURE: med}
     if inputs:
-        out.update(forecast_inputs(starts, day_numbers(ticks), volume, adj_close, high, low, close, inputs))
+        out.update(forecast_inputs(starts, day_numbers(ticks), volume, adj_close, high, low, close, inputs, med))
     return out
 
 

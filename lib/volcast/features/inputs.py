@@ -18,9 +18,14 @@ reads a row of another ticker or a later row. Names:
   row on (a shorter history is its own "year"); NaN unless the prices are positive.
 - ``days_since_zero_volume``: rows since the last row with Volume 0 (0 = today), 252 when none of the
   last 252 rows had one.
+- ``log_price_med``: log of ``adj_close_rolling_med`` (the task column, so its window), clipped at 1e-4: the
+  ticker's price level (low-priced shares trade more shares).
+- The target-day calendar (``calendar.CALENDAR_INPUTS``: weekday, gap in days, options expiration, month
+  or quarter end, day before a holiday of the NEXT trading day): known in advance, from the row's date only.
 
-``market_vol_lr`` (the market's total Volume that day as a log ratio to its 30-date mean) is
-cross-ticker and is not among the stage's inputs: see ``market_volume_ratio`` and model_eval.md.
+``market_vol_lr`` (the market's total Volume that day as a log ratio to its 30-date mean) is cross-ticker:
+a partition cannot compute it, so the train stage does, from every row's Volume (``volcast.train.rows``);
+``market_volume_ratio`` here is the same rule on one frame.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..config import LOG_VOL_MEAN30
 from ..errors import UserError
+from .calendar import CALENDAR_INPUTS, calendar_inputs
 from .rolling import _lengths, _positions, _window_mean
 
 BASE_WINDOW = 30
@@ -43,7 +49,9 @@ _PATTERNS = {
     "mean": re.compile(r"vol_mean(\d+)_lr$"),
     "std": re.compile(r"vol_std(\d+)$"),
 }
-FIXED = (LOG_VOL_MEAN30, "return_1d", "range_hl", "weekday", "dist_52w_high", "days_since_zero_volume")
+PRICE_LEVEL = "log_price_med"
+FIXED = (LOG_VOL_MEAN30, "return_1d", "range_hl", "weekday", "dist_52w_high", "days_since_zero_volume", PRICE_LEVEL,
+         *CALENDAR_INPUTS)
 NEEDS_HLC = ("range_hl",)
 
 
@@ -118,11 +126,13 @@ def weekday(days: np.ndarray) -> np.ndarray:
 
 def forecast_inputs(starts: np.ndarray, days: np.ndarray, volume: np.ndarray, adj_close: np.ndarray,
                     high: np.ndarray | None = None, low: np.ndarray | None = None,
-                    close: np.ndarray | None = None, names=None) -> dict[str, np.ndarray]:
+                    close: np.ndarray | None = None, names=None, price_med: np.ndarray | None = None
+                    ) -> dict[str, np.ndarray]:
     """The forecasting inputs ``names`` (default ``config.FORECAST_INPUTS``) as float64 columns.
 
     ``days``: integer days since 1970-01-01 per row; ``volume``: int64 (or float with NaN);
-    ``high``/``low``/``close``: needed only for ``range_hl``.
+    ``high``/``low``/``close``: needed only for ``range_hl``; ``price_med`` (``adj_close_rolling_med``)
+    only for ``log_price_med``.
     """
     from ..config import FORECAST_INPUTS
 
@@ -133,6 +143,9 @@ def forecast_inputs(starts: np.ndarray, days: np.ndarray, volume: np.ndarray, ad
     log_vol = np.log1p(np.maximum(volume_f, 0.0))
     base = np.log1p(_rolling_mean(volume, pos, BASE_WINDOW))
     out: dict[str, np.ndarray] = {}
+    wanted = [c for c in names if c in CALENDAR_INPUTS]
+    if wanted:
+        out.update(calendar_inputs(days, wanted))
     for name in names:
         if name == LOG_VOL_MEAN30:
             out[name] = base
@@ -160,7 +173,12 @@ def forecast_inputs(starts: np.ndarray, days: np.ndarray, volume: np.ndarray, ad
             out[name] = _positive_log(a) - _positive_log(high52)
         elif name == "days_since_zero_volume":
             out[name] = _days_since_zero(volume_f, starts, YEAR_ROWS)
-    return out
+        elif name == PRICE_LEVEL:
+            if price_med is None:
+                raise UserError("log_price_med needs adj_close_rolling_med")
+            with np.errstate(invalid="ignore"):
+                out[name] = np.log(np.maximum(np.asarray(price_med, dtype=np.float64), 1e-4))
+    return {name: out[name] for name in names}
 
 
 def market_volume_ratio(days: np.ndarray, volume: np.ndarray, window: int = BASE_WINDOW) -> np.ndarray:
