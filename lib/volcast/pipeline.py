@@ -33,6 +33,7 @@ from .execute import start_kernel as _start_kernel  # noqa: F401
 from .executor import RunCluster
 from .notebooks import KERNEL_NAME, ensure_kernel, refresh_notebooks, sync_notebooks  # noqa: F401
 from .notebooks import import_papermill as _import_papermill  # noqa: F401
+from .remote import RunTarget
 from .runs import git_commit, library_versions, new_run_id
 from .runs import now as _now
 from .runs import summary as _summary
@@ -261,7 +262,8 @@ def run_pipeline(
     """
     import filelock
 
-    layout = Layout.at(output_dir)
+    target = RunTarget(output_dir, say)  # s3://...: the stages work on its local working copy
+    layout = Layout.at(target.local)
     selected = stages or [stage.name for stage in DAG]
     overrides = params or {}
     cluster = RunCluster(executor, scheduler, config.resolve_jobs(jobs))  # checks the choice; starts nothing
@@ -275,16 +277,18 @@ def run_pipeline(
         ) from None
     try:
         with _Stopper() as stopper:
+            target.start()
             if "ingest" in selected:
                 source = resolve_source(source, say)
-            return _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper, cluster)
+            return _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper, cluster,
+                               target)
     finally:
         cluster.close()
         lock.release()
 
 
 def _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper,
-                cluster: RunCluster | None = None) -> dict:
+                cluster: RunCluster | None = None, target: RunTarget | None = None) -> dict:
     run_id = new_run_id(layout.runs_dir)
     run_dir = layout.runs_dir / run_id
     run_dir.mkdir(parents=True)
@@ -296,7 +300,7 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress,
         "started": _now(),
         "ended": None,
         "seconds": None,
-        "output_dir": str(layout.output_dir),
+        "output_dir": (target and target.label) or str(layout.output_dir),
         "source": source,
         "stages_requested": selected,
         "force": force,
@@ -357,6 +361,8 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress,
                 "finished": _now(),
             }
             storage.atomic_write_json(_state_path(layout), state)
+            if target is not None:
+                target.stage_done(stage.outputs)  # a store: files first, then the pointers
             say(f"  {name}: ok in {result.seconds:.1f} s{_summary(name, layout)}")
         manifest["status"] = "ok"
     except StageFailed:
@@ -369,5 +375,7 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress,
         manifest["ended"] = _now()
         manifest["seconds"] = round(time.perf_counter() - started, 3)
         storage.atomic_write_json(manifest_path, manifest)
+    if target is not None:
+        target.run_done(run_dir)
     say(f"run {run_id}: ok in {manifest['seconds']:.1f} s; notebooks and manifest in {run_dir}")
     return manifest
