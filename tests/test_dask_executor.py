@@ -43,13 +43,14 @@ def cluster():
 
 
 def test_default_executor_never_imports_dask(tmp_path):
+    """Nothing changes for a user of neither option: no dask, and no object-storage client either."""
     code = (
         "import sys, json\n"
         "from volcast import ingest, features, pipeline\n"
         f"out = {str(tmp_path)!r}\n"
         "r = ingest.run(out, source='demo', demo_tickers=12, demo_years=2, jobs=2)\n"
         "f = features.run(out, jobs=2)\n"
-        "print(json.dumps({'modules': sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed')),"
+        "print(json.dumps({'modules': sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 's3fs', 'aiobotocore')),"
         " 'executors': [r['executor'], f['executor']], 'params': pipeline.RunCluster(None, None, 2).params()}))\n"
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != executor.SCHEDULER_ENV}
