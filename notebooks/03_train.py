@@ -21,6 +21,7 @@
 # - **Split**: chronological, the last 20 % of dates are the test set; the last 10 % of the remaining dates are a validation slice (the learning curve), held out of fitting.
 # - **Task model** (`/predict`): CatBoost on the ratio *next Volume / vol_moving_avg* with an absolute-error (MAE) loss, i.e. its conditional median, scaled back by `vol_moving_avg`. Inputs are only `vol_moving_avg` and `adj_close_rolling_med`.
 # - **Forecast model** (`/forecast`): CatBoost `MultiQuantile` (P10, P50, P90) of *log1p(next Volume) - log_vol_mean30* on every forecasting input; the P10-P90 interval is scaled so that 80 % of the validation slice falls inside.
+# - **Warm start** (`warm_start=True`): continue the current model (`models/LATEST`) on the train rows added since it was trained, and compare it with a full retrain on the same data (`volcast.train.warm`).
 # - **References** on the same test rows: predict `vol_moving_avg`; predict today's Volume; HAR (log volume on its log 1/5/22-day means, least squares on the fitted train rows).
 
 # %% tags=["parameters"]
@@ -38,6 +39,8 @@ forecast_iterations = 300
 formulation = "auto"
 loss = "auto"
 validation_fraction = 0.1
+max_test_rows = 1000000
+warm_start = False
 jobs = 0
 progress = True
 
@@ -54,7 +57,8 @@ report = train.run(output_dir, model=model, target_shift=target_shift, split=spl
                    test_fraction=test_fraction, max_train_rows=max_train_rows, iterations=iterations,
                    seed=seed, depth=depth, learning_rate=learning_rate, formulation=formulation,
                    loss=loss, validation_fraction=validation_fraction, jobs=jobs,
-                   forecast_iterations=forecast_iterations, progress=progress)
+                   forecast_iterations=forecast_iterations, max_test_rows=max_test_rows,
+                   warm_start=warm_start, progress=progress)
 model_dir = train.latest_model_dir(output_dir)
 card = train.load_card(model_dir)
 print("model", report["model_id"], "in", report["seconds"]["total"], "s")
@@ -71,6 +75,9 @@ print(f"rows: fitted {report['train_rows']:,} (sampled), validation {report['val
       f"test {report['test_rows']:,}; dropped {report['dropped_rows']['dropped']:,} "
       f"(no features {report['dropped_rows']['no_features']:,}, no target {report['dropped_rows']['no_target']:,})")
 print(f"P10-P90 interval: {100 * report['coverage_p10_p90']:.1f} % of test rows inside (nominal 80 %)")
+print("test metrics on", report["test_scoring"])
+if report["warm_start"]:
+    print("warm start:", report["warm_start"]["note"])
 train.metrics_table(report, digits=2)
 
 # %% [markdown]

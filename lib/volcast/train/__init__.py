@@ -29,18 +29,6 @@ from .forecast import (
                    load_test_forecasts,
 )
 from .forecast_model import ForecastModel, fit_forecast
-from .scoring import (
-                   BASELINES,
-                   baseline_predictions,
-                   coverage,
-                   error_by_decile,
-                   evaluate,
-                   fit_har,
-                   metrics,
-                   predict_har,
-                   ratios_vs_baseline,
-                   table_by,
-)
 from .params import (
                    DEFAULT_DEPTH,
                    DEFAULT_FORECAST_ITERATIONS,
@@ -60,6 +48,18 @@ from .params import (
                    STAGE,
                    TARGET,
                    VALIDATION_MAX_ROWS,
+)
+from .scoring import (
+                   BASELINES,
+                   baseline_predictions,
+                   coverage,
+                   error_by_decile,
+                   evaluate,
+                   fit_har,
+                   metrics,
+                   predict_har,
+                   ratios_vs_baseline,
+                   table_by,
 )
 from .stage import (
                    PREDICTORS,

@@ -100,12 +100,13 @@ def calibrate(q: np.ndarray, z: np.ndarray, coverage: float = NOMINAL_COVERAGE) 
 
 def fit_forecast(x, y, inputs, *, valid=None, iterations: int = DEFAULT_FORECAST_ITERATIONS,
                  depth: int = DEFAULT_DEPTH, learning_rate: float = DEFAULT_LEARNING_RATE, seed: int = 42,
-                 threads: int = 1) -> tuple[ForecastModel, pd.DataFrame, dict]:
+                 threads: int = 1, init: ForecastModel | None = None) -> tuple[ForecastModel, pd.DataFrame, dict]:
     """Fit on float32 inputs ``x`` (columns ``inputs``, which include ``log_vol_mean30``) and next-day
     volumes ``y``; ``valid`` = (x, y) of the validation slice: learning curve and interval calibration.
 
     Returns ``(model, learning curve, info)``; info has the parameters, seconds and validation coverage
-    before and after calibration.
+    before and after calibration. ``init``: a trained forecast model to continue (warm start: ``iterations``
+    more trees on these rows).
     """
     from catboost import CatBoostRegressor
 
@@ -124,7 +125,8 @@ def fit_forecast(x, y, inputs, *, valid=None, iterations: int = DEFAULT_FORECAST
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="volcast-catboost-") as tmp:
         estimator = CatBoostRegressor(**params, verbose=False, allow_writing_files=False, train_dir=tmp)
-        estimator.fit(x, z, eval_set=eval_set, use_best_model=False)
+        estimator.fit(x, z, eval_set=eval_set, use_best_model=False,
+                      init_model=init.estimator if init is not None else None)
     seconds = time.perf_counter() - started
     model = ForecastModel(estimator, inputs)
     info = {"params": params, "fit_seconds": round(seconds, 2), "validation_coverage_raw": None,

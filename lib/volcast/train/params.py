@@ -20,9 +20,14 @@ DEFAULT_DEPTH = 6
 DEFAULT_LEARNING_RATE = 0.1
 DEFAULT_RATIO_LOSS = "MAE"  # the task model's loss, chosen on the validation slice
 DEFAULT_VALIDATION_FRACTION = 0.1
+DEFAULT_MAX_TEST_ROWS = 1_000_000  # test rows scored (all up to this many, else a seeded sample)
+DEFAULT_WARM_START = False  # train.warm_start: continue models/LATEST on the rows added (volcast.train.warm)
 VALIDATION_MAX_ROWS = 200_000  # the learning curve needs a faithful, not a huge, validation sample
 
-# The forecast model (volcast.train.forecast_model).
+# The forecast model (volcast.train.forecast_model): the features stage's inputs plus the market's volume
+# ratio, which is cross-ticker and so computed by the train stage (volcast.train.rows).
+MARKET_INPUT = "market_vol_lr"
+FORECAST_MODEL_INPUTS = (*config.FORECAST_INPUTS, MARKET_INPUT)
 QUANTILES = (0.1, 0.5, 0.9)
 DEFAULT_FORECAST_ITERATIONS = 300
 

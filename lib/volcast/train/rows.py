@@ -25,12 +25,18 @@ import pyarrow.parquet as pq
 from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
 from ..errors import UserError
 from .data import _distinct, _iso, _sample, feature_files, split_mask
-from .params import FEATURES, SPLITS, VALIDATION_MAX_ROWS, _check_fraction, _check_target_shift
+from .params import (
+    DEFAULT_MAX_TEST_ROWS,
+    FEATURES,
+    MARKET_INPUT,
+    SPLITS,
+    VALIDATION_MAX_ROWS,
+    _check_fraction,
+    _check_target_shift,
+)
 
-MARKET_INPUT = "market_vol_lr"  # computed here from every row's Volume (cross-ticker), not a file column
 MARKET_WINDOW = 30
 TEST_FORECAST_DATES = 250  # per ticker, the last test dates kept for the explorer's band
-DEFAULT_MAX_TEST_ROWS = 1_000_000
 _SCAN_COLUMNS = (SYMBOL, DATE, VOLUME, *FEATURES, LOG_VOL_MEAN30)
 
 
@@ -67,6 +73,7 @@ class TrainRows:
     valid: np.ndarray
     test: np.ndarray  # the scored test rows
     band: np.ndarray  # each ticker's last TEST_FORECAST_DATES test rows (the explorer's band)
+    added: np.ndarray  # warm start: fit-pool rows dated after ``added_after_day`` (a sample if many)
     tickers: list
     files: list
     counts: dict
@@ -184,11 +191,11 @@ def _band(ticker: np.ndarray, is_test: np.ndarray) -> np.ndarray:
 def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1, split: str = "chronological",
               test_fraction: float = 0.2, validation_fraction: float = 0.1, max_train_rows: int = 300_000,
               max_test_rows: int = DEFAULT_MAX_TEST_ROWS, seed: int = 42, threads: int = 1,
-              fit_after_day: int | None = None) -> TrainRows:
+              added_after_day: int | None = None) -> TrainRows:
     """Every role's rows of the features dataset (see the module docstring).
 
-    ``fit_after_day`` (warm start): the fitted rows are every fit-pool row dated after this day instead of a
-    sample (their count is what the card reports as the rows added).
+    ``added_after_day`` (warm start): ``added`` = the fit-pool rows dated after this day (every one, or a seeded
+    sample of ``max_train_rows`` when more); ``rows["added"]`` counts them all.
     """
     if split not in SPLITS:
         raise UserError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
@@ -246,11 +253,11 @@ def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1,
 
     # Samples (seeded) over the pools in file order.
     rng = np.random.default_rng(seed)
-    if fit_after_day is None:
-        fit_pick = _sample(n_fit_pool, max_train_rows, rng)
-    else:
-        newer = np.concatenate([s.day[f] > fit_after_day for s, f in zip(scans, is_fit)])
-        fit_pick = np.flatnonzero(newer)
+    fit_pick = _sample(n_fit_pool, max_train_rows, rng)
+    is_added = [f & (s.day > (added_after_day if added_after_day is not None else np.iinfo(np.int32).max))
+                for s, f in zip(scans, is_fit)]
+    n_added = sum(int(a.sum()) for a in is_added)
+    added_pick = _sample(n_added, max_train_rows, np.random.default_rng(seed + 3))
     valid_pick = _sample(n_valid_pool, VALIDATION_MAX_ROWS, rng)
     test_pick = _sample(n_test, max_test_rows, np.random.default_rng(seed + 2))
 
@@ -264,14 +271,15 @@ def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1,
 
     fit_rows, valid_rows, test_rows = (per_file(is_fit, fit_pick), per_file(is_valid, valid_pick),
                                        per_file(is_test, test_pick))
+    added_rows = per_file(is_added, added_pick)
     band_rows = [_band(s.ticker, t) for s, t in zip(scans, is_test)]
     dates = {name: _pool_range([s.day[m] for s, m in zip(scans, masks)])
-             for name, masks in (("train", is_fit), ("validation", is_valid), ("test", is_test))}
-    del is_test, is_valid, is_fit, day_all
+             for name, masks in (("train", is_fit), ("validation", is_valid), ("test", is_test), ("added", is_added))}
+    del is_test, is_valid, is_fit, is_added, day_all
 
     # Pass 2: the inputs of the chosen rows only.
     file_inputs = [n for n in inputs if n != MARKET_INPUT]
-    chosen = [np.unique(np.concatenate(parts)) for parts in zip(fit_rows, valid_rows, test_rows, band_rows)]
+    chosen = [np.unique(np.concatenate(parts)) for parts in zip(fit_rows, valid_rows, test_rows, band_rows, added_rows)]
 
     def read_inputs(k: int) -> np.ndarray:
         if not len(chosen[k]):
@@ -296,7 +304,7 @@ def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1,
 
     tickers: list[str] = []
     parts: dict[str, list] = {k: [] for k in ("day", "next_day", "ticker", "floats")}
-    roles: dict[str, list] = {k: [] for k in ("fit", "valid", "test", "band")}
+    roles: dict[str, list] = {k: [] for k in ("fit", "valid", "test", "band", "added")}
     at = 0
     for k, s in enumerate(scans):
         c = chosen[k]
@@ -304,16 +312,17 @@ def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1,
         parts["next_day"].append(s.next_day[c])
         parts["ticker"].append(s.ticker[c] + len(tickers))
         parts["floats"].append(s.floats[:, c])
-        for name, rows in (("fit", fit_rows[k]), ("valid", valid_rows[k]), ("test", test_rows[k]), ("band", band_rows[k])):
+        for name, rows in (("fit", fit_rows[k]), ("valid", valid_rows[k]), ("test", test_rows[k]),
+                           ("band", band_rows[k]), ("added", added_rows[k])):
             roles[name].append(np.searchsorted(c, rows) + at)
         tickers.extend(s.names)
         at += len(c)
     floats = np.concatenate(parts["floats"], axis=1)
     pools = {"usable": usable, "train_period": n_fit_pool + n_valid_pool, "fit_pool": n_fit_pool,
-             "validation_pool": n_valid_pool, "test": n_test}
+             "validation_pool": n_valid_pool, "test": n_test, "added": n_added}
     return TrainRows(np.concatenate(parts["day"]), np.concatenate(parts["next_day"]), np.concatenate(parts["ticker"]),
                      floats[0], floats[1], floats[2], floats[3], np.concatenate(xs), inputs,
-                     *(np.concatenate(roles[r]).astype(np.int64) for r in ("fit", "valid", "test", "band")),
+                     *(np.concatenate(roles[r]).astype(np.int64) for r in ("fit", "valid", "test", "band", "added")),
                      tickers, files, counts, pools, split_info, valid_info, dates, market,
                      {"scan": round(scan_seconds, 2), "inputs": round(inputs_seconds, 2)})
 

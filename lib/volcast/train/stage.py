@@ -24,19 +24,23 @@ from .. import config, storage
 from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
 from ..errors import UserError
 from . import scoring as M
+from . import warm as W
 from .data import _iso, _sample
 from .forecast import LATEST_FILE, TEST_FORECASTS_FILE
 from .forecast_model import MODEL_FILE as FORECAST_FILE
 from .forecast_model import fit_forecast
-from .rows import DEFAULT_MAX_TEST_ROWS, MARKET_INPUT, TEST_FORECAST_DATES, load_rows, market_at  # noqa: F401 (re-exported)
 from .params import (
     DEFAULT_DEPTH,
     DEFAULT_FORECAST_ITERATIONS,
     DEFAULT_ITERATIONS,
     DEFAULT_LEARNING_RATE,
+    DEFAULT_MAX_TEST_ROWS,
     DEFAULT_MAX_TRAIN_ROWS,
     DEFAULT_VALIDATION_FRACTION,
+    DEFAULT_WARM_START,
     FEATURES,
+    FORECAST_MODEL_INPUTS,
+    MARKET_INPUT,
     MODELS,
     RF_MAX_ROWS,
     STAGE,
@@ -45,9 +49,11 @@ from .params import (
     _check_target_shift,
     _positive_int,
 )
+from .rows import TEST_FORECAST_DATES, load_rows, market_at  # noqa: F401 (re-exported)
 from .task_model import (
     DERIVED_INPUTS,
     TEST_SAMPLE_FILE,
+    FitResult,
     fingerprint_files,
     fit_model,
     latest_model_dir,
@@ -142,7 +148,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         max_train_rows=DEFAULT_MAX_TRAIN_ROWS, iterations=DEFAULT_ITERATIONS, seed=42,
         depth=DEFAULT_DEPTH, learning_rate=DEFAULT_LEARNING_RATE, formulation="auto", loss="auto",
         validation_fraction=DEFAULT_VALIDATION_FRACTION, jobs=0, forecast_iterations=DEFAULT_FORECAST_ITERATIONS,
-        max_test_rows=DEFAULT_MAX_TEST_ROWS, *, progress: bool = True) -> dict:
+        max_test_rows=DEFAULT_MAX_TEST_ROWS, warm_start=DEFAULT_WARM_START, warm_compare=True, *, progress: bool = True) -> dict:
     """Train both models on ``DIR/data/features``; publish them, their card, ``LATEST``; write the report.
 
     - ``model``: the task model, "catboost" or "random_forest" (the task's reference, fitted on at most
@@ -156,6 +162,8 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
       ``loss``: the task model's CatBoost loss ("auto" = MAE for ratio, RMSE otherwise).
     - ``max_test_rows``: the test metrics are computed on every test row up to this many, else on a seeded
       uniform sample of this many (the card says which: ``rows.test_scored`` of ``rows.test``).
+    - ``warm_start``: continue the current model (``models/LATEST``) on the rows added since it was trained
+      (``volcast.train.warm``); ``warm_compare``: also fit from scratch on the same rows and report both MAEs.
     - ``jobs``: threads (0 = all cores).
     """
     started = time.perf_counter()
@@ -174,10 +182,13 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     seconds = {}
 
     t0 = time.perf_counter()
-    inputs = list(config.FORECAST_INPUTS)
+    inputs = list(FORECAST_MODEL_INPUTS)
+    parent = W.find_parent(layout.output_dir, model, target_shift, inputs) if warm_start else None
+    warm = parent is not None and parent.ok
     data = load_rows(layout.features_dir, inputs, target_shift=target_shift, split=split, test_fraction=test_fraction,
                      validation_fraction=validation_fraction, max_train_rows=max_train_rows,
-                     max_test_rows=max_test_rows, seed=seed, threads=threads)
+                     max_test_rows=max_test_rows, seed=seed, threads=threads,
+                     added_after_day=parent.train_end if warm else None)
     fit_rows, valid_rows, test_rows = data.fit, data.valid, data.test
     task_rows = fit_rows
     if model == "random_forest" and len(fit_rows) > RF_MAX_ROWS:
@@ -186,21 +197,51 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
 
     latest = latest_model_dir(layout.output_dir)
     model_id = new_model_id(model, after=latest.name if latest is not None else None)
-    fit = fit_model(
-        data.vol[task_rows], data.price[task_rows], data.target[task_rows], model=model, formulation=formulation,
-        loss=loss, iterations=iterations, depth=depth, learning_rate=learning_rate, seed=seed, threads=threads,
-        valid=(data.vol[valid_rows], data.price[valid_rows], data.target[valid_rows]) if len(valid_rows) else None,
-        model_id=model_id,
-    )
-    seconds["fit_task"] = fit.seconds
-    x_fit = data.x[fit_rows]
-    forecaster, fcurve, finfo = fit_forecast(
-        x_fit, data.target[fit_rows], inputs, iterations=forecast_iterations, depth=depth,
-        learning_rate=learning_rate, seed=seed, threads=threads,
-        valid=(data.x[valid_rows], data.target[valid_rows]) if len(valid_rows) else None)
-    seconds["fit_forecast"] = finfo["fit_seconds"]
-    har_coef = M.fit_har(*_har_inputs(x_fit, inputs), data.target[fit_rows])
-    del x_fit
+
+    def fit_both(rows, n_iter, n_iter_forecast, rate, init_task=None, init_forecast=None):
+        valid_task = (data.vol[valid_rows], data.price[valid_rows], data.target[valid_rows]) if len(valid_rows) else None
+        task_fit = fit_model(data.vol[rows], data.price[rows], data.target[rows], model=model, formulation=formulation,
+                             loss=loss, iterations=n_iter, depth=depth, learning_rate=rate, seed=seed, threads=threads,
+                             valid=valid_task, model_id=model_id, init=init_task)
+        fc = fit_forecast(data.x[rows], data.target[rows], inputs, iterations=n_iter_forecast, depth=depth,
+                          learning_rate=rate, seed=seed, threads=threads, init=init_forecast,
+                          valid=(data.x[valid_rows], data.target[valid_rows]) if len(valid_rows) else None)
+        return task_fit, fc
+
+    warm_entry = None
+    if not warm or warm_compare:
+        fit, (forecaster, fcurve, finfo) = fit_both(task_rows, iterations, forecast_iterations, learning_rate)
+        seconds["fit_task"], seconds["fit_forecast"] = fit.seconds, finfo["fit_seconds"]
+        har_coef = M.fit_har(*_har_inputs(data.x[fit_rows], inputs), data.target[fit_rows])
+    if warm:
+        added = data.added
+        rate = learning_rate * W.WARM_LEARNING_RATE_FACTOR
+        if len(added):
+            wfit, (wfc, wcurve, winfo) = fit_both(added, W.WARM_ITERATIONS, W.WARM_ITERATIONS, rate,
+                                                  parent.task, parent.forecaster)
+        else:  # nothing new: the parent's models, re-evaluated
+            empty = pd.DataFrame(columns=["iteration", "train_loss", "validation_loss", "metric"])
+            wfc, wcurve = parent.forecaster, empty
+            wfit = FitResult(parent.task, empty, parent.card.get("estimator_params", {}), 0.0)
+            winfo = {"params": parent.card["models"]["forecast"]["params"], "fit_seconds": 0.0,
+                     "validation_coverage_raw": None, "validation_coverage": None}
+        maes = None
+        if warm_compare:
+            y_t, v_t, p_t, x_t = (data.target[test_rows], data.vol[test_rows], data.price[test_rows],
+                                  data.x[test_rows])
+            full_f, warm_f = M.metrics(y_t, forecaster.predict(x_t)[1])["mae"], M.metrics(y_t, wfc.predict(x_t)[1])["mae"]
+            full_t, warm_t = M.metrics(y_t, fit.model.predict(v_t, p_t))["mae"], M.metrics(y_t, wfit.model.predict(v_t, p_t))["mae"]
+            maes = {"forecast_mae_full": full_f, "forecast_mae_warm": warm_f, "forecast_ratio": warm_f / full_f if full_f else None,
+                    "task_mae_full": full_t, "task_mae_warm": warm_t, "task_ratio": warm_t / full_t if full_t else None,
+                    "full_fit_seconds": round(fit.seconds + finfo["fit_seconds"], 2)}
+            del x_t
+        warm_entry = W.card_entry(parent, data.rows["added"], data.dates["added"], data.rows["fit_pool"], maes)
+        fit, forecaster, fcurve, finfo = wfit, wfc, wcurve, winfo
+        fit.model.model_id = model_id
+        seconds["fit_task"], seconds["fit_forecast"] = wfit.seconds, winfo["fit_seconds"]
+        har_coef = np.asarray(parent.card["references"]["har"]["coefficients"], dtype=np.float64)
+    elif parent is not None:
+        warm_entry = {"requested": True, "note": parent.reason}
 
     t0 = time.perf_counter()
     y = data.target[test_rows]
@@ -246,7 +287,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
                     FEATURES[1]: [float(np.min(data.price[task_rows])), float(np.max(data.price[task_rows]))]}
     files, split_info, valid_info, market = data.files, data.split_info, data.valid_info, data.market
     latest_src = files[0].parent / "_latest.parquet"
-    del data
+    data = None  # the rows are not needed any more: free them before publishing
 
     curve = fit.learning_curve
     best = curve.loc[curve["validation_loss"].idxmin()] if curve["validation_loss"].notna().any() else None
@@ -264,8 +305,9 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
             "max_train_rows": max_train_rows, "iterations": iterations, "seed": seed, "depth": depth,
             "learning_rate": learning_rate, "formulation": formulation, "loss": loss,
             "validation_fraction": validation_fraction, "threads": threads,
-            "forecast_iterations": forecast_iterations, "max_test_rows": max_test_rows,
+            "forecast_iterations": forecast_iterations, "max_test_rows": max_test_rows, "warm_start": bool(warm_start),
         },
+        "warm_start": warm_entry,
         "estimator_params": fit.params,
         "features": list(FEATURES),
         "derived_inputs": list(DERIVED_INPUTS),
@@ -331,6 +373,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         "train_rows": rows["fit"],
         "test_rows": rows["test"],
         "test_scored_rows": rows["test_scored"],
+        "warm_start": warm_entry,
         "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
         "train_period_rows": rows["train_period"],
         "validation_rows": rows["validation"],

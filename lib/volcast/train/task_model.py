@@ -144,11 +144,13 @@ def _catboost(params: dict):
 def fit_model(x_vol, x_price, y, *, model: str = "catboost", formulation: str = "auto", loss: str = "auto",
               iterations: int = DEFAULT_ITERATIONS, depth: int = DEFAULT_DEPTH,
               learning_rate: float = DEFAULT_LEARNING_RATE, seed: int = 42, threads: int = 1,
-              valid: tuple | None = None, model_id: str = "unsaved") -> FitResult:
+              valid: tuple | None = None, model_id: str = "unsaved", init: VolumeModel | None = None) -> FitResult:
     """Fit on (vol_moving_avg, adj_close_rolling_med) -> target volume; learning curve on ``valid``.
 
     ``valid`` = (vol, price, y) of a validation slice (not fitted on); the curve has the loss on
     the fitted rows and on it per iteration (CatBoost) or per number of trees (RandomForest).
+    ``init`` (CatBoost only): a trained model to continue (warm start): ``iterations`` more trees are fitted
+    on these rows on top of its trees.
     """
     formulation, loss = resolve_formulation(model, formulation, loss)
     x = design_matrix(x_vol, x_price)
@@ -166,7 +168,8 @@ def fit_model(x_vol, x_price, y, *, model: str = "catboost", formulation: str = 
         with tempfile.TemporaryDirectory(prefix="volcast-catboost-") as tmp:
             # train_dir in a temp dir: CatBoost must never leave catboost_info/ in the cwd.
             estimator = _catboost({**params, "train_dir": tmp})
-            estimator.fit(x, z, eval_set=(xv, zv) if xv is not None else None, use_best_model=False)
+            estimator.fit(x, z, eval_set=(xv, zv) if xv is not None else None, use_best_model=False,
+                          init_model=init.estimator if init is not None else None)
         curve = _catboost_curve(estimator, loss)
     else:
         from sklearn.ensemble import RandomForestRegressor
