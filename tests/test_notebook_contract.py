@@ -190,3 +190,17 @@ def test_refresh_runs_an_edit_of_the_py_twin_and_leaves_the_pair_in_sync(tmp_pat
     assert _cells(twin) == _cells(ipynb)
     assert twin.stat().st_mtime >= ipynb.stat().st_mtime  # JupyterLab's jupytext reads the twin as current
     assert (tmp_path / "outputs" / "demo" / "data" / "raw").exists()  # ran in its folder: ../outputs/demo
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_jupyterlab_opens_the_py_twin_as_the_notebook_with_its_outputs(name):
+    """What JupyterLab's jupytext contents manager (the server extension the dev extra installs) serves
+    for the .py: the notebook's cells, with the outputs stored in the paired .ipynb."""
+    from jupyter_server.services.contents.largefilemanager import LargeFileManager
+    from jupytext.sync_contentsmanager import build_sync_jupytext_contents_manager_class
+
+    manager = build_sync_jupytext_contents_manager_class(LargeFileManager)(root_dir=str(config.NOTEBOOKS_DIR))
+    opened = manager.get(f"{name}.py", content=True, type="notebook")["content"]
+    stored = nbformat.read(config.NOTEBOOKS_DIR / f"{name}.ipynb", as_version=4)
+    assert [(c.cell_type, c.source) for c in opened.cells] == [(c.cell_type, c.source) for c in stored.cells]
+    assert [c.get("outputs") for c in opened.cells] == [c.get("outputs") for c in stored.cells]
