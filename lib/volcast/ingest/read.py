@@ -1,4 +1,5 @@
-"""Reading source files: zip members, and a batch of plain files straight into one reused, joined buffer."""
+"""Reading source files: zip members, and a batch of plain files straight into one reused, joined buffer;
+a folder's file is opened only if it is still a regular file within the limits (no link, FIFO or device)."""
 from __future__ import annotations
 
 import errno

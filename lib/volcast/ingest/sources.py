@@ -1,4 +1,5 @@
-"""Sources: what ``source`` means (folder, .zip, ``kaggle``, ``demo``) and the list of ticker files in it."""
+"""Sources: what ``source`` means (folder, .zip, ``kaggle``, ``demo``), the one rule for its default, and the
+list of ticker files in it, with those refused before reading (over a limit, links, special files)."""
 from __future__ import annotations
 
 import csv

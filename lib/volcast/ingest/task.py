@@ -1,4 +1,5 @@
-"""One partition task: read its files, parse them (jointly where clean), write its raw and quarantine files."""
+"""One partition task: read its files, parse them (jointly where clean), check every line is accounted for,
+write its raw and quarantine files."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
-"""The process pool: partition tasks on forkserver workers (or a dask cluster), with a progress bar over files."""
+"""The process pool: partition tasks on forkserver workers (or a dask cluster), with a progress bar over files;
+local workers end with the process that started them."""
 from __future__ import annotations
 
 import ctypes
