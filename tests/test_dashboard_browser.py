@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from dashboard_helpers import HOSTILE_SYMBOL, build_hostile_output
 from serve_helpers import Client, ServeProcess, tiny_output  # noqa: F401
 
@@ -122,14 +123,14 @@ def test_dashboard_predicts_the_same_integer_as_the_api(served, browser):
     assert status == 400 and shown_error == body["error"]
     api.close()
 
-    # The other panels rendered: metrics table and the three charts (explorer, comparison, learning curves).
+    # The other panels rendered: metrics table, the explorer's plotly chart, the card's two PNG charts.
     _wait(browser, "table.volcast-metrics")
     page = browser.find_element("tag name", "body").text
     assert "reference: tomorrow = vol_moving_avg" in page and "forecast model" in page and "median APE" in page
-    deadline = time.monotonic() + 60
-    while browser.execute_script("return document.querySelectorAll('.js-plotly-plot').length") < 3:
-        assert time.monotonic() < deadline, "the plotly charts did not render"
-        time.sleep(0.25)
+    _wait(browser, ".js-plotly-plot")
+    images = browser.execute_script(
+        "return Array.from(document.querySelectorAll('img')).filter(i => i.naturalWidth > 100).length")
+    assert images >= 2  # comparison + learning curves
 
     _predict(browser, "1000000", "25", ".volcast-volume")  # a friendly state for the screenshot
     png = _screenshot(browser)
@@ -137,6 +138,57 @@ def test_dashboard_predicts_the_same_integer_as_the_api(served, browser):
     target = os.environ.get("VOLCAST_DASHBOARD_SCREENSHOT")
     if target:
         Path(target).write_bytes(png)
+
+
+def _forecast_shown(driver, symbol: str) -> dict:
+    """Pick ``symbol`` in the dashboard's ticker list and read the forecast panel once it shows that ticker."""
+    from selenium.webdriver.support.ui import Select
+
+    Select(_wait(driver, ".volcast-symbol select")).select_by_visible_text(symbol)
+    deadline = time.monotonic() + 60
+    while True:
+        shown = driver.execute_script("""
+            const q = (c) => { const e = document.querySelector('.volcast-forecast-output ' + c); return e ? e.textContent : null; };
+            return {symbol: q('.volcast-forecast-symbol'), as_of: q('.volcast-as-of'), volume: q('.volcast-forecast-volume'),
+                    low: q('.volcast-interval-low'), high: q('.volcast-interval-high'), model_id: q('.volcast-forecast-model-id')};""")
+        if shown["symbol"] == symbol:
+            return shown
+        assert time.monotonic() < deadline, f"the forecast of {symbol} did not appear: {shown}"
+        time.sleep(0.25)
+
+
+def test_dashboard_forecasts_a_picked_ticker_like_the_api(served, browser, tiny_output):
+    browser.get(served.dashboard_url + "/")
+    default = _wait(browser, ".volcast-forecast-symbol", text=True).text
+    api = Client(served.api_url)
+    status, body = api.get("/health")
+    assert status == 200
+    from volcast.train import latest_model_dir
+    from volcast.train.forecast import load_bundle
+
+    symbols = load_bundle(latest_model_dir(tiny_output)).symbols
+    picked = [s for s in symbols if s != default][:2]  # not the default: the pick must take effect
+    assert picked
+    for symbol in picked:
+        shown = _forecast_shown(browser, symbol)
+        status, body = api.get(f"/forecast?symbol={symbol}")
+        assert status == 200, body
+        assert shown == {"symbol": body["symbol"], "as_of": body["as_of"], "volume": f"{body['volume']:,}",
+                         "low": f"{body['interval']['low']:,}", "high": f"{body['interval']['high']:,}",
+                         "model_id": body["model_id"]}
+    api.close()
+    # The explorer chart shows values on hover: a mouse move over its volume panel brings plotly's label.
+    hover = """
+        const drag = document.querySelectorAll('.js-plotly-plot .nsewdrag');
+        const area = drag[drag.length - 1].getBoundingClientRect();
+        drag[drag.length - 1].dispatchEvent(new MouseEvent('mousemove', {bubbles: true,
+            clientX: area.left + area.width * 0.8, clientY: area.top + area.height / 2}));
+        return document.querySelector('.hoverlayer').textContent;"""
+    deadline = time.monotonic() + 10
+    while not browser.execute_script(hover):
+        assert time.monotonic() < deadline, "no hover label on the explorer chart"
+        time.sleep(0.3)
+    assert "Volume" in browser.execute_script(hover)
 
 
 def _screenshot(driver) -> bytes:

@@ -7,11 +7,8 @@ from __future__ import annotations
 import html
 
 import pytest
-from dashboard_helpers import (
-    HOSTILE_MARKERS,
-    HOSTILE_SYMBOL,
-    build_hostile_output,
-)
+
+from dashboard_helpers import HOSTILE_MARKERS, HOSTILE_NAME, HOSTILE_SYMBOL, build_hostile_output
 from volcast import dashboard as dash
 
 
@@ -29,8 +26,8 @@ def page_texts(widget) -> list[str]:
         out.append(widget.value)
     if getattr(widget, "description_allow_html", False):
         out.append(widget.description)
-    if hasattr(widget, "to_plotly_json"):  # a plotly FigureWidget: titles, trace names, hover templates
-        out.append(repr(widget.to_plotly_json()))
+    if isinstance(widget, w.Output):  # the explorer's plotly figure: title, trace names, hover templates
+        out.append(repr(widget.outputs))
     for child in getattr(widget, "children", ()):
         out.extend(page_texts(child))
     return out
@@ -50,10 +47,12 @@ def test_the_hostile_files_went_through_the_pipeline(hostile_output):
 def test_dashboard_shows_a_hostile_ticker_and_name_as_text(hostile_output):
     app = dash.Dashboard(hostile_output)
     app.symbol_pick.value = HOSTILE_SYMBOL
-    panels = [app.predictor, app.model_card, app.explorer] + [getattr(app, name) for name in ("forecast",) if hasattr(app, name)]
+    panels = [app.forecast, app.explorer, app.model_card, app.predictor]
     texts = [t for panel in panels for t in page_texts(panel)]
     assert_inert(texts)
     assert any(html.escape(HOSTILE_SYMBOL) in t for t in texts)  # still shown, as literal text
+    assert html.escape(HOSTILE_NAME) in app.forecast_html.value  # its security name too
+    assert app.explorer_fig.layout.title.text.startswith(html.escape(HOSTILE_SYMBOL) + " · " + html.escape(HOSTILE_NAME))
 
 
 def test_render_functions_escape_what_they_are_given():

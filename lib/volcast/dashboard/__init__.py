@@ -12,7 +12,7 @@ Four panels, each usable (and tested) without a browser:
 * predictor: the two-feature form, checked and predicted by ``volcast.serve``'s own code, so it gives
   the same integer as ``/predict`` and explains bad input in the same words.
 
-Files: ``render`` (HTML; every text from data is escaped there), ``charts`` (plotly figures), ``data``
+Files: ``render`` (HTML; every text from data is escaped there), ``charts`` (the explorer's plotly figure, the card's PNGs), ``data``
 (reading features and the model directory), ``app`` (the widgets).
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from .app import (
 from .charts import (
     PERIODS,
     clip_period,
-    comparison_figure,
+    comparison_png,
     explorer_figure,
-    learning_curve_figure,
+    learning_curve_png,
 )
 from .data import (
     align_forecasts,
@@ -73,8 +73,8 @@ def output_dir_from_env(default: str) -> str:
 __all__ = [
     "DEFAULT_PRICE_TEXT", "DEFAULT_VOL_TEXT", "METRIC_LABELS", "NO_FEATURES", "PERIODS", "PREDICTOR_LABELS",
     "Dashboard", "PredictOutcome", "align_forecasts", "breakdown_frame", "breakdown_html", "bundle_of", "card_summary_html", "clip_period",
-    "comparison_figure", "coverage_html", "default_symbol", "esc", "explorer_figure", "forecast_for",
-    "forecast_html", "format_volume", "inputs_frame", "inputs_html", "interval_coverage", "learning_curve_figure",
+    "comparison_png", "coverage_html", "default_symbol", "esc", "explorer_figure", "forecast_for",
+    "forecast_html", "format_volume", "inputs_frame", "inputs_html", "interval_coverage", "learning_curve_png",
     "learning_curves", "list_symbols", "load_symbol", "metrics_frame", "metrics_html", "outcome_html",
     "output_dir_from_env", "predict_text", "symbol_note_html", "symbol_rows", "test_forecasts",
 ]

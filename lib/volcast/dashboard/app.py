@@ -4,6 +4,7 @@ that needs ipywidgets). Each panel says what to do when its input does not exist
 from __future__ import annotations
 
 import html
+import json
 
 import pandas as pd
 
@@ -67,7 +68,6 @@ class Dashboard:
 
     def __init__(self, output_dir, holder: ModelHolder | None = None):
         import ipywidgets as w
-        import plotly.graph_objects as go
 
         self.output_dir = Layout.at(output_dir).output_dir
         self.holder = holder or ModelHolder(self.output_dir)
@@ -92,19 +92,21 @@ class Dashboard:
         self.period_pick = w.ToggleButtons(options=list(charts.PERIODS), value=DEFAULT_PERIOD, description="period")
         self.symbol_note = w.HTML()
         self.symbol_note.add_class("volcast-symbol-note")
-        self.explorer_fig = go.FigureWidget(charts.explorer_figure(pd.DataFrame(), pd.DataFrame(), ""))
-        self.explorer = w.VBox([w.HBox([self.symbol_pick, self.period_pick]), self.symbol_note, self.explorer_fig])
+        self.explorer_chart = w.Output()
+        self.explorer_chart.add_class("volcast-explorer-chart")
+        self.explorer_fig = None  # the go.Figure shown in explorer_chart
+        self.explorer = w.VBox([w.HBox([self.symbol_pick, self.period_pick]), self.symbol_note, self.explorer_chart])
 
         # Model card
         self.card_html = w.HTML()
         self.card_html.add_class("volcast-card")
-        self.compare_fig = go.FigureWidget(charts.comparison_figure(None))
-        self.curve_fig = go.FigureWidget(charts.learning_curve_figure({}))
+        self.compare_image = w.Image(format="png", layout=w.Layout(max_width="100%"))
+        self.curve_image = w.Image(format="png", layout=w.Layout(max_width="100%"))
         self.card_refresh = w.Button(description="Reload model card", icon="refresh")
         self.card_refresh.on_click(lambda _: self.render_card())
         self.breakdown_html = w.HTML()
         self.breakdown_html.add_class("volcast-breakdown-output")
-        self.model_card = w.VBox([self.card_html, self.compare_fig, self.breakdown_html, self.curve_fig,
+        self.model_card = w.VBox([self.card_html, self.compare_image, self.breakdown_html, self.curve_image,
                                   self.card_refresh])
 
         # Predictor form (the task contract: /predict)
@@ -193,36 +195,42 @@ class Dashboard:
             len(forecasts) if model_dir is not None else None)
         shown, shown_fc = charts.clip_period(frame, forecasts, self.period_pick.value)
         fig = charts.explorer_figure(shown, shown_fc, symbol, data.security_name(frame))
-        with self.explorer_fig.batch_update():
-            for trace, new in zip(self.explorer_fig.data, fig.data):
-                trace.x, trace.y = new.x, new.y
-            self.explorer_fig.layout.title.text = fig.layout.title.text
-            self.explorer_fig.layout.xaxis.autorange = True
-            self.explorer_fig.layout.yaxis.autorange = True
-            self.explorer_fig.layout.yaxis2.autorange = True
+        self.explorer_fig = fig
+        show_figure(self.explorer_chart, fig)
 
     # -- model card --------------------------------------------------------------------------
 
     def render_card(self) -> None:
         predictor = self.holder.get()
+        card = predictor.card if predictor is not None else None
         if predictor is None:
             self.card_html.value = f"<p>{html.escape(NO_MODEL_ERROR)}</p>"
             self.breakdown_html.value = ""
-            self._set_figure(self.compare_fig, charts.comparison_figure(None))
-            self._set_figure(self.curve_fig, charts.learning_curve_figure({}))
-            return
-        card = predictor.card
-        self.card_html.value = (render.card_summary_html(predictor.model_id, card) + render.metrics_html(card)
-                                + render.coverage_html(data.interval_coverage(card)))
-        self.breakdown_html.value = render.breakdown_html(card)
-        self._set_figure(self.compare_fig, charts.comparison_figure(render.metrics_frame(card)))
-        self._set_figure(self.curve_fig, charts.learning_curve_figure(data.learning_curves(predictor.model_dir)))
-
-    @staticmethod
-    def _set_figure(widget, fig) -> None:
-        widget.data = ()
-        widget.add_traces(list(fig.data))
-        widget.layout = fig.layout
+        else:
+            self.card_html.value = (render.card_summary_html(predictor.model_id, card) + render.metrics_html(card)
+                                    + render.coverage_html(data.interval_coverage(card)))
+            self.breakdown_html.value = render.breakdown_html(card)
+        show_png(self.compare_image, charts.comparison_png(render.metrics_frame(card)) if card else None)
+        show_png(self.curve_image, charts.learning_curve_png(data.learning_curves(predictor.model_dir)) if predictor else None)
 
 
-__all__ = ["DEFAULT_PRICE_TEXT", "DEFAULT_VOL_TEXT", "NO_FEATURES", "Dashboard", "forecast_for", "predict_text"]
+def show_figure(output, fig) -> None:
+    """A plotly figure in an Output widget, drawn by plotly's own mime renderer (the jupyterlab-plotly
+    extension that ships with plotly): zoom and values on hover, plotly.js loaded once as a static file.
+    Not a FigureWidget: in Voilà its trace updates did not reach the page, and each one sends plotly's
+    5 MB bundle over the kernel's websocket on every page load."""
+    bundle = {"application/vnd.plotly.v1+json": json.loads(fig.to_json()), "text/plain": "<plotly figure>"}
+    output.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+
+def show_png(image, png: bytes | None) -> None:
+    """A PNG in an Image widget at its own pixel width (the default stretches it), or hide the widget."""
+    if not png:
+        image.layout.display = "none"
+        return
+    image.value = png
+    image.layout.width = f"{int.from_bytes(png[16:20], 'big')}px"  # IHDR width
+    image.layout.display = None
+
+
+__all__ = ["DEFAULT_PRICE_TEXT", "DEFAULT_VOL_TEXT", "NO_FEATURES", "Dashboard", "forecast_for", "predict_text", "show_figure", "show_png"]

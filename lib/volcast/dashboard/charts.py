@@ -1,11 +1,16 @@
-"""The dashboard's charts as plotly figures (pure: data in, ``go.Figure`` out).
+"""The dashboard's charts (pure: data in, a figure or PNG bytes out).
 
-The app shows them as ``go.FigureWidget``s, so people can zoom (drag, double-click to reset) and read
-values on hover. Text from data (a ticker, a security name) is HTML-escaped before it becomes a title:
-plotly renders a subset of HTML tags in titles and turns entities back into the literal characters.
+The symbol explorer, the chart people explore, is a plotly figure (``app.show_figure``): zoom (drag;
+double-click resets) and values on hover. Text from data (a ticker, a security name) is
+HTML-escaped before it becomes its title: plotly renders a subset of HTML tags in titles and turns
+entities back into the literal characters. The model card's two charts are static PNGs (matplotlib's
+object API, no pyplot state): the card's tables already carry their numbers.
 """
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -75,43 +80,62 @@ def clip_period(frame: pd.DataFrame, forecasts: pd.DataFrame, period: str) -> tu
     return keep, forecasts[forecasts[DATE] >= start].reset_index(drop=True) if len(forecasts) else forecasts
 
 
-def comparison_figure(frame: pd.DataFrame | None) -> go.Figure:
+def png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def comparison_png(frame: pd.DataFrame | None) -> bytes | None:
     """Every predictor's MAE and median APE as a ratio to the vol_moving_avg reference (1 = as good)."""
-    fig = go.Figure()
-    if frame is not None:
-        for col, label in (("mae_ratio", "MAE"), ("medape_ratio", "median APE")):
-            if col in frame:
-                fig.add_trace(go.Bar(y=[esc(i) for i in frame.index], x=frame[col], name=label, orientation="h",
-                                     hovertemplate="%{x:.3f}"))
-    fig.add_vline(x=1.0, line_dash="dot", line_color="#555")
-    fig.update_layout(barmode="group", xaxis_title="ratio to 'tomorrow = vol_moving_avg' (lower is better)")
-    fig.update_yaxes(autorange="reversed")
-    return _layout(fig, "every predictor on the same test rows", 360)
+    from matplotlib.figure import Figure
+
+    if frame is None or "mae_ratio" not in frame:
+        return None
+    cols = [c for c in ("mae_ratio", "medape_ratio") if c in frame]
+    fig = Figure(figsize=(7.5, 0.45 * len(frame) * len(cols) + 1.2))
+    ax = fig.subplots()
+    pos = np.arange(len(frame))
+    height = 0.8 / len(cols)
+    for k, (col, label) in enumerate(zip(cols, ("MAE", "median APE"))):
+        bars = ax.barh(pos + k * height, frame[col], height=height, label=label)
+        ax.bar_label(bars, fmt="%.3f", padding=2, fontsize=8)
+    ax.set_yticks(pos + height * (len(cols) - 1) / 2, list(frame.index))  # labels are text, never markup
+    ax.invert_yaxis()
+    ax.axvline(1.0, ls=":", c="#555")
+    ax.set_xlabel("ratio to 'tomorrow = vol_moving_avg' (lower is better)")
+    ax.set_title("every predictor on the same test rows")
+    ax.legend(loc="lower right")
+    return png(fig)
 
 
-def learning_curve_figure(curves: dict[str, pd.DataFrame]) -> go.Figure:
+def learning_curve_png(curves: dict[str, pd.DataFrame]) -> bytes | None:
     """Train and validation loss by iteration, one panel per model (their losses differ in kind and scale)."""
-    names = list(curves) or ["model"]
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=[esc(predictor_label(n)) for n in names])
-    for i, model in enumerate(curves, start=1):
-        curve = curves[model]
+    from matplotlib.figure import Figure
+
+    if not curves:
+        return None
+    fig = Figure(figsize=(5 * len(curves), 3.2))
+    axes = np.atleast_1d(fig.subplots(1, len(curves)))
+    for ax, (model, curve) in zip(axes, curves.items()):
         metric = str(curve["metric"].iloc[0]) if "metric" in curve and len(curve) else "loss"
-        for col, part, colour in (("train_loss", "train", "#1f77b4"), ("validation_loss", "validation", "#ff7f0e")):
+        for col, part in (("train_loss", "train (fitted rows)"), ("validation_loss", "validation (later dates)")):
             if col in curve and curve[col].notna().any():
-                fig.add_trace(go.Scatter(x=curve["iteration"], y=curve[col], mode="lines", name=part,
-                                         line=dict(color=colour), legendgroup=part, showlegend=i == 1,
-                                         hovertemplate="%{y:.4g}"), row=1, col=i)
-        fig.update_yaxes(title_text=esc(metric.split(":")[0]), row=1, col=i)
-        fig.update_xaxes(title_text="iteration", row=1, col=i)
-    return _layout(fig, "learning curves (validation = later dates, not fitted on)", 340)
+                ax.plot(curve["iteration"], curve[col], label=part)
+        ax.set_title(predictor_label(model), fontsize=10)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(metric.split(":")[0])
+        ax.legend()
+    return png(fig)
 
 
 __all__ = [
     "EXPLORER_TRACES",
     "PERIODS",
     "clip_period",
-    "comparison_figure",
+    "comparison_png",
     "explorer_figure",
     "explorer_title",
-    "learning_curve_figure",
+    "learning_curve_png",
+    "png",
 ]
