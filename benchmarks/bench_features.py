@@ -12,7 +12,8 @@ measurement reads it back in its own fresh process, so timings and memory do not
 
 Measured, all on the same sorted rows, window 30 (NaN until 30 rows):
 
-- in memory: ``volcast.features.add_features`` (one process, and ``jobs=2``: forked helpers);
+- in memory: ``volcast.features.add_features`` (one process): the two task columns (``inputs=()``, the
+  same work as polars') and with every forecasting input (``config.FORECAST_INPUTS``);
   polars ``rolling_mean(30)`` / ``rolling_median(30)`` ``.over("Symbol")`` (multi-threaded);
   pandas ``groupby("Symbol").rolling(30)`` mean / median; plus the calendar window "30D" for
   volcast and polars' ``rolling_*_by("Date", "30d")``;
@@ -47,11 +48,11 @@ RESULTS = ROOT / "benchmarks" / "results"
 WINDOW = 30
 
 IN_MEMORY = {
-    "volcast add_features, 1 process": "ours_jobs1",
-    "volcast add_features, jobs=2": "ours_jobs2",
+    "volcast add_features, the two task columns": "ours",
+    "volcast add_features, + every forecasting input": "ours_inputs",
     "polars rolling_*(30).over": "polars",
     "pandas groupby-rolling": "pandas",
-    "volcast add_features '30D', jobs=2": "ours_30d",
+    "volcast add_features '30D', the two task columns": "ours_30d",
     "polars rolling_*_by('30d').over": "polars_30d",
 }
 STAGE = {
@@ -230,8 +231,8 @@ def worker(case: str, scale: int, repeat: int) -> dict:
         # of them alike; each one's best is compared.
         frame = pl.from_arrow(table)
         steps = {
-            "ours_jobs1": lambda: features.add_features(table, WINDOW, jobs=1),
-            "ours_jobs2": lambda: features.add_features(table, WINDOW, jobs=2),
+            "ours": lambda: features.add_features(table, WINDOW, inputs=()),
+            "ours_inputs": lambda: features.add_features(table, WINDOW),
             "polars": lambda: frame.with_columns(
                 pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(vol),
                 pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(med)),
@@ -256,12 +257,12 @@ def worker(case: str, scale: int, repeat: int) -> dict:
     del table
 
     def step():
-        if case == "ours_jobs1":
-            return features.add_features(data, WINDOW, jobs=1)
-        if case == "ours_jobs2":
-            return features.add_features(data, WINDOW, jobs=2)
+        if case == "ours":
+            return features.add_features(data, WINDOW, inputs=())
+        if case == "ours_inputs":
+            return features.add_features(data, WINDOW)
         if case == "ours_30d":
-            return features.add_features(data, "30D", jobs=2)
+            return features.add_features(data, "30D", inputs=())
         if case == "polars":
             return data.with_columns(pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(vol),
                                      pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(med))
@@ -310,7 +311,7 @@ def check_equal(scale: int) -> str:
     from volcast import config, features
 
     table = load_table(scale)
-    ours = features.add_features(table, WINDOW, jobs=2)
+    ours = features.add_features(table, WINDOW, inputs=())
     ref = pl.from_arrow(table.select(["Symbol", "Volume", "Adj Close"])).with_columns(
         pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias("v"),
         pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias("m"))
@@ -371,7 +372,7 @@ def main(argv=None) -> int:
         print(f"x{scale} interleaved volcast / polars, {args.rounds} rounds ...", flush=True)
         inter = measure("interleaved", scale, args.rounds)["times"]
         results[f"x{scale}/interleaved"] = inter
-        first = results[f"x{scale}/ours_jobs1"]
+        first = results[f"x{scale}/ours"]
         rows, data = first["rows"], first["data_bytes"]
         lines += [f"### x{scale}: {rows:,} rows, {data / gib:.2f} GiB as an Arrow table "
                   f"({results.get(f'x{scale}/stage_ours', {}).get('parquet_bytes', 0) / gib:.2f} GiB as zstd Parquet)", "",
@@ -382,13 +383,13 @@ def main(argv=None) -> int:
             lines.append(f"| {label} | {r['best']:.2f} | {r['best'] / results[f'x{scale}/{ref}']['best']:.2f}x | "
                          f"{r['peak_total'] / gib:.2f} | {r['peak_total'] / data:.2f}x |")
         best = {name: min(ts) for name, ts in inter.items()}
-        ratio = best["ours_jobs2"] / best["polars"]
-        ours = results[f"x{scale}/ours_jobs2"]
+        ratio = best["ours"] / best["polars"]
+        ours = results[f"x{scale}/ours"]
         lines += ["", f"Interleaved in one process ({args.rounds} rounds, best / median s): "
                   + "; ".join(f"{label} {min(inter[k]):.2f} / {sorted(inter[k])[len(inter[k]) // 2]:.2f}"
-                              for label, k in (("volcast 1 process", "ours_jobs1"), ("volcast jobs=2", "ours_jobs2"),
+                              for label, k in (("volcast task columns", "ours"), ("volcast + inputs", "ours_inputs"),
                                                ("polars", "polars"))) + ".",
-                  "", f"Goals at x{scale}: volcast (jobs=2) <= 0.5x polars: {ratio:.2f}x interleaved "
+                  "", f"Goals at x{scale}: volcast (task columns) <= 0.5x polars: {ratio:.2f}x interleaved "
                   f"({'met' if ratio <= 0.5 else 'NOT met'}); peak memory <= 3x data: "
                   f"{ours['peak_total'] / data:.2f}x ({'met' if ours['peak_total'] <= 3 * data else 'NOT met'}).", ""]
     lines += ["Check (x1, window 30): volcast vs polars: " + check_equal(args.scales[0]) + "."]

@@ -103,7 +103,7 @@ def section_default(base: Path) -> dict:
     """train.run with its defaults on the real tickers (what the pipeline does)."""
     report = train.run(base, progress=False)
     keep = ("model_id", "params", "metrics", "ratios_all_vs_vol_moving_avg", "coverage_p10_p90", "train_rows",
-            "test_rows", "validation_rows", "split", "dropped_rows", "seconds", "peak_rss_mb", "by_year", "by_decile")
+            "test_rows", "test_scored_rows", "test_scoring", "cpu_seconds", "validation_rows", "split", "dropped_rows", "seconds", "peak_rss_mb", "by_year", "by_decile")
     out = {k: report[k] for k in keep}
     out["forecast_card"] = {k: report["models"]["forecast"].get(k) for k in (
         "inputs", "interval_widen", "validation_coverage_raw", "validation_coverage", "loss", "fit_seconds")}
@@ -111,17 +111,17 @@ def section_default(base: Path) -> dict:
 
 
 def section_inputs(base: Path, threads: int) -> dict:
-    """Candidate inputs, one group at a time on top of the issue's list, scored on the VALIDATION slice
-    (the last 10 % of the train dates), never the test period. CatBoost median (Quantile 0.5) of the log ratio."""
+    """Candidate inputs and training choices, one at a time on top of the previous choice, scored on the
+    VALIDATION slice (the last 10 % of the train dates), never the test period. CatBoost median (Quantile 0.5)
+    of the log ratio, the forecast model's target."""
     from catboost import CatBoostRegressor
 
-    cands = {"lags 4-9": [f"vol_lr_{k}" for k in range(4, 10)], "5/10/22-day means": ["vol_mean10_lr", "vol_mean22_lr"],
-             "volume volatility (10 rows)": ["vol_std10"], "volume volatility (30 rows)": ["vol_std30"],
-             "distance from 52-week high": ["dist_52w_high"], "days since zero volume": ["days_since_zero_volume"],
-             "market total volume (ratio to its 30-date mean)": ["market_vol_lr"]}
-    start = ["log_vol_mean30", "vol_lr_0", "vol_lr_1", "vol_lr_2", "vol_lr_3", "vol_mean5_lr", "return_1d",
-             "range_hl", "weekday"]
-    every = start + [c for cols in cands.values() for c in cols if c != "market_vol_lr"]
+    from volcast.features.calendar import CALENDAR_INPUTS, calendar_inputs
+
+    previous = ["log_vol_mean30", "vol_lr_0", "vol_lr_1", "vol_lr_2", "vol_lr_3", "vol_mean5_lr", "vol_mean10_lr",
+                "vol_mean22_lr", "vol_std30", "return_1d", "range_hl", "weekday"]
+    every = list(dict.fromkeys(previous + [c for c in config.FORECAST_INPUTS if c not in CALENDAR_INPUTS
+                                           and c != "market_vol_lr"] + ["dist_52w_high"]))
     raw = pq.read_table(config.Layout.at(base).raw_dir)
     table = features.add_features(raw, inputs=every)
     sym = table["Symbol"].to_numpy(zero_copy_only=False)
@@ -129,48 +129,80 @@ def section_inputs(base: Path, threads: int) -> dict:
     vol = table["Volume"].to_numpy().astype(np.float64)
     cols = {name: table[name].to_numpy() for name in every}
     cols["market_vol_lr"] = features.market_volume_ratio(day, vol)
+    cols.update(calendar_inputs(day))
+    price = table[config.PRICE_FEATURE].to_numpy()
+    cols["log_price_med30"] = np.log(np.maximum(price, 1e-4))
     vma = table[config.VOL_FEATURE].to_numpy()
     del table, raw
     y = np.full(len(vol), np.nan)
     y[:-1] = np.where(sym[1:] == sym[:-1], vol[1:], np.nan)
     ok = np.isfinite(y) & np.isfinite(vma) & np.isfinite(cols["log_vol_mean30"])
-    plan = train.plan_rows(day[ok].astype(np.int32))
     rows = np.flatnonzero(ok)
-    fit, val = rows[plan.fit_rows], rows[plan.valid_rows]
     base_log = cols["log_vol_mean30"]
 
-    def score(names):
+    def score(names, max_rows=train.DEFAULT_MAX_TRAIN_ROWS, iterations=train.DEFAULT_FORECAST_ITERATIONS,
+              weight=None, lr=train.DEFAULT_LEARNING_RATE):
+        plan = train.plan_rows(day[ok].astype(np.int32), max_train_rows=max_rows)
+        fit, val = rows[plan.fit_rows], rows[plan.valid_rows]
         x = np.column_stack([cols[n] for n in names]).astype(np.float32)
-        m = CatBoostRegressor(loss_function="Quantile:alpha=0.5", iterations=train.DEFAULT_FORECAST_ITERATIONS,
-                              depth=train.DEFAULT_DEPTH, learning_rate=train.DEFAULT_LEARNING_RATE, random_seed=42,
+        w = None
+        if weight is not None:
+            w = np.expm1(base_log[fit]) ** weight
+            w = w / w.mean()
+        m = CatBoostRegressor(loss_function="Quantile:alpha=0.5", iterations=iterations,
+                              depth=train.DEFAULT_DEPTH, learning_rate=lr, random_seed=42,
                               thread_count=threads, verbose=False, allow_writing_files=False)
-        m.fit(x[fit], np.log1p(y[fit]) - base_log[fit])
+        t0 = time.perf_counter()
+        m.fit(x[fit], np.log1p(y[fit]) - base_log[fit], sample_weight=w)
         pred = np.maximum(np.expm1(m.predict(x[val]) + base_log[val]), 0.0)
         r = train.metrics(y[val], pred)
         b = train.metrics(y[val], vma[val])
-        return {"mae": r["mae"] / b["mae"], "medape": r["medape"] / b["medape"]}
+        t = train.metrics(y[val], vol[val])
+        return {"mae": r["mae"] / b["mae"], "medape": r["medape"] / b["medape"], "mae_vs_today": r["mae"] / t["mae"],
+                "fit_seconds": round(time.perf_counter() - t0, 1), "fit_rows": len(fit), "iterations": iterations,
+                "weight": weight, "validation_start": plan.valid_info.get("test_start"), "validation_rows": len(val)}
 
-    table_rows = [{"inputs": "the issue's list", "names": start, **score(start)}]
-    for label, extra in cands.items():
-        table_rows.append({"inputs": f"+ {label}", "names": extra, **score(start + extra)})
+    steps = [("the previous choice (12 inputs)", [], {}),
+             ("+ target-day calendar", list(CALENDAR_INPUTS), {}),
+             ("+ market total volume (ratio to its 30-date mean)", ["market_vol_lr"], {}),
+             ("+ price level (log adj_close_rolling_med)", ["log_price_med30"], {}),
+             ("+ distance from 52-week high", ["dist_52w_high"], {})]
+    table_rows, names = [], list(previous)
+    best = None
+    for label, extra, kw in steps:
+        r = score(names + extra, **kw)
+        table_rows.append({"inputs": label, "names": extra or names, **r})
         print(table_rows[-1], flush=True)
-    chosen = list(config.FORECAST_INPUTS)
-    table_rows.append({"inputs": "chosen (config.FORECAST_INPUTS)", "names": chosen, **score(chosen)})
-    table_rows.append({"inputs": "everything", "names": every + ["market_vol_lr"], **score(every + ["market_vol_lr"])})
-    return {"validation_start": plan.valid_info.get("test_start"), "fit_rows": len(fit),
-            "validation_rows": len(val), "table": table_rows}
+        if best is None or r["mae"] < best["mae"]:
+            names, best = names + extra, r
+            table_rows[-1]["kept"] = True
+    chosen = names
+    for label, kw in (
+                      ("chosen, rows weighted by the 30-day mean volume ** 0.5", {"weight": 0.5}),
+                      ("chosen, rows weighted by the 30-day mean volume ** 1", {"weight": 1.0}),
+                      ("chosen, 1,000,000 fitted rows", {"max_rows": 1_000_000}),
+                      ("chosen, 600 iterations", {"iterations": 600})):
+        table_rows.append({"inputs": label, "names": chosen, **score(chosen, **kw)})
+        print(table_rows[-1], flush=True)
+    return {"validation_start": table_rows[0]["validation_start"], "fit_rows": table_rows[0]["fit_rows"],
+            "validation_rows": table_rows[0]["validation_rows"], "table": table_rows}
 
 
 def section_scale(base: Path, scale: int) -> dict:
+    """The pipeline's train stage (``run_pipeline.py --stages train --force``, the 03_train notebook) on the
+    x``scale`` copy: wall time and peak RSS of the whole process tree, the stage's own seconds, CPU seconds
+    and peak from its report, and the machine's load average around it (the machine is shared)."""
     out = build_scaled(base, scale)
-    code = ("import json, sys; from volcast import train; "
-            "r = train.run(sys.argv[1], progress=False); "
-            "print(json.dumps({k: r[k] for k in ('seconds', 'train_rows', 'test_rows', 'peak_rss_mb', "
-            "'ratios_all_vs_vol_moving_avg', 'coverage_p10_p90', 'dropped_rows')}))")
-    got = measure([sys.executable, "-c", code, str(out)], f"train.run x{scale}")
-    inner = json.loads(got["stdout"].splitlines()[-1])
+    load_before = os.getloadavg()
+    got = measure([sys.executable, str(ROOT / "run_pipeline.py"), "--output-dir", str(out), "--stages", "train",
+                   "--force", "--no-progress"], f"train stage x{scale}")
+    load_after = os.getloadavg()
+    inner = train.read_report(out)
+    keep = ("seconds", "cpu_seconds", "train_rows", "test_rows", "test_scored_rows", "peak_rss_mb",
+            "ratios_all_vs_vol_moving_avg", "coverage_p10_p90", "dropped_rows")
     return {"scale": scale, "rows": inner["dropped_rows"]["rows_in"], "wall_seconds": round(got["seconds"], 1),
-            "peak_rss_gib": round(got["peak_rss_gib"], 2), **inner}
+            "peak_rss_gib": round(inner["peak_rss_mb"] / 1024, 2), "tree_peak_rss_gib": round(got["peak_rss_gib"], 2),
+            "load_average": [round(load_before[0], 2), round(load_after[0], 2)], **{k: inner.get(k) for k in keep}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,8 +240,8 @@ def render(results: dict) -> str:
         vma, today = m["baseline_vol_moving_avg"], m["baseline_today_volume"]
         lines += ["## Both models and every reference, same test rows", "",
                   f"Target: next trading day's Volume. Split: chronological, test from {d['split']['test_start']} "
-                  f"({d['test_rows']:,} test rows), validation from {d['split']['validation_start']}; fitted on "
-                  f"{d['train_rows']:,} sampled rows. `volcast.train.run()` defaults: "
+                  f"({d['test_rows']:,} test rows; metrics on {d.get('test_scoring', 'every test row')}), validation "
+                  f"from {d['split']['validation_start']}; fitted on {d['train_rows']:,} sampled rows. `volcast.train.run()` defaults: "
                   f"`{json.dumps(d['params'])}`.", "",
                   "| predictor | MAE | RMSE | R² | median APE | MAE / vma | median APE / vma | MAE / today |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -257,12 +289,19 @@ def render(results: dict) -> str:
             lines.append(f"| {r['inputs']} | {r['mae']:.4f} | {r['medape']:.4f} | {', '.join(r['names'])} |")
     s = results.get("scale")
     if s:
+        sec = s["seconds"]
         lines += ["", f"## Train stage at x{s['scale']} ({s['rows']:,} feature rows)", "",
-                  "`train.run()` with defaults in a fresh process (both models, every reference, the tables):", "",
-                  "| wall s (process) | stage total s | load | task fit | forecast fit | evaluate | peak RSS (process) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|",
-                  f"| {s['wall_seconds']} | {s['seconds']['total']} | {s['seconds']['load']} | {s['seconds']['fit_task']} | "
-                  f"{s['seconds']['fit_forecast']} | {s['seconds']['evaluate']} | {s['peak_rss_gib']} GiB |"]
+                  "`run_pipeline.py --stages train --force` (the 03_train notebook, both models, every reference, the "
+                  f"tables) on the x{s['scale']} copy. Test metrics there: {s.get('test_scored_rows') or 0:,} of "
+                  f"{s.get('test_rows') or 0:,} test rows (a seeded sample). Own = the stage's own seconds (its report, "
+                  "no kernel start-up); CPU = its CPU seconds, every thread (2 cores: an idle machine would take about "
+                  "half of it for the parallel parts). Load average of the shared machine before / after.", "",
+                  "| pipeline wall s | own s | load | task fit | forecast fit | evaluate | CPU s | peak RSS (stage) | "
+                  "peak RSS (process tree) | load average |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+                  f"| {s['wall_seconds']} | {sec['total']} | {sec['load']} | {sec['fit_task']} | {sec['fit_forecast']} | "
+                  f"{sec['evaluate']} | {s.get('cpu_seconds')} | {s['peak_rss_gib']} GiB | {s.get('tree_peak_rss_gib')} GiB | "
+                  f"{' / '.join(str(v) for v in s.get('load_average', []))} |"]
     if results.get("notes"):
         lines += ["", "## Reading", "", results["notes"]]
     return "\n".join(lines) + "\n"

@@ -89,7 +89,7 @@ plt.tight_layout(); plt.show()
 # %% [markdown]
 # ## Forecasting inputs (the same ticker, its last rows)
 #
-# From the current and earlier rows of the ticker only: volumes as log ratios to the 30-row mean (`vol_lr_K`: K rows back; `vol_meanK_lr`: K-row means), `vol_std30`, `return_1d`, `range_hl`, `weekday` (see `volcast.features.inputs`).
+# From the current and earlier rows of the ticker only: volumes as log ratios to the 30-row mean (`vol_lr_K`: K rows back; `vol_meanK_lr`: K-row means), `vol_std30`, `return_1d`, `range_hl`, `weekday`, the price level `log_price_med` (log of `adj_close_rolling_med`) and `dist_52w_high` (see `volcast.features.inputs`). The `next_*` columns describe the NEXT trading day, known in advance from the date alone (`volcast.features.calendar`: weekdays minus the regular NYSE holidays): its weekday, the calendar days to it, whether it is an options expiration (1 monthly, 2 quarterly), a month or quarter end (1, 2), or the day before a holiday. The market's volume ratio (`market_vol_lr`) is cross-ticker: the train stage computes it.
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -35,12 +35,14 @@ iterations = 300
 seed = 42
 depth = 6
 learning_rate = 0.1
-forecast_iterations = 300
+forecast_iterations = 200
+forecast_learning_rate = 0.15
 formulation = "auto"
 loss = "auto"
 validation_fraction = 0.1
 max_test_rows = 1000000
 warm_start = False
+warm_compare = True
 jobs = 0
 progress = True
 
@@ -57,8 +59,9 @@ report = train.run(output_dir, model=model, target_shift=target_shift, split=spl
                    test_fraction=test_fraction, max_train_rows=max_train_rows, iterations=iterations,
                    seed=seed, depth=depth, learning_rate=learning_rate, formulation=formulation,
                    loss=loss, validation_fraction=validation_fraction, jobs=jobs,
-                   forecast_iterations=forecast_iterations, max_test_rows=max_test_rows,
-                   warm_start=warm_start, progress=progress)
+                   forecast_iterations=forecast_iterations, forecast_learning_rate=forecast_learning_rate,
+                   max_test_rows=max_test_rows,
+                   warm_start=warm_start, warm_compare=warm_compare, progress=progress)
 model_dir = train.latest_model_dir(output_dir)
 card = train.load_card(model_dir)
 print("model", report["model_id"], "in", report["seconds"]["total"], "s")

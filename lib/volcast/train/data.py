@@ -1,15 +1,12 @@
-"""The supervised rows: target = Volume ``target_shift`` rows later (same Symbol), the chronological split,
-and reading the features dataset into compact columns.
+"""The supervised rows: target = Volume ``target_shift`` rows later (same Symbol), and the split.
 
-``supervised_rows`` is the rule (``make_supervised`` applies it to one frame); the stage's
-``load_supervised`` applies it to each partition and keeps only compact columns. ``split_mask`` is the
-split rule; the stage's ``plan_rows`` applies it twice (test from all dates, validation from the train
-dates) and samples the fitted rows; ``split_frame`` applies it to one frame.
+``supervised_rows`` is the rule (``make_supervised`` applies it to one frame; the stage's reader,
+``rows.load_rows``, applies the same to each partition in Arrow). ``split_mask`` is the split rule;
+``plan_rows`` applies it to one array of days (test from all dates, validation from the train dates) and
+samples the fitted rows; ``split_frame`` applies it to one frame.
 """
 from __future__ import annotations
 
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +15,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import storage
-from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
+from ..config import DATE, SYMBOL, VOLUME
 from ..errors import UserError
 from .params import (
     DEFAULT_MAX_TRAIN_ROWS,
@@ -177,39 +173,6 @@ def split_frame(df: pd.DataFrame, kind: str = "chronological", test_fraction: fl
 # Reading the features dataset compactly
 
 
-@dataclass
-class Supervised:
-    """All usable rows as compact columns (~44 bytes a row: 28 M rows in about 1.2 GB)."""
-
-    day: np.ndarray  # int32 days since 1970-01-01
-    volume: np.ndarray  # today's Volume (float64)
-    vol: np.ndarray  # vol_moving_avg
-    price: np.ndarray  # adj_close_rolling_med
-    target: np.ndarray  # Volume target_shift rows later
-    counts: dict
-    files: list
-    ticker: np.ndarray | None = None  # int32 index into tickers
-    tickers: list | None = None
-    local: np.ndarray | None = None  # each row's row number in its file
-    offsets: list | None = None  # rows of file k are offsets[k]:offsets[k+1]
-
-    def take(self, rows) -> Supervised:
-        return Supervised(self.day[rows], self.volume[rows], self.vol[rows], self.price[rows], self.target[rows],
-                          self.counts, self.files, None if self.ticker is None else self.ticker[rows], self.tickers)
-
-    def __len__(self) -> int:
-        return len(self.day)
-
-
-def _days(dates: pd.Series) -> np.ndarray:
-    arr = pa.array(dates)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if not pa.types.is_date32(arr.type):
-        arr = arr.cast(pa.date32())
-    return arr.cast(pa.int32()).to_numpy(zero_copy_only=False)
-
-
 def feature_files(features_dir: Path) -> list[Path]:
     if not features_dir.exists():
         raise UserError(f"no features dataset at {features_dir}; run the features stage first "
@@ -219,98 +182,6 @@ def feature_files(features_dir: Path) -> list[Path]:
         raise UserError(f"{features_dir} holds no {storage.PARTITION_PREFIX}*.parquet files; re-run the features stage")
     return files
 
-
-
-def load_supervised(features_dir: str | os.PathLike, target_shift: int = 1, progress: bool = False,
-                    attempts: int = 3, forecast: bool = True) -> Supervised:
-    """Read the features partitions one at a time (a ticker never spans two) into compact columns.
-
-    ``forecast``: rows also need ``log_vol_mean30`` (the forecast model's scale), and each file's kept row
-    numbers are remembered so ``load_inputs`` can fetch the forecasting inputs of chosen rows later. A
-    features run that publishes meanwhile swaps the dataset and deletes the version being read; then the
-    read starts over on the new version (up to ``attempts`` times).
-    """
-    for attempt in range(attempts):
-        try:
-            return _load_supervised(Path(features_dir), target_shift, progress, forecast)
-        except FileNotFoundError:
-            if attempt == attempts - 1 or not Path(features_dir).exists():
-                raise
-            time.sleep(0.5)
-    raise AssertionError("unreachable")
-
-
-def _load_supervised(features_dir: Path, target_shift: int, progress: bool, forecast: bool) -> Supervised:
-    files = feature_files(features_dir)
-    required = FEATURES + ((LOG_VOL_MEAN30,) if forecast else ())
-    columns = [SYMBOL, DATE, VOLUME, *required]
-    totals = {"rows_in": 0, "no_features": 0, "no_target": 0, "dropped": 0, "rows_out": 0}
-    # Preallocated from the files' row counts: no concatenation copy at the end (peak memory).
-    capacity = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
-    day = np.empty(capacity, dtype=np.int32)
-    ticker = np.empty(capacity, dtype=np.int32)
-    local = np.empty(capacity, dtype=np.int32)  # row number inside its file
-    floats = [np.empty(capacity, dtype=np.float64) for _ in range(4)]  # volume, vol, price, target
-    tickers: list[str] = []
-    offsets = [0]
-    iterator = files
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(files, desc="reading features", unit="file")
-    at = 0
-    for path in iterator:
-        frame = pq.read_table(path, columns=columns).to_pandas()
-        frame, target, keep, counts = supervised_rows(frame, target_shift, required)
-        for key in totals:
-            totals[key] += counts[key]
-        n = counts["rows_out"]
-        if at + n > capacity:  # the file grew since we looked: the dataset was swapped
-            raise FileNotFoundError(f"{path} changed while being read")
-        day[at: at + n] = _days(frame[DATE])[keep]
-        local[at: at + n] = frame.index.to_numpy()[keep]  # file order, even if the frame was sorted
-        # Rows are in ticker runs: run numbers, not a hash of each row's string.
-        new_run = _adjacent(frame[SYMBOL], "not_equal") if len(frame) > 1 else np.zeros(0, bool)
-        if len(frame):
-            ticker[at: at + n] = np.concatenate([[0], np.cumsum(new_run)])[keep] + len(tickers)
-            tickers.extend(frame[SYMBOL].iloc[np.concatenate([[0], np.flatnonzero(new_run) + 1])].astype(str))
-        for out, values in zip(floats, (frame[VOLUME], frame[FEATURES[0]], frame[FEATURES[1]], target)):
-            out[at: at + n] = np.asarray(values, dtype=np.float64)[keep]
-        at += n
-        offsets.append(at)
-        del frame, target, keep
-    return Supervised(day[:at], *(f[:at] for f in floats), counts=totals, files=files, ticker=ticker[:at],
-                      tickers=tickers, local=local[:at], offsets=offsets)
-
-
-def load_inputs(data: Supervised, rows: np.ndarray, names, jobs: int = 1) -> np.ndarray:
-    """The forecasting inputs ``names`` of the usable rows ``rows`` (sorted), as a float32 matrix.
-
-    A second read of the files, of these columns only, keeping only the rows asked for: holding every
-    input of every row would cost 4 bytes x inputs x rows.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    names = list(names)
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.empty((len(rows), len(names)), dtype=np.float32)
-    bounds = np.searchsorted(rows, data.offsets)
-
-    def one(k: int) -> None:
-        lo, hi = bounds[k], bounds[k + 1]
-        if lo == hi:
-            return
-        table = pq.read_table(data.files[k], columns=names)
-        missing = [c for c in names if c not in table.column_names]
-        if missing:
-            raise UserError(f"{data.files[k]} lacks {', '.join(missing)}; re-run the features stage")
-        take = data.local[rows[lo:hi]]
-        for j, name in enumerate(names):
-            out[lo:hi, j] = table[name].to_numpy()[take]
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        list(pool.map(one, range(len(data.files))))
-    return out
 
 
 @dataclass

@@ -22,7 +22,8 @@ from ..errors import UserError
 from .params import (
     DEFAULT_DEPTH,
     DEFAULT_FORECAST_ITERATIONS,
-    DEFAULT_LEARNING_RATE,
+    DEFAULT_FORECAST_LEARNING_RATE,
+    FORECAST_SUBSAMPLE,
     QUANTILES,
 )
 
@@ -99,7 +100,7 @@ def calibrate(q: np.ndarray, z: np.ndarray, coverage: float = NOMINAL_COVERAGE) 
 
 
 def fit_forecast(x, y, inputs, *, valid=None, iterations: int = DEFAULT_FORECAST_ITERATIONS,
-                 depth: int = DEFAULT_DEPTH, learning_rate: float = DEFAULT_LEARNING_RATE, seed: int = 42,
+                 depth: int = DEFAULT_DEPTH, learning_rate: float = DEFAULT_FORECAST_LEARNING_RATE, seed: int = 42,
                  threads: int = 1, init: ForecastModel | None = None) -> tuple[ForecastModel, pd.DataFrame, dict]:
     """Fit on float32 inputs ``x`` (columns ``inputs``, which include ``log_vol_mean30``) and next-day
     volumes ``y``; ``valid`` = (x, y) of the validation slice: learning curve and interval calibration.
@@ -117,7 +118,8 @@ def fit_forecast(x, y, inputs, *, valid=None, iterations: int = DEFAULT_FORECAST
     z = log_target(y, x[:, col])
     loss = "MultiQuantile:alpha=" + ",".join(str(q) for q in QUANTILES)
     params = dict(loss_function=loss, iterations=int(iterations), depth=int(depth),
-                  learning_rate=float(learning_rate), random_seed=int(seed), thread_count=int(threads))
+                  learning_rate=float(learning_rate), random_seed=int(seed), thread_count=int(threads),
+                  bootstrap_type="MVS", subsample=FORECAST_SUBSAMPLE)
     eval_set = None
     if valid is not None and len(valid[1]):
         zv = log_target(valid[1], valid[0][:, col])

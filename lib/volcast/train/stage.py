@@ -32,6 +32,7 @@ from .forecast_model import fit_forecast
 from .params import (
     DEFAULT_DEPTH,
     DEFAULT_FORECAST_ITERATIONS,
+    DEFAULT_FORECAST_LEARNING_RATE,
     DEFAULT_ITERATIONS,
     DEFAULT_LEARNING_RATE,
     DEFAULT_MAX_TEST_ROWS,
@@ -148,7 +149,8 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         max_train_rows=DEFAULT_MAX_TRAIN_ROWS, iterations=DEFAULT_ITERATIONS, seed=42,
         depth=DEFAULT_DEPTH, learning_rate=DEFAULT_LEARNING_RATE, formulation="auto", loss="auto",
         validation_fraction=DEFAULT_VALIDATION_FRACTION, jobs=0, forecast_iterations=DEFAULT_FORECAST_ITERATIONS,
-        max_test_rows=DEFAULT_MAX_TEST_ROWS, warm_start=DEFAULT_WARM_START, warm_compare=True, *, progress: bool = True) -> dict:
+        max_test_rows=DEFAULT_MAX_TEST_ROWS, warm_start=DEFAULT_WARM_START, warm_compare=True,
+        forecast_learning_rate=DEFAULT_FORECAST_LEARNING_RATE, *, progress: bool = True) -> dict:
     """Train both models on ``DIR/data/features``; publish them, their card, ``LATEST``; write the report.
 
     - ``model``: the task model, "catboost" or "random_forest" (the task's reference, fitted on at most
@@ -160,13 +162,14 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     - ``max_train_rows``: a seeded uniform sample of the remaining train rows is fitted (both models).
     - ``formulation``: "auto" (= "ratio" for CatBoost, "raw" for the RF), "ratio", "log_ratio", "raw";
       ``loss``: the task model's CatBoost loss ("auto" = MAE for ratio, RMSE otherwise).
+    - ``forecast_iterations``/``forecast_learning_rate``: the forecast model's boosting (depth is shared).
     - ``max_test_rows``: the test metrics are computed on every test row up to this many, else on a seeded
       uniform sample of this many (the card says which: ``rows.test_scored`` of ``rows.test``).
     - ``warm_start``: continue the current model (``models/LATEST``) on the rows added since it was trained
       (``volcast.train.warm``); ``warm_compare``: also fit from scratch on the same rows and report both MAEs.
     - ``jobs``: threads (0 = all cores).
     """
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     layout = config.Layout.at(output_dir)
     if model not in MODELS:
         raise UserError(f"model must be one of {', '.join(MODELS)}; got {model!r}")
@@ -198,26 +201,27 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     latest = latest_model_dir(layout.output_dir)
     model_id = new_model_id(model, after=latest.name if latest is not None else None)
 
-    def fit_both(rows, n_iter, n_iter_forecast, rate, init_task=None, init_forecast=None):
+    def fit_both(rows, n_iter, n_iter_forecast, rate, rate_forecast, init_task=None, init_forecast=None):
         valid_task = (data.vol[valid_rows], data.price[valid_rows], data.target[valid_rows]) if len(valid_rows) else None
         task_fit = fit_model(data.vol[rows], data.price[rows], data.target[rows], model=model, formulation=formulation,
                              loss=loss, iterations=n_iter, depth=depth, learning_rate=rate, seed=seed, threads=threads,
                              valid=valid_task, model_id=model_id, init=init_task)
         fc = fit_forecast(data.x[rows], data.target[rows], inputs, iterations=n_iter_forecast, depth=depth,
-                          learning_rate=rate, seed=seed, threads=threads, init=init_forecast,
+                          learning_rate=rate_forecast, seed=seed, threads=threads, init=init_forecast,
                           valid=(data.x[valid_rows], data.target[valid_rows]) if len(valid_rows) else None)
         return task_fit, fc
 
     warm_entry = None
     if not warm or warm_compare:
-        fit, (forecaster, fcurve, finfo) = fit_both(task_rows, iterations, forecast_iterations, learning_rate)
+        fit, (forecaster, fcurve, finfo) = fit_both(task_rows, iterations, forecast_iterations, learning_rate,
+                                                    forecast_learning_rate)
         seconds["fit_task"], seconds["fit_forecast"] = fit.seconds, finfo["fit_seconds"]
         har_coef = M.fit_har(*_har_inputs(data.x[fit_rows], inputs), data.target[fit_rows])
     if warm:
         added = data.added
-        rate = learning_rate * W.WARM_LEARNING_RATE_FACTOR
+        rates = (learning_rate * W.WARM_LEARNING_RATE_FACTOR, forecast_learning_rate * W.WARM_LEARNING_RATE_FACTOR)
         if len(added):
-            wfit, (wfc, wcurve, winfo) = fit_both(added, W.WARM_ITERATIONS, W.WARM_ITERATIONS, rate,
+            wfit, (wfc, wcurve, winfo) = fit_both(added, W.WARM_ITERATIONS, W.WARM_ITERATIONS, *rates,
                                                   parent.task, parent.forecaster)
         else:  # nothing new: the parent's models, re-evaluated
             empty = pd.DataFrame(columns=["iteration", "train_loss", "validation_loss", "metric"])
@@ -305,7 +309,8 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
             "max_train_rows": max_train_rows, "iterations": iterations, "seed": seed, "depth": depth,
             "learning_rate": learning_rate, "formulation": formulation, "loss": loss,
             "validation_fraction": validation_fraction, "threads": threads,
-            "forecast_iterations": forecast_iterations, "max_test_rows": max_test_rows, "warm_start": bool(warm_start),
+            "forecast_iterations": forecast_iterations, "forecast_learning_rate": forecast_learning_rate,
+            "max_test_rows": max_test_rows, "warm_start": bool(warm_start),
         },
         "warm_start": warm_entry,
         "estimator_params": fit.params,
@@ -387,6 +392,7 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         "model_dir": str(model_dir),
         "learning_curve": str(model_dir / "learning_curve.csv"),
         "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.perf_counter() - started, 2)},
+        "cpu_seconds": round(time.process_time() - cpu_started, 2),  # every thread: what a busy machine cannot inflate
         "peak_rss_mb": round(_peak_rss_mb(), 1),
     })
     storage.atomic_write_json(layout.report(STAGE), report)
