@@ -195,10 +195,11 @@ def _screenshot(driver) -> bytes:
     """The whole page, as a palette PNG (small enough for the README)."""
     from PIL import Image
 
-    # Voilà scrolls an inner container, not the body: take the tallest scroll height on the page.
+    # Voilà scrolls an inner container, not the body: back to the top of each, then the tallest height.
+    driver.execute_script("document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
     height = driver.execute_script(
         "return Math.max(...Array.from(document.querySelectorAll('*')).map(e => e.scrollHeight))")
-    driver.set_window_size(1200, min(int(height) + 120, 4000))
+    driver.set_window_size(1200, min(int(height) + 120, 6000))
     time.sleep(0.5)
     image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
     buf = io.BytesIO()

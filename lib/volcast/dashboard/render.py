@@ -95,6 +95,13 @@ def _describe_input(name: str) -> str:
         "weekday": "weekday (0 = Monday)",
         "dist_52w_high": "log(Adj Close / 52-week high)",
         "days_since_zero_volume": "trading days since the last zero-volume day",
+        "next_weekday": "weekday of the day forecast (0 = Monday)",
+        "next_gap_days": "calendar days until the day forecast",
+        "next_expiration": "the day forecast is an options expiration (1 monthly, 2 quarterly)",
+        "next_month_end": "the day forecast ends a month (1) or a quarter (2)",
+        "next_pre_holiday": "a holiday follows the day forecast (1 = yes)",
+        "log_price_med": "log of the 30-day median Adj Close (price level)",
+        "market_vol_lr": "the market's total Volume that day, log ratio to its 30-day mean",
         VOL_FEATURE: "mean Volume of the last 30 days",
         PRICE_FEATURE: "median Adj Close of the last 30 days",
     }.get(name, "")
