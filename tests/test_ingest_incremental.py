@@ -12,7 +12,7 @@ from volcast import ingest, storage
 from volcast.config import Layout
 
 VOLATILE = ("seconds", "rows_per_second", "incremental", "incremental_reason", "changed_partitions", "files_reread",
-            "rows_read_this_run")
+            "rows_read_this_run", "files_appended", "files_unchanged", "append_fallbacks")
 
 
 def dataset(out):

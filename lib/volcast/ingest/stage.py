@@ -10,6 +10,7 @@ from .. import config, storage
 from ..config import RAW_SCHEMA, Layout
 from ..executor import resolve as resolve_executor
 from . import limits as limits_mod
+from .append import Candidate
 from .limits import Limits
 from .sources import (
     Catalog,
@@ -25,6 +26,7 @@ from .workers import _execute
 STAGE = "ingest"
 STATE_FILE = "_ingest_state.json"  # inside the raw dataset version: published atomically with the data
 STATE_VERSION = 1
+_RUN_ONLY = ("update", "update_reason", "rows_parsed")  # entry keys about this run only: not kept in the state
 
 
 def _code_fingerprint() -> str:
@@ -88,6 +90,7 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
     plan = _plan(catalog, state, src, code_fp, layout)
 
     entries: dict[str, dict] = {}  # file -> per-file entry
+    this_run: dict[str, dict] = {}
     changed_partitions: list[str] = []
     if plan["incremental"] and not plan["rewrite"]:
         # Nothing changed: keep the dataset, refresh the stamps of touched-but-equal files.
@@ -96,11 +99,12 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
             storage.atomic_write_json(storage.current_version(layout.raw_dir) / STATE_FILE,
                                       _state(src, catalog, code_fp, entries, plan["stamps"]))
     else:
-        entries = _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits,
-                                    executor, scheduler)
+        entries, this_run = _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits,
+                                              executor, scheduler)
         changed_partitions = sorted(plan["rewrite"])
 
-    report = _report(src, catalog, names, meta_note, entries, plan, changed_partitions, time.perf_counter() - t0)
+    report = _report(src, catalog, names, meta_note, entries, plan, changed_partitions, time.perf_counter() - t0,
+                     this_run)
     report["limits"] = limits.as_dict()
     report["executor"] = executor
     storage.atomic_write_json(layout.report(STAGE), report)
@@ -108,7 +112,9 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
     print(f"ingest: {t['files_ingested']:,} files, {t['rows_kept']:,} rows kept, "
           f"{t['rows_quarantined']:,} rows quarantined, {t['files_rejected']} files set aside, "
           f"{len(report['tickers_without_metadata'])} tickers without metadata"
-          + ("" if not plan["incremental"] else f"; incremental: {len(changed_partitions)} partitions rewritten"))
+          + ("" if not plan["incremental"] else f"; incremental: {len(changed_partitions)} partitions rewritten, "
+             f"files {report['files_appended']:,} appended, {report['files_reread']:,} re-read, "
+             f"{report['files_unchanged']:,} unchanged"))
     return report
 
 
@@ -128,6 +134,8 @@ def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: st
     if len(state.get("files", [])) != len(previous):
         return {**full, "why": "state incomplete"}
     rewrite, read, stamps, refreshed = set(), set(), {}, False
+    append: dict[str, dict] = {}  # rel -> {"size", "crc32"} as last read: maybe grown by appended lines
+    entries = {e["file"]: e for e in state.get("files", [])}
     current = {f.rel for f in catalog.files}
     for f in catalog.files:
         old = previous.get(f.rel)
@@ -142,11 +150,16 @@ def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: st
                 refreshed = True
                 continue
         rewrite.add(storage.partition_key(f.symbol))
-        read.add(f.rel)
+        entry = entries.get(f.rel[len(catalog.root):])
+        if (old and old.get("crc32") and old.get("symbol") == f.symbol and f.size > old["size"] and src.path.is_dir()
+                and entry and not entry.get("error") and "lines" in entry):
+            append[f.rel] = {"size": old["size"], "crc32": old["crc32"], "entry": entry}
+        else:
+            read.add(f.rel)
     for rel, old in previous.items():
         if rel not in current:
             rewrite.add(storage.partition_key(old["symbol"]))
-    return {"incremental": True, "rewrite": rewrite, "read": read, "stamps": stamps,
+    return {"incremental": True, "rewrite": rewrite, "read": read, "append": append, "stamps": stamps,
             "stamps_refreshed": refreshed, "why": "same source as the last run"}
 
 
@@ -160,9 +173,10 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, l
     # Entries of files not reread come from the last run (their rows are carried over unchanged).
     for f in catalog.files:
         short = f.rel[len(catalog.root):]
-        if f.rel not in plan["read"] and short in old_entries:
+        if f.rel not in plan["read"] and f.rel not in plan.get("append", {}) and short in old_entries:
             entries[short] = old_entries[short]
 
+    this_run: dict[str, dict] = {}  # file -> how this run read it (update, update_reason, rows_parsed)
     previous_raw = storage.current_version(layout.raw_dir) if plan["incremental"] else None
     previous_q = storage.current_version(layout.quarantine_dir) if plan["incremental"] else None
     incremental = plan["incremental"]
@@ -173,16 +187,20 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, l
             files = by_key.get(key, [])
             part = storage.partition_file(key)
             to_parse = [(f.rel, f.symbol, names.get(f.symbol)) for f in files if f.rel in plan["read"]]
-            keep = [f.symbol for f in files if f.rel not in plan["read"]]
+            grown = plan.get("append", {})
+            keep = [f.symbol for f in files if f.rel not in plan["read"] and f.rel not in grown]
+            append = tuple(Candidate(f.rel, f.symbol, names.get(f.symbol), grown[f.rel]["size"], grown[f.rel]["crc32"],
+                                     grown[f.rel]["entry"]) for f in files if f.rel in grown)
             tasks.append(_Task(
                 key, str(src.path), catalog.root, to_parse, keep,
                 str(previous_raw / part) if previous_raw else None,
                 str(previous_q / part) if previous_q else None,
                 str(raw_stage / part), str(q_stage / part),
-                sum(f.size for f in files if f.rel in plan["read"]), limits,
+                sum(f.size for f in files if f.rel in plan["read"] or f.rel in grown), limits, append,
             ))
-        for entry in _execute(tasks, jobs, sum(len(t.parse) for t in tasks), executor, scheduler):
+        for entry in _execute(tasks, jobs, sum(len(t.parse) + len(t.append) for t in tasks), executor, scheduler):
             entries[entry["file"]] = entry
+            this_run[entry["file"]] = {k: entry.pop(k) for k in _RUN_ONLY if k in entry}
         ordered = {f.rel[len(catalog.root):]: None for f in catalog.files}
         entries = {k: entries[k] for k in ordered if k in entries}
         stamps = plan["stamps"] or {f.rel: {"rel": f.rel, "size": f.size, "stamp": f.stamp, "symbol": f.symbol}
@@ -192,7 +210,7 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, l
             if e.get("crc32"):
                 stamps[f.rel]["crc32"] = e["crc32"]
         storage.atomic_write_json(raw_stage / STATE_FILE, _state(src, catalog, code_fp, entries, stamps))
-    return entries
+    return entries, this_run
 
 
 
@@ -208,7 +226,7 @@ def _state(src, catalog, code_fp, entries, stamps) -> dict:
     }
 
 
-def _report(src, catalog, names, meta_note, entries, plan, changed_partitions, seconds) -> dict:
+def _report(src, catalog, names, meta_note, entries, plan, changed_partitions, seconds, this_run=None) -> dict:
     files = list(entries.values()) + catalog.rejected
     ok = [e for e in files if not e.get("error")]
     rejected = [{"file": e["file"], "symbol": e["symbol"], "reason": e["error"]} for e in files if e.get("error")]
@@ -216,8 +234,12 @@ def _report(src, catalog, names, meta_note, entries, plan, changed_partitions, s
             ("lines", "rows_read", "rows_kept", "rows_quarantined", "zero_volume_rows", "nonpositive_price_rows")}
     without_meta = sorted(e["symbol"] for e in ok if e.get("rows_kept") and e["symbol"] not in names)
     # Speed counts only the rows parsed in this run (an incremental run rereads few files).
-    reread = {f.rel[len(catalog.root):] for f in catalog.files if f.rel in plan["read"]}
-    rows_this_run = sum(e.get("rows_read", 0) for e in files if e["file"] in reread)
+    this_run = this_run or {}
+    appended = {f for f, r in this_run.items() if r.get("update") == "appended"}
+    fell_back = {f: r["update_reason"] for f, r in this_run.items() if r.get("update_reason")}
+    reread = {f.rel[len(catalog.root):] for f in catalog.files if f.rel in plan["read"]} | set(fell_back)
+    rows_this_run = (sum(e.get("rows_read", 0) for e in files if e["file"] in reread)
+                     + sum(this_run[f].get("rows_parsed", 0) for f in appended))
     rows_per_s = rows_this_run / seconds if seconds > 0 and rows_this_run else None
     return {
         "stage": STAGE,
@@ -235,7 +257,11 @@ def _report(src, catalog, names, meta_note, entries, plan, changed_partitions, s
         "incremental": plan["incremental"],
         "incremental_reason": plan["why"],
         "changed_partitions": changed_partitions,
-        "files_reread": len(plan["read"]),
+        "files_reread": len(reread),
+        # Append-aware ingest: files whose new lines only were parsed; files read whole; files carried over.
+        "files_appended": len(appended),
+        "files_unchanged": len(catalog.files) - len(appended) - len(reread),
+        "append_fallbacks": [{"file": f, "reason": r} for f, r in sorted(fell_back.items())],
         "rows_read_this_run": rows_this_run,
         "seconds": round(seconds, 3),
         "rows_per_second": round(rows_per_s) if rows_per_s else None,

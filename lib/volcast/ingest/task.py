@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (ISA-L)
 
 from ..config import RAW_SCHEMA
+from .append import Appended, Candidate, parse_appended
 from .batch import BATCH_BYTES, parse_csv_batch
 from .limits import DEFAULT_LIMITS, Limits, Refused
 from .lines import count_lines, data_lines
@@ -37,6 +38,7 @@ class _Task(NamedTuple):
     quarantine_out: str
     bytes: int
     limits: Limits = DEFAULT_LIMITS
+    append: tuple[Candidate, ...] = ()  # files expected to have grown by appended lines (append.py)
 
 
 
@@ -46,21 +48,38 @@ _JOINED: _JoinedBodies | None = None  # one per process: reused by every partiti
 def _partition_task(task: _Task) -> list[dict]:
     """Parse a partition's files and write its raw and quarantine Parquet files. Returns per-file entries."""
     old_raw = old_q = None
-    if task.keep_symbols and task.previous_raw and os.path.exists(task.previous_raw):
+    carried = [*task.keep_symbols, *(c.symbol for c in task.append)]  # symbols whose stored rows stay
+    if carried and task.previous_raw and os.path.exists(task.previous_raw):
         old_raw = pq.read_table(task.previous_raw, schema=RAW_SCHEMA)
-        old_raw = old_raw.filter(pc.is_in(old_raw["Symbol"], pa.array(task.keep_symbols, pa.string())))
-    if task.keep_symbols and task.previous_quarantine and os.path.exists(task.previous_quarantine):
+        old_raw = old_raw.filter(pc.is_in(old_raw["Symbol"], pa.array(carried, pa.string())))
+    if carried and task.previous_quarantine and os.path.exists(task.previous_quarantine):
         old_q = pq.read_table(task.previous_quarantine, schema=QUARANTINE_SCHEMA)
-        old_q = old_q.filter(pc.is_in(old_q["symbol"], pa.array(task.keep_symbols, pa.string())))
+        old_q = old_q.filter(pc.is_in(old_q["symbol"], pa.array(carried, pa.string())))
     raw_out = _RawParquet(Path(task.raw_out))
     q_out = _BufferedParquet(Path(task.quarantine_out), QUARANTINE_SCHEMA)
+    old_bounds = _symbol_bounds(old_raw) if old_raw is not None else {}
+    old_q_bounds = _symbol_bounds(old_q, "symbol") if old_q is not None else {}
+
+    # Grown files: parse their appended lines only; a file that cannot be appended is read whole.
+    appended: dict[str, Appended] = {}
+    parse = list(task.parse)
+    if task.append:
+        last_dates = {s: old_raw["Date"][o + n - 1].as_py() for s, (o, n) in old_bounds.items()}
+        appended, fallback = parse_appended(list(task.append), task.source_path, task.root, last_dates, task.limits)
+        for c in task.append:
+            if c.symbol in fallback:
+                parse.append((c.rel, c.symbol, c.name))
+                old_bounds.pop(c.symbol, None)
+                old_q_bounds.pop(c.symbol, None)
+        fell_back = {c.rel[len(task.root):]: fallback[c.symbol] for c in task.append if c.symbol in fallback}
+    else:
+        fell_back = {}
 
     # Merge previous rows of unchanged tickers with freshly parsed ones, in Symbol order.
     keep = sorted(task.keep_symbols)
-    pieces: list[tuple[str, Any]] = [(s, None) for s in keep] + [(sym, (rel, name)) for rel, sym, name in task.parse]
+    pieces: list[tuple[str, Any]] = [(s, None) for s in keep] + [(sym, (rel, name)) for rel, sym, name in parse]
+    pieces += [(s, "appended") for s in appended]
     pieces.sort(key=lambda p: p[0])
-    old_bounds = _symbol_bounds(old_raw) if old_raw is not None else {}
-    old_q_bounds = _symbol_bounds(old_q, "symbol") if old_q is not None else {}
     entries = []
     # (entry, the file's bytes, symbol, security name, result so far, index of its body in `joined`)
     batch: list[tuple[dict, bytes | None, str, str | None, ParsedFile | None, int | None]] = []
@@ -114,6 +133,18 @@ def _partition_task(task: _Task) -> list[dict]:
             joined.clear()
 
     for symbol, item in pieces:
+        if item == "appended":
+            flush()  # keep Symbol order: earlier files first
+            done = appended[symbol]
+            if symbol in old_bounds:
+                old = old_raw.slice(*old_bounds[symbol])
+                raw_out.add(old, symbol, old["Security Name"][0].as_py())
+            raw_out.add(done.table, symbol, next(c.name for c in task.append if c.symbol == symbol))
+            if symbol in old_q_bounds:
+                q_out.add(old_q.slice(*old_q_bounds[symbol]))
+            q_out.add(done.quarantine)
+            entries.append({**done.entry, "update": "appended", "rows_parsed": done.rows_read})
+            continue
         if item is None:
             flush()  # keep Symbol order: earlier files first
             if symbol in old_bounds:
@@ -124,6 +155,8 @@ def _partition_task(task: _Task) -> list[dict]:
             continue
         rel, name = item
         entry: dict[str, Any] = {"file": rel[len(task.root):], "symbol": symbol}
+        if entry["file"] in fell_back:
+            entry["update_reason"] = fell_back[entry["file"]]
         try:
             if joined is not None:
                 crc, data = joined.read(os.path.join(task.source_path, rel), task.limits)
