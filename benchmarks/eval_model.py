@@ -280,13 +280,32 @@ def render(results: dict) -> str:
     inp = results.get("inputs")
     if inp:
         lines += ["", "## Choosing the forecasting inputs (validation slice only)", "",
-                  f"CatBoost median of the log ratio, {train.DEFAULT_FORECAST_ITERATIONS} iterations, depth "
-                  f"{train.DEFAULT_DEPTH}, on {inp['fit_rows']:,} sampled train rows; scored on {inp['validation_rows']:,} "
-                  f"validation rows (from {inp['validation_start']}), never on the test period. Ratios to the "
-                  "`vol_moving_avg` baseline on the validation rows.", "",
-                  "| inputs | MAE / vma | median APE / vma | names |", "|---|---:|---:|---|"]
+                  "CatBoost median (Quantile 0.5) of the log ratio, depth 6, 300 iterations at 0.1 (the earlier "
+                  f"defaults) unless the row says otherwise, on {inp['fit_rows']:,} sampled train rows; scored on "
+                  f"{inp['validation_rows']:,} validation rows (from {train.data._iso(inp['validation_start'])}), never on "
+                  "the test period. Inputs are added one group at a time and kept when the validation MAE falls; then "
+                  "training choices on the kept inputs. Ratios to the `vol_moving_avg` baseline (and to today's Volume) "
+                  "on the validation rows; fit seconds on the shared machine.", "",
+                  "| step | MAE / vma | median APE / vma | MAE / today | fit s | kept | names |",
+                  "|---|---:|---:|---:|---:|---|---|"]
         for r in inp["table"]:
-            lines.append(f"| {r['inputs']} | {r['mae']:.4f} | {r['medape']:.4f} | {', '.join(r['names'])} |")
+            today = f"{r['mae_vs_today']:.4f}" if r.get("mae_vs_today") is not None else "–"
+            names = ", ".join(r["names"]) if len(r["names"]) < 8 else f"{len(r['names'])} inputs"
+            lines.append(f"| {r['inputs']} | {r['mae']:.4f} | {r['medape']:.4f} | {today} | {r.get('fit_seconds', '–')} | "
+                         f"{'yes' if r.get('kept') else ''} | {names} |")
+    sp = results.get("speed_choice")
+    if sp:
+        lines += ["", "## The forecast model's boosting (validation slice, chosen inputs + market ratio)", "",
+                  sp["how"], "", "| setting | fit wall s | fit CPU s | MAE / vma | median APE / vma |",
+                  "|---|---:|---:|---:|---:|"]
+        for r in sp["table"]:
+            lines.append(f"| {r['setting']} | {r['wall']} | {r['cpu'] if r['cpu'] is not None else '–'} | {r['mae']:.4f} | "
+                         f"{r['medape']:.4f} |")
+        if sp.get("task"):
+            lines += ["", "The task model (CatBoost MAE on next Volume / `vol_moving_avg`, its two inputs), same rows:", "",
+                      "| setting | fit wall s | fit CPU s | MAE / vma | median APE / vma |", "|---|---:|---:|---:|---:|"]
+            lines += [f"| {r['setting']} | {r['wall']} | {r['cpu']} | {r['mae']:.4f} | {r['medape']:.4f} |"
+                      for r in sp["task"]]
     s = results.get("scale")
     if s:
         sec = s["seconds"]

@@ -15,9 +15,10 @@ SPLITS = ("chronological", "random")
 FORMULATIONS = ("ratio", "log_ratio", "raw")
 
 DEFAULT_MAX_TRAIN_ROWS = 300_000  # the notebook's parameters cell must say the same (tested)
-DEFAULT_ITERATIONS = 300
+# The task model: 150 trees at 0.2 fit the validation slice as well as 300 at 0.1, at half the CPU.
+DEFAULT_ITERATIONS = 150
 DEFAULT_DEPTH = 6
-DEFAULT_LEARNING_RATE = 0.1
+DEFAULT_LEARNING_RATE = 0.2
 DEFAULT_RATIO_LOSS = "MAE"  # the task model's loss, chosen on the validation slice
 DEFAULT_VALIDATION_FRACTION = 0.1
 DEFAULT_MAX_TEST_ROWS = 1_000_000  # test rows scored (all up to this many, else a seeded sample)

@@ -8,20 +8,16 @@ as one (``volcast.train.forecast``); separate DAG stages would read the features
 """
 from __future__ import annotations
 
-import json
 import math
 import resource
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .. import config, storage
-from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
+from ..config import DATE, LOG_VOL_MEAN30, VOLUME
 from ..errors import UserError
 from . import scoring as M
 from . import warm as W
@@ -29,6 +25,15 @@ from .data import _iso, _sample
 from .forecast import LATEST_FILE, TEST_FORECASTS_FILE
 from .forecast_model import MODEL_FILE as FORECAST_FILE
 from .forecast_model import fit_forecast
+from .outputs import (  # noqa: F401 (re-exported: the stage's public readers)
+    _test_forecasts,
+    _write_latest,
+    load_card,
+    load_learning_curve,
+    load_test_sample,
+    metrics_table,
+    read_report,
+)
 from .params import (
     DEFAULT_DEPTH,
     DEFAULT_FORECAST_ITERATIONS,
@@ -41,7 +46,6 @@ from .params import (
     DEFAULT_WARM_START,
     FEATURES,
     FORECAST_MODEL_INPUTS,
-    MARKET_INPUT,
     MODELS,
     RF_MAX_ROWS,
     STAGE,
@@ -53,7 +57,6 @@ from .params import (
 from .rows import TEST_FORECAST_DATES, load_rows, market_at  # noqa: F401 (re-exported)
 from .task_model import (
     DERIVED_INPUTS,
-    TEST_SAMPLE_FILE,
     FitResult,
     fingerprint_files,
     fit_model,
@@ -98,51 +101,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
-TARGET_TEXT = {0: "Volume of the same row (the task's same-day setup; vol_moving_avg contains it)",
-               1: "Volume of the next trading day of the same Symbol"}
-
-
-
 def _har_inputs(x: np.ndarray, names: list) -> tuple:
     base = x[:, names.index(LOG_VOL_MEAN30)].astype(np.float64)
     return tuple(base + x[:, names.index(n)].astype(np.float64) for n in ("vol_lr_0", "vol_mean5_lr", "vol_mean22_lr"))
-
-
-def _test_forecasts(data, forecaster) -> pd.DataFrame:
-    """Each ticker's last TEST_FORECAST_DATES test rows with their forecasts and the actual next-day Volume."""
-    rows = data.band
-    p10, p50, p90 = forecaster.predict(data.x[rows])
-    epoch = np.datetime64("1970-01-01")
-    nxt = data.next_day[rows]
-    return pd.DataFrame({
-        SYMBOL: np.asarray(data.tickers, dtype=object)[data.ticker[rows]],
-        DATE: epoch + data.day[rows].astype("timedelta64[D]"),
-        "target_date": pd.to_datetime(np.where(nxt >= 0, epoch + np.maximum(nxt, 0).astype("timedelta64[D]"),
-                                               np.datetime64("NaT"))),
-        VOLUME: data.volume[rows], "actual_next": data.target[rows], "p10": p10, "p50": p50, "p90": p90,
-    })
-
-
-def _write_latest(src: Path, path: Path, inputs, market) -> None:
-    """The latest-row table of the features dataset, plus the inputs computed here (the market ratio)."""
-    if not src.exists():
-        return
-    if MARKET_INPUT not in inputs:
-        shutil.copyfile(src, path)
-        return
-    table = pq.read_table(src)
-    days = _days_of(table[DATE])
-    column = pa.array(market_at(market, days), pa.float64())
-    if MARKET_INPUT in table.column_names:
-        table = table.set_column(table.column_names.index(MARKET_INPUT), MARKET_INPUT, column)
-    else:
-        table = table.append_column(MARKET_INPUT, column)
-    storage.write_parquet(table, path)
-
-
-def _days_of(dates) -> np.ndarray:
-    arr = dates.combine_chunks() if isinstance(dates, pa.ChunkedArray) else dates
-    return arr.cast(pa.date32()).cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def run(output_dir, model="catboost", target_shift=1, split="chronological", test_fraction=0.2,
@@ -416,32 +377,4 @@ def _formulation_card(formulation: str, loss: str, model: str) -> dict:
             "loss": loss, "estimator": model}
 
 
-def load_test_sample(model_dir) -> pd.DataFrame:
-    """The seeded sample of a model's test rows saved by ``run``, with its predictions.
 
-    Columns: Date, Volume (today), vol_moving_avg, adj_close_rolling_med, target, prediction,
-    baseline (= vol_moving_avg).
-    """
-    return pd.read_parquet(Path(model_dir) / TEST_SAMPLE_FILE)
-
-
-def metrics_table(report: dict, digits: int = 3) -> pd.DataFrame:
-    """The report's metrics as a table (rows: model and baselines), rounded for display."""
-    table = pd.DataFrame(report["metrics"]).T[["mae", "rmse", "r2", "medape"]].astype(float)
-    base = table.loc["baseline_vol_moving_avg"]
-    table["mae_vs_vol_moving_avg"] = table["mae"] / base["mae"]
-    table["medape_vs_vol_moving_avg"] = table["medape"] / base["medape"]
-    table[["mae", "rmse"]] = table[["mae", "rmse"]].round(0)
-    return table.round(digits)
-
-
-def read_report(output_dir) -> dict | None:
-    return storage.read_json(config.Layout.at(output_dir).report(STAGE))
-
-
-def load_learning_curve(model_dir) -> pd.DataFrame:
-    return pd.read_csv(Path(model_dir) / "learning_curve.csv")
-
-
-def load_card(model_dir) -> dict:
-    return json.loads((Path(model_dir) / "card.json").read_text(encoding="utf-8"))
