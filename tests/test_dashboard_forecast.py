@@ -5,11 +5,11 @@ import re
 
 import pandas as pd
 import pytest
-from serve_helpers import latest_id, tiny_output  # noqa: F401
+from serve_helpers import Client, latest_id, tiny_output  # noqa: F401
 
 from volcast import dashboard as dash
 from volcast.config import Layout
-from volcast.serve import ModelHolder
+from volcast.serve import ApiServer, ModelHolder
 from volcast.train.forecast import load_bundle
 
 
@@ -30,6 +30,9 @@ def test_every_ticker_gets_the_bundles_answer(tiny_output):
         assert problem is None
         assert answer == dict(bundle.forecast_one(symbol), model_id=latest_id(tiny_output))
         assert answer["interval"]["low"] <= answer["volume"] <= answer["interval"]["high"]
+    # A lower-case ticker gets its upper-case answer, as from GET /forecast?symbol=.
+    upper = [s for s in bundle.symbols if s.isalpha()][0]
+    assert dash.forecast_for(holder, upper.lower())[0] == dash.forecast_for(holder, upper)[0]
 
 
 def test_the_panel_shows_the_forecast_and_the_inputs_it_used(tiny_output):
@@ -60,6 +63,11 @@ def test_a_ticker_without_a_forecast_is_explained(tiny_output):
     holder = ModelHolder(tiny_output)
     answer, problem, _ = dash.forecast_for(holder, "NOT-A-TICKER")
     assert answer is None and "NOT-A-TICKER" in problem
+    with ApiServer(tiny_output, port=0) as api:  # the API's words for it
+        c = Client(api.url)
+        status, body = c.get("/forecast?symbol=NOT-A-TICKER")
+        c.close()
+    assert status == 404 and body["error"] == problem
     app = dash.Dashboard(tiny_output)
     app.symbol_pick.options = [*app.symbols, "<b>x"]
     app.symbol_pick.value = "<b>x"

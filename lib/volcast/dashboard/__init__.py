@@ -3,8 +3,8 @@
 Four panels, each usable (and tested) without a browser:
 
 * ticker forecast: pick a ticker, see tomorrow's volume (P50) with its P10-P90 interval and the inputs
-  it used; the answer comes from ``volcast.train.forecast.Bundle.forecast_one``, the call behind the
-  API's ``GET /forecast?symbol=``, on the model the API's ``ModelHolder`` serves;
+  it used; the answer is the API's own (``volcast.serve``'s ``Predictor.forecast_json``, the bytes
+  ``GET /forecast?symbol=`` answers with), on the model a ``ModelHolder`` serves;
 * symbol explorer: the ticker's price, volume and both features, with the model's out-of-sample
   forecasts of the test period and their band drawn over actual volume (plotly: zoom, values on hover);
 * model card: both models (task, forecast) and every reference on the same test rows, the interval's

@@ -37,30 +37,26 @@ def predict_text(holder: ModelHolder, vol_text: str, price_text: str) -> Predict
     if predictor is None:
         return PredictOutcome(False, NO_MODEL_ERROR + (f" ({holder.error})" if holder.error else ""))
     volume = predictor.predict_one(vol, price)
-    extrapolated = False
-    model = getattr(predictor, "model", None)
-    if hasattr(model, "extrapolated"):  # a bundle: the API's own range check
-        extrapolated = bool(model.extrapolated([vol], [price])[0])
+    extrapolated = bool(predictor.extrapolated_one(vol, price))  # the API's own range check
     return PredictOutcome(True, f"{format_volume(volume)} shares", volume, predictor.model_id,
                           extrapolated=extrapolated)
 
 
 def forecast_for(holder: ModelHolder, symbol: str) -> tuple[dict | None, str | None, object]:
-    """(the API's answer for ``symbol`` with its model_id, or None; the reason there is none; the bundle)."""
-    from volcast.train.forecast import ForecastError
+    """(GET /forecast?symbol='s answer, or None; the reason there is none; the model bundle).
+
+    The answer is the API's own bytes for the symbol (``Predictor.forecast_json``: the same lookup, the
+    same upper-case retry, the same model_id), decoded; a refusal carries the API's message."""
+    from volcast.serve.model import ForecastRefused
 
     predictor = holder.get()
     if predictor is None:
         return None, NO_MODEL_ERROR + (f" ({holder.error})" if holder.error else ""), None
     bundle = data.bundle_of(predictor)
-    if bundle is None:
-        return None, f"model {predictor.model_id} has no forecasts; re-run the train stage", None
     try:
-        answer = bundle.forecast_one(symbol)  # what GET /forecast?symbol= answers
-    except ForecastError as err:
+        return json.loads(predictor.forecast_json(symbol)), None, bundle
+    except ForecastRefused as err:
         return None, err.message, bundle
-    answer["model_id"] = bundle.model_id
-    return answer, None, bundle
 
 
 class Dashboard:
@@ -170,7 +166,7 @@ class Dashboard:
         name = data.security_name(self._frame(symbol))
         self.forecast_html.value = render.forecast_html(answer, name, answer["model_id"],
                                                         data.interval_coverage(bundle.card))
-        latest = bundle.latest[bundle.latest[SYMBOL] == symbol]
+        latest = bundle.latest[bundle.latest[SYMBOL] == answer["symbol"]]
         inputs = list(bundle.forecaster.inputs) if bundle.forecaster is not None else []
         if len(latest) and inputs:
             self.inputs_html.value = (
