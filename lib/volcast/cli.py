@@ -28,6 +28,9 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="re-run stages even when up to date")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no per-cell progress bars")
+    parser.add_argument("--keep", default=10, metavar="N",
+                        help="after a successful run keep the N newest models and run records, plus the served "
+                             "model (default 10)")
     parser.add_argument("--executor", choices=("local", "dask"), default=None,
                         help="where ingest's and features' partition tasks run: local worker processes (default) "
                         "or a dask.distributed cluster (default dask when $VOLCAST_DASK_SCHEDULER is set)")
@@ -97,7 +100,7 @@ def _run(args) -> int:
     try:
         pipeline.run_pipeline(args.output_dir, source=args.source, stages=stages, params=params,
                               force=args.force, jobs=args.jobs, progress=not args.no_progress,
-                              executor=args.executor, scheduler=args.scheduler)
+                              executor=args.executor, scheduler=args.scheduler, keep=args.keep)
     except pipeline.StageFailed as exc:
         if exc.user_error:
             print(f"error: {exc.error.removeprefix('UserError: ')}", file=sys.stderr)

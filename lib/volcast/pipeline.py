@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import config, notebooks, storage
+from . import config, notebooks, retention, storage
 from .config import Layout
 from .errors import Interrupted, UserError
 from .execute import StageResult
@@ -251,8 +251,12 @@ def run_pipeline(
     progress: bool = True,
     executor: str | None = None,
     scheduler: str | None = None,
+    keep: int = retention.DEFAULT_KEEP,
 ) -> dict:
     """Run the selected stages in DAG order; return the manifest.
+
+    ``keep``: after a successful run, models and run records beyond the ``keep`` newest are pruned (the
+    served model and the stages' last runs stay; ``volcast.retention``).
 
     ``executor``/``scheduler``: where ingest's and features' partition tasks run (``volcast.executor``;
     default local workers, or dask when ``$VOLCAST_DASK_SCHEDULER`` is set). dask with no scheduler
@@ -267,6 +271,7 @@ def run_pipeline(
     selected = stages or [stage.name for stage in DAG]
     overrides = params or {}
     cluster = RunCluster(executor, scheduler, config.resolve_jobs(jobs))  # checks the choice; starts nothing
+    keep = retention.check_keep(keep)
     layout.output_dir.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(layout.lock_file))
     try:
@@ -281,15 +286,17 @@ def run_pipeline(
             if "ingest" in selected:
                 source = resolve_source(source, say)
             return _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper, cluster,
-                               target)
+                               target, keep)
     finally:
         cluster.close()
         lock.release()
 
 
 def _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper,
-                cluster: RunCluster | None = None, target: RunTarget | None = None) -> dict:
+                cluster: RunCluster | None = None, target: RunTarget | None = None,
+                keep: int = retention.DEFAULT_KEEP) -> dict:
     run_id = new_run_id(layout.runs_dir)
+    served = retention.served_model(layout)  # a server may serve it until it next reads LATEST: kept
     run_dir = layout.runs_dir / run_id
     run_dir.mkdir(parents=True)
     kernel = ensure_kernel(layout)
@@ -365,6 +372,7 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress,
                 target.stage_done(stage.outputs)  # a store: files first, then the pointers
             say(f"  {name}: ok in {result.seconds:.1f} s{_summary(name, layout)}")
         manifest["status"] = "ok"
+        manifest["retention"] = retention.prune(layout.output_dir, keep, current_run=run_id, protect=(served,))
     except StageFailed:
         manifest["status"] = "failed"
         raise

@@ -43,8 +43,14 @@ class Candidate(NamedTuple):
 
 class Tail(NamedTuple):
     data: bytes  # the file's header line + the appended bytes: a CSV that parse_csv takes as it is
-    line_offset: int  # physical lines of the old content after its header line
+    whole: bytes  # the whole new file
+    body_start: int  # where the old content's data lines start (after the header line)
+    old_size: int
     crc: str  # CRC-32 of the whole new file
+
+    def line_offset(self) -> int:
+        """Physical lines of the old content after its header line (counted only when a row is set aside)."""
+        return count_lines(self.whole, self.body_start, self.old_size)
 
 
 def read_tail(path: str, c: Candidate, limits: Limits) -> Tail | str:
@@ -72,17 +78,17 @@ def read_tail(path: str, c: Candidate, limits: Limits) -> Tail | str:
     cr = data.find(b"\r", start, nl)
     if nl == -1 or (cr != -1 and cr + 1 != nl):  # a lone "\r" header end: the full parse decides
         return "header line not ended by a newline"
-    line_offset = count_lines(data, nl + 1, c.old_size)
-    return Tail(data[:nl + 1] + data[c.old_size:], line_offset, f"{crc32(data):08x}")
+    return Tail(data[:nl + 1] + data[c.old_size:], data, nl + 1, c.old_size, f"{crc32(data):08x}")
 
 
 _FIRST_ON_LINE = re.compile(r"first on line (\d+)")
 
 
-def _shift_lines(quarantine: pa.Table | None, offset: int) -> pa.Table | None:
+def _shift_lines(quarantine: pa.Table | None, tail: Tail) -> pa.Table | None:
     """Quarantine rows of the appended part, with the file's own line numbers."""
-    if quarantine is None or not quarantine.num_rows or not offset:
+    if quarantine is None or not quarantine.num_rows:
         return quarantine
+    offset = tail.line_offset()
     lines = pc.add(quarantine["line"], pa.scalar(offset, pa.int64()))
     reasons = [None if r is None else _FIRST_ON_LINE.sub(lambda m: f"first on line {int(m.group(1)) + offset}", r)
                for r in quarantine["reason"].to_pylist()]
@@ -135,7 +141,7 @@ def parse_appended(candidates: list[Candidate], source_path: str, root: str, las
         for key in COUNT_KEYS:
             entry[key] = int(c.old_entry.get(key, 0)) + int(added[key])
         table = parsed.table.drop_columns([n for n in ("Symbol", "Security Name") if n in parsed.table.column_names])
-        done[symbol] = Appended(entry, table, _shift_lines(parsed.quarantine, tail.line_offset), added["rows_read"])
+        done[symbol] = Appended(entry, table, _shift_lines(parsed.quarantine, tail), added["rows_read"])
     return done, fallback
 
 

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (ISA-L)
 
-from ..config import RAW_SCHEMA
+from ..config import TICKER_COLUMNS
 from .append import Appended, Candidate, parse_appended
 from .batch import BATCH_BYTES, parse_csv_batch
 from .limits import DEFAULT_LIMITS, Limits, Refused
@@ -49,16 +49,17 @@ def _partition_task(task: _Task) -> list[dict]:
     """Parse a partition's files and write its raw and quarantine Parquet files. Returns per-file entries."""
     old_raw = old_q = None
     carried = [*task.keep_symbols, *(c.symbol for c in task.append)]  # symbols whose stored rows stay
+    old_bounds: dict[str, tuple[int, int]] = {}
+    old_q_bounds: dict[str, tuple[int, int]] = {}
     if carried and task.previous_raw and os.path.exists(task.previous_raw):
-        old_raw = pq.read_table(task.previous_raw, schema=RAW_SCHEMA)
-        old_raw = old_raw.filter(pc.is_in(old_raw["Symbol"], pa.array(carried, pa.string())))
+        # The ticker columns as dictionaries (the writer takes them per ticker, not per row): no string per row.
+        old_raw = pq.read_table(task.previous_raw, read_dictionary=list(TICKER_COLUMNS))
+        old_raw, old_bounds = _carried(old_raw, "Symbol", carried)
     if carried and task.previous_quarantine and os.path.exists(task.previous_quarantine):
         old_q = pq.read_table(task.previous_quarantine, schema=QUARANTINE_SCHEMA)
-        old_q = old_q.filter(pc.is_in(old_q["symbol"], pa.array(carried, pa.string())))
+        old_q, old_q_bounds = _carried(old_q, "symbol", carried)
     raw_out = _RawParquet(Path(task.raw_out))
     q_out = _BufferedParquet(Path(task.quarantine_out), QUARANTINE_SCHEMA)
-    old_bounds = _symbol_bounds(old_raw) if old_raw is not None else {}
-    old_q_bounds = _symbol_bounds(old_q, "symbol") if old_q is not None else {}
 
     # Grown files: parse their appended lines only; a file that cannot be appended is read whole.
     appended: dict[str, Appended] = {}
@@ -196,11 +197,30 @@ def _account(entry: dict, lines: int) -> None:
             "it with that file)")
 
 
+def _carried(table: pa.Table, column: str, carried: list[str]) -> tuple[pa.Table, dict[str, tuple[int, int]]]:
+    """The rows of the ``carried`` symbols of a table sorted by ``column``, and their bounds (no copy when
+    every symbol is carried, the daily case)."""
+    table = table.unify_dictionaries()
+    bounds = _symbol_bounds(table, column)
+    if set(bounds) - set(carried):
+        table = table.filter(pc.is_in(table[column].cast(pa.string()), pa.array(carried, pa.string())))
+        bounds = _symbol_bounds(table, column)
+    return table, bounds
+
+
 def _symbol_bounds(table: pa.Table, column: str = "Symbol") -> dict[str, tuple[int, int]]:
-    """{symbol: (offset, length)} of a table sorted by that column."""
+    """{symbol: (offset, length)} of a table sorted by that column (plain strings or a dictionary)."""
     if table is None or not table.num_rows:
         return {}
-    ree = pc.run_end_encode(table[column].combine_chunks())
+    values = table[column].combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        codes = values.indices.to_numpy(zero_copy_only=False)
+        ends = np.append(np.flatnonzero(codes[1:] != codes[:-1]) + 1, len(codes))
+        names = values.dictionary.to_pylist()
+        values = [names[codes[e - 1]] for e in ends]
+        starts = np.concatenate([[0], ends[:-1]])
+        return {v: (int(s), int(e - s)) for v, s, e in zip(values, starts, ends)}
+    ree = pc.run_end_encode(values)
     ends = ree.run_ends.to_numpy()
     values = ree.values.to_pylist()
     starts = np.concatenate([[0], ends[:-1]])

@@ -1,0 +1,171 @@
+"""Daily updates: append-aware ingest (and the features stage after it) equals a full run on the same tree.
+
+A small generated market grows one trading day at a time (benchmarks/make_daily_source.py). After each
+release the incremental output directory is compared with a fresh full run on the same tree, with
+pandas.testing; the report's file counts are checked against what changed on disk, found independently
+(file sizes before and after).
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from volcast import features, ingest
+from volcast.ingest import load_quarantine
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HOLD_BACK = 26
+
+
+def _load_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mds = _load_module("make_daily_source")
+
+
+def _sizes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.glob("*/*.csv"))}
+
+
+def _datasets(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    raw = pd.read_parquet(out / "data" / "raw")
+    q = load_quarantine(out).sort_values(["file", "line"]).reset_index(drop=True)
+    feats = pd.read_parquet(out / "data" / "features")
+    return raw, q, feats
+
+
+def _full(src: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    shutil.rmtree(out, ignore_errors=True)
+    ingest.run(out, source=str(src), jobs=1)
+    features.run(out, jobs=1)
+    return _datasets(out)
+
+
+def _update(src: Path, out: Path) -> dict:
+    report = ingest.run(out, source=str(src), jobs=1)
+    features.run(out, jobs=1)
+    return report
+
+
+def _assert_same(a, b) -> None:
+    for x, y in zip(a, b):
+        pd.testing.assert_frame_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory):
+    """A daily source (version 0 ingested), a CRLF file among the generated ones."""
+    base = tmp_path_factory.mktemp("daily")
+    market = ingest.generate_demo_market(base / "market", n_tickers=6, years=1, seed=11)
+    crlf = sorted((market / "stocks").glob("*.csv"))[0]
+    crlf.write_bytes(crlf.read_bytes().replace(b"\n", b"\r\n"))
+    src = base / "src"
+    mds.init(str(market), src, HOLD_BACK)
+    out = base / "out"
+    ingest.run(out, source=str(src), jobs=1)
+    features.run(out, jobs=1)
+    return {"src": src, "out": out, "full": base / "full", "crlf": str(crlf.relative_to(market))}
+
+
+def test_one_day_then_five_equal_a_full_run(grown):
+    src, out = grown["src"], grown["out"]
+    before = _sizes(src)
+    mds.release(src, "next")
+    after = _sizes(src)
+    grew = {f for f in after if f in before and after[f] > before[f]}
+    assert grew and grown["crlf"] in grew
+    report = _update(src, out)
+    assert report["files_appended"] == len(grew)
+    assert report["files_reread"] == len(set(after) - set(before))
+    assert report["files_unchanged"] == len(after) - len(grew) - len(set(after) - set(before))
+    assert report["rows_read_this_run"] == len(grew)  # one new day: one line each
+    t = report["totals"]
+    assert t["lines"] == t["rows_kept"] + t["rows_quarantined"]
+    _assert_same(_datasets(out), _full(src, grown["full"]))
+    for _ in range(5):
+        mds.release(src, "next")
+        report = _update(src, out)
+        assert report["files_appended"] >= len(grew) - 1 and not report["append_fallbacks"]
+    _assert_same(_datasets(out), _full(src, grown["full"]))
+
+
+def test_edited_past_row_and_truncated_file_are_read_whole(grown, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(grown["src"], src)  # a source of its own, at the version the module's tests left it
+    out = tmp_path / "out"
+    ingest.run(out, source=str(src), jobs=1)
+    features.run(out, jobs=1)
+    mds.release(src, "next")
+    files = sorted(_sizes(src))
+    edited, truncated = src / files[1], src / files[2]
+    lines = edited.read_bytes().split(b"\n")
+    fields = lines[3].split(b",")
+    fields[-1] = fields[-1].rstrip(b"\r") + b"1" + (b"\r" if fields[-1].endswith(b"\r") else b"")
+    lines[3] = b",".join(fields)  # a past row's Volume edited (the file also grew by the new day)
+    edited.write_bytes(b"\n".join(lines))
+    data = truncated.read_bytes()
+    truncated.write_bytes(data.rstrip(b"\r\n").rsplit(b"\n", 2)[0] + b"\n")  # its last two rows gone
+    report = _update(src, out)
+    reasons = {f["file"]: f["reason"] for f in report["append_fallbacks"]}
+    assert reasons == {files[1]: "earlier content changed"}  # the shorter file is planned as a re-read
+    assert report["files_reread"] == 2
+    assert report["files_appended"] == len(files) - 2 - report["files_unchanged"]
+    _assert_same(_datasets(out), _full(src, tmp_path / "full"))
+
+
+def test_repeated_date_and_bad_appended_row_are_quarantined_as_in_a_full_run(tmp_path):
+    src = tmp_path / "src"
+    market = ingest.generate_demo_market(tmp_path / "market", n_tickers=3, years=1, seed=5)
+    mds.init(str(market), src, 2)
+    out = tmp_path / "out"
+    ingest.run(out, source=str(src), jobs=1)
+    first, second = (src / f for f in sorted(_sizes(src))[:2])
+    old_first = first.read_bytes()
+    last_line = old_first.rstrip(b"\n").rsplit(b"\n", 1)[1]
+    first_lines = old_first.count(b"\n")  # the header is line 1, so the last row is on this line
+    first.write_bytes(old_first + last_line + b"\n")  # the last day again
+    old_second = second.read_bytes()
+    second_lines = old_second.count(b"\n")
+    second.write_bytes(old_second + b"2099-01-02,,,,,,\n2099-01-05,1,2,0.5,1.5,1.5,7\n")
+    report = _update(src, out)
+    assert report["files_appended"] == 1  # the second file: its bad row belongs to the appended part
+    assert [f["reason"] for f in report["append_fallbacks"]] == ["a date not after the last stored one"]
+    q = load_quarantine(out)
+    rel_first, rel_second = (str(p.relative_to(src)) for p in (first, second))
+    dup = q[(q["file"] == rel_first) & (q["line"] > first_lines)]
+    assert dup["line"].tolist() == [first_lines + 1] and dup["kind"].tolist() == ["duplicate-date"]
+    assert f"first on line {first_lines}" in dup["reason"].iloc[0]
+    bad = q[(q["file"] == rel_second) & (q["line"] > second_lines)]
+    assert bad["line"].tolist() == [second_lines + 1] and bad["kind"].tolist() == ["missing"]
+    entry = {e["file"]: e for e in report["files"]}[rel_second]
+    blank = old_second.count(b"\n\n")
+    assert entry["lines"] == entry["rows_kept"] + entry["rows_quarantined"] == second_lines - 1 - blank + 2
+    raw = pd.read_parquet(out / "data" / "raw")
+    assert raw[raw["Symbol"] == second.stem]["Date"].iloc[-1] == "2099-01-05"
+    _assert_same(_datasets(out), _full(src, tmp_path / "full"))
+
+
+def test_twenty_updates_equal_a_full_run_and_files_stay_bounded(tmp_path):
+    src = tmp_path / "src"
+    market = ingest.generate_demo_market(tmp_path / "market", n_tickers=5, years=1, seed=21)
+    mds.init(str(market), src, 20)
+    out = tmp_path / "out"
+    ingest.run(out, source=str(src), jobs=1)
+    features.run(out, jobs=1)
+    partitions = {p.name for p in (out / "data" / "raw").glob("part-*")}
+    appended = 0
+    for _ in range(20):
+        mds.release(src, "next")
+        appended += _update(src, out)["files_appended"]
+        for name in ("raw", "features"):
+            assert {p.name for p in (out / "data" / name).glob("part-*")} == partitions
+    assert appended == 5 * 20
+    _assert_same(_datasets(out), _full(src, tmp_path / "full"))
