@@ -193,7 +193,7 @@ def test_dashboard_forecasts_a_picked_ticker_like_the_api(served, browser, tiny_
 
 def _screenshot(driver) -> bytes:
     """The whole page, as a palette PNG (small enough for the README)."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     # Voilà scrolls an inner container, not the body: back to the top of each, then the tallest height.
     driver.execute_script("document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
@@ -202,6 +202,10 @@ def _screenshot(driver) -> bytes:
     driver.set_window_size(1200, min(int(height) + 120, 6000))
     time.sleep(0.5)
     image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    # The window is as tall as the tallest scroll container: cut the empty page below the content.
+    box = ImageOps.invert(image).getbbox()
+    if box:
+        image = image.crop((0, 0, image.width, min(image.height, box[3] + 24)))
     buf = io.BytesIO()
     image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
