@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,8 @@ def build_scaled(base: Path, scale: int) -> Path:
 
 def section_default(base: Path) -> dict:
     """train.run with its defaults on the real tickers (what the pipeline does)."""
-    report = train.run(base, progress=False)
+    # Every test row is scored here (the stage's default samples 1 M of them above that; this is the README's table).
+    report = train.run(base, progress=False, max_test_rows=10**9)
     keep = ("model_id", "params", "metrics", "ratios_all_vs_vol_moving_avg", "coverage_p10_p90", "train_rows",
             "test_rows", "test_scored_rows", "test_scoring", "cpu_seconds", "validation_rows", "split", "dropped_rows", "seconds", "peak_rss_mb", "by_year", "by_decile")
     out = {k: report[k] for k in keep}
@@ -203,6 +205,52 @@ def section_scale(base: Path, scale: int) -> dict:
     return {"scale": scale, "rows": inner["dropped_rows"]["rows_in"], "wall_seconds": round(got["seconds"], 1),
             "peak_rss_gib": round(inner["peak_rss_mb"] / 1024, 2), "tree_peak_rss_gib": round(got["peak_rss_gib"], 2),
             "load_average": [round(load_before[0], 2), round(load_after[0], 2)], **{k: inner.get(k) for k in keep}}
+
+
+def _truncated_features(src: Path, out: Path, days_back: int) -> str:
+    """``out``'s features dataset = ``src``'s without its last ``days_back`` dates (and its latest-row table
+    as of then): the data a model trained ``days_back`` days ago saw. Returns the last date kept."""
+    files = sorted(src.glob("part-*.parquet"))
+    dates = sorted({d for f in files for d in pq.read_table(f, columns=["Date"])["Date"].unique().to_pylist()})
+    cutoff = dates[-days_back - 1]
+    layout = config.Layout.at(out)
+    lasts = []
+    with storage.publish_dir(layout.features_dir) as staging:
+        for f in files:
+            table = pq.read_table(f).filter(pc.less_equal(pq.read_table(f, columns=["Date"])["Date"], cutoff))
+            storage.write_parquet(table, staging / f.name)
+            sym = table["Symbol"].to_numpy(zero_copy_only=False)
+            if len(sym):
+                ends = np.append(np.flatnonzero(sym[1:] != sym[:-1]), len(sym) - 1)
+                starts = np.append(0, ends[:-1] + 1)
+                last = table.take(pa.array(ends)).cast(config.FEATURES_SCHEMA)
+                lasts.append(last.append_column("rows", pa.array(ends - starts + 1, pa.int64())))
+        storage.write_parquet(pa.concat_tables(lasts).sort_by([("Symbol", "ascending")]), staging / features.LATEST_FILE)
+    return cutoff
+
+
+def _full_features(src: Path, out: Path) -> None:
+    """Publish ``src``'s features files (hard links) as ``out``'s features dataset: the days arrive."""
+    with storage.publish_dir(config.Layout.at(out).features_dir) as staging:
+        for f in [*sorted(src.glob("part-*.parquet")), src / features.LATEST_FILE]:
+            os.link(f, staging / f.name)
+
+
+def section_warm(base: Path, scale: int, days_back: int = 5) -> dict:
+    """Warm start (issue 16): a model trained ``days_back`` trading days ago, continued on the days since,
+    against a full retrain on the same data; and the time of a warm start alone."""
+    src = storage.current_version(config.Layout.at(build_scaled(base, scale) if scale > 1 else base).features_dir)
+    out = DATA / f"warm-x{scale}"
+    layout = config.Layout.at(out)
+    cutoff = _truncated_features(src, out, days_back)
+    parent = train.run(out, progress=False)
+    _full_features(src, out)
+    alone = train.run(out, warm_start=True, warm_compare=False, progress=False)
+    storage.atomic_write_text(layout.latest_file, parent["model_id"] + "\n")  # continue the same parent again
+    both = train.run(out, warm_start=True, progress=False)
+    return {"scale": scale, "days_back": days_back, "parent_data_to": cutoff, "parent_seconds": parent["seconds"],
+            "warm_alone_seconds": alone["seconds"], "warm_alone_cpu_seconds": alone.get("cpu_seconds"),
+            "warm_alone": alone["warm_start"], "compared": both["warm_start"], "load_average": os.getloadavg()[0]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -321,6 +369,25 @@ def render(results: dict) -> str:
                   f"| {s['wall_seconds']} | {sec['total']} | {sec['load']} | {sec['fit_task']} | {sec['fit_forecast']} | "
                   f"{sec['evaluate']} | {s.get('cpu_seconds')} | {s['peak_rss_gib']} GiB | {s.get('tree_peak_rss_gib')} GiB | "
                   f"{' / '.join(str(v) for v in s.get('load_average', []))} |"]
+    w = results.get("warm")
+    if w:
+        cmp_ = w["compared"].get("compared_with_full_retrain") or {}
+        lines += ["", f"## Warm start at x{w['scale']} (issue 16)", "",
+                  f"A model trained on the features up to {w['parent_data_to']} (the last {w['days_back']} trading days held "
+                  f"back), then the days arrive and `train.run(warm_start=True)` continues it on the train rows added "
+                  f"({w['compared']['rows_added']:,} rows, dates {w['compared']['added_dates'][0]} to "
+                  f"{w['compared']['added_dates'][1]}: the split moves forward, so these are days that were test days "
+                  f"before). Same test rows for both models. Load average {w['load_average']:.1f}.", "",
+                  "| measure | continued (warm) | full retrain | warm / full |", "|---|---:|---:|---:|",
+                  f"| forecast model MAE | {cmp_.get('forecast_mae_warm', 0):,.0f} | {cmp_.get('forecast_mae_full', 0):,.0f} | "
+                  f"{cmp_.get('forecast_ratio', 0):.4f} |",
+                  f"| task model MAE | {cmp_.get('task_mae_warm', 0):,.0f} | {cmp_.get('task_mae_full', 0):,.0f} | "
+                  f"{cmp_.get('task_ratio', 0):.4f} |",
+                  f"| stage seconds (own) | {w['warm_alone_seconds']['total']} (warm alone, no comparison; CPU "
+                  f"{w.get('warm_alone_cpu_seconds')}) | {w['parent_seconds']['total']} (the parent's full run) | |", "",
+                  f"Warm alone: load {w['warm_alone_seconds']['load']} s, fits {w['warm_alone_seconds']['fit_task']} + "
+                  f"{w['warm_alone_seconds']['fit_forecast']} s, evaluate {w['warm_alone_seconds']['evaluate']} s. "
+                  f"Note: {w['compared']['note']}."]
     if results.get("notes"):
         lines += ["", "## Reading", "", results["notes"]]
     return "\n".join(lines) + "\n"
@@ -331,6 +398,7 @@ def main(argv=None) -> int:
     p.add_argument("--inputs", action="store_true", help="score candidate inputs on the validation slice")
     p.add_argument("--scale", type=int, default=0, help="also run train.run at this scale (e.g. 3)")
     p.add_argument("--no-default", action="store_true", help="skip the default section")
+    p.add_argument("--warm", type=int, default=0, help="also measure a warm start at this scale (e.g. 1 or 3)")
     p.add_argument("--render", action="store_true", help="only re-render the .md from the .json")
     args = p.parse_args(argv)
     results = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
@@ -341,7 +409,8 @@ def main(argv=None) -> int:
         base = build_x1()
         for name, wanted, fn in (("default", not args.no_default, lambda: section_default(base)),
                                  ("inputs", args.inputs, lambda: section_inputs(base, threads)),
-                                 ("scale", bool(args.scale), lambda: section_scale(base, args.scale))):
+                                 ("scale", bool(args.scale), lambda: section_scale(base, args.scale)),
+                                 ("warm", bool(args.warm), lambda: section_warm(base, args.warm))):
             if wanted:
                 t0 = time.perf_counter()
                 results[name] = fn()

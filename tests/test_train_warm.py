@@ -6,7 +6,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -19,7 +18,8 @@ SMALL = dict(iterations=20, forecast_iterations=20, max_train_rows=20_000, jobs=
 
 
 def _daily_source_module():
-    spec = importlib.util.spec_from_file_location("make_daily_source", REPO_ROOT / "benchmarks" / "make_daily_source.py")
+    path = REPO_ROOT / "benchmarks" / "make_daily_source.py"
+    spec = importlib.util.spec_from_file_location("make_daily_source", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -58,7 +58,8 @@ def test_card_records_the_parent_and_the_rows_added(grown):
     df = pd.read_parquet(config.Layout.at(out).features_dir).sort_values(["Symbol", "Date"])
     df["y"] = df.groupby("Symbol")["Volume"].shift(-1)
     usable = df.dropna(subset=[config.VOL_FEATURE, config.PRICE_FEATURE, config.LOG_VOL_MEAN30, "y"])
-    after = usable[(usable["Date"] > parent_card["dates"]["train"][1]) & (usable["Date"] < warm["split"]["validation_start"])]
+    after = usable[(usable["Date"] > parent_card["dates"]["train"][1])
+                   & (usable["Date"] < warm["split"]["validation_start"])]
     assert entry["rows_added"] == len(after) > 0
     assert entry["added_dates"] == [after["Date"].min(), after["Date"].max()]
 

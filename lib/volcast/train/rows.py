@@ -143,7 +143,8 @@ def _scan(path: Path, shift: int) -> _File:
     has_features = np.isfinite(vol) & np.isfinite(price) & np.isfinite(base)
     has_target = ~np.isnan(target)
     keep = has_features & has_target
-    counts = {"rows_in": n, "no_features": int((~has_features).sum()), "no_target": int((has_features & ~has_target).sum()),
+    counts = {"rows_in": n, "no_features": int((~has_features).sum()),
+              "no_target": int((has_features & ~has_target).sum()),
               "dropped": int((~keep).sum()), "rows_out": int(keep.sum())}
     ok_volume = np.isfinite(volume)
     mdays, inverse = np.unique(day[ok_volume], return_inverse=True)
@@ -244,7 +245,8 @@ def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1,
         split_info["test_start"] = _iso(split_info["test_start"])
     n_test = sum(int(t.sum()) for t in is_test)
     if n_test in (0, usable):
-        raise UserError(f"the {split} split left no {'train' if n_test == usable else 'test'} rows; change test_fraction")
+        empty = "train" if n_test == usable else "test"
+        raise UserError(f"the {split} split left no {empty} rows; change test_fraction")
     is_fit = [~t & ~v for t, v in zip(is_test, is_valid)]
     n_fit_pool = sum(int(f.sum()) for f in is_fit)
     n_valid_pool = sum(int(v.sum()) for v in is_valid)

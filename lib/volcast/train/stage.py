@@ -163,7 +163,8 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     model_id = new_model_id(model, after=latest.name if latest is not None else None)
 
     def fit_both(rows, n_iter, n_iter_forecast, rate, rate_forecast, init_task=None, init_forecast=None):
-        valid_task = (data.vol[valid_rows], data.price[valid_rows], data.target[valid_rows]) if len(valid_rows) else None
+        valid_task = ((data.vol[valid_rows], data.price[valid_rows], data.target[valid_rows])
+                      if len(valid_rows) else None)
         task_fit = fit_model(data.vol[rows], data.price[rows], data.target[rows], model=model, formulation=formulation,
                              loss=loss, iterations=n_iter, depth=depth, learning_rate=rate, seed=seed, threads=threads,
                              valid=valid_task, model_id=model_id, init=init_task)
@@ -194,9 +195,12 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         if warm_compare:
             y_t, v_t, p_t, x_t = (data.target[test_rows], data.vol[test_rows], data.price[test_rows],
                                   data.x[test_rows])
-            full_f, warm_f = M.metrics(y_t, forecaster.predict(x_t)[1])["mae"], M.metrics(y_t, wfc.predict(x_t)[1])["mae"]
-            full_t, warm_t = M.metrics(y_t, fit.model.predict(v_t, p_t))["mae"], M.metrics(y_t, wfit.model.predict(v_t, p_t))["mae"]
-            maes = {"forecast_mae_full": full_f, "forecast_mae_warm": warm_f, "forecast_ratio": warm_f / full_f if full_f else None,
+            full_f = M.metrics(y_t, forecaster.predict(x_t)[1])["mae"]
+            warm_f = M.metrics(y_t, wfc.predict(x_t)[1])["mae"]
+            full_t = M.metrics(y_t, fit.model.predict(v_t, p_t))["mae"]
+            warm_t = M.metrics(y_t, wfit.model.predict(v_t, p_t))["mae"]
+            maes = {"forecast_mae_full": full_f, "forecast_mae_warm": warm_f,
+                    "forecast_ratio": warm_f / full_f if full_f else None,
                     "task_mae_full": full_t, "task_mae_warm": warm_t, "task_ratio": warm_t / full_t if full_t else None,
                     "full_fit_seconds": round(fit.seconds + finfo["fit_seconds"], 2)}
             del x_t
