@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard_helpers import HOSTILE_SYMBOL, build_hostile_output
+from dashboard_helpers import HOSTILE_NAME, HOSTILE_SYMBOL, build_hostile_output
 from serve_helpers import Client, ServeProcess, tiny_output  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -242,6 +242,8 @@ def test_a_hostile_ticker_runs_no_script_and_shows_as_text(tmp_path_factory, bro
             browser.switch_to.alert.text  # the hook aside, no real dialog is open either
         note = _wait(browser, ".volcast-symbol-note", text=True).text
         assert HOSTILE_SYMBOL in note  # the ticker is shown, literally
+        forecast = _wait(browser, ".volcast-forecast-output", text=True).text
+        assert HOSTILE_SYMBOL in forecast and HOSTILE_NAME in forecast  # and its security name
     finally:
         browser.execute_cdp_cmd("Page.removeScriptToEvaluateOnNewDocument", {"identifier": hook["identifier"]})
         browser.get("about:blank")
