@@ -376,8 +376,10 @@ def render(results: dict) -> str:
                   f"A model trained on the features up to {w['parent_data_to']} (the last {w['days_back']} trading days held "
                   f"back), then the days arrive and `train.run(warm_start=True)` continues it on the train rows added "
                   f"({w['compared']['rows_added']:,} rows, dates {w['compared']['added_dates'][0]} to "
-                  f"{w['compared']['added_dates'][1]}: the split moves forward, so these are days that were test days "
-                  f"before). Same test rows for both models. Load average {w['load_average']:.1f}.", "",
+                  f"{w['compared']['added_dates'][1]}: the chronological split moves forward with the new dates, so the "
+                  f"fitted pool gains the oldest days of the parent's validation slice; the new days themselves are "
+                  f"test days), plus a replay sample of {w['compared'].get('replay_rows', 0):,} train rows. Same test "
+                  f"rows for both models. Load average {w['load_average']:.1f}.", "",
                   "| measure | continued (warm) | full retrain | warm / full |", "|---|---:|---:|---:|",
                   f"| forecast model MAE | {cmp_.get('forecast_mae_warm', 0):,.0f} | {cmp_.get('forecast_mae_full', 0):,.0f} | "
                   f"{cmp_.get('forecast_ratio', 0):.4f} |",

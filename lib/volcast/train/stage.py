@@ -183,7 +183,9 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         added = data.added
         rates = (learning_rate * W.WARM_LEARNING_RATE_FACTOR, forecast_learning_rate * W.WARM_LEARNING_RATE_FACTOR)
         if len(added):
-            wfit, (wfc, wcurve, winfo) = fit_both(added, W.WARM_ITERATIONS, W.WARM_ITERATIONS, *rates,
+            replay = fit_rows[_sample(len(fit_rows), W.REPLAY_ROWS, np.random.default_rng(seed + 4))]
+            rows_warm = np.union1d(added, replay)
+            wfit, (wfc, wcurve, winfo) = fit_both(rows_warm, W.WARM_ITERATIONS, W.WARM_ITERATIONS, *rates,
                                                   parent.task, parent.forecaster)
         else:  # nothing new: the parent's models, re-evaluated
             empty = pd.DataFrame(columns=["iteration", "train_loss", "validation_loss", "metric"])
