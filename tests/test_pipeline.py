@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -295,3 +297,27 @@ def test_no_kernel_outlives_its_stage_ok_or_failed(tmp_path):
         pipeline.run_pipeline(tmp_path, stages=["train"], params={"train": {"model": "no_such_model"}},
                               say=lambda _: None, progress=False)
     assert left_over() == []
+
+
+def test_a_py_twin_edited_and_not_synced_stops_the_run_before_it_starts(tmp_path, monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for path in config.NOTEBOOKS_DIR.iterdir():
+        if path.suffix in (".ipynb", ".py", ".toml"):
+            shutil.copy2(path, folder / path.name)
+    twin = folder / "02_features.py"
+    twin.write_text(twin.read_text() + '\n# %%\nprint("an edit")\n')
+    later = (folder / "02_features.ipynb").stat().st_mtime + 10
+    os.utime(twin, (later, later))
+    monkeypatch.setattr(config, "NOTEBOOKS_DIR", folder)
+    out = tmp_path / "out"
+
+    with pytest.raises(UserError, match="sync-notebooks"):
+        pipeline.run_pipeline(out, stages=["features"], say=lambda _: None, progress=False)
+    assert not (out / "runs").exists()
+
+    pipeline.sync_notebooks(["02_features"], notebooks_dir=folder)
+    pipeline.notebooks.check_pair(folder / "02_features.ipynb")  # in step now: no error
+    for name in ("01_ingest", "03_train"):  # untouched pairs pass, whatever their times
+        os.utime(folder / f"{name}.py", (later, later))
+        pipeline.notebooks.check_pair(folder / f"{name}.ipynb")

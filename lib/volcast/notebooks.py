@@ -187,6 +187,23 @@ def sync_notebooks(names: list[str] | None = None, notebooks_dir: str | os.PathL
     return paths
 
 
+def check_pair(ipynb: str | os.PathLike) -> None:
+    """Refuse to run a notebook whose ``py:percent`` twin was edited and not synced (the run would ignore
+    the edit). Cheap when the twin is not newer than the .ipynb, as after a sync or a save in JupyterLab."""
+    ipynb = Path(ipynb)
+    twin = ipynb.with_suffix(".py")
+    if not twin.exists() or twin.stat().st_mtime <= ipynb.stat().st_mtime + 1:
+        return
+    import jupytext
+
+    def cells(path):
+        return [(c.cell_type, c.source) for c in jupytext.read(path).cells]
+
+    if cells(twin) != cells(ipynb):
+        raise UserError(f"{twin} was edited after {ipynb.name} and differs from it; run "
+                        "`python run_pipeline.py sync-notebooks` (or save it in JupyterLab), then run again")
+
+
 def refresh_notebooks(names: list[str] | None = None, say: Callable[[str], None] = print,
                       notebooks_dir: str | os.PathLike | None = None) -> list[Path]:
     """Re-execute the committed notebooks in place with their default (demo) parameters.

@@ -269,6 +269,8 @@ def run_pipeline(
     target = RunTarget(output_dir, say)  # s3://...: the stages work on its local working copy
     layout = Layout.at(target.local)
     selected = stages or [stage.name for stage in DAG]
+    for name in selected:
+        notebooks.check_pair(STAGES[name].notebook_path)  # a .py twin edited and not synced would be ignored
     overrides = params or {}
     cluster = RunCluster(executor, scheduler, config.resolve_jobs(jobs))  # checks the choice; starts nothing
     keep = retention.check_keep(keep)
