@@ -135,3 +135,27 @@ def test_coverage_and_tables_by_group():
     assert t["year"].tolist() == [2020, 2021]
     assert t["mae_p"].tolist() == [0.5, 1.0]  # |0|,|1| and |0|,|2|
     assert t["medape_p"].tolist() == [0.25, 0.25]  # median(0, 1/2); median(0, 2/4)
+
+
+def test_market_ratio_in_the_served_latest_rows_is_the_market_total_over_its_30_date_mean(model_dir):
+    out, _, path = model_dir
+    latest = pd.read_parquet(path / "latest.parquet")
+    # Recomputed with pandas: the total Volume of every ticker per date, log1p over log1p of its 30-date mean.
+    feats = pd.read_parquet(config.Layout.at(out).features_dir, columns=["Date", "Volume"])
+    total = feats.groupby("Date")["Volume"].sum().sort_index().astype(float)
+    ratio = np.log1p(total) - np.log1p(total.rolling(30).mean())
+    np.testing.assert_allclose(latest["market_vol_lr"].to_numpy(), ratio.loc[latest["Date"]].to_numpy(),
+                               rtol=1e-9, equal_nan=True)
+    assert "market_vol_lr" in train.load_bundle(path).forecaster.inputs
+
+
+def test_test_metrics_on_a_seeded_sample_above_max_test_rows(features_dir, tmp_path):  # noqa: F811
+    out = _output_with(features_dir, tmp_path)
+    first = train.run(out, **{**SMALL, "max_test_rows": 1000})
+    second = train.run(out, **{**SMALL, "max_test_rows": 1000})
+    assert first["test_scored_rows"] == 1000 < first["test_rows"]
+    assert "sample of 1,000" in first["test_scoring"]
+    assert sum(r["rows"] for r in first["by_year"]) == 1000 and sum(r["rows"] for r in first["by_decile"]) == 1000
+    assert first["metrics"] == second["metrics"]  # seeded: the same rows every run
+    card = train.load_card(train.latest_model_dir(out))
+    assert card["rows"]["test_scored"] == 1000 and card["test_scoring"] == first["test_scoring"]
