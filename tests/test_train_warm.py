@@ -101,3 +101,19 @@ def test_warm_start_without_a_model_trains_from_scratch(grown, tmp_path):
 def test_notebook_declares_warm_start_off_by_default():
     assert notebook_parameters("train")["warm_start"] is False
     assert train.params.DEFAULT_WARM_START is False
+
+
+def test_a_warm_start_with_no_new_rows_keeps_the_parent_trees(grown, tmp_path):
+    out, _, warm = grown
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, symlinks=True)
+    again = train.run(copy, warm_start=True, **SMALL)
+    entry = again["warm_start"]
+    assert entry["parent_model_id"] == warm["model_id"] and entry["rows_added"] == 0 and entry["chain"] == 2
+    bundle = train.load_bundle(train.latest_model_dir(copy))
+    parent = train.load_bundle(config.Layout.at(copy).models_dir / warm["model_id"])
+    assert bundle.forecaster.estimator.tree_count_ == parent.forecaster.estimator.tree_count_
+    symbol = bundle.symbols[0]
+    assert bundle.forecast_one(symbol)["volume"] == parent.forecast_one(symbol)["volume"]
