@@ -336,6 +336,8 @@ def render(results: dict) -> str:
                   "on the validation rows; fit seconds on the shared machine.", "",
                   "| step | MAE / vma | median APE / vma | MAE / today | fit s | kept | names |",
                   "|---|---:|---:|---:|---:|---|---|"]
+        if inp.get("noise_note"):
+            lines[-2:-2] = [inp["noise_note"], ""]
         for r in inp["table"]:
             today = f"{r['mae_vs_today']:.4f}" if r.get("mae_vs_today") is not None else "–"
             names = ", ".join(r["names"]) if len(r["names"]) < 8 else f"{len(r['names'])} inputs"
