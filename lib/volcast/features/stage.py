@@ -33,13 +33,6 @@ def _code_version() -> str:
     return storage.code_digest(*files, storage.__file__, extra=(config.FEATURES_SCHEMA,))
 
 
-def _fingerprint(path: Path) -> str:
-    # Ingest hard-links unchanged partitions into each new raw version and replaces changed ones, so
-    # (size, mtime, inode) changes exactly when a partition's content may have changed.
-    st = path.stat()
-    return f"{st.st_size}-{st.st_mtime_ns}-{st.st_ino}"
-
-
 def _partition_stats(starts: np.ndarray, n: int, names: list[str], dates: tuple[np.ndarray, int] | None,
                      spec: WindowSpec, vol: np.ndarray, med: np.ndarray) -> dict:
     """Counts for the report; ``names`` are the tickers in ``starts`` order."""
@@ -176,7 +169,9 @@ def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, increme
         raise UserError(f"no raw dataset at {layout.raw_dir}; run the ingest stage first "
                         "(python run_pipeline.py --stages ingest)")
     sources = {p.name: p for p in sorted(raw.glob(f"{storage.PARTITION_PREFIX}*.parquet"))}
-    fingerprints = {name: _fingerprint(path) for name, path in sources.items()}
+    # Ingest hard-links unchanged partitions into each new raw version and rewrites changed ones, so a
+    # partition's stat fingerprint (size, mtime) changes exactly when its content may have.
+    fingerprints = {name: storage.fingerprint_path(path) for name, path in sources.items()}
     params = {**spec.state(), "code": _code_version()}
 
     current = storage.current_version(layout.features_dir)
