@@ -26,7 +26,7 @@ from .batch import parse_csv_batch
 from .limits import Limits, Refused
 from .lines import count_lines, data_lines
 from .parse import BOM, ParsedFile, parse_csv
-from .read import _open_regular, _read_rest
+from .read import _open_regular
 
 COUNT_KEYS = ("lines", "rows_read", "rows_kept", "rows_quarantined", "zero_volume_rows", "nonpositive_price_rows")
 
@@ -56,20 +56,22 @@ class Tail(NamedTuple):
 def read_tail(path: str, c: Candidate, limits: Limits) -> Tail | str:
     """The appended part of a file, or why the file must be read whole (a short reason)."""
     try:
-        fd, _ = _open_regular(path, limits)
+        fd, size = _open_regular(path, limits)
     except (Refused, OSError) as exc:
         return f"unreadable now ({exc})"
     try:
-        data = _read_rest(fd, 0, limits.max_file_bytes)
-    except Refused as exc:
-        return str(exc)
+        data = os.pread(fd, size, 0)  # one read, one buffer
+        if len(data) != size or os.pread(fd, 1, size):
+            return "changed while read"
     finally:
         os.close(fd)
     if len(data) < c.old_size:
         return "shorter than last read"
     if len(data) == c.old_size:
         return "same size, touched"
-    if f"{crc32(memoryview(data)[:c.old_size]):08x}" != c.old_crc:
+    view = memoryview(data)
+    prefix_crc = crc32(view[:c.old_size])
+    if f"{prefix_crc:08x}" != c.old_crc:
         return "earlier content changed"
     if data[c.old_size - 1:c.old_size] != b"\n":  # a last line without its end may be continued
         return "previous content did not end with a line end"
@@ -78,7 +80,8 @@ def read_tail(path: str, c: Candidate, limits: Limits) -> Tail | str:
     cr = data.find(b"\r", start, nl)
     if nl == -1 or (cr != -1 and cr + 1 != nl):  # a lone "\r" header end: the full parse decides
         return "header line not ended by a newline"
-    return Tail(data[:nl + 1] + data[c.old_size:], data, nl + 1, c.old_size, f"{crc32(data):08x}")
+    whole_crc = crc32(view[c.old_size:], prefix_crc)  # the CRC-32 of the whole file, carried on from the prefix
+    return Tail(data[:nl + 1] + data[c.old_size:], data, nl + 1, c.old_size, f"{whole_crc:08x}")
 
 
 _FIRST_ON_LINE = re.compile(r"first on line (\d+)")

@@ -1,6 +1,7 @@
 """The ingest stage: ``run``, the incremental plan, the state file and the report."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -96,8 +97,8 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
         # Nothing changed: keep the dataset, refresh the stamps of touched-but-equal files.
         entries = {e["file"]: e for e in state["files"]}
         if plan["stamps_refreshed"]:
-            storage.atomic_write_json(storage.current_version(layout.raw_dir) / STATE_FILE,
-                                      _state(src, catalog, code_fp, entries, plan["stamps"]))
+            _write_state(storage.current_version(layout.raw_dir) / STATE_FILE,
+                         _state(src, catalog, code_fp, entries, plan["stamps"]))
     else:
         entries, this_run = _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits,
                                               executor, scheduler)
@@ -209,10 +210,15 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, l
             e = entries.get(f.rel[len(catalog.root):], {})
             if e.get("crc32"):
                 stamps[f.rel]["crc32"] = e["crc32"]
-        storage.atomic_write_json(raw_stage / STATE_FILE, _state(src, catalog, code_fp, entries, stamps))
+        _write_state(raw_stage / STATE_FILE, _state(src, catalog, code_fp, entries, stamps))
     return entries, this_run
 
 
+
+
+def _write_state(path: Path, state: dict) -> None:
+    # Compact: json's C encoder (an indent makes it use the pure-Python one, slow on thousands of files).
+    storage.atomic_write_text(path, json.dumps(state, separators=(",", ":")) + "\n")
 
 
 def _state(src, catalog, code_fp, entries, stamps) -> dict:
