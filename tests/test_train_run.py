@@ -76,7 +76,7 @@ def test_run_writes_model_card_curve_latest_and_report(trained):
     assert card["rows"]["fit"] == report["train_rows"] == 20_000
     assert card["dates"]["train"][1] < card["dates"]["validation"][0] <= card["dates"]["validation"][1] \
         < card["dates"]["test"][0] == report["split"]["test_start"]
-    assert len(card["data"]["fingerprint"]) == 32
+    assert len(card["data"]["fingerprint"]) == 16
 
     curve = pd.read_csv(model_dir / "learning_curve.csv")
     assert curve["iteration"].tolist() == list(range(1, 21))

@@ -9,7 +9,6 @@ and their product (dollar volume) from the two inputs.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import tempfile
@@ -297,12 +296,6 @@ def new_model_id(model: str, after: str | None = None) -> str:
 
 
 def fingerprint_files(paths) -> str:
-    """Content hash of files (name, size, bytes): the same data gives the same fingerprint anywhere."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(p) for p in paths):
-        digest.update(f"{path.name}|{path.stat().st_size}\n".encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()[:32]
+    """Content fingerprint of files (name, size, bytes): the same data gives the same value anywhere."""
+    return storage.fingerprint_files(paths, content=True)
 
