@@ -371,8 +371,7 @@ def render(results: dict) -> str:
                   f"| {s['wall_seconds']} | {sec['total']} | {sec['load']} | {sec['fit_task']} | {sec['fit_forecast']} | "
                   f"{sec['evaluate']} | {s.get('cpu_seconds')} | {s['peak_rss_gib']} GiB | {s.get('tree_peak_rss_gib')} GiB | "
                   f"{' / '.join(str(v) for v in s.get('load_average', []))} |"]
-    w = results.get("warm")
-    if w:
+    for w in [results[k] for k in sorted(results) if k.startswith("warm_x")]:
         cmp_ = w["compared"].get("compared_with_full_retrain") or {}
         lines += ["", f"## Warm start at x{w['scale']} (issue 16)", "",
                   f"A model trained on the features up to {w['parent_data_to']} (the last {w['days_back']} trading days held "
@@ -414,7 +413,7 @@ def main(argv=None) -> int:
         for name, wanted, fn in (("default", not args.no_default, lambda: section_default(base)),
                                  ("inputs", args.inputs, lambda: section_inputs(base, threads)),
                                  ("scale", bool(args.scale), lambda: section_scale(base, args.scale)),
-                                 ("warm", bool(args.warm), lambda: section_warm(base, args.warm))):
+                                 (f"warm_x{args.warm}", bool(args.warm), lambda: section_warm(base, args.warm))):
             if wanted:
                 t0 = time.perf_counter()
                 results[name] = fn()
