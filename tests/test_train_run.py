@@ -188,3 +188,29 @@ def test_user_errors(tmp_path):
     with pytest.raises(UserError, match="model must be"):
         train.run(tmp_path / "empty", model="xgboost", progress=False)
     assert train.latest_model_dir(tmp_path / "empty") is None
+
+
+def test_rows_of_shuffled_files_equal_those_of_sorted_files(features_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from volcast.train.rows import load_rows
+
+    shuffled = tmp_path / "features"
+    shuffled.mkdir()
+    rng = np.random.default_rng(0)
+    for path in sorted(features_dir.glob("part-*.parquet")):
+        table = pq.read_table(path)
+        pq.write_table(table.take(pa.array(rng.permutation(table.num_rows))), shuffled / path.name)
+    inputs = list(train.FORECAST_MODEL_INPUTS)
+    a = load_rows(features_dir, inputs, max_test_rows=10**9)
+    b = load_rows(shuffled, inputs, max_test_rows=10**9)
+    assert a.counts == b.counts and a.rows == b.rows and a.split_info == b.split_info
+
+    def test_rows(d):
+        frame = pd.DataFrame({"Symbol": np.asarray(d.tickers)[d.ticker[d.test]], "day": d.day[d.test],
+                              "target": d.target[d.test], "volume": d.volume[d.test]})
+        x = pd.DataFrame(d.x[d.test], columns=inputs)
+        return pd.concat([frame, x], axis=1).sort_values(["Symbol", "day"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(test_rows(a), test_rows(b))
