@@ -169,3 +169,34 @@ def test_twenty_updates_equal_a_full_run_and_files_stay_bounded(tmp_path):
             assert {p.name for p in (out / "data" / name).glob("part-*")} == partitions
     assert appended == 5 * 20
     _assert_same(_datasets(out), _full(src, tmp_path / "full"))
+
+
+def test_a_failed_append_publishes_nothing_and_the_next_run_appends(tmp_path, monkeypatch):
+    import volcast.ingest.task as task_mod
+
+    src = tmp_path / "src"
+    market = ingest.generate_demo_market(tmp_path / "market", n_tickers=3, years=1, seed=8)
+    mds.init(str(market), src, 3)
+    out = tmp_path / "out"
+    ingest.run(out, source=str(src), jobs=1)
+    before_version = (out / "data" / "raw").resolve()
+    before = pd.read_parquet(out / "data" / "raw")
+    state = (before_version / ingest.STATE_FILE).read_bytes()
+    mds.release(src, "next")
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("killed mid-append")
+
+    monkeypatch.setattr(task_mod, "parse_appended", boom)
+    with pytest.raises(RuntimeError, match="killed mid-append"):
+        ingest.run(out, source=str(src), jobs=1)
+    assert (out / "data" / "raw").resolve() == before_version
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "data" / "raw"), before)
+    assert (before_version / ingest.STATE_FILE).read_bytes() == state
+    monkeypatch.undo()
+    report = ingest.run(out, source=str(src), jobs=1)
+    assert report["files_appended"] == len(_sizes(src))
+    raw = pd.read_parquet(out / "data" / "raw")
+    shutil.rmtree(tmp_path / "full", ignore_errors=True)
+    ingest.run(tmp_path / "full", source=str(src), jobs=1)
+    pd.testing.assert_frame_equal(raw, pd.read_parquet(tmp_path / "full" / "data" / "raw"))
