@@ -3,6 +3,7 @@ worker processes give the same datasets as the local executor; the default never
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -50,10 +51,11 @@ def test_default_executor_never_imports_dask(tmp_path):
         f"out = {str(tmp_path)!r}\n"
         "r = ingest.run(out, source='demo', demo_tickers=12, demo_years=2, jobs=2)\n"
         "f = features.run(out, jobs=2)\n"
-        "print(json.dumps({'modules': sorted(m for m in sys.modules if m.split('.')[0] in ('dask', 'distributed', 's3fs', 'aiobotocore')),"
+        "heavy = ('dask', 'distributed', 's3fs', 'aiobotocore')\n"
+        "print(json.dumps({'modules': sorted(m for m in sys.modules if m.split('.')[0] in heavy),"
         " 'executors': [r['executor'], f['executor']], 'params': pipeline.RunCluster(None, None, 2).params()}))\n"
     )
-    env = {k: v for k, v in __import__("os").environ.items() if k != executor.SCHEDULER_ENV}
+    env = {k: v for k, v in os.environ.items() if k != executor.SCHEDULER_ENV}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
                           cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -124,7 +126,7 @@ def test_unreachable_scheduler_is_one_clear_error(tmp_path, monkeypatch):
 def test_pipeline_with_executor_dask_starts_a_local_cluster(tmp_path, local_run):
     """`run_pipeline.py --executor dask` alone: the run starts a LocalCluster, hands its address to both
     stages (manifest), and the datasets equal the local executor's."""
-    env = {k: v for k, v in __import__("os").environ.items() if k != executor.SCHEDULER_ENV}
+    env = {k: v for k, v in os.environ.items() if k != executor.SCHEDULER_ENV}
     done = subprocess.run(
         [sys.executable, str(ROOT / "run_pipeline.py"), "--output-dir", str(tmp_path), "--stages", "ingest,features",
          "--source", "demo", "--param", "ingest.demo_tickers=40", "--param", "ingest.demo_years=3",
