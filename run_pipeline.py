@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Entry point: `python run_pipeline.py --help`. All logic lives in lib/volcast."""
+
 import sys
 from pathlib import Path
 

@@ -28,6 +28,7 @@ the summed RSS of the whole process tree (forkserver workers). Compared with the
 an Arrow table.
 Results: stdout, ``benchmarks/results/features.md`` and ``.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,10 +83,17 @@ def raw_dataset(scale: int) -> Path:
     copies = []
     for k in range(scale):
         sym = base["Symbol"] if k == 0 else pc.binary_join_element_wise(base["Symbol"], pa.scalar(str(k)), "")
-        copies.append(pa.table({
-            "Symbol": sym, "Security Name": pa.nulls(base.num_rows, pa.string()), "Date": base["Date"],
-            **{c: base[c] for c in config.PRICE_COLUMNS}, "Volume": base["Volume"].cast(pa.int64()),
-        }))
+        copies.append(
+            pa.table(
+                {
+                    "Symbol": sym,
+                    "Security Name": pa.nulls(base.num_rows, pa.string()),
+                    "Date": base["Date"],
+                    **{c: base[c] for c in config.PRICE_COLUMNS},
+                    "Volume": base["Volume"].cast(pa.int64()),
+                }
+            )
+        )
     table = pa.concat_tables(copies).cast(config.RAW_SCHEMA)
     table = table.sort_by([("Symbol", "ascending"), ("Date", "ascending")])
     # Partition as ingest does (storage.partition_key); sorted rows make each partition one run.
@@ -194,7 +202,6 @@ class TreeSampler:
 
 def worker(case: str, scale: int, repeat: int) -> dict:
     import polars as pl
-    import pyarrow as pa
 
     from volcast import config, features, storage
 
@@ -217,7 +224,8 @@ def worker(case: str, scale: int, repeat: int) -> dict:
                 else:
                     df = pl.read_parquet(str(link / "*.parquet")).with_columns(
                         pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(config.VOL_FEATURE),
-                        pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(config.PRICE_FEATURE))
+                        pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(config.PRICE_FEATURE),
+                    )
                     df.write_parquet(out / "polars.parquet", compression="zstd")
                     del df
                 seconds.append(time.perf_counter() - t0)
@@ -235,13 +243,14 @@ def worker(case: str, scale: int, repeat: int) -> dict:
             "ours_inputs": lambda: features.add_features(table, WINDOW),
             "polars": lambda: frame.with_columns(
                 pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(vol),
-                pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(med)),
+                pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(med),
+            ),
         }
         times: dict[str, list[float]] = {name: [] for name in steps}
         for run in steps.values():
             run()  # warm-up, untimed
         for k in range(repeat):
-            for name in list(steps)[k % 3:] + list(steps)[: k % 3]:
+            for name in list(steps)[k % 3 :] + list(steps)[: k % 3]:
                 t0 = time.perf_counter()
                 steps[name]()
                 times[name].append(time.perf_counter() - t0)
@@ -254,7 +263,7 @@ def worker(case: str, scale: int, repeat: int) -> dict:
         data = table.select(["Symbol", "Date", "Volume", "Adj Close"]).to_pandas()
     else:
         data = table
-    del table
+    table = None  # only `data` is kept alive from here on
 
     def step():
         if case == "ours":
@@ -264,17 +273,23 @@ def worker(case: str, scale: int, repeat: int) -> dict:
         if case == "ours_30d":
             return features.add_features(data, "30D", inputs=())
         if case == "polars":
-            return data.with_columns(pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(vol),
-                                     pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(med))
+            return data.with_columns(
+                pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias(vol),
+                pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias(med),
+            )
         if case == "polars_30d":
             return data.with_columns(
                 pl.col("Volume").rolling_mean_by("Date", window_size="30d").over("Symbol").alias(vol),
-                pl.col("Adj Close").rolling_median_by("Date", window_size="30d").over("Symbol").alias(med))
+                pl.col("Adj Close").rolling_median_by("Date", window_size="30d").over("Symbol").alias(med),
+            )
         if case == "pandas":
             grouped = data.groupby("Symbol", sort=False)
-            return data.assign(**{
-                vol: grouped["Volume"].rolling(WINDOW).mean().to_numpy(),
-                med: grouped["Adj Close"].rolling(WINDOW).median().to_numpy()})
+            return data.assign(
+                **{
+                    vol: grouped["Volume"].rolling(WINDOW).mean().to_numpy(),
+                    med: grouped["Adj Close"].rolling(WINDOW).median().to_numpy(),
+                }
+            )
         raise SystemExit(f"unknown case {case}")
 
     base = rss()
@@ -314,7 +329,8 @@ def check_equal(scale: int) -> str:
     ours = features.add_features(table, WINDOW, inputs=())
     ref = pl.from_arrow(table.select(["Symbol", "Volume", "Adj Close"])).with_columns(
         pl.col("Volume").rolling_mean(WINDOW).over("Symbol").alias("v"),
-        pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias("m"))
+        pl.col("Adj Close").rolling_median(WINDOW).over("Symbol").alias("m"),
+    )
     worst = 0.0
     for mine, theirs in ((config.VOL_FEATURE, "v"), (config.PRICE_FEATURE, "m")):
         a = ours[mine].to_numpy()
@@ -345,16 +361,21 @@ def main(argv=None) -> int:
 
     gib = 2**30
     results: dict[str, dict] = {}
-    lines = [f"## volcast features benchmark ({dt.date.today()})", "",
-             f"{os.cpu_count()} cores, {psutil.virtual_memory().total / gib:.0f} GiB RAM, Python "
-             f"{platform.python_version()}. The machine was SHARED with other jobs while measuring (load "
-             f"average {os.getloadavg()[0]:.1f} at the start): times are the best of {args.repeat} runs and "
-             "still noisy.", "",
-             "Peak = the measuring process's peak RSS during the steps (the loaded data included, the "
-             "Parquet reader's transient peak while loading not) plus a forked helper's own "
-             "share (its peak RSS minus the parent's RSS before the step); for the disk-to-disk stage rows, "
-             "the sampled peak (50 ms) of the summed RSS of the whole process tree. Data = the dataset as an "
-             "Arrow table in memory.", ""]
+    lines = [
+        f"## volcast features benchmark ({dt.date.today()})",
+        "",
+        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / gib:.0f} GiB RAM, Python "
+        f"{platform.python_version()}. The machine was SHARED with other jobs while measuring (load "
+        f"average {os.getloadavg()[0]:.1f} at the start): times are the best of {args.repeat} runs and "
+        "still noisy.",
+        "",
+        "Peak = the measuring process's peak RSS during the steps (the loaded data included, the "
+        "Parquet reader's transient peak while loading not) plus a forked helper's own "
+        "share (its peak RSS minus the parent's RSS before the step); for the disk-to-disk stage rows, "
+        "the sampled peak (50 ms) of the summed RSS of the whole process tree. Data = the dataset as an "
+        "Arrow table in memory.",
+        "",
+    ]
     for scale in args.scales:
         raw_dataset(scale)
         cases = dict(IN_MEMORY)
@@ -367,31 +388,51 @@ def main(argv=None) -> int:
             r = measure(case, scale, args.repeat)
             r["best"] = min(r["seconds"])
             results[f"x{scale}/{case}"] = {"label": label, **r}
-            print(f"  best {r['best']:.2f} s (runs {', '.join(f'{s:.2f}' for s in r['seconds'])}), "
-                  f"peak {r['peak_total'] / gib:.2f} GiB", flush=True)
+            print(
+                f"  best {r['best']:.2f} s (runs {', '.join(f'{s:.2f}' for s in r['seconds'])}), "
+                f"peak {r['peak_total'] / gib:.2f} GiB",
+                flush=True,
+            )
         print(f"x{scale} interleaved volcast / polars, {args.rounds} rounds ...", flush=True)
         inter = measure("interleaved", scale, args.rounds)["times"]
         results[f"x{scale}/interleaved"] = inter
         first = results[f"x{scale}/ours"]
         rows, data = first["rows"], first["data_bytes"]
-        lines += [f"### x{scale}: {rows:,} rows, {data / gib:.2f} GiB as an Arrow table "
-                  f"({results.get(f'x{scale}/stage_ours', {}).get('parquet_bytes', 0) / gib:.2f} GiB as zstd Parquet)", "",
-                  "| step | best s | vs polars | peak GiB | peak / data |", "|---|---:|---:|---:|---:|"]
+        lines += [
+            f"### x{scale}: {rows:,} rows, {data / gib:.2f} GiB as an Arrow table "
+            f"({results.get(f'x{scale}/stage_ours', {}).get('parquet_bytes', 0) / gib:.2f} GiB as zstd Parquet)",
+            "",
+            "| step | best s | vs polars | peak GiB | peak / data |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for label, case in cases.items():
             r = results[f"x{scale}/{case}"]
             ref = "stage_polars" if case.startswith("stage") else "polars_30d" if case.endswith("30d") else "polars"
-            lines.append(f"| {label} | {r['best']:.2f} | {r['best'] / results[f'x{scale}/{ref}']['best']:.2f}x | "
-                         f"{r['peak_total'] / gib:.2f} | {r['peak_total'] / data:.2f}x |")
+            lines.append(
+                f"| {label} | {r['best']:.2f} | {r['best'] / results[f'x{scale}/{ref}']['best']:.2f}x | "
+                f"{r['peak_total'] / gib:.2f} | {r['peak_total'] / data:.2f}x |"
+            )
         best = {name: min(ts) for name, ts in inter.items()}
         ratio = best["ours"] / best["polars"]
         ours = results[f"x{scale}/ours"]
-        lines += ["", f"Interleaved in one process ({args.rounds} rounds, best / median s): "
-                  + "; ".join(f"{label} {min(inter[k]):.2f} / {sorted(inter[k])[len(inter[k]) // 2]:.2f}"
-                              for label, k in (("volcast task columns", "ours"), ("volcast + inputs", "ours_inputs"),
-                                               ("polars", "polars"))) + ".",
-                  "", f"Goals at x{scale}: volcast (task columns) <= 0.5x polars: {ratio:.2f}x interleaved "
-                  f"({'met' if ratio <= 0.5 else 'NOT met'}); peak memory <= 3x data: "
-                  f"{ours['peak_total'] / data:.2f}x ({'met' if ours['peak_total'] <= 3 * data else 'NOT met'}).", ""]
+        lines += [
+            "",
+            f"Interleaved in one process ({args.rounds} rounds, best / median s): "
+            + "; ".join(
+                f"{label} {min(inter[k]):.2f} / {sorted(inter[k])[len(inter[k]) // 2]:.2f}"
+                for label, k in (
+                    ("volcast task columns", "ours"),
+                    ("volcast + inputs", "ours_inputs"),
+                    ("polars", "polars"),
+                )
+            )
+            + ".",
+            "",
+            f"Goals at x{scale}: volcast (task columns) <= 0.5x polars: {ratio:.2f}x interleaved "
+            f"({'met' if ratio <= 0.5 else 'NOT met'}); peak memory <= 3x data: "
+            f"{ours['peak_total'] / data:.2f}x ({'met' if ours['peak_total'] <= 3 * data else 'NOT met'}).",
+            "",
+        ]
     lines += ["Check (x1, window 30): volcast vs polars: " + check_equal(args.scales[0]) + "."]
     table = "\n".join(lines) + "\n"
     print("\n" + table)

@@ -15,6 +15,7 @@ load average is under ``--max-load`` (a shared machine), up to ``--max-wait`` se
 
 Results: ``benchmarks/results/daily_update[_x3].md`` and ``.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,20 @@ def wait_for_load(max_load: float, max_wait: float) -> float:
 
 def run_stages(src: Path, out: Path, stages: str, jobs: int, extra: list[str] = ()) -> dict:
     """One ``run_pipeline.py`` run; its manifest's stage seconds and the stage reports' own seconds."""
-    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(src), "--output-dir", str(out),
-           "--stages", stages, "--jobs", str(jobs), "--no-progress", *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_pipeline.py"),
+        "--source",
+        str(src),
+        "--output-dir",
+        str(out),
+        "--stages",
+        stages,
+        "--jobs",
+        str(jobs),
+        "--no-progress",
+        *extra,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -91,10 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait", type=float, default=900.0)
     p.add_argument("--train", action="store_true", help="a full train after day N-1, a warm start on day N")
     p.add_argument("--reuse-source", action="store_true", help="keep WORK/src if it is at version 0")
-    p.add_argument("--days-only", action="store_true",
-                   help="only the daily updates (no fresh run, comparison or read times: x3 memory)")
-    p.add_argument("--baseline-days", type=int, default=3,
-                   help="on the first days, also a full re-run (--force) of the same tree, interleaved")
+    p.add_argument(
+        "--days-only",
+        action="store_true",
+        help="only the daily updates (no fresh run, comparison or read times: x3 memory)",
+    )
+    p.add_argument(
+        "--baseline-days",
+        type=int,
+        default=3,
+        help="on the first days, also a full re-run (--force) of the same tree, interleaved",
+    )
     args = p.parse_args(argv)
     mds = _module("make_daily_source")
     work = args.work
@@ -119,24 +139,36 @@ def main(argv: list[str] | None = None) -> int:
         if args.train and k == args.updates:
             stages = "ingest,features,train"
             extra = ["--param", "train.warm_start=true", "--param", "train.warm_compare=false"]
-        load = wait_for_load(args.max_load, args.max_wait) if k <= 3 or k >= args.updates - 1 else \
-            round(os.getloadavg()[0], 2)
+        load = (
+            wait_for_load(args.max_load, args.max_wait)
+            if k <= 3 or k >= args.updates - 1
+            else round(os.getloadavg()[0], 2)
+        )
         if k <= args.baseline_days:
             # The same day as a full re-run, interleaved (the order alternates) so both see the same machine.
             first_full = k % 2 == 0
             base = run_stages(src, ref, "ingest,features", args.jobs, ["--force"]) if first_full else None
             row = {"day": k, "load": load, **run_stages(src, out, stages, args.jobs, extra)}
             base = base or run_stages(src, ref, "ingest,features", args.jobs, ["--force"])
-            row["full_rerun"] = {key: base[key] for key in ("ingest_manifest", "ingest_own", "features_manifest",
-                                                           "features_own")}
+            row["full_rerun"] = {
+                key: base[key] for key in ("ingest_manifest", "ingest_own", "features_manifest", "features_own")
+            }
         else:
             row = {"day": k, "load": load, **run_stages(src, out, stages, args.jobs, extra)}
         days.append(row)
         print(row, flush=True)
 
     if args.days_only:
-        result = {"scale": args.scale, "updates": args.updates, "jobs": args.jobs, "init_seconds": init_seconds,
-                  "host": platform.node(), "cpus": os.cpu_count(), "version0": first, "days": days}
+        result = {
+            "scale": args.scale,
+            "updates": args.updates,
+            "jobs": args.jobs,
+            "init_seconds": init_seconds,
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "version0": first,
+            "days": days,
+        }
         return _write(result, args.scale)
     # The final tree, fresh: datasets equal, and the read time of the features dataset.
     load = wait_for_load(args.max_load, args.max_wait)
@@ -158,9 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         reads["fresh"].append(read_seconds(full / "data" / "features"))
     files = {name: len(list((out / "data" / name).glob("part-*"))) for name in ("raw", "features")}
     result = {
-        "scale": args.scale, "updates": args.updates, "jobs": args.jobs, "init_seconds": init_seconds,
-        "host": platform.node(), "cpus": os.cpu_count(), "version0": first, "days": days, "fresh": fresh,
-        "equal_to_full_run": equal, "features_files": files,
+        "scale": args.scale,
+        "updates": args.updates,
+        "jobs": args.jobs,
+        "init_seconds": init_seconds,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "version0": first,
+        "days": days,
+        "fresh": fresh,
+        "equal_to_full_run": equal,
+        "features_files": files,
         "read_seconds": {k: round(statistics.median(v), 3) for k, v in reads.items()},
         "read_all": {k: [round(x, 3) for x in v] for k, v in reads.items()},
     }
@@ -205,10 +245,15 @@ def markdown(r: dict) -> str:
         f"(ingest {med('ingest_own')} + features {med('features_own')}) |",
         f"| version 0, a full run of both (manifest / own) | | {v0['ingest_manifest'] + v0['features_manifest']:.2f} / "
         f"{v0['ingest_own'] + v0['features_own']:.2f} s |",
-        *([f"| the first days as a full re-run (`--force`, interleaved): manifest / own | | "
-           f"{', '.join(str(round(b['ingest_manifest'] + b['features_manifest'], 2)) for b in full_runs)} / "
-           f"{', '.join(str(round(b['ingest_own'] + b['features_own'], 2)) for b in full_runs)} s |"]
-          if full_runs else []),
+        *(
+            [
+                f"| the first days as a full re-run (`--force`, interleaved): manifest / own | | "
+                f"{', '.join(str(round(b['ingest_manifest'] + b['features_manifest'], 2)) for b in full_runs)} / "
+                f"{', '.join(str(round(b['ingest_own'] + b['features_own'], 2)) for b in full_runs)} s |"
+            ]
+            if full_runs
+            else []
+        ),
     ]
     if "equal_to_full_run" in r:
         lines += [
@@ -223,24 +268,39 @@ def markdown(r: dict) -> str:
     if warm:
         for d in warm:
             kind = "warm start" if d.get("train_warm") else "full train (the parent)"
-            lines.append(f"| day {d['day']}: train, {kind}: manifest / own | <= 5 s at x3 (warm) | "
-                         f"{d['train_manifest']} / {d['train_own']} s |")
+            lines.append(
+                f"| day {d['day']}: train, {kind}: manifest / own | <= 5 s at x3 (warm) | "
+                f"{d['train_manifest']} / {d['train_own']} s |"
+            )
     based = [d for d in days if d.get("full_rerun")]
     if based:
-        lines += ["", "The same days as a full re-run (`--force`, interleaved with the update), manifest (own) s:",
-                  "", "| day | update: ingest | full re-run: ingest | update: features | full re-run: features |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "The same days as a full re-run (`--force`, interleaved with the update), manifest (own) s:",
+            "",
+            "| day | update: ingest | full re-run: ingest | update: features | full re-run: features |",
+            "|---|---|---|---|---|",
+        ]
         for d in based:
             b = d["full_rerun"]
-            lines.append(f"| {d['day']} | {d['ingest_manifest']} ({d['ingest_own']}) | {b['ingest_manifest']} "
-                         f"({b['ingest_own']}) | {d['features_manifest']} ({d['features_own']}) | "
-                         f"{b['features_manifest']} ({b['features_own']}) |")
-    lines += ["", "Per day (manifest seconds; own seconds in brackets):", "",
-              "| day | load | ingest | features | files appended / re-read / unchanged |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {d['day']} | {d['ingest_manifest']} ({d['ingest_own']}) | {b['ingest_manifest']} "
+                f"({b['ingest_own']}) | {d['features_manifest']} ({d['features_own']}) | "
+                f"{b['features_manifest']} ({b['features_own']}) |"
+            )
+    lines += [
+        "",
+        "Per day (manifest seconds; own seconds in brackets):",
+        "",
+        "| day | load | ingest | features | files appended / re-read / unchanged |",
+        "|---|---|---|---|---|",
+    ]
     for d in days:
-        lines.append(f"| {d['day']} | {d['load']} | {d['ingest_manifest']} ({d['ingest_own']}) | "
-                     f"{d['features_manifest']} ({d['features_own']}) | "
-                     f"{d.get('files_appended')} / {d.get('files_reread')} / {d.get('files_unchanged')} |")
+        lines.append(
+            f"| {d['day']} | {d['load']} | {d['ingest_manifest']} ({d['ingest_own']}) | "
+            f"{d['features_manifest']} ({d['features_own']}) | "
+            f"{d.get('files_appended')} / {d.get('files_reread')} / {d.get('files_unchanged')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

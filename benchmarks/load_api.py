@@ -15,6 +15,7 @@ against the model in OUTPUT_DIR/models/LATEST, then runs wrk twice:
 Prints req/s, p50/p99 and non-2xx counts and writes benchmarks/results/api_load.md.
 Needs `wrk` (`apt-get install -y wrk`). Loopback only; the server binds 127.0.0.1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     layout = Layout.at(args.output_dir)
     if not layout.latest_file.exists():
         raise SystemExit(
-            f"no model in {layout.models_dir}: run `python run_pipeline.py --output-dir {args.output_dir}` first")
+            f"no model in {layout.models_dir}: run `python run_pipeline.py --output-dir {args.output_dir}` first"
+        )
     workers = resolve_jobs(args.workers)
     procs, port = start_api_workers(layout.output_dir, "127.0.0.1", 0, workers)
     base = f"http://127.0.0.1:{port}"
@@ -204,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in medians.items():
         print(f"{name:>6} median run: {r['rps']:,.0f} req/s, p99 {r['p99_ms']:.2f} ms")
     ok = {name: meets_goal(r) for name, r in medians.items()}
-    print(f"goal (>= {GOAL_RPS:,} req/s, p99 <= {GOAL_P99_MS:g} ms, no non-2xx) on the median run: "
-          + ", ".join(f"{name} {'met' if met else 'NOT met'}" for name, met in ok.items()))
+    print(
+        f"goal (>= {GOAL_RPS:,} req/s, p99 <= {GOAL_P99_MS:g} ms, no non-2xx) on the median run: "
+        + ", ".join(f"{name} {'met' if met else 'NOT met'}" for name, met in ok.items())
+    )
     if args.results:
         write_results(Path(args.results), args, workers, health, sample, results, before, after, ok, len(symbols))
         print(f"wrote {args.results}")
@@ -213,8 +217,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(path, args, workers, health, sample, results, before, after, ok, n_symbols=0) -> None:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=HERE).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+    ).stdout.strip()
     wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
     lines = [
         "# API load test (GET /predict, GET /forecast)",
@@ -253,8 +258,16 @@ def write_results(path, args, workers, health, sample, results, before, after, o
     ]
     for name, runs in results.items():
         r = median_run(runs)
-        lines += [f"<details><summary>wrk output: {name}, median run</summary>", "", "```", r["raw"].rstrip(), "```",
-                  "", "</details>", ""]
+        lines += [
+            f"<details><summary>wrk output: {name}, median run</summary>",
+            "",
+            "```",
+            r["raw"].rstrip(),
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
     from volcast.storage import atomic_write_text
 
     atomic_write_text(path, "\n".join(lines))

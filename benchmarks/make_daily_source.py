@@ -26,6 +26,7 @@ source scan and the pipeline's fingerprints do not look into). ``release`` works
 sizes, so it is idempotent and finishes the job after an interruption; do not run it while an ingest of
 OUT is running (an append is not atomic: a reader could see half a day).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,15 @@ def _sibling(name: str):
     return module
 
 
-def materialise(src: str, dest: Path, scale: int = 1, jobs: int = 0, demo_tickers: int = 200,
-                demo_years: int = 10, demo_seed: int = 42) -> str:
+def materialise(
+    src: str,
+    dest: Path,
+    scale: int = 1,
+    jobs: int = 0,
+    demo_tickers: int = 200,
+    demo_years: int = 10,
+    demo_seed: int = 42,
+) -> str:
     """Write the full source tree into ``dest`` (created); return a label saying what it is."""
     if src == "demo":
         from volcast.ingest import generate_demo_market
@@ -142,7 +150,7 @@ def _lines(data: bytes) -> tuple[list[int], list[bytes]]:
         end = data.find(b"\n", pos)
         end = n if end < 0 else end
         comma = data.find(b",", pos, end)
-        field = data[pos:end if comma < 0 else comma].strip()
+        field = data[pos : end if comma < 0 else comma].strip()
         starts.append(pos)
         dates.append(field if _DATE.match(field) else b"")
         pos = end + 1
@@ -186,8 +194,9 @@ def cut_offsets(data: bytes, held: list[str]) -> list[int | None]:
 
 
 def ticker_files(root: Path) -> list[str]:
-    return sorted(f"{sub}/{p.name}" for sub in SUBDIRS if (root / sub).is_dir()
-                  for p in (root / sub).iterdir() if p.is_file())
+    return sorted(
+        f"{sub}/{p.name}" for sub in SUBDIRS if (root / sub).is_dir() for p in (root / sub).iterdir() if p.is_file()
+    )
 
 
 def init(src: str, out: Path, hold_back: int, release_to: int = 0, **kwargs) -> dict:
@@ -273,7 +282,7 @@ def release(out: Path, version: int | str) -> dict:
                     tmp.write_bytes(data)
                     os.replace(tmp, path)
                     created += 1
-                    rows_added += count_lines(data[_header_end(data):])
+                    rows_added += count_lines(data[_header_end(data) :])
                 else:
                     os.truncate(path, target)
                     truncated += 1
@@ -286,27 +295,40 @@ def release(out: Path, version: int | str) -> dict:
         rows_added += count_lines(chunk)
     state["version"] = version
     _write_state(out, state)
-    return {"version": version, "of": n, "day": state["held_back"][version - 1] if version else None,
-            "files_appended": appended, "files_created": created, "files_truncated": truncated,
-            "files_removed": removed, "rows_added": rows_added}
+    return {
+        "version": version,
+        "of": n,
+        "day": state["held_back"][version - 1] if version else None,
+        "files_appended": appended,
+        "files_created": created,
+        "files_truncated": truncated,
+        "files_removed": removed,
+        "rows_added": rows_added,
+    }
 
 
 def status(out: Path) -> dict:
     state = _read_state(out)
     n = len(state["held_back"])
     v = state["version"]
-    return {"out": str(out), "source": state["source"], "version": v, "of": n,
-            "last_day": state["held_back"][v - 1] if v else None,
-            "held_back": f"{state['held_back'][0]} .. {state['held_back'][-1]}",
-            "files": sum(o[v] is not None for o in state["offsets"].values())}
+    return {
+        "out": str(out),
+        "source": state["source"],
+        "version": v,
+        "of": n,
+        "last_day": state["held_back"][v - 1] if v else None,
+        "held_back": f"{state['held_back'][0]} .. {state['held_back'][-1]}",
+        "files": sum(o[v] is not None for o in state["offsets"].values()),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_init = sub.add_parser("init", help="write OUT as version 0 (or --release K) of SRC")
     p_init.add_argument("src", help="Kaggle-layout folder or .zip, long-form .parquet, or 'demo'")
@@ -326,8 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     if args.command == "init":
-        result = init(args.src, args.out, args.hold_back, args.release, scale=args.scale, jobs=args.jobs,
-                      demo_tickers=args.demo_tickers, demo_years=args.demo_years, demo_seed=args.demo_seed)
+        result = init(
+            args.src,
+            args.out,
+            args.hold_back,
+            args.release,
+            scale=args.scale,
+            jobs=args.jobs,
+            demo_tickers=args.demo_tickers,
+            demo_years=args.demo_years,
+            demo_seed=args.demo_seed,
+        )
     elif args.command == "release":
         version = args.version if args.version in ("next", "all") else int(args.version)
         result = release(args.out, version)

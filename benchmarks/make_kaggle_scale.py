@@ -13,6 +13,7 @@ The meta file has the real Kaggle columns. Tickers found in the sample's origina
 keep their real row; others get a row with a name that says it was made up for the benchmark.
 The tree is written to a staging directory beside ``--out`` and renamed into place at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,17 @@ DEFAULT_META_ZIP = SHARED_DATA / "stock-market-sample.zip"
 CSV_HEADER = b"Date,Open,High,Low,Close,Adj Close,Volume\n"
 CSV_COLUMNS = ["Date", "Open", "High", "Low", "Close", "Adj Close", "Volume"]
 META_COLUMNS = [
-    "Symbol", "Security Name", "Listing Exchange", "Market Category", "ETF", "Round Lot Size",
-    "Test Issue", "Financial Status", "CQS Symbol", "NASDAQ Symbol", "NextShares",
+    "Symbol",
+    "Security Name",
+    "Listing Exchange",
+    "Market Category",
+    "ETF",
+    "Round Lot Size",
+    "Test Issue",
+    "Financial Status",
+    "CQS Symbol",
+    "NASDAQ Symbol",
+    "NextShares",
 ]
 
 
@@ -81,17 +91,30 @@ def meta_rows(symbol: str, kind: str, names: list[str], real: dict[str, dict[str
     base = real.get(symbol)
     if base is None:
         base = {
-            "Symbol": symbol, "Security Name": f"{symbol} (benchmark row, no real metadata)",
-            "Listing Exchange": "Q", "Market Category": "G", "ETF": "Y" if kind == "etfs" else "N",
-            "Round Lot Size": "100", "Test Issue": "N", "Financial Status": "N", "CQS Symbol": "",
-            "NASDAQ Symbol": symbol, "NextShares": "N",
+            "Symbol": symbol,
+            "Security Name": f"{symbol} (benchmark row, no real metadata)",
+            "Listing Exchange": "Q",
+            "Market Category": "G",
+            "ETF": "Y" if kind == "etfs" else "N",
+            "Round Lot Size": "100",
+            "Test Issue": "N",
+            "Financial Status": "N",
+            "CQS Symbol": "",
+            "NASDAQ Symbol": symbol,
+            "NextShares": "N",
         }
     rows = []
     for i, name in enumerate(names):
         row = dict(base)
         if i:
-            row.update({"Symbol": name, "NASDAQ Symbol": name, "CQS Symbol": name if base.get("CQS Symbol") else "",
-                        "Security Name": f"{base['Security Name'].strip()} (benchmark copy {i})"})
+            row.update(
+                {
+                    "Symbol": name,
+                    "NASDAQ Symbol": name,
+                    "CQS Symbol": name if base.get("CQS Symbol") else "",
+                    "Security Name": f"{base['Security Name'].strip()} (benchmark copy {i})",
+                }
+            )
         rows.append(row)
     return rows
 
@@ -154,8 +177,13 @@ def build(parquet: Path, out: Path, scale: int, jobs: int, meta_zip: Path | None
     if out.exists():
         shutil.rmtree(out)
     os.rename(staging, out)
-    return {"out": str(out), "scale": scale, "files": len(symbols) * scale, "rows": rows,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "out": str(out),
+        "scale": scale,
+        "files": len(symbols) * scale,
+        "rows": rows,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,8 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=1, help="copies of every ticker (1 = the real tickers)")
     parser.add_argument("--out", type=Path, required=True, help="directory to write (replaced if it exists)")
     parser.add_argument("--parquet", type=Path, default=DEFAULT_PARQUET, help="long-form source parquet")
-    parser.add_argument("--meta-zip", type=Path, default=DEFAULT_META_ZIP,
-                        help="zip holding the original symbols_valid_meta.csv (real names; optional)")
+    parser.add_argument(
+        "--meta-zip",
+        type=Path,
+        default=DEFAULT_META_ZIP,
+        help="zip holding the original symbols_valid_meta.csv (real names; optional)",
+    )
     parser.add_argument("--jobs", type=int, default=0, help="writer threads (0 = all cores)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -174,8 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.parquet} not found; pass --parquet")
     jobs = args.jobs if args.jobs > 0 else (os.cpu_count() or 1)
     summary = build(args.parquet, args.out, args.scale, jobs, args.meta_zip, progress=not args.quiet)
-    print(f"wrote {summary['files']} files, {summary['rows']:,} rows to {summary['out']} "
-          f"in {summary['seconds']} s")
+    print(f"wrote {summary['files']} files, {summary['rows']:,} rows to {summary['out']} in {summary['seconds']} s")
     return 0
 
 

@@ -13,6 +13,7 @@ upstream stages are made first when missing) and prints:
    functions with the most samples of their own, with file and line. Samples are taken at --rate
    per second in the pipeline, the kernel and its worker processes or threads alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,18 @@ STAGES = ("ingest", "features", "train")
 
 
 def pipeline_cmd(stage: str, tree: Path, out: Path) -> list[str]:
-    return [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(tree), "--output-dir", str(out),
-            "--stages", stage, "--force", "--no-progress"]
+    return [
+        sys.executable,
+        str(ROOT / "run_pipeline.py"),
+        "--source",
+        str(tree),
+        "--output-dir",
+        str(out),
+        "--stages",
+        stage,
+        "--force",
+        "--no-progress",
+    ]
 
 
 def timeline(out: Path, stage: str, wall: float) -> list[tuple[str, float]]:
@@ -46,16 +57,26 @@ def timeline(out: Path, stage: str, wall: float) -> list[tuple[str, float]]:
     when = dt.datetime.fromisoformat
     meta = notebook["metadata"]["papermill"]
     cells = [c for c in notebook["cells"] if c["metadata"].get("papermill", {}).get("start_time")]
-    rows = [("whole process (wall)", wall),
-            ("outside papermill: interpreter, imports, fingerprints, manifest", wall - meta["duration"]),
-            ("kernel start-up", (when(cells[0]["metadata"]["papermill"]["start_time"]) - when(meta["start_time"])).total_seconds())]
+    rows = [
+        ("whole process (wall)", wall),
+        ("outside papermill: interpreter, imports, fingerprints, manifest", wall - meta["duration"]),
+        (
+            "kernel start-up",
+            (when(cells[0]["metadata"]["papermill"]["start_time"]) - when(meta["start_time"])).total_seconds(),
+        ),
+    ]
     for cell in cells:
         if cell["cell_type"] != "code":
             continue
         source = "".join(cell["source"]).strip().splitlines()
         first = next((line for line in source if not line.startswith("#")), source[0] if source else "")
         rows.append((f"cell: {first[:70]}", cell["metadata"]["papermill"]["duration"] or 0.0))
-    rows.append(("kernel shutdown", (when(meta["end_time"]) - when(cells[-1]["metadata"]["papermill"]["end_time"])).total_seconds()))
+    rows.append(
+        (
+            "kernel shutdown",
+            (when(meta["end_time"]) - when(cells[-1]["metadata"]["papermill"]["end_time"])).total_seconds(),
+        )
+    )
     own = stage_seconds(out, stage)
     if own is not None:
         rows.append((f"  of which {stage}.run's own report", own))
@@ -66,8 +87,18 @@ def timeline(out: Path, stage: str, wall: float) -> list[tuple[str, float]]:
 
 # Frames where a thread waits (a kernel's sockets and heartbeat, a pool's queues): py-spy samples them
 # as active because they block in native code; they are counted apart.
-WAITING = ("select (selectors.py", "Condition.wait", "Event.wait", "device (zmq", "_watch_pipe_fd",
-           "ParentPollerUnix.run", ".poll (", "sleep (", "_recv_bytes", ".accept (")
+WAITING = (
+    "select (selectors.py",
+    "Condition.wait",
+    "Event.wait",
+    "device (zmq",
+    "_watch_pipe_fd",
+    "ParentPollerUnix.run",
+    ".poll (",
+    "sleep (",
+    "_recv_bytes",
+    ".accept (",
+)
 
 
 def profile(raw: Path, rate: int, top: int) -> None:
@@ -104,7 +135,7 @@ def main(argv=None) -> int:
 
     tree = ensure_tree(args.scale)
     out = DATA / f"out-x{args.scale}"
-    for upstream in STAGES[:STAGES.index(args.stage)]:
+    for upstream in STAGES[: STAGES.index(args.stage)]:
         if not (out / "reports" / f"{upstream}.json").exists():
             print(f"running the {upstream} stage first ...", flush=True)
             subprocess.run(pipeline_cmd(upstream, tree, out), check=True, cwd=ROOT, capture_output=True)
@@ -114,8 +145,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "profile.txt"
         if py_spy and Path(py_spy).exists():
-            cmd = [py_spy, "record", "--subprocesses", "--rate", str(args.rate), "--format", "raw",
-                   "--output", str(raw), "--", *cmd]
+            cmd = [
+                py_spy,
+                "record",
+                "--subprocesses",
+                "--rate",
+                str(args.rate),
+                "--format",
+                "raw",
+                "--output",
+                str(raw),
+                "--",
+                *cmd,
+            ]
         elif not args.no_py_spy:
             print("py-spy not found (pip install py-spy); timeline only", file=sys.stderr)
         t0 = time.perf_counter()
@@ -123,7 +165,9 @@ def main(argv=None) -> int:
         wall = time.perf_counter() - t0
         if done.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
-        print(f"{args.stage} at x{args.scale}: timeline (seconds){' under py-spy, which slows it a little' if raw.exists() else ''}")
+        print(
+            f"{args.stage} at x{args.scale}: timeline (seconds){' under py-spy, which slows it a little' if raw.exists() else ''}"
+        )
         for what, seconds in timeline(out, args.stage, wall):
             print(f"  {seconds:7.2f}  {what}")
         if raw.exists():

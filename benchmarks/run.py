@@ -16,6 +16,7 @@ References (same files, same machine, same run):
 
 The table goes to stdout and ``benchmarks/results/kaggle_scale_x<scale>.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -145,8 +146,17 @@ def ensure_tree(scale: int) -> Path:
     tree = DATA / f"kaggle-x{scale}"
     if not (tree / "symbols_valid_meta.csv").exists():
         print(f"writing the x{scale} Kaggle-layout tree to {tree} ...", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "make_kaggle_scale.py"),
-                        "--scale", str(scale), "--out", str(tree)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "make_kaggle_scale.py"),
+                "--scale",
+                str(scale),
+                "--out",
+                str(tree),
+            ],
+            check=True,
+        )
     return tree
 
 
@@ -154,8 +164,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=3)
     parser.add_argument("--skip-references", action="store_true", help="time only volcast")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run each measurement N times and keep the fastest (default 1)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run each measurement N times and keep the fastest (default 1)"
+    )
     args = parser.parse_args(argv)
 
     tree = ensure_tree(args.scale)
@@ -171,12 +182,27 @@ def main(argv=None) -> int:
     def own_seconds(stage):
         def read(result):
             result["stage_seconds"] = stage_seconds(out, stage)
+
         return read
 
     for stage in ("ingest", "features", "train"):
-        ours[stage] = best_of(args.repeat, [py, "run_pipeline.py", "--source", str(tree), "--output-dir", str(out),
-                                            "--stages", stage, "--force", "--no-progress"],
-                              f"volcast {stage}", after=own_seconds(stage))
+        ours[stage] = best_of(
+            args.repeat,
+            [
+                py,
+                "run_pipeline.py",
+                "--source",
+                str(tree),
+                "--output-dir",
+                str(out),
+                "--stages",
+                stage,
+                "--force",
+                "--no-progress",
+            ],
+            f"volcast {stage}",
+            after=own_seconds(stage),
+        )
     ingest_report = json.loads((out / "reports" / "ingest.json").read_text())
     rows = ingest_report.get("totals", ingest_report).get("rows_kept")
     train_report = json.loads((out / "reports" / "train.json").read_text())
@@ -184,16 +210,21 @@ def main(argv=None) -> int:
     refs = {}
     if not args.skip_references:
         ref_parquet = DATA / f"pandas-x{args.scale}.parquet"
-        refs["pandas_ingest"] = best_of(args.repeat, [py, "-c", PANDAS_INGEST, str(tree), str(ref_parquet)],
-                                        "pandas read_csv loop + to_parquet")
+        refs["pandas_ingest"] = best_of(
+            args.repeat, [py, "-c", PANDAS_INGEST, str(tree), str(ref_parquet)], "pandas read_csv loop + to_parquet"
+        )
         refs["polars_read"] = best_of(args.repeat, [py, "-c", POLARS_READ, str(tree)], "polars read_csv glob")
         # Disk to disk, like the stage: read the raw dataset, compute, write the features.
-        refs["pandas_rolling"] = best_of(args.repeat, [py, "-c", PANDAS_ROLLING, str(out / "data" / "raw"),
-                                                       str(DATA / "pandas-features.parquet")],
-                                         "pandas groupby-rolling (disk to disk)")
-        refs["polars_rolling"] = best_of(args.repeat, [py, "-c", POLARS_ROLLING, str(out / "data" / "raw"),
-                                                       str(DATA / "polars-features.parquet")],
-                                         "polars rolling .over (disk to disk)")
+        refs["pandas_rolling"] = best_of(
+            args.repeat,
+            [py, "-c", PANDAS_ROLLING, str(out / "data" / "raw"), str(DATA / "pandas-features.parquet")],
+            "pandas groupby-rolling (disk to disk)",
+        )
+        refs["polars_rolling"] = best_of(
+            args.repeat,
+            [py, "-c", POLARS_ROLLING, str(out / "data" / "raw"), str(DATA / "polars-features.parquet")],
+            "polars rolling .over (disk to disk)",
+        )
 
     total = sum(r["seconds"] for r in ours.values())
     peak = max(r["peak_rss_gib"] for r in ours.values())
@@ -227,15 +258,19 @@ def main(argv=None) -> int:
             f"| volcast features / pandas groupby-rolling | {ours['features']['seconds'] / refs['pandas_rolling']['seconds']:.2f}x | |",
         ]
     m, b = train_report["metrics"]["model"], train_report["metrics"]["baseline_vol_moving_avg"]
-    lines += ["", f"Model {train_report['model_id']}: MAE {m['mae']:,.0f} vs baseline {b['mae']:,.0f} "
-              f"({m['mae'] / b['mae']:.3f}x), medAPE {m['medape']:.3f} vs {b['medape']:.3f} "
-              f"({m['medape'] / b['medape']:.3f}x), on {train_report['test_rows']:,} test rows."]
+    lines += [
+        "",
+        f"Model {train_report['model_id']}: MAE {m['mae']:,.0f} vs baseline {b['mae']:,.0f} "
+        f"({m['mae'] / b['mae']:.3f}x), medAPE {m['medape']:.3f} vs {b['medape']:.3f} "
+        f"({m['medape'] / b['medape']:.3f}x), on {train_report['test_rows']:,} test rows.",
+    ]
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"kaggle_scale_x{args.scale}.md").write_text(table)
-    (RESULTS / f"kaggle_scale_x{args.scale}.json").write_text(json.dumps(
-        {"ours": ours, "references": refs, "rows": rows, "files": files}, indent=2, default=str))
+    (RESULTS / f"kaggle_scale_x{args.scale}.json").write_text(
+        json.dumps({"ours": ours, "references": refs, "rows": rows, "files": files}, indent=2, default=str)
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ Source: the Kaggle-layout tree ``benchmarks/make_kaggle_scale.py`` writes (x1: 7
 files). Every command is measured as a whole process (wall seconds, peak RSS of its process tree);
 the stages' own seconds come from their reports. Results: ``benchmarks/results/scale_out_x<scale>.{json,md}``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,21 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def pipeline_cmd(tree: Path, out: str, stages: str, *extra: str) -> list[str]:
-    return [sys.executable, str(ROOT / "run_pipeline.py"), "--source", str(tree), "--output-dir", out,
-            "--stages", stages, "--force", "--no-progress", "--jobs", "2", *extra]
+    return [
+        sys.executable,
+        str(ROOT / "run_pipeline.py"),
+        "--source",
+        str(tree),
+        "--output-dir",
+        out,
+        "--stages",
+        stages,
+        "--force",
+        "--no-progress",
+        "--jobs",
+        "2",
+        *extra,
+    ]
 
 
 def own_seconds(report_dir: Path, stages: list[str]) -> dict:
@@ -50,10 +64,12 @@ def bench_executors(tree: Path, work: Path, repeat: int) -> dict:
     import distributed
 
     stages = ["ingest", "features"]
-    results: dict[str, list] = {"local": [], "dask (LocalCluster started by the run)": [],
-                                "dask (cluster already running)": []}
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    results: dict[str, list] = {
+        "local": [],
+        "dask (LocalCluster started by the run)": [],
+        "dask (cluster already running)": [],
+    }
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         commands = {
             "local": ("--executor", "local"),
             "dask (LocalCluster started by the run)": ("--executor", "dask"),
@@ -71,8 +87,12 @@ def bench_executors(tree: Path, work: Path, repeat: int) -> dict:
 
 def _best(runs: list[dict]) -> dict:
     best = min(runs, key=lambda r: r["seconds"])
-    return {"seconds": round(best["seconds"], 2), "peak_rss_gib": round(best["peak_rss_gib"], 2),
-            "own_seconds": best.get("own_seconds"), "all_seconds": [round(r["seconds"], 2) for r in runs]}
+    return {
+        "seconds": round(best["seconds"], 2),
+        "peak_rss_gib": round(best["peak_rss_gib"], 2),
+        "own_seconds": best.get("own_seconds"),
+        "all_seconds": [round(r["seconds"], 2) for r in runs],
+    }
 
 
 def _free_port() -> int:
@@ -89,8 +109,12 @@ def bench_s3(tree: Path, work: Path, repeat: int) -> dict:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=endpoint)
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=endpoint,
+    )
     fs = fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True)
     fs.mkdir("bench")
     stages = ["ingest", "features", "train"]
@@ -128,8 +152,12 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=("dask", "s3"), default=None)
     args = parser.parse_args(argv)
     tree = ensure_tree(args.scale)
-    report = {"scale": args.scale, "repeat": args.repeat, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "load_average_at_start": os.getloadavg()}
+    report = {
+        "scale": args.scale,
+        "repeat": args.repeat,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "load_average_at_start": os.getloadavg(),
+    }
     with tempfile.TemporaryDirectory(prefix="volcast-scale-out-") as tmp:
         work = Path(tmp)
         if args.only in (None, "dask"):
@@ -139,8 +167,12 @@ def main(argv=None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"scale_out_x{args.scale}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Scaling out, x{args.scale} (best of {args.repeat}, {report['started']})", "",
-             "| run | seconds (whole process) | stages' own seconds | peak RSS (GiB) |", "|---|---:|---|---:|"]
+    lines = [
+        f"# Scaling out, x{args.scale} (best of {args.repeat}, {report['started']})",
+        "",
+        "| run | seconds (whole process) | stages' own seconds | peak RSS (GiB) |",
+        "|---|---:|---|---:|",
+    ]
     for part in ("executors", "s3"):
         for label, r in report.get(part, {}).items():
             own = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("own_seconds") or {}).items() if v is not None)

@@ -3,6 +3,7 @@
 ``VOLCAST_HIDE_SHARED=1`` makes the tests behave as on a fresh clone with no ``../shared`` beside it
 (CI runs the suite both ways, ``.ci/run``). Anything in tests/ that wants ../shared asks ``shared_data()``.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 A generated market in the Kaggle layout with one stock file renamed to a script-carrying ticker and a meta
 row giving it a hostile Security Name; then the production ingest -> features -> train, in-process.
 """
+
 from __future__ import annotations
 
 import csv

@@ -1,5 +1,6 @@
 """A real S3 endpoint on loopback for the object-storage tests: moto's standalone server, started here
 (127.0.0.1, a free port); s3fs talks to it over HTTP through ``AWS_ENDPOINT_URL``. No client is patched."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,11 @@ from contextlib import contextmanager
 import pytest
 
 # Fake credentials for the fake store (moto accepts any); set only while a server runs.
-S3_ENV = {"AWS_ACCESS_KEY_ID": "volcast-test", "AWS_SECRET_ACCESS_KEY": "volcast-test-secret",
-          "AWS_DEFAULT_REGION": "us-east-1"}
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "volcast-test",
+    "AWS_SECRET_ACCESS_KEY": "volcast-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def _free_port() -> int:

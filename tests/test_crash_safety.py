@@ -1,6 +1,7 @@
 """A run killed with SIGKILL at any moment leaves the previous complete version (or nothing) where
 readers look, and the next run completes and equals a clean run. Ctrl-C or SIGTERM stop a run at once:
 exit 130 / 143, nothing of the interrupted stage published, the lock released, no process left."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,13 +20,27 @@ import pytest
 from volcast import config, storage
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ["--source", "demo", "--param", "ingest.demo_tickers=40", "--param", "ingest.demo_years=4",
-        "--param", "train.iterations=60", "--no-progress"]
+DEMO = [
+    "--source",
+    "demo",
+    "--param",
+    "ingest.demo_tickers=40",
+    "--param",
+    "ingest.demo_years=4",
+    "--param",
+    "train.iterations=60",
+    "--no-progress",
+]
 
 
 def _start(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "run_pipeline.py"), "--output-dir", str(out), *DEMO, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_pipeline.py"), "--output-dir", str(out), *DEMO, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _read(path: Path) -> pd.DataFrame | None:
@@ -71,8 +86,9 @@ def test_kill_then_rerun_equals_clean_run(tmp_path, clean_run, previous_run, fra
     # Whatever the moment, readers see the previous complete dataset or the new complete one.
     for name, new, old in (("raw", clean_raw, old_raw), ("features", clean_features, old_features)):
         seen = _read(tmp_path / "data" / name)
-        assert seen is not None and (seen.equals(new) or seen.equals(old)), \
+        assert seen is not None and (seen.equals(new) or seen.equals(old)), (
             f"partial {name} dataset after kill at {fraction:.0%}"
+        )
     latest = tmp_path / "models" / "LATEST"
     if latest.exists():
         assert (tmp_path / "models" / latest.read_text().strip() / "card.json").exists()
@@ -142,19 +158,28 @@ def _kill_all(proc: subprocess.Popen) -> None:
 
 def _published(out: Path) -> dict:
     """What readers see (the dataset versions, the served model) and the runner's record of each stage."""
-    return {"raw": storage.current_version(out / "data" / "raw"),
-            "features": storage.current_version(out / "data" / "features"),
-            "LATEST": (out / "models" / "LATEST").read_text(),
-            "state": json.loads((out / "runs" / "state.json").read_text())}
+    return {
+        "raw": storage.current_version(out / "data" / "raw"),
+        "features": storage.current_version(out / "data" / "features"),
+        "LATEST": (out / "models" / "LATEST").read_text(),
+        "state": json.loads((out / "runs" / "state.json").read_text()),
+    }
 
 
 # ingest and train: in the middle of the stage's own work (ingest reads 4,000 ticker-years, train fits 20,000
 # trees); features is quick, so it is caught as it starts (its kernel starting, papermill reading the notebook).
-@pytest.mark.parametrize("stage, signum, in_cell, later", [
-    ("ingest", signal.SIGINT, True, 0.0), ("features", signal.SIGINT, False, 0.0),
-    ("train", signal.SIGINT, True, 1.5), ("train", signal.SIGTERM, True, 1.5)])
+@pytest.mark.parametrize(
+    "stage, signum, in_cell, later",
+    [
+        ("ingest", signal.SIGINT, True, 0.0),
+        ("features", signal.SIGINT, False, 0.0),
+        ("train", signal.SIGINT, True, 1.5),
+        ("train", signal.SIGTERM, True, 1.5),
+    ],
+)
 def test_a_signal_during_a_stage_stops_the_run_and_publishes_nothing_of_that_stage(
-        tmp_path, previous_run, stage, signum, in_cell, later):
+    tmp_path, previous_run, stage, signum, in_cell, later
+):
     import filelock
     import psutil
 
@@ -165,8 +190,11 @@ def test_a_signal_during_a_stage_stops_the_run_and_publishes_nothing_of_that_sta
     proc = _start(tmp_path, *BIGGER, "--param", "train.iterations=20000")
     deadline = time.monotonic() + 600
     try:
-        while (status := _stage_status(tmp_path, stage, earlier)) != "running" or not _kernels(proc) \
-                or (in_cell and not _in_cell(tmp_path, stage, earlier)):
+        while (
+            (status := _stage_status(tmp_path, stage, earlier)) != "running"
+            or not _kernels(proc)
+            or (in_cell and not _in_cell(tmp_path, stage, earlier))
+        ):
             assert proc.poll() is None, proc.communicate()
             assert status in (None, "running"), f"{stage} ended ({status}) before it was caught"
             assert time.monotonic() < deadline
@@ -197,7 +225,8 @@ def test_a_signal_during_a_stage_stops_the_run_and_publishes_nothing_of_that_sta
     # the lock is free and nothing the run started is left
     filelock.FileLock(str(config.Layout.at(tmp_path).lock_file)).acquire(timeout=0)
     gone_by = time.monotonic() + 10
-    while (alive := [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) \
-            and time.monotonic() < gone_by:
+    while (
+        alive := [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    ) and time.monotonic() < gone_by:
         time.sleep(0.1)
     assert alive == []

@@ -3,6 +3,7 @@
 Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them). Set
 VOLCAST_DASHBOARD_SCREENSHOT=docs/dashboard.png to also write the README's screenshot.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,13 +39,23 @@ def browser(tmp_path_factory):
     from selenium.webdriver.chrome.service import Service
 
     assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), (
-        "headless browser tests need Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+        "headless browser tests need Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver"
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1200,1000",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1200,1000",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(VOILA_TIMEOUT)
@@ -60,9 +71,20 @@ def _status_after_redirects(url: str) -> tuple[int, bytes]:
         return err.code, err.read()
 
 
-@pytest.mark.parametrize("path", ["/api/contents", "/api/contents/", "/terminals", "/api/terminals",
-                                  "/api/sessions", "/tree", "/lab", "/voila/files/dashboard.ipynb",
-                                  "/voila/files/dashboard.py"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/contents",
+        "/api/contents/",
+        "/terminals",
+        "/api/terminals",
+        "/api/sessions",
+        "/tree",
+        "/lab",
+        "/voila/files/dashboard.ipynb",
+        "/voila/files/dashboard.py",
+    ],
+)
 def test_no_jupyter_contents_terminals_or_sources(served, path):
     # Voilà serves one notebook: other paths redirect to its static-file handler, whose allowlist
     # only has images, so every one of these ends in 403/404 and never lists or returns files.
@@ -80,7 +102,10 @@ def _wait(driver, css: str, timeout: float = VOILA_TIMEOUT, text: bool = False):
         if found and (not text or found[0].text.strip()):
             return found[0]
         time.sleep(0.25)
-    raise AssertionError(f"{css!r} did not appear within {timeout:.0f} s; page text:\n{driver.find_element(By.TAG_NAME, 'body').text[:2000]}")
+    raise AssertionError(
+        f"{css!r} did not appear within {timeout:.0f} s; page text:\n"
+        f"{driver.find_element(By.TAG_NAME, 'body').text[:2000]}"
+    )
 
 
 def _type(driver, css: str, value: str) -> None:
@@ -129,7 +154,8 @@ def test_dashboard_predicts_the_same_integer_as_the_api(served, browser):
     assert "reference: tomorrow = vol_moving_avg" in page and "forecast model" in page and "median APE" in page
     _wait(browser, ".js-plotly-plot")
     images = browser.execute_script(
-        "return Array.from(document.querySelectorAll('img')).filter(i => i.naturalWidth > 100).length")
+        "return Array.from(document.querySelectorAll('img')).filter(i => i.naturalWidth > 100).length"
+    )
     assert images >= 2  # comparison + learning curves
 
     _predict(browser, "1000000", "25", ".volcast-volume")  # a friendly state for the screenshot
@@ -148,9 +174,13 @@ def _forecast_shown(driver, symbol: str) -> dict:
     deadline = time.monotonic() + 60
     while True:
         shown = driver.execute_script("""
-            const q = (c) => { const e = document.querySelector('.volcast-forecast-output ' + c); return e ? e.textContent : null; };
-            return {symbol: q('.volcast-forecast-symbol'), as_of: q('.volcast-as-of'), volume: q('.volcast-forecast-volume'),
-                    low: q('.volcast-interval-low'), high: q('.volcast-interval-high'), model_id: q('.volcast-forecast-model-id')};""")
+            const q = (c) => {
+                const e = document.querySelector('.volcast-forecast-output ' + c);
+                return e ? e.textContent : null;
+            };
+            return {symbol: q('.volcast-forecast-symbol'), as_of: q('.volcast-as-of'),
+                    volume: q('.volcast-forecast-volume'), low: q('.volcast-interval-low'),
+                    high: q('.volcast-interval-high'), model_id: q('.volcast-forecast-model-id')};""")
         if shown["symbol"] == symbol:
             return shown
         assert time.monotonic() < deadline, f"the forecast of {symbol} did not appear: {shown}"
@@ -173,9 +203,14 @@ def test_dashboard_forecasts_a_picked_ticker_like_the_api(served, browser, tiny_
         shown = _forecast_shown(browser, symbol)
         status, body = api.get(f"/forecast?symbol={symbol}")
         assert status == 200, body
-        assert shown == {"symbol": body["symbol"], "as_of": body["as_of"], "volume": f"{body['volume']:,}",
-                         "low": f"{body['interval']['low']:,}", "high": f"{body['interval']['high']:,}",
-                         "model_id": body["model_id"]}
+        assert shown == {
+            "symbol": body["symbol"],
+            "as_of": body["as_of"],
+            "volume": f"{body['volume']:,}",
+            "low": f"{body['interval']['low']:,}",
+            "high": f"{body['interval']['high']:,}",
+            "model_id": body["model_id"],
+        }
     api.close()
     # The explorer chart shows values on hover: a mouse move over its volume panel brings plotly's label.
     hover = """
@@ -198,7 +233,8 @@ def _screenshot(driver) -> bytes:
     # Voilà scrolls an inner container, not the body: back to the top of each, then the tallest height.
     driver.execute_script("document.querySelectorAll('*').forEach(e => { if (e.scrollTop) e.scrollTop = 0; })")
     height = driver.execute_script(
-        "return Math.max(...Array.from(document.querySelectorAll('*')).map(e => e.scrollHeight))")
+        "return Math.max(...Array.from(document.querySelectorAll('*')).map(e => e.scrollHeight))"
+    )
     driver.set_window_size(1200, min(int(height) + 120, 6000))
     time.sleep(0.5)
     image = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
@@ -236,10 +272,12 @@ def test_a_hostile_ticker_runs_no_script_and_shows_as_text(tmp_path_factory, bro
         _wait(browser, ".volcast-symbol-note", timeout=60, text=True)
         time.sleep(2.0)  # let the chosen ticker's panels (note, charts, forecast) render
         assert browser.execute_script("return window.__volcastAlerts") == []
-        assert browser.execute_script(
-            "return document.querySelectorAll('img[src=\"x\"], svg[onload], [onerror]').length") == 0
+        assert (
+            browser.execute_script("return document.querySelectorAll('img[src=\"x\"], svg[onload], [onerror]').length")
+            == 0
+        )
         with pytest.raises(NoAlertPresentException):
-            browser.switch_to.alert.text  # the hook aside, no real dialog is open either
+            _ = browser.switch_to.alert.text  # the hook aside, no real dialog is open either
         note = _wait(browser, ".volcast-symbol-note", text=True).text
         assert HOSTILE_SYMBOL in note  # the ticker is shown, literally
         forecast = _wait(browser, ".volcast-forecast-output", text=True).text

@@ -1,12 +1,13 @@
 """The dashboard's ticker forecast: the API's answer (``Bundle.forecast_one``), shown with the inputs it used."""
+
 from __future__ import annotations
 
 import re
 
 import pandas as pd
 import pytest
-from serve_helpers import Client, latest_id, tiny_output  # noqa: F401
 
+from serve_helpers import Client, latest_id, tiny_output  # noqa: F401
 from volcast import dashboard as dash
 from volcast.config import Layout
 from volcast.serve import ApiServer, ModelHolder
@@ -15,9 +16,13 @@ from volcast.train.forecast import load_bundle
 
 def inputs_table(markup: str) -> pd.DataFrame:
     """The shown inputs table back as numbers: input -> value, shares (thousands separators removed)."""
-    cells = re.findall(r"<tr><td[^>]*><code>([^<]+)</code></td><td[^>]*>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td></tr>", markup)
+    cells = re.findall(
+        r"<tr><td[^>]*><code>([^<]+)</code></td><td[^>]*>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td></tr>", markup
+    )
     num = lambda t: float(t.replace(",", "")) if t not in ("", "–") else float("nan")  # noqa: E731
-    return pd.DataFrame([(n, num(v), num(sh)) for n, v, sh in cells], columns=["input", "value", "≈ shares"]).set_index("input")
+    return pd.DataFrame([(n, num(v), num(sh)) for n, v, sh in cells], columns=["input", "value", "≈ shares"]).set_index(
+        "input"
+    )
 
 
 def test_every_ticker_gets_the_bundles_answer(tiny_output):

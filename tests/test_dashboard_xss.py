@@ -2,6 +2,7 @@
 
 The browser half (the same output dir in headless Chromium, no alert) is in test_dashboard_browser.py.
 """
+
 from __future__ import annotations
 
 import html
@@ -52,15 +53,21 @@ def test_dashboard_shows_a_hostile_ticker_and_name_as_text(hostile_output):
     assert_inert(texts)
     assert any(html.escape(HOSTILE_SYMBOL) in t for t in texts)  # still shown, as literal text
     assert html.escape(HOSTILE_NAME) in app.forecast_html.value  # its security name too
-    assert app.explorer_fig.layout.title.text.startswith(html.escape(HOSTILE_SYMBOL) + " · " + html.escape(HOSTILE_NAME))
+    assert app.explorer_fig.layout.title.text.startswith(
+        html.escape(HOSTILE_SYMBOL) + " · " + html.escape(HOSTILE_NAME)
+    )
 
 
 def test_render_functions_escape_what_they_are_given():
     hostile = "<img src=x onerror=alert(1)>"
     bad = dash.outcome_html(dash.PredictOutcome(False, f"unknown symbol {hostile}"))
     ok = dash.outcome_html(dash.PredictOutcome(True, "", 5, hostile))
-    card = {"metrics": {hostile: {"mae": 1.0, "rmse": 2.0, "r2": 0.5, "medape": 0.1}},
-            "created": hostile, "target": {"description": hostile}, "split": {"kind": hostile, "test_start": hostile}}
+    card = {
+        "metrics": {hostile: {"mae": 1.0, "rmse": 2.0, "r2": 0.5, "medape": 0.1}},
+        "created": hostile,
+        "target": {"description": hostile},
+        "split": {"kind": hostile, "test_start": hostile},
+    }
     table = dash.metrics_html(card)
     for text in (bad, ok, table):
         assert_inert([text])

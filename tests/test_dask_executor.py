@@ -1,5 +1,6 @@
 """The dask executor: ingest's and features' partition tasks on a real ``distributed.LocalCluster`` with
 worker processes give the same datasets as the local executor; the default never imports dask."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,12 @@ DEMO = {"source": "demo", "demo_tickers": 40, "demo_years": 3, "demo_seed": 11}
 
 def _datasets(out: Path) -> dict[str, pd.DataFrame]:
     data = out / "data"
-    return {"raw": pd.read_parquet(data / "raw"), "quarantine": pd.read_parquet(data / "quarantine"),
-            "features": pd.read_parquet(data / "features"),
-            "latest": pd.read_parquet(data / "features" / "_latest.parquet")}
+    return {
+        "raw": pd.read_parquet(data / "raw"),
+        "quarantine": pd.read_parquet(data / "quarantine"),
+        "features": pd.read_parquet(data / "features"),
+        "latest": pd.read_parquet(data / "features" / "_latest.parquet"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,7 @@ def local_run(tmp_path_factory) -> Path:
 def cluster():
     import distributed
 
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         yield cluster
 
 
@@ -56,8 +59,7 @@ def test_default_executor_never_imports_dask(tmp_path):
         " 'executors': [r['executor'], f['executor']], 'params': pipeline.RunCluster(None, None, 2).params()}))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != executor.SCHEDULER_ENV}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"modules": [], "executors": ["local", "local"], "params": {}}
@@ -66,8 +68,10 @@ def test_default_executor_never_imports_dask(tmp_path):
 def test_stages_on_a_dask_cluster_equal_the_local_run(tmp_path, local_run, cluster):
     import distributed
 
-    with distributed.Client(cluster, set_as_default=False) as client, \
-            distributed.get_task_stream(client=client) as stream:
+    with (
+        distributed.Client(cluster, set_as_default=False) as client,
+        distributed.get_task_stream(client=client) as stream,
+    ):
         report = ingest.run(tmp_path, jobs=2, executor="dask", scheduler=cluster.scheduler_address, **DEMO)
         feats = features.run(tmp_path, jobs=2, executor="dask", scheduler=cluster.scheduler_address)
     assert report["executor"] == feats["executor"] == "dask"
@@ -128,10 +132,33 @@ def test_pipeline_with_executor_dask_starts_a_local_cluster(tmp_path, local_run)
     stages (manifest), and the datasets equal the local executor's."""
     env = {k: v for k, v in os.environ.items() if k != executor.SCHEDULER_ENV}
     done = subprocess.run(
-        [sys.executable, str(ROOT / "run_pipeline.py"), "--output-dir", str(tmp_path), "--stages", "ingest,features",
-         "--source", "demo", "--param", "ingest.demo_tickers=40", "--param", "ingest.demo_years=3",
-         "--param", "ingest.demo_seed=11", "--executor", "dask", "--jobs", "2", "--no-progress"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+        [
+            sys.executable,
+            str(ROOT / "run_pipeline.py"),
+            "--output-dir",
+            str(tmp_path),
+            "--stages",
+            "ingest,features",
+            "--source",
+            "demo",
+            "--param",
+            "ingest.demo_tickers=40",
+            "--param",
+            "ingest.demo_years=3",
+            "--param",
+            "ingest.demo_seed=11",
+            "--executor",
+            "dask",
+            "--jobs",
+            "2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     manifest = json.loads(next((tmp_path / "runs").glob("*/manifest.json")).read_text())
     for stage in ("ingest", "features"):

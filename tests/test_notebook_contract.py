@@ -2,6 +2,7 @@
 
 A renamed parameter must fail here rather than be silently ignored by papermill.
 """
+
 import inspect
 import os
 import shutil
@@ -126,7 +127,7 @@ def test_an_edit_of_the_py_twin_reaches_the_ipynb_and_keeps_its_outputs(tmp_path
     twin, ipynb = folder / "02_features.py", folder / "02_features.ipynb"
     before = nbformat.read(ipynb, as_version=4)
     text = twin.read_text()
-    assert "symbol = \"\"\n" in text
+    assert 'symbol = ""\n' in text
     twin.write_text(text.replace('symbol = ""\n', 'symbol = ""\nextra_setting = 7\n', 1))
     _make_newest(twin)
     assert _cells(twin) != _cells(ipynb)  # what the sync test above would catch

@@ -1,4 +1,5 @@
 """pyproject.toml and environment.yml must list the same dependencies (conda and pip users get one product)."""
+
 import re
 import tomllib
 from pathlib import Path
@@ -37,7 +38,7 @@ def test_environment_yml_pins_the_same_lower_bounds():
     text = (ROOT / "environment.yml").read_text()
     conda = {pypi: conda for conda, pypi in CONDA_TO_PYPI.items()}
     for name, requirement in pins.items():
-        spelled = conda.get(name, name) + requirement[len(name):]
+        spelled = conda.get(name, name) + requirement[len(name) :]
         assert re.search(rf"^  - {re.escape(spelled)}( +#.*)?$", text, re.M), f"environment.yml should say '{spelled}'"
 
 
@@ -45,7 +46,8 @@ def test_ci_runs_the_readme_test_command_then_the_suite_without_shared_data():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     (command,) = re.findall(r"^python3 -m venv \.venv && .*-m pytest$", readme, flags=re.M)
-    assert any(line == command or line.startswith(command + " ") for line in ci.splitlines()), \
+    assert any(line == command or line.startswith(command + " ") for line in ci.splitlines()), (
         ".ci/run should run exactly the README's test command"
+    )
     second = [line for line in ci.splitlines() if "VOLCAST_HIDE_SHARED=1" in line and "-m pytest" in line]
     assert second, ".ci/run should run the suite a second time with VOLCAST_HIDE_SHARED=1"

@@ -1,6 +1,7 @@
 """`run_pipeline.py --output-dir s3://bucket/prefix` against a real S3 endpoint on loopback (moto's
 server): a whole run equals a local one, and a run killed during features leaves every reader of the
 bucket on the previous version."""
+
 from __future__ import annotations
 
 import json
@@ -19,17 +20,36 @@ from s3_helpers import moto_endpoint, new_bucket
 from volcast import remote
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO = ["--source", "demo", "--param", "ingest.demo_tickers=30", "--param", "ingest.demo_years=3",
-        "--param", "train.iterations=40", "--param", "train.forecast_iterations=40", "--no-progress", "--jobs", "2"]
+DEMO = [
+    "--source",
+    "demo",
+    "--param",
+    "ingest.demo_tickers=30",
+    "--param",
+    "ingest.demo_years=3",
+    "--param",
+    "train.iterations=40",
+    "--param",
+    "train.forecast_iterations=40",
+    "--no-progress",
+    "--jobs",
+    "2",
+]
 
 
 def _start(out: str, *extra: str, cache: Path | None = None) -> subprocess.Popen:
     env = dict(os.environ)
     if cache is not None:
         env["VOLCAST_CACHE"] = str(cache)
-    return subprocess.Popen([sys.executable, str(ROOT / "run_pipeline.py"), "--output-dir", out, *DEMO, *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env=env, cwd=ROOT)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "run_pipeline.py"), "--output-dir", out, *DEMO, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -80,8 +100,9 @@ def test_whole_run_to_s3_equals_a_local_run(local_run, s3_run):
     model_id = _pointer(url, "models/LATEST")
     root = url.split("://", 1)[1]
     card = json.loads(_fs().cat_file(f"{root}/models/{model_id}/card.json"))
-    local_card = json.loads((local_run / "models" / (local_run / "models" / "LATEST").read_text().strip()
-                             / "card.json").read_text())
+    local_card = json.loads(
+        (local_run / "models" / (local_run / "models" / "LATEST").read_text().strip() / "card.json").read_text()
+    )
     assert card["metrics"] == local_card["metrics"]  # same data, same seed: the same model
     reports = {p.rsplit("/", 1)[-1] for p in _fs().ls(f"{root}/reports", refresh=True)}
     assert {"ingest.json", "features.json", "train.json"} <= reports
@@ -132,5 +153,4 @@ def test_run_killed_during_features_leaves_the_previous_version(s3_run, tmp_path
     assert len(new) == len(old_features) and not new["vol_moving_avg"].equals(old_features["vol_moving_avg"])
     full_windows = new.groupby("Symbol").cumcount() >= 9
     expected = new.groupby("Symbol")["Volume"].transform(lambda v: v.rolling(10).mean())
-    pd.testing.assert_series_equal(new.loc[full_windows, "vol_moving_avg"], expected[full_windows],
-                                   check_names=False)
+    pd.testing.assert_series_equal(new.loc[full_windows, "vol_moving_avg"], expected[full_windows], check_names=False)

@@ -1,5 +1,6 @@
 """Serving from object storage: the API loads the store's current model at launch, follows
 ``models/LATEST`` there, swaps without failing a request, and keeps serving when the store goes away."""
+
 from __future__ import annotations
 
 import threading
@@ -63,8 +64,9 @@ def test_unreachable_storage_keeps_the_loaded_model_serving(tiny_output, tmp_pat
             client = Client(api.url)
             assert client.get("/health")[0] == 200
             server_s3.stop()  # the store goes away
-            status, body = _wait(lambda: (lambda r: r if r[1].get("status") == "degraded" else None)(
-                client.get("/health")), timeout=60)
+            status, body = _wait(
+                lambda: (lambda r: r if r[1].get("status") == "degraded" else None)(client.get("/health")), timeout=60
+            )
             assert status == 200 and body["model_id"] == model_id
             assert "unavailable" in body["reason"] and url in body["reason"]
             assert "volcast-test-secret" not in body["reason"]  # no credential in what is reported

@@ -1,5 +1,6 @@
 """Datasets and models on object storage (volcast.remote) against a real S3 endpoint on loopback (moto's
 server): versions under their own prefix, pointers written last, readers that never see a partial version."""
+
 from __future__ import annotations
 
 import os
@@ -51,10 +52,13 @@ def test_stages_pushed_to_s3_read_back_equal_to_local(s3_endpoint, local_run, tm
     assert sorted(reader.pull()) == ["data/features", "data/quarantine", "data/raw"]
     assert reader.pull() == []
     for name in ("raw", "features"):
-        assert storage.current_version(reader.layout.data_dir / name).name == \
-            storage.current_version(writer.layout.data_dir / name).name
-        pd.testing.assert_frame_equal(pd.read_parquet(reader.layout.data_dir / name),
-                                      pd.read_parquet(local_run / "data" / name))
+        assert (
+            storage.current_version(reader.layout.data_dir / name).name
+            == storage.current_version(writer.layout.data_dir / name).name
+        )
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(reader.layout.data_dir / name), pd.read_parquet(local_run / "data" / name)
+        )
     latest = pd.read_parquet(reader.layout.features_dir / "_latest.parquet")
     pd.testing.assert_frame_equal(latest, pd.read_parquet(local_run / "data" / "features" / "_latest.parquet"))
 

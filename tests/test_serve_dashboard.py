@@ -1,4 +1,5 @@
 """The dashboard's logic without a browser: same numbers and words as the API, card, explorer, notebook."""
+
 from __future__ import annotations
 
 import json
@@ -98,7 +99,9 @@ def test_model_card_compares_both_models_with_every_reference(tiny_output):
     ratio = year["mae_forecast"] / year["mae_baseline_vol_moving_avg"]
     frame_year = dash.breakdown_frame(card["by_year"], "year").set_index("year")
     assert frame_year.loc[year["year"], dash.PREDICTOR_LABELS["forecast"]] == pytest.approx(ratio)
-    assert f"<td>{year['year']}</td>" in app.breakdown_html.value and f"<td>{ratio:.3f}</td>" in app.breakdown_html.value
+    assert (
+        f"<td>{year['year']}</td>" in app.breakdown_html.value and f"<td>{ratio:.3f}</td>" in app.breakdown_html.value
+    )
     assert len(dash.breakdown_frame(card["by_decile"], "decile")) == len(card["by_decile"])
     # Coverage of the interval, as the card measured it.
     coverage = card["models"]["forecast"]["test_coverage_p10_p90"]
@@ -115,8 +118,9 @@ def test_symbol_explorer_reads_the_features_dataset(tiny_output):
     want = everything[everything["Symbol"] == symbol].sort_values("Date")
     assert got["Date"].dt.strftime("%Y-%m-%d").tolist() == want["Date"].tolist()
     for col in ["Adj Close", "Volume", "vol_moving_avg", "adj_close_rolling_med"]:
-        pd.testing.assert_series_equal(got[col].reset_index(drop=True), want[col].reset_index(drop=True),
-                                       check_names=False, check_dtype=False)
+        pd.testing.assert_series_equal(
+            got[col].reset_index(drop=True), want[col].reset_index(drop=True), check_names=False, check_dtype=False
+        )
 
 
 def test_explorer_draws_out_of_sample_forecasts_on_the_day_they_forecast(tiny_output):
@@ -179,8 +183,9 @@ def test_notebook_is_thin_and_runs_with_the_env_output_dir(tiny_output):
     old = os.environ.get("VOLCAST_OUTPUT_DIR")
     os.environ["VOLCAST_OUTPUT_DIR"] = str(tiny_output)
     try:
-        nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}
+        ).execute()
     finally:
         if old is None:
             os.environ.pop("VOLCAST_OUTPUT_DIR")

@@ -1,4 +1,5 @@
 """Crash-safe publishing and partition naming."""
+
 import os
 
 import pandas as pd
@@ -75,8 +76,14 @@ def test_parquet_options_round_trip_exactly_and_dictionaries_read_back_as_string
     prices = rng.lognormal(3, 1, 5000)
     prices[::97] = np.nan
     symbols = pa.DictionaryArray.from_arrays(pa.array(np.repeat([0, 1], 2500).astype("int32")), pa.array(["AA", "AB"]))
-    table = pa.table({"Symbol": symbols, "Date": pa.array([f"2020-01-{1 + i % 28:02d}" for i in range(5000)]),
-                      "Adj Close": prices, "Volume": pa.array(rng.integers(0, 10**9, 5000))})
+    table = pa.table(
+        {
+            "Symbol": symbols,
+            "Date": pa.array([f"2020-01-{1 + i % 28:02d}" for i in range(5000)]),
+            "Adj Close": prices,
+            "Volume": pa.array(rng.integers(0, 10**9, 5000)),
+        }
+    )
     path = storage.write_parquet(table, tmp_path / "t.parquet", arrow_schema=False)
 
     back = pq.read_table(path)

@@ -2,6 +2,7 @@
 
 Expected values are worked out by hand or by a second method (pandas / scikit-learn).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,13 +22,15 @@ VOL, PRICE = "vol_moving_avg", "adj_close_rolling_med"
 
 def _frame():
     """Two tickers; AAA's first row has no features (window not full)."""
-    return pd.DataFrame({
-        "Symbol": ["AAA", "AAA", "AAA", "AAA", "BBB", "BBB", "BBB"],
-        "Date": ["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-06", "2020-01-01", "2020-01-02", "2020-01-03"],
-        "Volume": [10, 20, 30, 40, 100, 200, 300],
-        VOL: [np.nan, 15.0, 20.0, 25.0, 100.0, 150.0, 200.0],
-        PRICE: [np.nan, 1.0, 1.0, 1.0, 5.0, 5.0, 5.0],
-    })
+    return pd.DataFrame(
+        {
+            "Symbol": ["AAA", "AAA", "AAA", "AAA", "BBB", "BBB", "BBB"],
+            "Date": ["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-06", "2020-01-01", "2020-01-02", "2020-01-03"],
+            "Volume": [10, 20, 30, 40, 100, 200, 300],
+            VOL: [np.nan, 15.0, 20.0, 25.0, 100.0, 150.0, 200.0],
+            PRICE: [np.nan, 1.0, 1.0, 1.0, 5.0, 5.0, 5.0],
+        }
+    )
 
 
 def test_next_day_target_stops_at_ticker_boundary():
@@ -73,11 +76,15 @@ def test_target_matches_a_plain_python_lookup(rows):
         if (sym, day) not in seen:
             seen.add((sym, day))
             unique.append((sym, day, vol))
-    df = pd.DataFrame({
-        "Symbol": [r[0] for r in unique],
-        "Date": [f"2020-01-{r[1] + 1:02d}" if r[1] < 31 else f"2020-02-{r[1] - 30:02d}" for r in unique],
-        "Volume": [r[2] for r in unique], VOL: 1.0, PRICE: 1.0,
-    })
+    df = pd.DataFrame(
+        {
+            "Symbol": [r[0] for r in unique],
+            "Date": [f"2020-01-{r[1] + 1:02d}" if r[1] < 31 else f"2020-02-{r[1] - 30:02d}" for r in unique],
+            "Volume": [r[2] for r in unique],
+            VOL: 1.0,
+            PRICE: 1.0,
+        }
+    )
     out, counts = train.make_supervised(df, target_shift=1)
     expected = []
     for sym in sorted(set(df["Symbol"])):
@@ -213,27 +220,32 @@ def test_error_by_decile_equals_a_pandas_groupby():
     frame["ape_model"] = (frame["pred"] - frame["y"]).abs() / frame["y"].clip(lower=1)
     frame["ape_base"] = (frame["base"] - frame["y"]).abs() / frame["y"].clip(lower=1)
     grouped = frame.groupby("decile")
-    expected = pd.DataFrame({
-        "decile": grouped.size().index,
-        "volume_from": grouped["y"].min().to_numpy(),
-        "volume_to": grouped["y"].max().to_numpy(),
-        "rows": grouped.size().to_numpy(),
-        "mae_model": grouped.apply(lambda g: (g["pred"] - g["y"]).abs().mean()).to_numpy(),
-        "mae_baseline": grouped.apply(lambda g: (g["base"] - g["y"]).abs().mean()).to_numpy(),
-        "medape_model": grouped["ape_model"].median().to_numpy(),
-        "medape_baseline": grouped["ape_base"].median().to_numpy(),
-    })
+    expected = pd.DataFrame(
+        {
+            "decile": grouped.size().index,
+            "volume_from": grouped["y"].min().to_numpy(),
+            "volume_to": grouped["y"].max().to_numpy(),
+            "rows": grouped.size().to_numpy(),
+            "mae_model": grouped.apply(lambda g: (g["pred"] - g["y"]).abs().mean()).to_numpy(),
+            "mae_baseline": grouped.apply(lambda g: (g["base"] - g["y"]).abs().mean()).to_numpy(),
+            "medape_model": grouped["ape_model"].median().to_numpy(),
+            "medape_baseline": grouped["ape_base"].median().to_numpy(),
+        }
+    )
     assert table["rows"].sum() == n and table["rows"].max() - table["rows"].min() <= 1
     pd.testing.assert_frame_equal(table.reset_index(drop=True), expected, check_dtype=False, rtol=1e-12)
 
 
-@pytest.mark.parametrize("values", [
-    np.random.default_rng(1).integers(-50, 20_000, 100_003).astype(np.int32),  # days, negative ones too
-    np.array([7, 7, 7], np.int64),
-    np.array([], np.int32),
-    np.array([0, 2**40], np.int64),  # too wide to count: sorted instead
-    np.array(["2020-01-02", "2019-12-31", "2020-01-02"]),
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(1).integers(-50, 20_000, 100_003).astype(np.int32),  # days, negative ones too
+        np.array([7, 7, 7], np.int64),
+        np.array([], np.int32),
+        np.array([0, 2**40], np.int64),  # too wide to count: sorted instead
+        np.array(["2020-01-02", "2019-12-31", "2020-01-02"]),
+    ],
+)
 def test_distinct_values_equal_numpy_unique(values):
     got = train._distinct(values)
     assert got.dtype == np.unique(values).dtype

@@ -1,4 +1,5 @@
 """The forecast model and the serving bundle (``volcast.train.forecast``) on a trained model directory."""
+
 from __future__ import annotations
 
 import math
@@ -8,11 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from test_train_run import SMALL, _output_with, features_dir  # noqa: F401 (the session fixture)
 from volcast import config, train
 from volcast.train import scoring
 from volcast.train.forecast_model import calibrate
-
-from test_train_run import SMALL, _output_with, features_dir  # noqa: F401 (the session fixture)
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +144,9 @@ def test_market_ratio_in_the_served_latest_rows_is_the_market_total_over_its_30_
     feats = pd.read_parquet(config.Layout.at(out).features_dir, columns=["Date", "Volume"])
     total = feats.groupby("Date")["Volume"].sum().sort_index().astype(float)
     ratio = np.log1p(total) - np.log1p(total.rolling(30).mean())
-    np.testing.assert_allclose(latest["market_vol_lr"].to_numpy(), ratio.loc[latest["Date"]].to_numpy(),
-                               rtol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(
+        latest["market_vol_lr"].to_numpy(), ratio.loc[latest["Date"]].to_numpy(), rtol=1e-9, equal_nan=True
+    )
     assert "market_vol_lr" in train.load_bundle(path).forecaster.inputs
 
 

@@ -3,6 +3,7 @@
 The features come from the ingest and features stages; the checks recompute what the report
 claims with plain pandas/numpy from the features files.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,22 +61,48 @@ def test_run_writes_model_card_curve_latest_and_report(trained):
     model_dir = train.latest_model_dir(out)
     assert model_dir == layout.models_dir / report["model_id"]
     files = {p.name for p in model_dir.iterdir()}
-    assert files == {"model.cbm", "card.json", "learning_curve.csv", train.TEST_SAMPLE_FILE, "forecast.cbm",
-                     "learning_curve_forecast.csv", "latest.parquet", "test_forecasts.parquet"}
+    assert files == {
+        "model.cbm",
+        "card.json",
+        "learning_curve.csv",
+        train.TEST_SAMPLE_FILE,
+        "forecast.cbm",
+        "learning_curve_forecast.csv",
+        "latest.parquet",
+        "test_forecasts.parquet",
+    }
     # LATEST is written after everything it points to.
     latest_mtime = layout.latest_file.stat().st_mtime_ns
     assert all((model_dir / f).stat().st_mtime_ns <= latest_mtime for f in files)
     assert layout.report("train").stat().st_mtime_ns >= latest_mtime
 
     card = json.loads((model_dir / "card.json").read_text())
-    for key in ("model_kind", "parameters", "features", "target", "formulation", "split", "rows", "dates",
-                "data", "metrics", "library_versions", "created", "sample"):
+    for key in (
+        "model_kind",
+        "parameters",
+        "features",
+        "target",
+        "formulation",
+        "split",
+        "rows",
+        "dates",
+        "data",
+        "metrics",
+        "library_versions",
+        "created",
+        "sample",
+    ):
         assert key in card, key
     assert card["features"] == [VOL, PRICE]
     assert card["metrics"] == report["metrics"]
     assert card["rows"]["fit"] == report["train_rows"] == 20_000
-    assert card["dates"]["train"][1] < card["dates"]["validation"][0] <= card["dates"]["validation"][1] \
-        < card["dates"]["test"][0] == report["split"]["test_start"]
+    assert (
+        card["dates"]["train"][1]
+        < card["dates"]["validation"][0]
+        <= card["dates"]["validation"][1]
+        < card["dates"]["test"][0]
+        == report["split"]["test_start"]
+    )
     assert len(card["data"]["fingerprint"]) == 16
 
     curve = pd.read_csv(model_dir / "learning_curve.csv")
@@ -125,8 +152,9 @@ def test_stored_test_sample_is_test_rows_with_the_models_predictions(trained, fe
     assert joined["y"].notna().all()
     np.testing.assert_array_equal(joined["y"].to_numpy(float), sample["target"].to_numpy(float))
     model = train.load_model(train.latest_model_dir(out))
-    np.testing.assert_array_equal(model.predict(sample[VOL].to_numpy(), sample[PRICE].to_numpy()),
-                                  sample["prediction"].to_numpy())
+    np.testing.assert_array_equal(
+        model.predict(sample[VOL].to_numpy(), sample[PRICE].to_numpy()), sample["prediction"].to_numpy()
+    )
     np.testing.assert_array_equal(sample["baseline"].to_numpy(), sample[VOL].to_numpy())
 
 
@@ -136,8 +164,16 @@ def test_saved_model_reloads_and_predicts_identically(tmp_path):
     price = rng.lognormal(3, 1, 3000)
     y = vol * rng.lognormal(-0.2, 0.6, 3000)
     for kind in train.MODELS:
-        fit = train.fit_model(vol, price, y, model=kind, iterations=30, threads=1,
-                              valid=(vol[:500], price[:500], y[:500]), model_id=f"m-{kind}")
+        fit = train.fit_model(
+            vol,
+            price,
+            y,
+            model=kind,
+            iterations=30,
+            threads=1,
+            valid=(vol[:500], price[:500], y[:500]),
+            model_id=f"m-{kind}",
+        )
         card = {"model_id": f"m-{kind}", "model_kind": kind, "formulation": {"name": fit.model.formulation}}
         train.save_model(fit.model, tmp_path / kind, card, fit.learning_curve)
         loaded = train.load_model(tmp_path / kind)
@@ -208,8 +244,14 @@ def test_rows_of_shuffled_files_equal_those_of_sorted_files(features_dir, tmp_pa
     assert a.counts == b.counts and a.rows == b.rows and a.split_info == b.split_info
 
     def test_rows(d):
-        frame = pd.DataFrame({"Symbol": np.asarray(d.tickers)[d.ticker[d.test]], "day": d.day[d.test],
-                              "target": d.target[d.test], "volume": d.volume[d.test]})
+        frame = pd.DataFrame(
+            {
+                "Symbol": np.asarray(d.tickers)[d.ticker[d.test]],
+                "day": d.day[d.test],
+                "target": d.target[d.test],
+                "volume": d.volume[d.test],
+            }
+        )
         x = pd.DataFrame(d.x[d.test], columns=inputs)
         return pd.concat([frame, x], axis=1).sort_values(["Symbol", "day"]).reset_index(drop=True)
 

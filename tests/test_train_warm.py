@@ -1,5 +1,6 @@
 """Warm start (issue 16): a model continued on the rows added since it was trained, on a small generated
 market that grows day by day (benchmarks/make_daily_source.py)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,8 +59,9 @@ def test_card_records_the_parent_and_the_rows_added(grown):
     df = pd.read_parquet(config.Layout.at(out).features_dir).sort_values(["Symbol", "Date"])
     df["y"] = df.groupby("Symbol")["Volume"].shift(-1)
     usable = df.dropna(subset=[config.VOL_FEATURE, config.PRICE_FEATURE, config.LOG_VOL_MEAN30, "y"])
-    after = usable[(usable["Date"] > parent_card["dates"]["train"][1])
-                   & (usable["Date"] < warm["split"]["validation_start"])]
+    after = usable[
+        (usable["Date"] > parent_card["dates"]["train"][1]) & (usable["Date"] < warm["split"]["validation_start"])
+    ]
     assert entry["rows_added"] == len(after) > 0
     assert entry["added_dates"] == [after["Date"].min(), after["Date"].max()]
 
@@ -81,8 +83,12 @@ def test_report_compares_with_a_full_retrain_and_serves_the_continued_model(grow
     assert bundle.forecaster.estimator.tree_count_ == 20 + train.warm.WARM_ITERATIONS  # parent trees + added
     symbol = bundle.symbols[0]
     answer = bundle.forecast_one(symbol)
-    assert answer["as_of"] == pd.read_parquet(config.Layout.at(out).features_dir, columns=["Symbol", "Date"]) \
-        .query("Symbol == @symbol")["Date"].max()
+    assert (
+        answer["as_of"]
+        == pd.read_parquet(config.Layout.at(out).features_dir, columns=["Symbol", "Date"])
+        .query("Symbol == @symbol")["Date"]
+        .max()
+    )
     assert 0 <= answer["interval"]["low"] <= answer["volume"] <= answer["interval"]["high"]
 
 

@@ -24,6 +24,7 @@ Configuration: each Airflow run's params (the trigger form, ``airflow dags trigg
 (whitespace-separated ``STAGE.NAME=VALUE``), ``VOLCAST_JOBS``, ``VOLCAST_SCHEDULE`` (cron, default
 ``30 18 * * 1-5``: weekdays 18:30 New York time, after the 16:00 close) and ``VOLCAST_TIMEZONE``.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -54,8 +55,14 @@ def volcast_run_id(logical_date: dt.datetime) -> str:
     return logical_date.astimezone().strftime(_RUN_STAMP) + RUN_ID_SUFFIX
 
 
-def stage_parameters(stage: str, output_dir: str | None, source: str | None = None, jobs: int | None = None,
-                     param: list[str] | tuple[str, ...] = (), force: bool = False) -> dict[str, Any]:
+def stage_parameters(
+    stage: str,
+    output_dir: str | None,
+    source: str | None = None,
+    jobs: int | None = None,
+    param: list[str] | tuple[str, ...] = (),
+    force: bool = False,
+) -> dict[str, Any]:
     """The parameters ``run_pipeline.py`` would inject into ``stage``'s notebook for the same options.
 
     ``volcast.pipeline._stage_params`` builds them, so the DAG and the command line cannot drift; if a
@@ -91,8 +98,9 @@ class VolcastStageOperator(PapermillOperator):
         from volcast import pipeline
 
         notebook = pipeline.STAGES[stage].notebook_path
-        super().__init__(task_id=stage, input_nb=str(notebook), output_nb=None, log_output=True,
-                         do_xcom_push=False, **kwargs)
+        super().__init__(
+            task_id=stage, input_nb=str(notebook), output_nb=None, log_output=True, do_xcom_push=False, **kwargs
+        )
         self.stage = stage
         self.lock_timeout = lock_timeout
 
@@ -111,8 +119,9 @@ class VolcastStageOperator(PapermillOperator):
         try:
             lock.acquire(timeout=self.lock_timeout)
         except filelock.Timeout:
-            raise VolcastLockBusy(f"another volcast run is using {layout.output_dir}; this task fails "
-                                  "and Airflow retries it") from None
+            raise VolcastLockBusy(
+                f"another volcast run is using {layout.output_dir}; this task fails and Airflow retries it"
+            ) from None
         try:
             self._run_locked(context, layout, run_id, conf, pipeline, storage)
         finally:
@@ -120,19 +129,36 @@ class VolcastStageOperator(PapermillOperator):
 
     def _run_locked(self, context, layout, run_id, conf, pipeline, storage) -> None:
         stage = pipeline.STAGES[self.stage]
-        params = stage_parameters(self.stage, str(layout.output_dir), conf.get("source") or None,
-                                  conf.get("jobs"), conf.get("param") or (), bool(conf.get("force")))
+        params = stage_parameters(
+            self.stage,
+            str(layout.output_dir),
+            conf.get("source") or None,
+            conf.get("jobs"),
+            conf.get("param") or (),
+            bool(conf.get("force")),
+        )
         run_dir = layout.runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = run_dir / "manifest.json"
         manifest = storage.read_json(manifest_path, default=None) or {
-            "run_id": run_id, "status": "running", "started": _now(), "ended": None, "seconds": None,
-            "output_dir": str(layout.output_dir), "source": None, "stages_requested": list(STAGES),
-            "force": bool(conf.get("force")), "parameters": {}, "input_fingerprints": {},
-            "code_fingerprints": {}, "stages": {}, "git_commit": pipeline.git_commit(),
-            "library_versions": pipeline.library_versions(), "python": sys.executable,
-            "host": os.uname().nodename, "orchestrator": {"airflow_dag": context["dag"].dag_id,
-                                                          "airflow_run_id": context["run_id"]},
+            "run_id": run_id,
+            "status": "running",
+            "started": _now(),
+            "ended": None,
+            "seconds": None,
+            "output_dir": str(layout.output_dir),
+            "source": None,
+            "stages_requested": list(STAGES),
+            "force": bool(conf.get("force")),
+            "parameters": {},
+            "input_fingerprints": {},
+            "code_fingerprints": {},
+            "stages": {},
+            "git_commit": pipeline.git_commit(),
+            "library_versions": pipeline.library_versions(),
+            "python": sys.executable,
+            "host": os.uname().nodename,
+            "orchestrator": {"airflow_dag": context["dag"].dag_id, "airflow_run_id": context["run_id"]},
         }
         manifest["status"] = "running"  # again, when a failed run is retried
         if self.stage == "ingest":
@@ -154,8 +180,14 @@ class VolcastStageOperator(PapermillOperator):
         t0 = time.perf_counter()
         if reason:
             log.info("%s: skipped (%s)", self.stage, reason)
-            manifest["stages"][self.stage] = {"name": self.stage, "status": "skipped", "seconds": 0.0,
-                                              "notebook": None, "reason": reason, "error": None}
+            manifest["stages"][self.stage] = {
+                "name": self.stage,
+                "status": "skipped",
+                "seconds": 0.0,
+                "notebook": None,
+                "reason": reason,
+                "error": None,
+            }
             self._finish(manifest, manifest_path, storage)
             return
         output = run_dir / stage.notebook
@@ -164,17 +196,31 @@ class VolcastStageOperator(PapermillOperator):
         try:
             super().execute(context)
         except BaseException as exc:
-            manifest["stages"][self.stage] = {"name": self.stage, "status": "failed",
-                                              "seconds": round(time.perf_counter() - t0, 3), "notebook": str(output),
-                                              "reason": "cell-error", "error": f"{type(exc).__name__}: {exc}"[:500]}
+            manifest["stages"][self.stage] = {
+                "name": self.stage,
+                "status": "failed",
+                "seconds": round(time.perf_counter() - t0, 3),
+                "notebook": str(output),
+                "reason": "cell-error",
+                "error": f"{type(exc).__name__}: {exc}"[:500],
+            }
             manifest["status"] = "failed"
             self._finish(manifest, manifest_path, storage, final=True)
             raise
-        manifest["stages"][self.stage] = {"name": self.stage, "status": "ok",
-                                          "seconds": round(time.perf_counter() - t0, 3), "notebook": str(output),
-                                          "reason": None, "error": None}
-        state[self.stage] = {"run_id": run_id, "fingerprint": fingerprint,
-                             "outputs": pipeline.output_fingerprints(stage, layout), "finished": _now()}
+        manifest["stages"][self.stage] = {
+            "name": self.stage,
+            "status": "ok",
+            "seconds": round(time.perf_counter() - t0, 3),
+            "notebook": str(output),
+            "reason": None,
+            "error": None,
+        }
+        state[self.stage] = {
+            "run_id": run_id,
+            "fingerprint": fingerprint,
+            "outputs": pipeline.output_fingerprints(stage, layout),
+            "finished": _now(),
+        }
         storage.atomic_write_json(state_path, state)
         self._finish(manifest, manifest_path, storage)
 
@@ -200,20 +246,30 @@ def _env_jobs() -> int | None:
 with DAG(
     dag_id=DAG_ID,
     description="volcast daily update: ingest >> features >> train (papermill notebooks)",
-    schedule=CronTriggerTimetable(os.environ.get("VOLCAST_SCHEDULE", "30 18 * * 1-5"),
-                                  timezone=os.environ.get("VOLCAST_TIMEZONE", "America/New_York")),
+    schedule=CronTriggerTimetable(
+        os.environ.get("VOLCAST_SCHEDULE", "30 18 * * 1-5"),
+        timezone=os.environ.get("VOLCAST_TIMEZONE", "America/New_York"),
+    ),
     start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,  # a day's run finishes before the next starts; the lock would refuse it anyway
     default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=10)},
     params={
-        "output_dir": Param(os.environ.get("VOLCAST_OUTPUT_DIR", ""), type="string",
-                            description="volcast --output-dir (empty: volcast's outputs/)"),
-        "source": Param(os.environ.get("VOLCAST_SOURCE", ""), type="string",
-                        description="volcast --source: Kaggle-layout folder or .zip, kaggle, demo "
-                                    "(empty: volcast's choice)"),
-        "param": Param(shlex.split(os.environ.get("VOLCAST_PARAMS", "")), type="array",
-                       description="volcast --param STAGE.NAME=VALUE, one per item"),
+        "output_dir": Param(
+            os.environ.get("VOLCAST_OUTPUT_DIR", ""),
+            type="string",
+            description="volcast --output-dir (empty: volcast's outputs/)",
+        ),
+        "source": Param(
+            os.environ.get("VOLCAST_SOURCE", ""),
+            type="string",
+            description="volcast --source: Kaggle-layout folder or .zip, kaggle, demo (empty: volcast's choice)",
+        ),
+        "param": Param(
+            shlex.split(os.environ.get("VOLCAST_PARAMS", "")),
+            type="array",
+            description="volcast --param STAGE.NAME=VALUE, one per item",
+        ),
         "jobs": Param(_env_jobs(), type=["null", "integer"], description="volcast --jobs"),
         "force": Param(False, type="boolean", description="volcast --force"),
     },

@@ -1,4 +1,5 @@
 """Paths, schemas and defaults: the one place every stage takes them from."""
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,9 @@ RAW_COLUMNS = tuple(RAW_SCHEMA.names)
 # (RAW_DICTIONARY_SCHEMA), never a string per row; files store no Arrow schema, so they read back as
 # RAW_SCHEMA's plain strings.
 TICKER_COLUMNS = ("Symbol", "Security Name")
-RAW_DICTIONARY_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in TICKER_COLUMNS
-                                   else f for f in RAW_SCHEMA])
+RAW_DICTIONARY_SCHEMA = pa.schema(
+    [pa.field(f.name, pa.dictionary(pa.int32(), f.type)) if f.name in TICKER_COLUMNS else f for f in RAW_SCHEMA]
+)
 
 # Feature contract (Problem 2).
 VOL_FEATURE = "vol_moving_avg"
@@ -49,12 +51,31 @@ DEFAULT_WINDOW = 30
 # log1p is LOG_VOL_MEAN30; chosen on the validation slice (benchmarks/results/model_eval.md).
 LOG_VOL_MEAN30 = "log_vol_mean30"
 FORECAST_INPUTS = (
-    LOG_VOL_MEAN30, "vol_lr_0", "vol_lr_1", "vol_lr_2", "vol_lr_3", "vol_mean5_lr", "vol_mean10_lr",
-    "vol_mean22_lr", "vol_std30", "return_1d", "range_hl", "weekday", "next_weekday", "next_gap_days",
-    "next_expiration", "next_month_end", "next_pre_holiday", "log_price_med", "dist_52w_high",
+    LOG_VOL_MEAN30,
+    "vol_lr_0",
+    "vol_lr_1",
+    "vol_lr_2",
+    "vol_lr_3",
+    "vol_mean5_lr",
+    "vol_mean10_lr",
+    "vol_mean22_lr",
+    "vol_std30",
+    "return_1d",
+    "range_hl",
+    "weekday",
+    "next_weekday",
+    "next_gap_days",
+    "next_expiration",
+    "next_month_end",
+    "next_pre_holiday",
+    "log_price_med",
+    "dist_52w_high",
 )
-FEATURES_SCHEMA = pa.schema(list(RAW_SCHEMA) + [(VOL_FEATURE, pa.float64()), (PRICE_FEATURE, pa.float64())]
-                            + [(name, pa.float64()) for name in FORECAST_INPUTS])
+FEATURES_SCHEMA = pa.schema(
+    list(RAW_SCHEMA)
+    + [(VOL_FEATURE, pa.float64()), (PRICE_FEATURE, pa.float64())]
+    + [(name, pa.float64()) for name in FORECAST_INPUTS]
+)
 
 # Stages in DAG order, each with its notebook.
 STAGES = ("ingest", "features", "train")

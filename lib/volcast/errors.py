@@ -1,4 +1,5 @@
 """Errors a user can cause (the CLI prints their message as one line and exits 2), and a stopped run."""
+
 import signal
 
 

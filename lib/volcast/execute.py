@@ -1,5 +1,6 @@
 """Running one stage's notebook: its kernel (started ahead, with the notebook's imports), papermill, and
 a prompt, clean stop on Ctrl-C / SIGTERM / SIGHUP (``Stopper``)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -91,8 +92,9 @@ class Stopper:
             raise Interrupted(self.signum)
 
 
-def execute_stage(stage: Stage, params: dict, run_dir: Path, kernel: str, progress: bool,
-                   stopper: Stopper | None = None) -> StageResult:
+def execute_stage(
+    stage: Stage, params: dict, run_dir: Path, kernel: str, progress: bool, stopper: Stopper | None = None
+) -> StageResult:
     """Run the stage's notebook with papermill in a fresh kernel, started first (see ``start_kernel``)."""
     stopper = stopper or Stopper()
     output = run_dir / stage.notebook

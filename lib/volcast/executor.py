@@ -10,6 +10,7 @@ when it is chosen, so a local run never loads it.
 Tasks read and write files by path: on a cluster whose workers are other machines, the source and the
 output directory must be on storage every worker sees at the same path (a shared filesystem).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -48,10 +49,18 @@ def resolve(executor: str | None, scheduler: str | None = None) -> tuple[str, st
     return DASK, scheduler or env
 
 
-def map_tasks(fn: Callable[[Any], Any], tasks: Iterable[Any], *, jobs: int, executor: str = LOCAL,
-              scheduler: str = "", local_pool: Callable[[int], Executor] | None = None,
-              on_done: Callable[[Any, Any], None] | None = None, poll: Callable[[], None] | None = None,
-              name: str = "volcast") -> list[Any]:
+def map_tasks(
+    fn: Callable[[Any], Any],
+    tasks: Iterable[Any],
+    *,
+    jobs: int,
+    executor: str = LOCAL,
+    scheduler: str = "",
+    local_pool: Callable[[int], Executor] | None = None,
+    on_done: Callable[[Any, Any], None] | None = None,
+    poll: Callable[[], None] | None = None,
+    name: str = "volcast",
+) -> list[Any]:
     """Run ``fn(task)`` for each task; return the results in completion order.
 
     ``on_done(task, result)`` is called in this process as each one completes; ``poll()`` about every
@@ -103,9 +112,12 @@ def dask_client(scheduler: str = "", n_workers: int = 2) -> Iterator[Any]:
             client.close()
         return
     # One thread per worker process: the tasks are CPU-bound and hold their own buffers.
-    with distributed.LocalCluster(n_workers=max(1, n_workers), threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster, set_as_default=False) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=max(1, n_workers), threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
         yield client
 
 
@@ -118,8 +130,7 @@ def _map_dask(fn, tasks, jobs, scheduler, on_done, name) -> list[Any]:
     with dask_client(scheduler, n_workers=jobs) as client:
         run = uuid.uuid4().hex[:8]
         # pure=False: two equal tasks are still two writes; keys name the stage for the dask dashboard.
-        futures = {client.submit(fn, task, pure=False, key=f"{name}-{run}-{i}"): task
-                   for i, task in enumerate(tasks)}
+        futures = {client.submit(fn, task, pure=False, key=f"{name}-{run}-{i}"): task for i, task in enumerate(tasks)}
         try:
             for future in distributed.as_completed(futures, loop=client.loop):
                 result = future.result()
@@ -152,8 +163,9 @@ class RunCluster:
                 import distributed
             except ImportError:
                 raise UserError("--executor dask needs dask.distributed: pip install 'volcast[dask]'") from None
-            self._cluster = distributed.LocalCluster(n_workers=max(1, self.n_workers), threads_per_worker=1,
-                                                     processes=True, dashboard_address=None)
+            self._cluster = distributed.LocalCluster(
+                n_workers=max(1, self.n_workers), threads_per_worker=1, processes=True, dashboard_address=None
+            )
             self.scheduler = self._cluster.scheduler_address
         return {"executor": DASK, "scheduler": self.scheduler}
 

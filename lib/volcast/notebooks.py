@@ -7,6 +7,7 @@
   twin ``X.py`` (``notebooks/jupytext.toml``); sync brings a pair in step, refresh re-executes the
   committed notebooks to store the outputs nbval compares.
 """
+
 from __future__ import annotations
 
 import ast
@@ -83,8 +84,14 @@ def ensure_kernel(layout: Layout) -> str:
     root = layout.output_dir / ".jupyter"
     spec_dir = root / "kernels" / KERNEL_NAME
     spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 "--IPKernelApp.log_level=ERROR"],  # no loopback-TCP notice on every stage
+        "argv": [
+            sys.executable,
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+            "--IPKernelApp.log_level=ERROR",
+        ],  # no loopback-TCP notice on every stage
         "display_name": f"volcast ({sys.executable})",
         "language": "python",
         "env": {"PYTHONPATH": os.pathsep.join(filter(None, [str(LIBRARY_DIR.parent), os.environ.get("PYTHONPATH")]))},
@@ -155,9 +162,13 @@ def start_kernel(km, modules: list[str], warm_up: str = "") -> None:
     """
     roots = sorted({m.split(".")[0] for m in modules})
     preload = f"{warm_up}import {', '.join(modules)}; del {', '.join(roots)}"
-    km.start_kernel(cwd=str(config.NOTEBOOKS_DIR),
-                    extra_arguments=["--HistoryManager.hist_file=:memory:",  # as nbclient starts kernels
-                                     f"--IPKernelApp.exec_lines={[preload]!r}"])
+    km.start_kernel(
+        cwd=str(config.NOTEBOOKS_DIR),
+        extra_arguments=[
+            "--HistoryManager.hist_file=:memory:",  # as nbclient starts kernels
+            f"--IPKernelApp.exec_lines={[preload]!r}",
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,12 +211,15 @@ def check_pair(ipynb: str | os.PathLike) -> None:
         return [(c.cell_type, c.source) for c in jupytext.read(path).cells]
 
     if cells(twin) != cells(ipynb):
-        raise UserError(f"{twin} was edited after {ipynb.name} and differs from it; run "
-                        "`python run_pipeline.py sync-notebooks` (or save it in JupyterLab), then run again")
+        raise UserError(
+            f"{twin} was edited after {ipynb.name} and differs from it; run "
+            "`python run_pipeline.py sync-notebooks` (or save it in JupyterLab), then run again"
+        )
 
 
-def refresh_notebooks(names: list[str] | None = None, say: Callable[[str], None] = print,
-                      notebooks_dir: str | os.PathLike | None = None) -> list[Path]:
+def refresh_notebooks(
+    names: list[str] | None = None, say: Callable[[str], None] = print, notebooks_dir: str | os.PathLike | None = None
+) -> list[Path]:
     """Re-execute the committed notebooks in place with their default (demo) parameters.
 
     This refreshes the stored outputs that nbval compares, after an intended change. Each pair is synced
@@ -226,8 +240,9 @@ def refresh_notebooks(names: list[str] | None = None, say: Callable[[str], None]
     for path in paths:
         say(f"refreshing {path.name}")
         nb = nbformat.read(path, as_version=4)
-        nbclient.NotebookClient(nb, kernel_name=kernel, timeout=1800,
-                                resources={"metadata": {"path": str(folder)}}).execute()
+        nbclient.NotebookClient(
+            nb, kernel_name=kernel, timeout=1800, resources={"metadata": {"path": str(folder)}}
+        ).execute()
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         storage.atomic_write_text(path, nbformat.writes(nb) + "\n")
         sync_notebooks([path.name], notebooks_dir=folder)

@@ -16,6 +16,7 @@ Endpoint: ``AWS_ENDPOINT_URL`` (or ``VOLCAST_S3_ENDPOINT``) for MinIO, Ceph and 
 stores. Credentials come from botocore's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
 ``AWS_PROFILE``, ``~/.aws/credentials``, instance roles); this module never reads, prints or logs them.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,9 @@ def storage_options(url: str) -> dict:
     if url.split("://", 1)[0] not in ("s3", "s3a"):
         return {}
     endpoint = next((os.environ[e] for e in ENDPOINT_ENVS if os.environ.get(e)), None)
-    options: dict = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 30,
-                                       "retries": {"max_attempts": 2, "mode": "standard"}}}
+    options: dict = {
+        "config_kwargs": {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2, "mode": "standard"}}
+    }
     if endpoint:
         options["endpoint_url"] = endpoint
     return options
@@ -137,8 +139,13 @@ class Remote:
                 if model_id == old or not _MODEL_ID.match(model_id):
                     continue
                 model_dir = self.layout.models_dir / model_id
-                self._put([(p, f"models/{model_id}/{p.relative_to(model_dir).as_posix()}")
-                           for p in sorted(model_dir.rglob("*")) if p.is_file()])
+                self._put(
+                    [
+                        (p, f"models/{model_id}/{p.relative_to(model_dir).as_posix()}")
+                        for p in sorted(model_dir.rglob("*"))
+                        if p.is_file()
+                    ]
+                )
                 moved.append(("models/LATEST", model_id, old))
                 continue
             name = DATASETS[attr]
@@ -154,7 +161,7 @@ class Remote:
             self.write_text(rel, value)
         for rel, value, old in moved:
             if rel.startswith("data/"):
-                self._prune(rel[len("data/"):-len(POINTER_SUFFIX)], keep={value, old})
+                self._prune(rel[len("data/") : -len(POINTER_SUFFIX)], keep={value, old})
         if reports and self.layout.reports_dir.is_dir():
             self._put([(p, f"reports/{p.name}") for p in sorted(self.layout.reports_dir.glob("*.json"))])
         return [rel for rel, _, _ in moved]
@@ -205,7 +212,7 @@ class Remote:
         tmp.mkdir(parents=True)
         try:
             prefix = self.key(rel).rstrip("/") + "/"
-            locals_ = [tmp / f[len(prefix):] for f in files]
+            locals_ = [tmp / f[len(prefix) :] for f in files]
             for path in locals_:
                 path.parent.mkdir(parents=True, exist_ok=True)
             if files:

@@ -1,4 +1,5 @@
 """The record of a run: its id, the environment it ran in, and its one-line summaries of each stage."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -12,8 +13,20 @@ from . import config, storage
 from .config import Layout
 
 TRACKED_PACKAGES = (
-    "volcast", "numpy", "pandas", "pyarrow", "bottleneck", "scikit-learn", "catboost",
-    "papermill", "nbclient", "ipykernel", "voila", "ipywidgets", "tornado", "kaggle",
+    "volcast",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "bottleneck",
+    "scikit-learn",
+    "catboost",
+    "papermill",
+    "nbclient",
+    "ipykernel",
+    "voila",
+    "ipywidgets",
+    "tornado",
+    "kaggle",
 )
 
 
@@ -31,13 +44,17 @@ def git_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "-C", str(config.PROJECT_ROOT), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         if out.returncode != 0:
             return None
         dirty = subprocess.run(
             ["git", "-C", str(config.PROJECT_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -81,14 +98,18 @@ def summary(stage: str, layout: Layout) -> str:
     try:
         if stage == "ingest":
             totals = report.get("totals", report)
-            return (f": {totals['rows_kept']:,} rows kept, {totals['rows_quarantined']:,} quarantined, "
-                    f"{len(report.get('rejected_files', []))} files set aside")
+            return (
+                f": {totals['rows_kept']:,} rows kept, {totals['rows_quarantined']:,} quarantined, "
+                f"{len(report.get('rejected_files', []))} files set aside"
+            )
         if stage == "features":
             return f": {report['rows']:,} rows, {report['tickers']:,} tickers"
         if stage == "train":
             model, base = report["metrics"]["model"], report["metrics"]["baseline_vol_moving_avg"]
-            return (f": model {report['model_id']}, MAE {model['mae']:,.0f} vs baseline {base['mae']:,.0f} "
-                    f"({model['mae'] / base['mae']:.3f}x)")
+            return (
+                f": model {report['model_id']}, MAE {model['mae']:,.0f} vs baseline {base['mae']:,.0f} "
+                f"({model['mae'] / base['mae']:.3f}x)"
+            )
     except (KeyError, TypeError, ZeroDivisionError):
         return ""
     return ""

@@ -5,6 +5,7 @@ versioned sibling ``data/.raw.v<timestamp>``. A reader that resolves ``data/raw`
 previous complete version or the new complete one, never a mix; a run killed at any moment leaves
 only a hidden staging directory that the next publish sweeps away.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -161,10 +162,13 @@ def parquet_options(schema: pa.Schema) -> dict:
     """
     names = set(schema.names)
     floats = [f.name for f in schema if pa.types.is_floating(f.type)]
-    return {"compression": "zstd", "compression_level": 1,
-            "use_dictionary": [n for n in DICTIONARY_COLUMNS if n in names],
-            "use_byte_stream_split": floats or False,
-            "write_statistics": [n for n in STATISTICS_COLUMNS if n in names]}
+    return {
+        "compression": "zstd",
+        "compression_level": 1,
+        "use_dictionary": [n for n in DICTIONARY_COLUMNS if n in names],
+        "use_byte_stream_split": floats or False,
+        "write_statistics": [n for n in STATISTICS_COLUMNS if n in names],
+    }
 
 
 def dictionary_value_counts(column: pa.ChunkedArray | pa.DictionaryArray) -> dict[str, int]:
@@ -193,8 +197,7 @@ def write_parquet(table: pa.Table, path: str | os.PathLike, *, arrow_schema: boo
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(table, tmp, row_group_size=1 << 20, store_schema=arrow_schema,
-                       **parquet_options(table.schema))
+        pq.write_table(table, tmp, row_group_size=1 << 20, store_schema=arrow_schema, **parquet_options(table.schema))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

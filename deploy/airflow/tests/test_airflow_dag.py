@@ -12,6 +12,7 @@ suite (tests/, notebooks/) never collects it. On a source that grows by one day
 - an Airflow run on unchanged data skips every stage; one that finds the output-dir lock held fails
   without running a notebook.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -117,8 +118,15 @@ def test_run_pipeline_sees_the_same_parameters_and_skips_every_stage(first_run):
     from volcast import config
 
     _, run_dir, out, conf = first_run
-    cmd = [sys.executable, str(config.PROJECT_ROOT / "run_pipeline.py"), "--source", conf["source"],
-           "--output-dir", str(out), "--no-progress"] + [a for p in PARAMS for a in ("--param", p)]
+    cmd = [
+        sys.executable,
+        str(config.PROJECT_ROOT / "run_pipeline.py"),
+        "--source",
+        conf["source"],
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ] + [a for p in PARAMS for a in ("--param", p)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("skipped (inputs, parameters and code unchanged") == 3, done.stdout

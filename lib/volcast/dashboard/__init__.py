@@ -12,9 +12,10 @@ Four panels, each usable (and tested) without a browser:
 * predictor: the two-feature form, checked and predicted by ``volcast.serve``'s own code, so it gives
   the same integer as ``/predict`` and explains bad input in the same words.
 
-Files: ``render`` (HTML; every text from data is escaped there), ``charts`` (the explorer's plotly figure, the card's PNGs), ``data``
-(reading features and the model directory), ``app`` (the widgets).
+Files: ``render`` (HTML; every text from data is escaped there), ``charts`` (the explorer's plotly
+figure, the card's PNGs), ``data`` (reading features and the model directory), ``app`` (the widgets).
 """
+
 from __future__ import annotations
 
 import os
@@ -71,10 +72,41 @@ def output_dir_from_env(default: str) -> str:
 
 
 __all__ = [
-    "DEFAULT_PRICE_TEXT", "DEFAULT_VOL_TEXT", "METRIC_LABELS", "NO_FEATURES", "PERIODS", "PREDICTOR_LABELS",
-    "Dashboard", "PredictOutcome", "align_forecasts", "breakdown_frame", "breakdown_html", "bundle_of", "card_summary_html", "clip_period",
-    "comparison_png", "coverage_html", "default_symbol", "esc", "explorer_figure", "forecast_for",
-    "forecast_html", "format_volume", "inputs_frame", "inputs_html", "interval_coverage", "learning_curve_png",
-    "learning_curves", "list_symbols", "load_symbol", "metrics_frame", "metrics_html", "outcome_html",
-    "output_dir_from_env", "predict_text", "symbol_note_html", "symbol_rows", "test_forecasts",
+    "DEFAULT_PRICE_TEXT",
+    "DEFAULT_VOL_TEXT",
+    "METRIC_LABELS",
+    "NO_FEATURES",
+    "PERIODS",
+    "PREDICTOR_LABELS",
+    "Dashboard",
+    "PredictOutcome",
+    "align_forecasts",
+    "breakdown_frame",
+    "breakdown_html",
+    "bundle_of",
+    "card_summary_html",
+    "clip_period",
+    "comparison_png",
+    "coverage_html",
+    "default_symbol",
+    "esc",
+    "explorer_figure",
+    "forecast_for",
+    "forecast_html",
+    "format_volume",
+    "inputs_frame",
+    "inputs_html",
+    "interval_coverage",
+    "learning_curve_png",
+    "learning_curves",
+    "list_symbols",
+    "load_symbol",
+    "metrics_frame",
+    "metrics_html",
+    "outcome_html",
+    "output_dir_from_env",
+    "predict_text",
+    "symbol_note_html",
+    "symbol_rows",
+    "test_forecasts",
 ]

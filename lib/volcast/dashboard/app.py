@@ -1,6 +1,7 @@
 """``Dashboard``: the widgets of the four panels and what happens when someone clicks (the only part
 that needs ipywidgets). Each panel says what to do when its input does not exist yet.
 """
+
 from __future__ import annotations
 
 import html
@@ -38,8 +39,9 @@ def predict_text(holder: ModelHolder, vol_text: str, price_text: str) -> Predict
         return PredictOutcome(False, NO_MODEL_ERROR + (f" ({holder.error})" if holder.error else ""))
     volume = predictor.predict_one(vol, price)
     extrapolated = bool(predictor.extrapolated_one(vol, price))  # the API's own range check
-    return PredictOutcome(True, f"{format_volume(volume)} shares", volume, predictor.model_id,
-                          extrapolated=extrapolated)
+    return PredictOutcome(
+        True, f"{format_volume(volume)} shares", volume, predictor.model_id, extrapolated=extrapolated
+    )
 
 
 def forecast_for(holder: ModelHolder, symbol: str) -> tuple[dict | None, str | None, object]:
@@ -73,8 +75,9 @@ class Dashboard:
         self._frames: dict[str, pd.DataFrame] = {}
 
         # One ticker picker, shown in the forecast and explorer panels (two views of one widget).
-        self.symbol_pick = w.Dropdown(options=self.symbols, value=data.default_symbol(rows), description="ticker",
-                                      layout=w.Layout(width="320px"))
+        self.symbol_pick = w.Dropdown(
+            options=self.symbols, value=data.default_symbol(rows), description="ticker", layout=w.Layout(width="320px")
+        )
         self.symbol_pick.add_class("volcast-symbol")
 
         # Ticker forecast
@@ -102,8 +105,9 @@ class Dashboard:
         self.card_refresh.on_click(lambda _: self.render_card())
         self.breakdown_html = w.HTML()
         self.breakdown_html.add_class("volcast-breakdown-output")
-        self.model_card = w.VBox([self.card_html, self.compare_image, self.breakdown_html, self.curve_image,
-                                  self.card_refresh])
+        self.model_card = w.VBox(
+            [self.card_html, self.compare_image, self.breakdown_html, self.curve_image, self.card_refresh]
+        )
 
         # Predictor form (the task contract: /predict)
         # continuous_update=False: a box sends its value once, when it loses focus (which clicking
@@ -164,15 +168,17 @@ class Dashboard:
             self.inputs_html.value = ""
             return None
         name = data.security_name(self._frame(symbol))
-        self.forecast_html.value = render.forecast_html(answer, name, answer["model_id"],
-                                                        data.interval_coverage(bundle.card))
+        self.forecast_html.value = render.forecast_html(
+            answer, name, answer["model_id"], data.interval_coverage(bundle.card)
+        )
         latest = bundle.latest[bundle.latest[SYMBOL] == answer["symbol"]]
         inputs = list(bundle.forecaster.inputs) if bundle.forecaster is not None else []
         if len(latest) and inputs:
             self.inputs_html.value = (
                 f"<small>The inputs of this forecast: {esc(symbol)}'s row of {esc(answer['as_of'])}, the last "
                 "in the data (volumes as log ratios to the 30-day mean, and the shares they stand for).</small>"
-                + render.inputs_html(render.inputs_frame(latest.iloc[0].to_dict(), inputs)))
+                + render.inputs_html(render.inputs_frame(latest.iloc[0].to_dict(), inputs))
+            )
         else:
             self.inputs_html.value = ""
         return answer
@@ -187,8 +193,12 @@ class Dashboard:
         model_dir = getattr(predictor, "model_dir", None) if predictor is not None else None
         forecasts = data.align_forecasts(frame, data.test_forecasts(model_dir, symbol))
         self.symbol_note.value = render.symbol_note_html(
-            symbol, len(self.symbols), int(frame[VOL_FEATURE].notna().sum()), len(frame),
-            len(forecasts) if model_dir is not None else None)
+            symbol,
+            len(self.symbols),
+            int(frame[VOL_FEATURE].notna().sum()),
+            len(frame),
+            len(forecasts) if model_dir is not None else None,
+        )
         shown, shown_fc = charts.clip_period(frame, forecasts, self.period_pick.value)
         fig = charts.explorer_figure(shown, shown_fc, symbol, data.security_name(frame))
         self.explorer_fig = fig
@@ -203,11 +213,17 @@ class Dashboard:
             self.card_html.value = f"<p>{html.escape(NO_MODEL_ERROR)}</p>"
             self.breakdown_html.value = ""
         else:
-            self.card_html.value = (render.card_summary_html(predictor.model_id, card) + render.metrics_html(card)
-                                    + render.coverage_html(data.interval_coverage(card)))
+            self.card_html.value = (
+                render.card_summary_html(predictor.model_id, card)
+                + render.metrics_html(card)
+                + render.coverage_html(data.interval_coverage(card))
+            )
             self.breakdown_html.value = render.breakdown_html(card)
         show_png(self.compare_image, charts.comparison_png(render.metrics_frame(card)) if card else None)
-        show_png(self.curve_image, charts.learning_curve_png(data.learning_curves(predictor.model_dir)) if predictor else None)
+        show_png(
+            self.curve_image,
+            charts.learning_curve_png(data.learning_curves(predictor.model_dir)) if predictor else None,
+        )
 
 
 def show_figure(output, fig) -> None:
@@ -229,4 +245,13 @@ def show_png(image, png: bytes | None) -> None:
     image.layout.display = None
 
 
-__all__ = ["DEFAULT_PRICE_TEXT", "DEFAULT_VOL_TEXT", "NO_FEATURES", "Dashboard", "forecast_for", "predict_text", "show_figure", "show_png"]
+__all__ = [
+    "DEFAULT_PRICE_TEXT",
+    "DEFAULT_VOL_TEXT",
+    "NO_FEATURES",
+    "Dashboard",
+    "forecast_for",
+    "predict_text",
+    "show_figure",
+    "show_png",
+]

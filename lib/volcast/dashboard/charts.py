@@ -6,6 +6,7 @@ HTML-escaped before it becomes its title: plotly renders a subset of HTML tags i
 entities back into the literal characters. The model card's two charts are static PNGs (matplotlib's
 object API, no pyplot state): the card's tables already carry their numbers.
 """
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,14 @@ PERIODS = {"1 year": 365, "5 years": 5 * 365, "test period": "test", "all": None
 
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01), height=height, margin=dict(l=60, r=20, t=50, b=40),
-                      hovermode="x unified", legend=dict(orientation="h", y=-0.12), template="plotly_white")
+    fig.update_layout(
+        title=dict(text=title, x=0.01),
+        height=height,
+        margin=dict(l=60, r=20, t=50, b=40),
+        hovermode="x unified",
+        legend=dict(orientation="h", y=-0.12),
+        template="plotly_white",
+    )
     return fig
 
 
@@ -41,23 +48,78 @@ def explorer_figure(frame: pd.DataFrame, forecasts: pd.DataFrame, symbol: str, n
     (P50 line inside the P10-P90 band) on the days they forecast."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.4, 0.6])
     x = frame[DATE] if len(frame) else []
-    fig.add_trace(go.Scatter(x=x, y=frame.get("Adj Close", []), name="Adj Close", line=dict(width=1),
-                             hovertemplate="%{y:,.2f}"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=x, y=frame.get(PRICE_FEATURE, []), name=PRICE_FEATURE, line=dict(width=1.6),
-                             hovertemplate="%{y:,.2f}"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=x, y=frame.get("Volume", []), name="Volume", line=dict(width=0.8, color="#7f7f7f"),
-                             hovertemplate="%{y:,.0f}"), row=2, col=1)
-    fig.add_trace(go.Scatter(x=x, y=frame.get(VOL_FEATURE, []), name=VOL_FEATURE, line=dict(width=1.6),
-                             hovertemplate="%{y:,.0f}"), row=2, col=1)
+    fig.add_trace(
+        go.Scatter(x=x, y=frame.get("Adj Close", []), name="Adj Close", line=dict(width=1), hovertemplate="%{y:,.2f}"),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=frame.get(PRICE_FEATURE, []), name=PRICE_FEATURE, line=dict(width=1.6), hovertemplate="%{y:,.2f}"
+        ),
+        row=1,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=frame.get("Volume", []),
+            name="Volume",
+            line=dict(width=0.8, color="#7f7f7f"),
+            hovertemplate="%{y:,.0f}",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=x, y=frame.get(VOL_FEATURE, []), name=VOL_FEATURE, line=dict(width=1.6), hovertemplate="%{y:,.0f}"
+        ),
+        row=2,
+        col=1,
+    )
     fx = forecasts[DATE] if len(forecasts) else []
-    fig.add_trace(go.Scatter(x=fx, y=forecasts.get("p10", []), name="P10", line=dict(width=0), mode="lines",
-                             showlegend=False, hovertemplate="%{y:,.0f}"), row=2, col=1)
-    fig.add_trace(go.Scatter(x=fx, y=forecasts.get("p90", []), name="P90", line=dict(width=0), mode="lines",
-                             fill="tonexty", fillcolor=BAND, legendgroup="band", showlegend=True,
-                             hovertemplate="%{y:,.0f}"), row=2, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=fx,
+            y=forecasts.get("p10", []),
+            name="P10",
+            line=dict(width=0),
+            mode="lines",
+            showlegend=False,
+            hovertemplate="%{y:,.0f}",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=fx,
+            y=forecasts.get("p90", []),
+            name="P90",
+            line=dict(width=0),
+            mode="lines",
+            fill="tonexty",
+            fillcolor=BAND,
+            legendgroup="band",
+            showlegend=True,
+            hovertemplate="%{y:,.0f}",
+        ),
+        row=2,
+        col=1,
+    )
     fig.data[-1].name = "P10–P90 interval"
-    fig.add_trace(go.Scatter(x=fx, y=forecasts.get("p50", []), name="P50 forecast (out of sample)",
-                             line=dict(width=1.4, color=FORECAST), hovertemplate="%{y:,.0f}"), row=2, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=fx,
+            y=forecasts.get("p50", []),
+            name="P50 forecast (out of sample)",
+            line=dict(width=1.4, color=FORECAST),
+            hovertemplate="%{y:,.0f}",
+        ),
+        row=2,
+        col=1,
+    )
     fig.update_yaxes(title_text="price", row=1, col=1)
     fig.update_yaxes(title_text="shares", row=2, col=1)
     return _layout(fig, explorer_title(symbol, name, len(frame)), 560)

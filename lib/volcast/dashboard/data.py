@@ -2,6 +2,7 @@
 model's directory its forecasts (through ``volcast.train.forecast``, the API's own calls), out-of-sample
 test forecasts, interval coverage and learning curves. No widgets here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -110,9 +111,14 @@ def align_forecasts(frame: pd.DataFrame, fc: pd.DataFrame) -> pd.DataFrame:
     empty = pd.DataFrame({DATE: pd.Series([], dtype="datetime64[ns]"), "p10": [], "p50": [], "p90": []})
     if not len(fc) or "target_date" not in fc or not len(frame):
         return empty
-    out = pd.DataFrame({DATE: pd.to_datetime(fc["target_date"]).astype(frame[DATE].dtype),
-                        "p10": fc["p10"].to_numpy(np.float64), "p50": fc["p50"].to_numpy(np.float64),
-                        "p90": fc["p90"].to_numpy(np.float64)})
+    out = pd.DataFrame(
+        {
+            DATE: pd.to_datetime(fc["target_date"]).astype(frame[DATE].dtype),
+            "p10": fc["p10"].to_numpy(np.float64),
+            "p50": fc["p50"].to_numpy(np.float64),
+            "p90": fc["p90"].to_numpy(np.float64),
+        }
+    )
     out = out[out[DATE].isin(frame[DATE])]
     return out.sort_values(DATE).reset_index(drop=True)
 
@@ -130,6 +136,17 @@ def learning_curves(model_dir) -> dict[str, pd.DataFrame]:
     return out
 
 
-__all__ = ["EXPLORER_COLUMNS", "align_forecasts", "bundle_of", "default_symbol", "forecast_card",
-           "interval_coverage", "learning_curves", "list_symbols", "load_symbol", "security_name", "symbol_rows",
-           "test_forecasts"]
+__all__ = [
+    "EXPLORER_COLUMNS",
+    "align_forecasts",
+    "bundle_of",
+    "default_symbol",
+    "forecast_card",
+    "interval_coverage",
+    "learning_curves",
+    "list_symbols",
+    "load_symbol",
+    "security_name",
+    "symbol_rows",
+    "test_forecasts",
+]

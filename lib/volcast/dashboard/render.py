@@ -4,6 +4,7 @@ Every text that comes from data or from an error (tickers, security names, model
 messages) goes through ``esc`` before it reaches markup: a ticker file may be named like a tag
 (issue 14, finding 6). Numbers are formatted here, never taken as text.
 """
+
 from __future__ import annotations
 
 import html
@@ -26,8 +27,10 @@ PREDICTOR_LABELS = {
     "baseline_today_volume": "reference: tomorrow = today's Volume",
     "baseline_vol_moving_avg": "reference: tomorrow = vol_moving_avg",
 }
-TABLE_STYLE = ("<style>.volcast-table td, .volcast-table th {padding: 3px 14px; text-align: right}"
-               " .volcast-table tbody th, .volcast-table td.volcast-left {text-align: left}</style>")
+TABLE_STYLE = (
+    "<style>.volcast-table td, .volcast-table th {padding: 3px 14px; text-align: right}"
+    " .volcast-table tbody th, .volcast-table td.volcast-left {text-align: left}</style>"
+)
 
 
 def esc(value) -> str:
@@ -60,8 +63,14 @@ class PredictOutcome:
 
 def outcome_html(outcome: PredictOutcome) -> str:
     if outcome.ok:
-        note = ("<br><small class=\"volcast-extrapolated\">an input lies outside the range the model was "
-                "trained on: this answer is an extrapolation</small>") if outcome.extrapolated else ""
+        note = (
+            (
+                '<br><small class="volcast-extrapolated">an input lies outside the range the model was '
+                "trained on: this answer is an extrapolation</small>"
+            )
+            if outcome.extrapolated
+            else ""
+        )
         return (
             '<div class="volcast-result">Predicted next-day volume: '
             f'<b><span class="volcast-volume" style="font-size:1.4em">{format_volume(outcome.volume)}</span></b> shares'
@@ -134,10 +143,14 @@ def inputs_html(frame: pd.DataFrame) -> str:
     for r in frame.itertuples(index=False):
         value = "–" if r.value is None or pd.isna(r.value) else f"{r.value:,.4g}"
         shares = "" if r.shares is None or pd.isna(r.shares) else f"{r.shares:,.0f}"
-        body.append(f'<tr><td class="volcast-left"><code>{esc(r.input)}</code></td>'
-                    f'<td class="volcast-left">{esc(r.meaning)}</td><td>{value}</td><td>{shares}</td></tr>')
-    return (TABLE_STYLE + '<table class="volcast-table volcast-inputs"><thead><tr><th>input</th><th>meaning</th>'
-            "<th>value</th><th>≈ shares</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+        body.append(
+            f'<tr><td class="volcast-left"><code>{esc(r.input)}</code></td>'
+            f'<td class="volcast-left">{esc(r.meaning)}</td><td>{value}</td><td>{shares}</td></tr>'
+        )
+    return (
+        TABLE_STYLE + '<table class="volcast-table volcast-inputs"><thead><tr><th>input</th><th>meaning</th>'
+        "<th>value</th><th>≈ shares</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+    )
 
 
 def forecast_html(answer: dict, security_name: str | None, model_id: str, coverage: float | None = None) -> str:
@@ -171,8 +184,11 @@ def metrics_frame(card: dict) -> pd.DataFrame | None:
     order = [k for k in PREDICTOR_LABELS if k in metrics] + [k for k in metrics if k not in PREDICTOR_LABELS]
     frame = pd.DataFrame({predictor_label(name): metrics[name] for name in order}).T
     frame = frame[[c for c in METRIC_LABELS if c in frame.columns]].astype(float)
-    base = frame.loc[predictor_label("baseline_vol_moving_avg")] if predictor_label(
-        "baseline_vol_moving_avg") in frame.index else None
+    base = (
+        frame.loc[predictor_label("baseline_vol_moving_avg")]
+        if predictor_label("baseline_vol_moving_avg") in frame.index
+        else None
+    )
     if base is not None:
         for col in ("mae", "medape"):
             if col in frame and base[col]:
@@ -203,8 +219,10 @@ def card_summary_html(model_id: str, card: dict) -> str:
     if target:
         parts.append(f"target: {esc(target)}")
     if split.get("kind"):
-        parts.append(f"split: {esc(split['kind'])}"
-                     + (f", test from {esc(split['test_start'])}" if split.get("test_start") else ""))
+        parts.append(
+            f"split: {esc(split['kind'])}"
+            + (f", test from {esc(split['test_start'])}" if split.get("test_start") else "")
+        )
     if isinstance(rows.get("test"), (int, float)):
         parts.append(f"{int(rows['test']):,} test rows")
     return "<p>" + " · ".join(parts) + "</p>"
@@ -231,8 +249,10 @@ def breakdown_frame(records, key: str) -> pd.DataFrame | None:
 def breakdown_html(card: dict) -> str:
     """The tables by year and by volume decile (MAE / vol_moving_avg per predictor)."""
     parts = []
-    for records, key, title in ((card.get("by_year"), "year", "by year"),
-                                (card.get("by_decile"), "decile", "by decile of the actual volume (1 = lowest)")):
+    for records, key, title in (
+        (card.get("by_year"), "year", "by year"),
+        (card.get("by_decile"), "decile", "by decile of the actual volume (1 = lowest)"),
+    ):
         frame = breakdown_frame(records, key)
         if frame is None:
             continue
@@ -240,25 +260,53 @@ def breakdown_html(card: dict) -> str:
         for col in frame.columns[2:]:
             fmt = "{:.1%}" if col == "P10–P90 coverage" else "{:.3f}"
             shown[col] = ["–" if pd.isna(v) else fmt.format(v) for v in frame[col]]
-        parts.append(f"<p><small>MAE / vol_moving_avg's MAE, {esc(title)}:</small></p>"
-                     + shown.to_html(classes="volcast-table volcast-breakdown", border=0, escape=True, index=False))
+        parts.append(
+            f"<p><small>MAE / vol_moving_avg's MAE, {esc(title)}:</small></p>"
+            + shown.to_html(classes="volcast-table volcast-breakdown", border=0, escape=True, index=False)
+        )
     return TABLE_STYLE + "".join(parts) if parts else ""
 
 
 def coverage_html(coverage: float | None, nominal: float | None = 0.8) -> str:
     if coverage is None:
         return "<p><small>This model has no prediction interval (no forecast model in its card).</small></p>"
-    return (f'<p class="volcast-coverage">P10–P90 interval of the forecast model: <b>{coverage:.1%}</b> of the '
-            f"test rows fell inside it (nominal {nominal:.0%}).</p>")
+    return (
+        f'<p class="volcast-coverage">P10–P90 interval of the forecast model: <b>{coverage:.1%}</b> of the '
+        f"test rows fell inside it (nominal {nominal:.0%}).</p>"
+    )
 
 
 def symbol_note_html(symbol: str, n_symbols: int, complete: int, total: int, forecasts: int | None) -> str:
-    fc = (f"; {forecasts:,} out-of-sample forecasts of the test period" if forecasts else
-          "; no out-of-sample forecasts for it in this model" if forecasts == 0 else "")
-    return (f"<small>{n_symbols:,} tickers; {esc(symbol)}: {complete:,} of {total:,} days have both features "
-            f"(a ticker's first days have none: the window is not full yet){fc}.</small>")
+    fc = (
+        f"; {forecasts:,} out-of-sample forecasts of the test period"
+        if forecasts
+        else "; no out-of-sample forecasts for it in this model"
+        if forecasts == 0
+        else ""
+    )
+    return (
+        f"<small>{n_symbols:,} tickers; {esc(symbol)}: {complete:,} of {total:,} days have both features "
+        f"(a ticker's first days have none: the window is not full yet){fc}.</small>"
+    )
 
 
-__all__ = ["METRIC_LABELS", "PREDICTOR_LABELS", "PredictOutcome", "breakdown_frame", "breakdown_html", "card_summary_html", "coverage_html", "esc",
-           "forecast_html", "format_volume", "inputs_frame", "inputs_html", "message_html", "metrics_frame",
-           "metrics_html", "outcome_html", "predictor_label", "symbol_note_html"]
+__all__ = [
+    "METRIC_LABELS",
+    "PREDICTOR_LABELS",
+    "PredictOutcome",
+    "breakdown_frame",
+    "breakdown_html",
+    "card_summary_html",
+    "coverage_html",
+    "esc",
+    "forecast_html",
+    "format_volume",
+    "inputs_frame",
+    "inputs_html",
+    "message_html",
+    "metrics_frame",
+    "metrics_html",
+    "outcome_html",
+    "predictor_label",
+    "symbol_note_html",
+]

@@ -5,6 +5,7 @@
 ``plan_rows`` applies it to one array of days (test from all dates, validation from the train dates) and
 samples the fitted rows; ``split_frame`` applies it to one frame.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ def make_supervised(df: pd.DataFrame, target_shift: int = 1) -> tuple[pd.DataFra
     return df.loc[keep].assign(**{TARGET: target[keep]}).reset_index(drop=True), counts
 
 
-def supervised_rows(df: pd.DataFrame, target_shift: int, required=FEATURES) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
+def supervised_rows(
+    df: pd.DataFrame, target_shift: int, required=FEATURES
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
     """The rule of ``make_supervised`` without building the output frame: ``(ordered df, target, keep, counts)``.
 
     ``required``: the columns a row needs finite to be kept (the stage adds ``log_vol_mean30``, the
@@ -84,7 +87,6 @@ def supervised_rows(df: pd.DataFrame, target_shift: int, required=FEATURES) -> t
     return df, target, keep, counts
 
 
-
 def _ordered(df: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
     """``df`` ordered by Symbol then Date (sorted only if it is not already) and each row's ticker run number.
 
@@ -118,13 +120,13 @@ def _runs(df: pd.DataFrame) -> tuple[np.ndarray, bool]:
     return codes, in_order
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # Splits
 
 
-def split_mask(dates, kind: str = "chronological", test_fraction: float = 0.2, seed: int = 42) -> tuple[np.ndarray, dict]:
+def split_mask(
+    dates, kind: str = "chronological", test_fraction: float = 0.2, seed: int = 42
+) -> tuple[np.ndarray, dict]:
     """Which rows are test rows, and a description of the split.
 
     ``dates``: one sortable value per row (ISO strings or integer days). Chronological: the last
@@ -161,12 +163,12 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return np.unique(values)
 
 
-def split_frame(df: pd.DataFrame, kind: str = "chronological", test_fraction: float = 0.2,
-                seed: int = 42) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def split_frame(
+    df: pd.DataFrame, kind: str = "chronological", test_fraction: float = 0.2, seed: int = 42
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """``(train, test, info)`` of a frame with a Date column (see ``split_mask``)."""
     is_test, info = split_mask(df[DATE].to_numpy(), kind, test_fraction, seed)
     return df.loc[~is_test], df.loc[is_test], info
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,13 +177,14 @@ def split_frame(df: pd.DataFrame, kind: str = "chronological", test_fraction: fl
 
 def feature_files(features_dir: Path) -> list[Path]:
     if not features_dir.exists():
-        raise UserError(f"no features dataset at {features_dir}; run the features stage first "
-                        "(python run_pipeline.py --stages features)")
+        raise UserError(
+            f"no features dataset at {features_dir}; run the features stage first "
+            "(python run_pipeline.py --stages features)"
+        )
     files = sorted(features_dir.resolve().glob(f"{storage.PARTITION_PREFIX}*.parquet"))
     if not files:
         raise UserError(f"{features_dir} holds no {storage.PARTITION_PREFIX}*.parquet files; re-run the features stage")
     return files
-
 
 
 @dataclass
@@ -198,9 +201,14 @@ class RowPlan:
     valid_info: dict
 
 
-def plan_rows(day: np.ndarray, split: str = "chronological", test_fraction: float = 0.2,
-              validation_fraction: float = DEFAULT_VALIDATION_FRACTION, max_train_rows: int = DEFAULT_MAX_TRAIN_ROWS,
-              seed: int = 42) -> RowPlan:
+def plan_rows(
+    day: np.ndarray,
+    split: str = "chronological",
+    test_fraction: float = 0.2,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    max_train_rows: int = DEFAULT_MAX_TRAIN_ROWS,
+    seed: int = 42,
+) -> RowPlan:
     """Split rows (by ``day``) into test / validation / fit, and sample the fitted rows (seeded)."""
     is_test, split_info = split_mask(day, split, test_fraction, seed)
     if is_test.all() or not is_test.any():
@@ -238,4 +246,3 @@ def _sample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     if size >= n:
         return np.arange(n)
     return np.sort(rng.choice(n, size=size, replace=False))
-

@@ -22,6 +22,7 @@ Files of ``models/<id>/``: ``card.json``, the task model (``model.cbm`` or ``mod
 forecast model (``forecast.cbm``), ``latest.parquet`` (one row per ticker, from the features stage) and
 ``test_forecasts.parquet``. Every ticker's forecast is computed once at load: a request is a dict look-up.
 """
+
 from __future__ import annotations
 
 import math
@@ -109,8 +110,9 @@ class Bundle:
         and raise RuntimeError unless every number is finite."""
         lo_v, hi_v = self.input_ranges.get(FEATURE_COLUMNS[0], (1e5, 1e5))
         lo_p, hi_p = self.input_ranges.get(FEATURE_COLUMNS[1], (10.0, 10.0))
-        probe = self.predict_task(np.array([math.sqrt(max(lo_v, 1) * max(hi_v, 1))]),
-                                  np.array([math.sqrt(max(lo_p, 1e-2) * max(hi_p, 1e-2))]))
+        probe = self.predict_task(
+            np.array([math.sqrt(max(lo_v, 1) * max(hi_v, 1))]), np.array([math.sqrt(max(lo_p, 1e-2) * max(hi_p, 1e-2))])
+        )
         if not np.all(np.isfinite(probe)):
             raise RuntimeError(f"model {self.model_id}: the task model predicts {probe.tolist()} for a probe input")
         if self.forecaster is not None and len(self.latest):
@@ -122,8 +124,11 @@ class Bundle:
 
 
 def _ranges(card: dict) -> dict:
-    return {k: (float(v[0]), float(v[1])) for k, v in (card.get("input_ranges") or {}).items()
-            if v and v[0] is not None and v[1] is not None}
+    return {
+        k: (float(v[0]), float(v[1]))
+        for k, v in (card.get("input_ranges") or {}).items()
+        if v and v[0] is not None and v[1] is not None
+    }
 
 
 def _precompute(model_id: str, forecaster: ForecastModel | None, latest: pd.DataFrame) -> tuple[dict, dict]:
@@ -137,11 +142,17 @@ def _precompute(model_id: str, forecaster: ForecastModel | None, latest: pd.Data
     rows = latest["rows"].to_numpy() if "rows" in latest.columns else np.full(len(latest), -1)
     for i, (symbol, day) in enumerate(zip(latest[SYMBOL].tolist(), latest[DATE].astype(str).tolist())):
         if not ok[i]:
-            problems[symbol] = (f"{symbol} has {int(rows[i])} rows of history up to {day}; a forecast needs the "
-                                f"last {MIN_HISTORY_ROWS} trading days")
+            problems[symbol] = (
+                f"{symbol} has {int(rows[i])} rows of history up to {day}; a forecast needs the "
+                f"last {MIN_HISTORY_ROWS} trading days"
+            )
             continue
-        answers[symbol] = {"symbol": symbol, "as_of": day, "volume": int(round(mid[i])),
-                           "interval": {"low": int(math.floor(low[i])), "high": int(math.ceil(high[i]))}}
+        answers[symbol] = {
+            "symbol": symbol,
+            "as_of": day,
+            "volume": int(round(mid[i])),
+            "interval": {"low": int(math.floor(low[i])), "high": int(math.ceil(high[i]))},
+        }
     return answers, problems
 
 

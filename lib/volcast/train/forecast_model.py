@@ -6,6 +6,7 @@ every ticker size; quantiles survive the monotone back-transform, so P50 stays a
 is then widened or narrowed around P50 by one factor, chosen so that 80 % of the validation slice (later
 train dates, not fitted on) falls inside it (split-conformal calibration of the quantiles).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -49,9 +50,9 @@ class ForecastModel:
         out = np.empty((len(x), len(self.quantiles)), dtype=np.float64)
         single = len(x) <= 1024  # few rows (the API): one thread starts faster than many
         for lo in range(0, len(x), self.CHUNK):
-            part = x[lo: lo + self.CHUNK]
+            part = x[lo : lo + self.CHUNK]
             raw = self.estimator.predict(part, thread_count=1) if single else self.estimator.predict(part)
-            out[lo: lo + len(part)] = np.asarray(raw, dtype=np.float64).reshape(len(part), -1)
+            out[lo : lo + len(part)] = np.asarray(raw, dtype=np.float64).reshape(len(part), -1)
         out.sort(axis=1)
         return out
 
@@ -69,9 +70,14 @@ class ForecastModel:
             return tuple(np.maximum(np.expm1(np.clip(base + v, None, 700.0)), 0.0) for v in (low, mid, high))
 
     def card(self) -> dict:
-        return {"model_file": MODEL_FILE, "inputs": list(self.inputs), "quantiles": list(self.quantiles),
-                "interval_widen": self.widen, "model_target": TARGET_TEXT,
-                "back_transform": "expm1(prediction + log_vol_mean30), clipped at 0"}
+        return {
+            "model_file": MODEL_FILE,
+            "inputs": list(self.inputs),
+            "quantiles": list(self.quantiles),
+            "interval_widen": self.widen,
+            "model_target": TARGET_TEXT,
+            "back_transform": "expm1(prediction + log_vol_mean30), clipped at 0",
+        }
 
     def save(self, path: Path) -> None:
         self.estimator.save_model(str(path), format="cbm")
@@ -99,9 +105,19 @@ def calibrate(q: np.ndarray, z: np.ndarray, coverage: float = NOMINAL_COVERAGE) 
     return float(np.quantile(need, coverage)) if len(need) else 1.0
 
 
-def fit_forecast(x, y, inputs, *, valid=None, iterations: int = DEFAULT_FORECAST_ITERATIONS,
-                 depth: int = DEFAULT_DEPTH, learning_rate: float = DEFAULT_FORECAST_LEARNING_RATE, seed: int = 42,
-                 threads: int = 1, init: ForecastModel | None = None) -> tuple[ForecastModel, pd.DataFrame, dict]:
+def fit_forecast(
+    x,
+    y,
+    inputs,
+    *,
+    valid=None,
+    iterations: int = DEFAULT_FORECAST_ITERATIONS,
+    depth: int = DEFAULT_DEPTH,
+    learning_rate: float = DEFAULT_FORECAST_LEARNING_RATE,
+    seed: int = 42,
+    threads: int = 1,
+    init: ForecastModel | None = None,
+) -> tuple[ForecastModel, pd.DataFrame, dict]:
     """Fit on float32 inputs ``x`` (columns ``inputs``, which include ``log_vol_mean30``) and next-day
     volumes ``y``; ``valid`` = (x, y) of the validation slice: learning curve and interval calibration.
 
@@ -117,9 +133,16 @@ def fit_forecast(x, y, inputs, *, valid=None, iterations: int = DEFAULT_FORECAST
     col = inputs.index(LOG_VOL_MEAN30)
     z = log_target(y, x[:, col])
     loss = "MultiQuantile:alpha=" + ",".join(str(q) for q in QUANTILES)
-    params = dict(loss_function=loss, iterations=int(iterations), depth=int(depth),
-                  learning_rate=float(learning_rate), random_seed=int(seed), thread_count=int(threads),
-                  bootstrap_type="MVS", subsample=FORECAST_SUBSAMPLE)
+    params = dict(
+        loss_function=loss,
+        iterations=int(iterations),
+        depth=int(depth),
+        learning_rate=float(learning_rate),
+        random_seed=int(seed),
+        thread_count=int(threads),
+        bootstrap_type="MVS",
+        subsample=FORECAST_SUBSAMPLE,
+    )
     eval_set = None
     if valid is not None and len(valid[1]):
         zv = log_target(valid[1], valid[0][:, col])
@@ -127,12 +150,17 @@ def fit_forecast(x, y, inputs, *, valid=None, iterations: int = DEFAULT_FORECAST
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="volcast-catboost-") as tmp:
         estimator = CatBoostRegressor(**params, verbose=False, allow_writing_files=False, train_dir=tmp)
-        estimator.fit(x, z, eval_set=eval_set, use_best_model=False,
-                      init_model=init.estimator if init is not None else None)
+        estimator.fit(
+            x, z, eval_set=eval_set, use_best_model=False, init_model=init.estimator if init is not None else None
+        )
     seconds = time.perf_counter() - started
     model = ForecastModel(estimator, inputs)
-    info = {"params": params, "fit_seconds": round(seconds, 2), "validation_coverage_raw": None,
-            "validation_coverage": None}
+    info = {
+        "params": params,
+        "fit_seconds": round(seconds, 2),
+        "validation_coverage_raw": None,
+        "validation_coverage": None,
+    }
     if eval_set is not None:
         q = model.log_quantiles(valid[0])
         low, _, high = model.interval(q, 1.0)
@@ -143,6 +171,12 @@ def fit_forecast(x, y, inputs, *, valid=None, iterations: int = DEFAULT_FORECAST
     evals = estimator.get_evals_result()
     learn = next(iter(evals.get("learn", {}).values()), [])
     val = next(iter(evals.get("validation", {}).values()), [np.nan] * len(learn))
-    curve = pd.DataFrame({"iteration": np.arange(1, len(learn) + 1), "train_loss": learn,
-                          "validation_loss": val[: len(learn)], "metric": loss})
+    curve = pd.DataFrame(
+        {
+            "iteration": np.arange(1, len(learn) + 1),
+            "train_loss": learn,
+            "validation_loss": val[: len(learn)],
+            "metric": loss,
+        }
+    )
     return model, curve, info

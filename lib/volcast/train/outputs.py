@@ -1,5 +1,6 @@
 """What the train stage writes beside the models, and reading it back: each ticker's test forecasts (the
 explorer's band), the latest-row table with the stage's own inputs, the test sample, report and card."""
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,20 @@ def _test_forecasts(data, forecaster) -> pd.DataFrame:
     p10, p50, p90 = forecaster.predict(data.x[rows])
     epoch = np.datetime64("1970-01-01")
     nxt = data.next_day[rows]
-    return pd.DataFrame({
-        SYMBOL: np.asarray(data.tickers, dtype=object)[data.ticker[rows]],
-        DATE: epoch + data.day[rows].astype("timedelta64[D]"),
-        "target_date": pd.to_datetime(np.where(nxt >= 0, epoch + np.maximum(nxt, 0).astype("timedelta64[D]"),
-                                               np.datetime64("NaT"))),
-        VOLUME: data.volume[rows], "actual_next": data.target[rows], "p10": p10, "p50": p50, "p90": p90,
-    })
+    return pd.DataFrame(
+        {
+            SYMBOL: np.asarray(data.tickers, dtype=object)[data.ticker[rows]],
+            DATE: epoch + data.day[rows].astype("timedelta64[D]"),
+            "target_date": pd.to_datetime(
+                np.where(nxt >= 0, epoch + np.maximum(nxt, 0).astype("timedelta64[D]"), np.datetime64("NaT"))
+            ),
+            VOLUME: data.volume[rows],
+            "actual_next": data.target[rows],
+            "p10": p10,
+            "p50": p50,
+            "p90": p90,
+        }
+    )
 
 
 def _write_latest(src: Path, path: Path, inputs, market) -> None:

@@ -1,4 +1,5 @@
 """Training parameters: defaults (chosen by measurement, benchmarks/results/model_eval.md) and their checks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,9 +46,10 @@ RF_MIN_SAMPLES_LEAF = 5
 
 def _check_target_shift(target_shift) -> int:
     if isinstance(target_shift, bool) or not isinstance(target_shift, (int, np.integer)) or target_shift < 0:
-        raise UserError(f"target_shift must be a whole number >= 0 (1 = next trading day, 0 = same day); got {target_shift!r}")
+        raise UserError(
+            f"target_shift must be a whole number >= 0 (1 = next trading day, 0 = same day); got {target_shift!r}"
+        )
     return int(target_shift)
-
 
 
 def _check_fraction(name: str, value) -> float:
@@ -60,9 +62,7 @@ def _check_fraction(name: str, value) -> float:
     return value
 
 
-
 def _positive_int(name: str, value, hint: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise UserError(f"{name} must be a whole number >= 1 ({hint}); got {value!r}")
     return int(value)
-

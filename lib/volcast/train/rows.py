@@ -9,6 +9,7 @@ and the test rows are all scored unless there are more than ``max_test_rows``, i
 uniform sample of that many is (model_eval.md says which). Pass 2 reads the forecasting inputs only, for
 the chosen rows of each file. Memory: about 40 bytes per usable row in pass 1, then only chosen rows.
 """
+
 from __future__ import annotations
 
 import os
@@ -143,18 +144,35 @@ def _scan(path: Path, shift: int) -> _File:
     has_features = np.isfinite(vol) & np.isfinite(price) & np.isfinite(base)
     has_target = ~np.isnan(target)
     keep = has_features & has_target
-    counts = {"rows_in": n, "no_features": int((~has_features).sum()),
-              "no_target": int((has_features & ~has_target).sum()),
-              "dropped": int((~keep).sum()), "rows_out": int(keep.sum())}
+    counts = {
+        "rows_in": n,
+        "no_features": int((~has_features).sum()),
+        "no_target": int((has_features & ~has_target).sum()),
+        "dropped": int((~keep).sum()),
+        "rows_out": int(keep.sum()),
+    }
     ok_volume = np.isfinite(volume)
     mdays, inverse = np.unique(day[ok_volume], return_inverse=True)
     mvol = np.bincount(inverse, weights=volume[ok_volume], minlength=len(mdays))
     rows = np.flatnonzero(keep)
     local = rows if order is None else order[rows]
-    names = [str(s) for s in sym.dictionary.take(pa.array(codes[firsts])).to_pylist()] if order is None else \
-        [str(s) for s in sym.cast(pa.string()).take(pa.array(order[firsts])).to_pylist()]
-    return _File(path, local.astype(np.int64), day[rows], next_day[rows], run[rows].astype(np.int32), names,
-                 np.vstack([volume[rows], vol[rows], price[rows], target[rows]]), counts, mdays, mvol)
+    names = (
+        [str(s) for s in sym.dictionary.take(pa.array(codes[firsts])).to_pylist()]
+        if order is None
+        else [str(s) for s in sym.cast(pa.string()).take(pa.array(order[firsts])).to_pylist()]
+    )
+    return _File(
+        path,
+        local.astype(np.int64),
+        day[rows],
+        next_day[rows],
+        run[rows].astype(np.int32),
+        names,
+        np.vstack([volume[rows], vol[rows], price[rows], target[rows]]),
+        counts,
+        mdays,
+        mvol,
+    )
 
 
 def market_ratio(days: np.ndarray, totals: np.ndarray, window: int = MARKET_WINDOW) -> tuple[np.ndarray, np.ndarray]:
@@ -189,10 +207,20 @@ def _band(ticker: np.ndarray, is_test: np.ndarray) -> np.ndarray:
     return rows[from_end <= TEST_FORECAST_DATES]
 
 
-def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1, split: str = "chronological",
-              test_fraction: float = 0.2, validation_fraction: float = 0.1, max_train_rows: int = 300_000,
-              max_test_rows: int = DEFAULT_MAX_TEST_ROWS, seed: int = 42, threads: int = 1,
-              added_after_day: int | None = None) -> TrainRows:
+def load_rows(
+    features_dir: str | os.PathLike,
+    inputs,
+    *,
+    target_shift: int = 1,
+    split: str = "chronological",
+    test_fraction: float = 0.2,
+    validation_fraction: float = 0.1,
+    max_train_rows: int = 300_000,
+    max_test_rows: int = DEFAULT_MAX_TEST_ROWS,
+    seed: int = 42,
+    threads: int = 1,
+    added_after_day: int | None = None,
+) -> TrainRows:
     """Every role's rows of the features dataset (see the module docstring).
 
     ``added_after_day`` (warm start): ``added`` = the fit-pool rows dated after this day (every one, or a seeded
@@ -211,8 +239,10 @@ def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1,
     counts = {k: sum(s.counts[k] for s in scans) for k in scans[0].counts}
     usable = counts["rows_out"]
     if usable == 0:
-        raise UserError(f"no usable rows in {features_dir}: every row lacks features (fewer than a full window of "
-                        "rows per ticker?) or a target; use more history or a smaller window")
+        raise UserError(
+            f"no usable rows in {features_dir}: every row lacks features (fewer than a full window of "
+            "rows per ticker?) or a target; use more history or a smaller window"
+        )
     mdays, inverse = np.unique(np.concatenate([s.market_days for s in scans]), return_inverse=True)
     market = market_ratio(mdays, np.bincount(inverse, weights=np.concatenate([s.market_volume for s in scans])))
     scan_seconds = time.perf_counter() - t0
@@ -256,8 +286,10 @@ def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1,
     # Samples (seeded) over the pools in file order.
     rng = np.random.default_rng(seed)
     fit_pick = _sample(n_fit_pool, max_train_rows, rng)
-    is_added = [f & (s.day > (added_after_day if added_after_day is not None else np.iinfo(np.int32).max))
-                for s, f in zip(scans, is_fit)]
+    is_added = [
+        f & (s.day > (added_after_day if added_after_day is not None else np.iinfo(np.int32).max))
+        for s, f in zip(scans, is_fit)
+    ]
     n_added = sum(int(a.sum()) for a in is_added)
     added_pick = _sample(n_added, max_train_rows, np.random.default_rng(seed + 3))
     valid_pick = _sample(n_valid_pool, VALIDATION_MAX_ROWS, rng)
@@ -271,12 +303,17 @@ def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1,
             out.append(np.flatnonzero(m)[picks[lo:hi] - sizes[k]])
         return out
 
-    fit_rows, valid_rows, test_rows = (per_file(is_fit, fit_pick), per_file(is_valid, valid_pick),
-                                       per_file(is_test, test_pick))
+    fit_rows, valid_rows, test_rows = (
+        per_file(is_fit, fit_pick),
+        per_file(is_valid, valid_pick),
+        per_file(is_test, test_pick),
+    )
     added_rows = per_file(is_added, added_pick)
     band_rows = [_band(s.ticker, t) for s, t in zip(scans, is_test)]
-    dates = {name: _pool_range([s.day[m] for s, m in zip(scans, masks)])
-             for name, masks in (("train", is_fit), ("validation", is_valid), ("test", is_test), ("added", is_added))}
+    dates = {
+        name: _pool_range([s.day[m] for s, m in zip(scans, masks)])
+        for name, masks in (("train", is_fit), ("validation", is_valid), ("test", is_test), ("added", is_added))
+    }
     del is_test, is_valid, is_fit, is_added, day_all
 
     # Pass 2: the inputs of the chosen rows only.
@@ -314,19 +351,46 @@ def load_rows(features_dir: str | os.PathLike, inputs, *, target_shift: int = 1,
         parts["next_day"].append(s.next_day[c])
         parts["ticker"].append(s.ticker[c] + len(tickers))
         parts["floats"].append(s.floats[:, c])
-        for name, rows in (("fit", fit_rows[k]), ("valid", valid_rows[k]), ("test", test_rows[k]),
-                           ("band", band_rows[k]), ("added", added_rows[k])):
+        for name, rows in (
+            ("fit", fit_rows[k]),
+            ("valid", valid_rows[k]),
+            ("test", test_rows[k]),
+            ("band", band_rows[k]),
+            ("added", added_rows[k]),
+        ):
             roles[name].append(np.searchsorted(c, rows) + at)
         tickers.extend(s.names)
         at += len(c)
     floats = np.concatenate(parts["floats"], axis=1)
-    pools = {"usable": usable, "train_period": n_fit_pool + n_valid_pool, "fit_pool": n_fit_pool,
-             "validation_pool": n_valid_pool, "test": n_test, "added": n_added}
-    return TrainRows(np.concatenate(parts["day"]), np.concatenate(parts["next_day"]), np.concatenate(parts["ticker"]),
-                     floats[0], floats[1], floats[2], floats[3], np.concatenate(xs), inputs,
-                     *(np.concatenate(roles[r]).astype(np.int64) for r in ("fit", "valid", "test", "band", "added")),
-                     tickers, files, counts, pools, split_info, valid_info, dates, market,
-                     {"scan": round(scan_seconds, 2), "inputs": round(inputs_seconds, 2)})
+    pools = {
+        "usable": usable,
+        "train_period": n_fit_pool + n_valid_pool,
+        "fit_pool": n_fit_pool,
+        "validation_pool": n_valid_pool,
+        "test": n_test,
+        "added": n_added,
+    }
+    return TrainRows(
+        np.concatenate(parts["day"]),
+        np.concatenate(parts["next_day"]),
+        np.concatenate(parts["ticker"]),
+        floats[0],
+        floats[1],
+        floats[2],
+        floats[3],
+        np.concatenate(xs),
+        inputs,
+        *(np.concatenate(roles[r]).astype(np.int64) for r in ("fit", "valid", "test", "band", "added")),
+        tickers,
+        files,
+        counts,
+        pools,
+        split_info,
+        valid_info,
+        dates,
+        market,
+        {"scan": round(scan_seconds, 2), "inputs": round(inputs_seconds, 2)},
+    )
 
 
 def _pool_range(days: list) -> list:

@@ -1,5 +1,6 @@
 """Scoring on the test rows: metrics, the naive and econometric references, tables by year and volume
 decile, and the coverage of a prediction interval. Pure functions of arrays."""
+
 from __future__ import annotations
 
 import math
@@ -62,16 +63,24 @@ def error_by_decile(y, pred, baseline, n: int = 10) -> pd.DataFrame:
     bounds = np.searchsorted(np.arange(len(y)) * n // max(len(y), 1), np.arange(n + 1))
     rows = []
     for d in range(n):
-        sel = order[bounds[d]:bounds[d + 1]]
+        sel = order[bounds[d] : bounds[d + 1]]
         if not len(sel):
             continue
         ys = y[sel]
         m, b = metrics(ys, pred[sel]), metrics(ys, baseline[sel])
-        rows.append({"decile": d + 1, "volume_from": float(ys.min()), "volume_to": float(ys.max()),
-                     "rows": len(sel), "mae_model": m["mae"], "mae_baseline": b["mae"],
-                     "medape_model": m["medape"], "medape_baseline": b["medape"]})
+        rows.append(
+            {
+                "decile": d + 1,
+                "volume_from": float(ys.min()),
+                "volume_to": float(ys.max()),
+                "rows": len(sel),
+                "mae_model": m["mae"],
+                "mae_baseline": b["mae"],
+                "medape_model": m["medape"],
+                "medape_baseline": b["medape"],
+            }
+        )
     return pd.DataFrame(rows)
-
 
 
 def deciles(y) -> np.ndarray:
@@ -92,7 +101,7 @@ def table_by(groups, y, predictions: dict[str, np.ndarray], name: str) -> pd.Dat
     bounds = np.append(first, len(order))
     rows = []
     for k, key in enumerate(keys.tolist()):
-        sel = order[bounds[k]:bounds[k + 1]]
+        sel = order[bounds[k] : bounds[k + 1]]
         row = {name: key, "rows": len(sel), "volume_from": float(y[sel].min()), "volume_to": float(y[sel].max())}
         for pname, pred in predictions.items():
             m = metrics(y[sel], np.asarray(pred)[sel])

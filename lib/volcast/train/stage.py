@@ -6,6 +6,7 @@ Both models are trained in this one stage, one after the other, from one read of
 share the rows, the split and the test evaluation, and the directory they are published in must swap
 as one (``volcast.train.forecast``); separate DAG stages would read the features twice.
 """
+
 from __future__ import annotations
 
 import math
@@ -67,13 +68,18 @@ from .task_model import (
 )
 
 TEST_SAMPLE_ROWS = 5000  # enough points for a predicted-vs-actual chart
-TARGET_TEXT = {0: "Volume of the same row (the task's same-day setup; vol_moving_avg contains it)",
-               1: "Volume of the next trading day of the same Symbol"}
+TARGET_TEXT = {
+    0: "Volume of the same row (the task's same-day setup; vol_moving_avg contains it)",
+    1: "Volume of the next trading day of the same Symbol",
+}
 PREDICTORS = ("model", "forecast", "har", "baseline_vol_moving_avg", "baseline_today_volume")
-PREDICTOR_TEXT = {"model": "task model (the two API features)", "forecast": "forecast model P50 (all inputs)",
-                  "har": "HAR: log volume on log 1/5/22-day means (OLS, train dates)",
-                  "baseline_vol_moving_avg": "vol_moving_avg", "baseline_today_volume": "today's Volume"}
-
+PREDICTOR_TEXT = {
+    "model": "task model (the two API features)",
+    "forecast": "forecast model P50 (all inputs)",
+    "har": "HAR: log volume on log 1/5/22-day means (OLS, train dates)",
+    "baseline_vol_moving_avg": "vol_moving_avg",
+    "baseline_today_volume": "today's Volume",
+}
 
 
 def _clean(obj):
@@ -106,12 +112,29 @@ def _har_inputs(x: np.ndarray, names: list) -> tuple:
     return tuple(base + x[:, names.index(n)].astype(np.float64) for n in ("vol_lr_0", "vol_mean5_lr", "vol_mean22_lr"))
 
 
-def run(output_dir, model="catboost", target_shift=1, split="chronological", test_fraction=0.2,
-        max_train_rows=DEFAULT_MAX_TRAIN_ROWS, iterations=DEFAULT_ITERATIONS, seed=42,
-        depth=DEFAULT_DEPTH, learning_rate=DEFAULT_LEARNING_RATE, formulation="auto", loss="auto",
-        validation_fraction=DEFAULT_VALIDATION_FRACTION, jobs=0, forecast_iterations=DEFAULT_FORECAST_ITERATIONS,
-        max_test_rows=DEFAULT_MAX_TEST_ROWS, warm_start=DEFAULT_WARM_START, warm_compare=True,
-        forecast_learning_rate=DEFAULT_FORECAST_LEARNING_RATE, *, progress: bool = True) -> dict:
+def run(
+    output_dir,
+    model="catboost",
+    target_shift=1,
+    split="chronological",
+    test_fraction=0.2,
+    max_train_rows=DEFAULT_MAX_TRAIN_ROWS,
+    iterations=DEFAULT_ITERATIONS,
+    seed=42,
+    depth=DEFAULT_DEPTH,
+    learning_rate=DEFAULT_LEARNING_RATE,
+    formulation="auto",
+    loss="auto",
+    validation_fraction=DEFAULT_VALIDATION_FRACTION,
+    jobs=0,
+    forecast_iterations=DEFAULT_FORECAST_ITERATIONS,
+    max_test_rows=DEFAULT_MAX_TEST_ROWS,
+    warm_start=DEFAULT_WARM_START,
+    warm_compare=True,
+    forecast_learning_rate=DEFAULT_FORECAST_LEARNING_RATE,
+    *,
+    progress: bool = True,
+) -> dict:
     """Train both models on ``DIR/data/features``; publish them, their card, ``LATEST``; write the report.
 
     - ``model``: the task model, "catboost" or "random_forest" (the task's reference, fitted on at most
@@ -149,10 +172,19 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     inputs = list(FORECAST_MODEL_INPUTS)
     parent = W.find_parent(layout.output_dir, model, target_shift, inputs) if warm_start else None
     warm = parent is not None and parent.ok
-    data = load_rows(layout.features_dir, inputs, target_shift=target_shift, split=split, test_fraction=test_fraction,
-                     validation_fraction=validation_fraction, max_train_rows=max_train_rows,
-                     max_test_rows=max_test_rows, seed=seed, threads=threads,
-                     added_after_day=parent.train_end if warm else None)
+    data = load_rows(
+        layout.features_dir,
+        inputs,
+        target_shift=target_shift,
+        split=split,
+        test_fraction=test_fraction,
+        validation_fraction=validation_fraction,
+        max_train_rows=max_train_rows,
+        max_test_rows=max_test_rows,
+        seed=seed,
+        threads=threads,
+        added_after_day=parent.train_end if warm else None,
+    )
     fit_rows, valid_rows, test_rows = data.fit, data.valid, data.test
     task_rows = fit_rows
     if model == "random_forest" and len(fit_rows) > RF_MAX_ROWS:
@@ -163,20 +195,44 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     model_id = new_model_id(model, after=latest.name if latest is not None else None)
 
     def fit_both(rows, n_iter, n_iter_forecast, rate, rate_forecast, init_task=None, init_forecast=None):
-        valid_task = ((data.vol[valid_rows], data.price[valid_rows], data.target[valid_rows])
-                      if len(valid_rows) else None)
-        task_fit = fit_model(data.vol[rows], data.price[rows], data.target[rows], model=model, formulation=formulation,
-                             loss=loss, iterations=n_iter, depth=depth, learning_rate=rate, seed=seed, threads=threads,
-                             valid=valid_task, model_id=model_id, init=init_task)
-        fc = fit_forecast(data.x[rows], data.target[rows], inputs, iterations=n_iter_forecast, depth=depth,
-                          learning_rate=rate_forecast, seed=seed, threads=threads, init=init_forecast,
-                          valid=(data.x[valid_rows], data.target[valid_rows]) if len(valid_rows) else None)
+        valid_task = (
+            (data.vol[valid_rows], data.price[valid_rows], data.target[valid_rows]) if len(valid_rows) else None
+        )
+        task_fit = fit_model(
+            data.vol[rows],
+            data.price[rows],
+            data.target[rows],
+            model=model,
+            formulation=formulation,
+            loss=loss,
+            iterations=n_iter,
+            depth=depth,
+            learning_rate=rate,
+            seed=seed,
+            threads=threads,
+            valid=valid_task,
+            model_id=model_id,
+            init=init_task,
+        )
+        fc = fit_forecast(
+            data.x[rows],
+            data.target[rows],
+            inputs,
+            iterations=n_iter_forecast,
+            depth=depth,
+            learning_rate=rate_forecast,
+            seed=seed,
+            threads=threads,
+            init=init_forecast,
+            valid=(data.x[valid_rows], data.target[valid_rows]) if len(valid_rows) else None,
+        )
         return task_fit, fc
 
     warm_entry = None
     if not warm or warm_compare:
-        fit, (forecaster, fcurve, finfo) = fit_both(task_rows, iterations, forecast_iterations, learning_rate,
-                                                    forecast_learning_rate)
+        fit, (forecaster, fcurve, finfo) = fit_both(
+            task_rows, iterations, forecast_iterations, learning_rate, forecast_learning_rate
+        )
         seconds["fit_task"], seconds["fit_forecast"] = fit.seconds, finfo["fit_seconds"]
         har_coef = M.fit_har(*_har_inputs(data.x[fit_rows], inputs), data.target[fit_rows])
     if warm:
@@ -185,26 +241,35 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
         if len(added):
             replay = fit_rows[_sample(len(fit_rows), W.REPLAY_ROWS, np.random.default_rng(seed + 4))]
             rows_warm = np.union1d(added, replay)
-            wfit, (wfc, wcurve, winfo) = fit_both(rows_warm, W.WARM_ITERATIONS, W.WARM_ITERATIONS, *rates,
-                                                  parent.task, parent.forecaster)
+            wfit, (wfc, wcurve, winfo) = fit_both(
+                rows_warm, W.WARM_ITERATIONS, W.WARM_ITERATIONS, *rates, parent.task, parent.forecaster
+            )
         else:  # nothing new: the parent's models, re-evaluated
             empty = pd.DataFrame(columns=["iteration", "train_loss", "validation_loss", "metric"])
             wfc, wcurve = parent.forecaster, empty
             wfit = FitResult(parent.task, empty, parent.card.get("estimator_params", {}), 0.0)
-            winfo = {"params": parent.card["models"]["forecast"]["params"], "fit_seconds": 0.0,
-                     "validation_coverage_raw": None, "validation_coverage": None}
+            winfo = {
+                "params": parent.card["models"]["forecast"]["params"],
+                "fit_seconds": 0.0,
+                "validation_coverage_raw": None,
+                "validation_coverage": None,
+            }
         maes = None
         if warm_compare:
-            y_t, v_t, p_t, x_t = (data.target[test_rows], data.vol[test_rows], data.price[test_rows],
-                                  data.x[test_rows])
+            y_t, v_t, p_t, x_t = (data.target[test_rows], data.vol[test_rows], data.price[test_rows], data.x[test_rows])
             full_f = M.metrics(y_t, forecaster.predict(x_t)[1])["mae"]
             warm_f = M.metrics(y_t, wfc.predict(x_t)[1])["mae"]
             full_t = M.metrics(y_t, fit.model.predict(v_t, p_t))["mae"]
             warm_t = M.metrics(y_t, wfit.model.predict(v_t, p_t))["mae"]
-            maes = {"forecast_mae_full": full_f, "forecast_mae_warm": warm_f,
-                    "forecast_ratio": warm_f / full_f if full_f else None,
-                    "task_mae_full": full_t, "task_mae_warm": warm_t, "task_ratio": warm_t / full_t if full_t else None,
-                    "full_fit_seconds": round(fit.seconds + finfo["fit_seconds"], 2)}
+            maes = {
+                "forecast_mae_full": full_f,
+                "forecast_mae_warm": warm_f,
+                "forecast_ratio": warm_f / full_f if full_f else None,
+                "task_mae_full": full_t,
+                "task_mae_warm": warm_t,
+                "task_ratio": warm_t / full_t if full_t else None,
+                "full_fit_seconds": round(fit.seconds + finfo["fit_seconds"], 2),
+            }
             del x_t
         warm_entry = W.card_entry(parent, data.rows["added"], data.dates["added"], data.rows["fit_pool"], maes)
         fit, forecaster, fcurve, finfo = wfit, wfc, wcurve, winfo
@@ -219,14 +284,18 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     vol_test = data.vol[test_rows]
     x_test = data.x[test_rows]
     p10, p50, p90 = forecaster.predict(x_test)
-    preds = {"model": fit.model.predict(vol_test, data.price[test_rows]), "forecast": p50,
-             "har": M.predict_har(har_coef, *_har_inputs(x_test, inputs), fallback=vol_test),
-             **M.baseline_predictions(data.volume[test_rows], vol_test)}
+    preds = {
+        "model": fit.model.predict(vol_test, data.price[test_rows]),
+        "forecast": p50,
+        "har": M.predict_har(har_coef, *_har_inputs(x_test, inputs), fallback=vol_test),
+        **M.baseline_predictions(data.volume[test_rows], vol_test),
+    }
     del x_test
     all_metrics = {name: M.metrics(y, preds[name]) for name in PREDICTORS}
     base = all_metrics["baseline_vol_moving_avg"]
-    ratios_all = {name: {k: (m[k] / base[k] if base[k] else None) for k in ("mae", "medape")}
-                  for name, m in all_metrics.items()}
+    ratios_all = {
+        name: {k: (m[k] / base[k] if base[k] else None) for k in ("mae", "medape")} for name, m in all_metrics.items()
+    }
     test_coverage = M.coverage(y, p10, p90)
     years = (np.datetime64("1970-01-01") + data.day[test_rows].astype("timedelta64[D]")).astype("datetime64[Y]")
     by_year = M.table_by(years.astype(int) + 1970, y, preds, "year")
@@ -237,90 +306,156 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     test_forecasts = _test_forecasts(data, forecaster)
     sample = _sample(len(test_rows), TEST_SAMPLE_ROWS, np.random.default_rng(seed))
     s_rows = test_rows[sample]
-    test_sample = pd.DataFrame({
-        DATE: np.datetime64("1970-01-01") + data.day[s_rows].astype("timedelta64[D]"),
-        VOLUME: data.volume[s_rows], FEATURES[0]: data.vol[s_rows], FEATURES[1]: data.price[s_rows],
-        TARGET: y[sample], "prediction": preds["model"][sample], "baseline": vol_test[sample],
-        "forecast": p50[sample], "forecast_low": p10[sample], "forecast_high": p90[sample],
-        "har": preds["har"][sample],
-    })
+    test_sample = pd.DataFrame(
+        {
+            DATE: np.datetime64("1970-01-01") + data.day[s_rows].astype("timedelta64[D]"),
+            VOLUME: data.volume[s_rows],
+            FEATURES[0]: data.vol[s_rows],
+            FEATURES[1]: data.price[s_rows],
+            TARGET: y[sample],
+            "prediction": preds["model"][sample],
+            "baseline": vol_test[sample],
+            "forecast": p50[sample],
+            "forecast_low": p10[sample],
+            "forecast_high": p90[sample],
+            "har": preds["har"][sample],
+        }
+    )
     seconds["evaluate"] = time.perf_counter() - t0
     del preds, p10, p50, p90, y, vol_test
 
     rows = {
-        "usable": data.rows["usable"], "train_period": data.rows["train_period"],
-        "validation_pool": data.rows["validation_pool"], "fit_pool": data.rows["fit_pool"], "fit": len(task_rows),
-        "fit_forecast": len(fit_rows), "validation": len(valid_rows), "test": data.rows["test"],
-        "test_scored": len(test_rows), "dropped": data.counts,
+        "usable": data.rows["usable"],
+        "train_period": data.rows["train_period"],
+        "validation_pool": data.rows["validation_pool"],
+        "fit_pool": data.rows["fit_pool"],
+        "fit": len(task_rows),
+        "fit_forecast": len(fit_rows),
+        "validation": len(valid_rows),
+        "test": data.rows["test"],
+        "test_scored": len(test_rows),
+        "dropped": data.counts,
     }
     dates = data.dates
-    input_ranges = {FEATURES[0]: [float(np.min(data.vol[task_rows])), float(np.max(data.vol[task_rows]))],
-                    FEATURES[1]: [float(np.min(data.price[task_rows])), float(np.max(data.price[task_rows]))]}
+    input_ranges = {
+        FEATURES[0]: [float(np.min(data.vol[task_rows])), float(np.max(data.vol[task_rows]))],
+        FEATURES[1]: [float(np.min(data.price[task_rows])), float(np.max(data.price[task_rows]))],
+    }
     files, split_info, valid_info, market = data.files, data.split_info, data.valid_info, data.market
     latest_src = files[0].parent / "_latest.parquet"
     data = None  # the rows are not needed any more: free them before publishing
 
     curve = fit.learning_curve
     best = curve.loc[curve["validation_loss"].idxmin()] if curve["validation_loss"].notna().any() else None
-    forecast_card = {**forecaster.card(), "estimator": "catboost", "loss": finfo["params"]["loss_function"],
-                     "params": finfo["params"], "learning_curve": "learning_curve_forecast.csv",
-                     "test_coverage_p10_p90": test_coverage, "nominal_coverage": 0.8,
-                     "validation_coverage_raw": finfo["validation_coverage_raw"],
-                     "validation_coverage": finfo["validation_coverage"], "fit_seconds": finfo["fit_seconds"]}
-    card = _clean({
-        "model_id": model_id,
-        "model_kind": model,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "parameters": {
-            "model": model, "target_shift": target_shift, "split": split, "test_fraction": test_fraction,
-            "max_train_rows": max_train_rows, "iterations": iterations, "seed": seed, "depth": depth,
-            "learning_rate": learning_rate, "formulation": formulation, "loss": loss,
-            "validation_fraction": validation_fraction, "threads": threads,
-            "forecast_iterations": forecast_iterations, "forecast_learning_rate": forecast_learning_rate,
-            "max_test_rows": max_test_rows, "warm_start": bool(warm_start),
-        },
-        "warm_start": warm_entry,
-        "estimator_params": fit.params,
-        "features": list(FEATURES),
-        "derived_inputs": list(DERIVED_INPUTS),
-        "input_ranges": input_ranges,
-        "target": {"column": VOLUME, "shift": target_shift,
-                   "description": TARGET_TEXT.get(target_shift, f"Volume {target_shift} trading days later, same Symbol")},
-        "formulation": _formulation_card(formulation, loss, model),
-        "models": {"task": {"model_file": None, "inputs": list(FEATURES), "estimator": model,
-                            "formulation": formulation, "loss": loss},
-                   "forecast": forecast_card},
-        "references": {"har": {"coefficients": [float(c) for c in har_coef],
-                               "design": "log1p(next) ~ 1 + log1p(Volume) + log1p(mean5) + log1p(mean22)"}},
-        "predictors": PREDICTOR_TEXT,
-        "split": {**split_info, "validation_start": _iso(valid_info.get("test_start")) if valid_info.get("test_start") is not None else None,
-                  "validation_fraction": validation_fraction},
-        "sample": {
-            "fit_rows": rows["fit"], "of_rows": rows["fit_pool"], "seed": seed, "max_train_rows": max_train_rows,
-            "note": ("uniform random sample of the train rows outside the validation slice"
-                     + (f"; RandomForest capped at {RF_MAX_ROWS:,} rows (fully grown trees on 1 M rows exhaust "
-                        "memory)" if model == "random_forest" else "")),
-        },
-        "rows": rows,
-        "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
-        "dates": dates,
-        "data": {"features_files": [p.name for p in files], "fingerprint": fingerprint_files(files)},
-        "metrics": all_metrics,
-        "ratios_vs_vol_moving_avg": ratios_all["model"],
-        "ratios_all_vs_vol_moving_avg": ratios_all,
-        "coverage_p10_p90": test_coverage,
-        "error_by_volume_decile": deciles.to_dict(orient="records"),
-        "by_year": by_year.to_dict(orient="records"),
-        "by_decile": by_decile.to_dict(orient="records"),
-        "learning_curve": {"file": "learning_curve.csv", "metric": str(curve["metric"].iloc[0]) if len(curve) else None,
-                           "iterations": len(curve),
-                           "best_validation_iteration": int(best["iteration"]) if best is not None else None,
-                           "best_validation_loss": float(best["validation_loss"]) if best is not None else None,
-                           "final_validation_loss": float(curve["validation_loss"].iloc[-1]) if len(curve) else None},
-        "latest": {"file": LATEST_FILE, "tickers_with_forecast": None},
-        "library_versions": _library_versions(),
-        "fit_seconds": round(fit.seconds, 2),
-    })
+    forecast_card = {
+        **forecaster.card(),
+        "estimator": "catboost",
+        "loss": finfo["params"]["loss_function"],
+        "params": finfo["params"],
+        "learning_curve": "learning_curve_forecast.csv",
+        "test_coverage_p10_p90": test_coverage,
+        "nominal_coverage": 0.8,
+        "validation_coverage_raw": finfo["validation_coverage_raw"],
+        "validation_coverage": finfo["validation_coverage"],
+        "fit_seconds": finfo["fit_seconds"],
+    }
+    card = _clean(
+        {
+            "model_id": model_id,
+            "model_kind": model,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "parameters": {
+                "model": model,
+                "target_shift": target_shift,
+                "split": split,
+                "test_fraction": test_fraction,
+                "max_train_rows": max_train_rows,
+                "iterations": iterations,
+                "seed": seed,
+                "depth": depth,
+                "learning_rate": learning_rate,
+                "formulation": formulation,
+                "loss": loss,
+                "validation_fraction": validation_fraction,
+                "threads": threads,
+                "forecast_iterations": forecast_iterations,
+                "forecast_learning_rate": forecast_learning_rate,
+                "max_test_rows": max_test_rows,
+                "warm_start": bool(warm_start),
+            },
+            "warm_start": warm_entry,
+            "estimator_params": fit.params,
+            "features": list(FEATURES),
+            "derived_inputs": list(DERIVED_INPUTS),
+            "input_ranges": input_ranges,
+            "target": {
+                "column": VOLUME,
+                "shift": target_shift,
+                "description": TARGET_TEXT.get(target_shift, f"Volume {target_shift} trading days later, same Symbol"),
+            },
+            "formulation": _formulation_card(formulation, loss, model),
+            "models": {
+                "task": {
+                    "model_file": None,
+                    "inputs": list(FEATURES),
+                    "estimator": model,
+                    "formulation": formulation,
+                    "loss": loss,
+                },
+                "forecast": forecast_card,
+            },
+            "references": {
+                "har": {
+                    "coefficients": [float(c) for c in har_coef],
+                    "design": "log1p(next) ~ 1 + log1p(Volume) + log1p(mean5) + log1p(mean22)",
+                }
+            },
+            "predictors": PREDICTOR_TEXT,
+            "split": {
+                **split_info,
+                "validation_start": _iso(valid_info.get("test_start"))
+                if valid_info.get("test_start") is not None
+                else None,
+                "validation_fraction": validation_fraction,
+            },
+            "sample": {
+                "fit_rows": rows["fit"],
+                "of_rows": rows["fit_pool"],
+                "seed": seed,
+                "max_train_rows": max_train_rows,
+                "note": (
+                    "uniform random sample of the train rows outside the validation slice"
+                    + (
+                        f"; RandomForest capped at {RF_MAX_ROWS:,} rows (fully grown trees on 1 M rows exhaust memory)"
+                        if model == "random_forest"
+                        else ""
+                    )
+                ),
+            },
+            "rows": rows,
+            "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
+            "dates": dates,
+            "data": {"features_files": [p.name for p in files], "fingerprint": fingerprint_files(files)},
+            "metrics": all_metrics,
+            "ratios_vs_vol_moving_avg": ratios_all["model"],
+            "ratios_all_vs_vol_moving_avg": ratios_all,
+            "coverage_p10_p90": test_coverage,
+            "error_by_volume_decile": deciles.to_dict(orient="records"),
+            "by_year": by_year.to_dict(orient="records"),
+            "by_decile": by_decile.to_dict(orient="records"),
+            "learning_curve": {
+                "file": "learning_curve.csv",
+                "metric": str(curve["metric"].iloc[0]) if len(curve) else None,
+                "iterations": len(curve),
+                "best_validation_iteration": int(best["iteration"]) if best is not None else None,
+                "best_validation_loss": float(best["validation_loss"]) if best is not None else None,
+                "final_validation_loss": float(curve["validation_loss"].iloc[-1]) if len(curve) else None,
+            },
+            "latest": {"file": LATEST_FILE, "tickers_with_forecast": None},
+            "library_versions": _library_versions(),
+            "fit_seconds": round(fit.seconds, 2),
+        }
+    )
 
     def write_curve(path):
         storage.atomic_write_text(path, fcurve.to_csv(index=False))
@@ -328,40 +463,56 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
     def write_latest(path):
         _write_latest(latest_src, path, inputs, market)
 
-    extras = {FORECAST_FILE: forecaster.save, "learning_curve_forecast.csv": write_curve, LATEST_FILE: write_latest,
-              TEST_FORECASTS_FILE: lambda path: storage.write_parquet(
-                  pa.Table.from_pandas(test_forecasts, preserve_index=False), path)}
+    extras = {
+        FORECAST_FILE: forecaster.save,
+        "learning_curve_forecast.csv": write_curve,
+        LATEST_FILE: write_latest,
+        TEST_FORECASTS_FILE: lambda path: storage.write_parquet(
+            pa.Table.from_pandas(test_forecasts, preserve_index=False), path
+        ),
+    }
     model_dir = save_model(fit.model, layout.models_dir / model_id, card, curve, test_sample, extras=extras)
     storage.atomic_write_text(layout.latest_file, model_id + "\n")  # last: readers switch only now
 
-    report = _clean({
-        "model_id": model_id,
-        "target": card["target"]["description"],
-        "split": {"kind": split, "test_start": split_info["test_start"], "test_fraction": test_fraction,
-                  "validation_start": card["split"]["validation_start"]},
-        "metrics": all_metrics,
-        "ratios_all_vs_vol_moving_avg": ratios_all,
-        "coverage_p10_p90": test_coverage,
-        "train_rows": rows["fit"],
-        "test_rows": rows["test"],
-        "test_scored_rows": rows["test_scored"],
-        "warm_start": warm_entry,
-        "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
-        "train_period_rows": rows["train_period"],
-        "validation_rows": rows["validation"],
-        "dropped_rows": rows["dropped"],
-        "ratios_vs_vol_moving_avg": ratios_all["model"],
-        "params": card["parameters"],
-        "formulation": card["formulation"],
-        "models": card["models"],
-        "by_year": card["by_year"],
-        "by_decile": card["by_decile"],
-        "model_dir": str(model_dir),
-        "learning_curve": str(model_dir / "learning_curve.csv"),
-        "seconds": {**{k: round(v, 2) for k, v in seconds.items()}, "total": round(time.perf_counter() - started, 2)},
-        "cpu_seconds": round(time.process_time() - cpu_started, 2),  # every thread: what a busy machine cannot inflate
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-    })
+    report = _clean(
+        {
+            "model_id": model_id,
+            "target": card["target"]["description"],
+            "split": {
+                "kind": split,
+                "test_start": split_info["test_start"],
+                "test_fraction": test_fraction,
+                "validation_start": card["split"]["validation_start"],
+            },
+            "metrics": all_metrics,
+            "ratios_all_vs_vol_moving_avg": ratios_all,
+            "coverage_p10_p90": test_coverage,
+            "train_rows": rows["fit"],
+            "test_rows": rows["test"],
+            "test_scored_rows": rows["test_scored"],
+            "warm_start": warm_entry,
+            "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
+            "train_period_rows": rows["train_period"],
+            "validation_rows": rows["validation"],
+            "dropped_rows": rows["dropped"],
+            "ratios_vs_vol_moving_avg": ratios_all["model"],
+            "params": card["parameters"],
+            "formulation": card["formulation"],
+            "models": card["models"],
+            "by_year": card["by_year"],
+            "by_decile": card["by_decile"],
+            "model_dir": str(model_dir),
+            "learning_curve": str(model_dir / "learning_curve.csv"),
+            "seconds": {
+                **{k: round(v, 2) for k, v in seconds.items()},
+                "total": round(time.perf_counter() - started, 2),
+            },
+            "cpu_seconds": round(
+                time.process_time() - cpu_started, 2
+            ),  # every thread: what a busy machine cannot inflate
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+        }
+    )
     storage.atomic_write_json(layout.report(STAGE), report)
     return report
 
@@ -369,18 +520,25 @@ def run(output_dir, model="catboost", target_shift=1, split="chronological", tes
 def _scoring_note(scored: int, total: int, seed: int) -> str:
     if scored == total:
         return f"every test row ({total:,})"
-    return (f"a seeded uniform sample of {scored:,} of the {total:,} test rows (seed {seed + 2}); the metrics, "
-            "tables and coverage are those of the sample")
+    return (
+        f"a seeded uniform sample of {scored:,} of the {total:,} test rows (seed {seed + 2}); the metrics, "
+        "tables and coverage are those of the sample"
+    )
 
 
 def _formulation_card(formulation: str, loss: str, model: str) -> dict:
     text = {
         "ratio": ("target / max(vol_moving_avg, 1)", "prediction * max(vol_moving_avg, 1)"),
-        "log_ratio": ("log1p(target) - log1p(max(vol_moving_avg, 1))", "expm1(prediction + log1p(max(vol_moving_avg, 1)))"),
+        "log_ratio": (
+            "log1p(target) - log1p(max(vol_moving_avg, 1))",
+            "expm1(prediction + log1p(max(vol_moving_avg, 1)))",
+        ),
         "raw": ("target", "prediction"),
     }[formulation]
-    return {"name": formulation, "model_target": text[0], "back_transform": text[1] + ", clipped at 0",
-            "loss": loss, "estimator": model}
-
-
-
+    return {
+        "name": formulation,
+        "model_target": text[0],
+        "back_transform": text[1] + ", clipped at 0",
+        "loss": loss,
+        "estimator": model,
+    }

@@ -7,6 +7,7 @@ y / max(vol_moving_avg, 1) with an absolute-error loss (MAE: its conditional med
 losses on the validation slice) and scales back by vol_moving_avg. The wrapper derives log transforms
 and their product (dollar volume) from the two inputs.
 """
+
 from __future__ import annotations
 
 import io
@@ -112,8 +113,8 @@ class VolumeModel:
         vol, price = np.broadcast_arrays(vol, price)
         out = np.empty(len(vol), dtype=np.float64)
         for lo in range(0, len(vol), self.CHUNK):
-            v, p = vol[lo: lo + self.CHUNK], price[lo: lo + self.CHUNK]
-            out[lo: lo + len(v)] = from_model_output(self.formulation, self._raw_predict(design_matrix(v, p)), v)
+            v, p = vol[lo : lo + self.CHUNK], price[lo : lo + self.CHUNK]
+            out[lo : lo + len(v)] = from_model_output(self.formulation, self._raw_predict(design_matrix(v, p)), v)
         return out
 
     SMALL_BATCH = 1024
@@ -140,10 +141,23 @@ def _catboost(params: dict):
     return CatBoostRegressor(**params)
 
 
-def fit_model(x_vol, x_price, y, *, model: str = "catboost", formulation: str = "auto", loss: str = "auto",
-              iterations: int = DEFAULT_ITERATIONS, depth: int = DEFAULT_DEPTH,
-              learning_rate: float = DEFAULT_LEARNING_RATE, seed: int = 42, threads: int = 1,
-              valid: tuple | None = None, model_id: str = "unsaved", init: VolumeModel | None = None) -> FitResult:
+def fit_model(
+    x_vol,
+    x_price,
+    y,
+    *,
+    model: str = "catboost",
+    formulation: str = "auto",
+    loss: str = "auto",
+    iterations: int = DEFAULT_ITERATIONS,
+    depth: int = DEFAULT_DEPTH,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    seed: int = 42,
+    threads: int = 1,
+    valid: tuple | None = None,
+    model_id: str = "unsaved",
+    init: VolumeModel | None = None,
+) -> FitResult:
     """Fit on (vol_moving_avg, adj_close_rolling_med) -> target volume; learning curve on ``valid``.
 
     ``valid`` = (vol, price, y) of a validation slice (not fitted on); the curve has the loss on
@@ -161,20 +175,38 @@ def fit_model(x_vol, x_price, y, *, model: str = "catboost", formulation: str = 
         xv = zv = None
     started = time.perf_counter()
     if model == "catboost":
-        params = dict(loss_function=loss, eval_metric=loss, iterations=int(iterations), depth=int(depth),
-                      learning_rate=float(learning_rate), random_seed=int(seed), thread_count=int(threads),
-                      verbose=False, allow_writing_files=False)
+        params = dict(
+            loss_function=loss,
+            eval_metric=loss,
+            iterations=int(iterations),
+            depth=int(depth),
+            learning_rate=float(learning_rate),
+            random_seed=int(seed),
+            thread_count=int(threads),
+            verbose=False,
+            allow_writing_files=False,
+        )
         with tempfile.TemporaryDirectory(prefix="volcast-catboost-") as tmp:
             # train_dir in a temp dir: CatBoost must never leave catboost_info/ in the cwd.
             estimator = _catboost({**params, "train_dir": tmp})
-            estimator.fit(x, z, eval_set=(xv, zv) if xv is not None else None, use_best_model=False,
-                          init_model=init.estimator if init is not None else None)
+            estimator.fit(
+                x,
+                z,
+                eval_set=(xv, zv) if xv is not None else None,
+                use_best_model=False,
+                init_model=init.estimator if init is not None else None,
+            )
         curve = _catboost_curve(estimator, loss)
     else:
         from sklearn.ensemble import RandomForestRegressor
 
-        params = dict(n_estimators=RF_TREES, min_samples_leaf=RF_MIN_SAMPLES_LEAF, criterion=loss,
-                      n_jobs=int(threads), random_state=int(seed))
+        params = dict(
+            n_estimators=RF_TREES,
+            min_samples_leaf=RF_MIN_SAMPLES_LEAF,
+            criterion=loss,
+            n_jobs=int(threads),
+            random_state=int(seed),
+        )
         estimator = RandomForestRegressor(**params)
         estimator.fit(x, z)
         curve = _forest_curve(estimator, x, z, xv, zv)
@@ -189,8 +221,14 @@ def _catboost_curve(estimator, loss: str) -> pd.DataFrame:
     evals = estimator.get_evals_result()
     learn = next(iter(evals.get("learn", {}).values()), [])
     valid = next(iter(evals.get("validation", {}).values()), [np.nan] * len(learn))
-    return pd.DataFrame({"iteration": np.arange(1, len(learn) + 1), "train_loss": learn,
-                         "validation_loss": valid[: len(learn)], "metric": loss})
+    return pd.DataFrame(
+        {
+            "iteration": np.arange(1, len(learn) + 1),
+            "train_loss": learn,
+            "validation_loss": valid[: len(learn)],
+            "metric": loss,
+        }
+    )
 
 
 def _forest_curve(forest, x, z, xv, zv, max_rows: int = 50_000) -> pd.DataFrame:
@@ -206,9 +244,14 @@ def _forest_curve(forest, x, z, xv, zv, max_rows: int = 50_000) -> pd.DataFrame:
             curve.append(float(np.mean(np.abs(running / k - zs))))
         losses.append(curve)
     n = len(forest.estimators_)
-    return pd.DataFrame({"iteration": np.arange(1, n + 1), "train_loss": losses[0],
-                         "validation_loss": losses[1] if len(losses) > 1 else [np.nan] * n,
-                         "metric": "MAE (trees averaged)"})
+    return pd.DataFrame(
+        {
+            "iteration": np.arange(1, n + 1),
+            "train_loss": losses[0],
+            "validation_loss": losses[1] if len(losses) > 1 else [np.nan] * n,
+            "metric": "MAE (trees averaged)",
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,8 +269,14 @@ def _save_estimator(model: VolumeModel, directory: Path) -> str:
     return name
 
 
-def save_model(model: VolumeModel, final_dir: str | os.PathLike, card: dict, learning_curve: pd.DataFrame,
-               test_sample: pd.DataFrame | None = None, extras=None) -> Path:
+def save_model(
+    model: VolumeModel,
+    final_dir: str | os.PathLike,
+    card: dict,
+    learning_curve: pd.DataFrame,
+    test_sample: pd.DataFrame | None = None,
+    extras=None,
+) -> Path:
     """Publish ``final_dir`` (model file, card.json, learning_curve.csv, test_sample.parquet) atomically.
 
     ``extras``: ``{file name: write(path)}`` for more files of the same directory (the forecast model,
@@ -265,8 +314,13 @@ def load_model(model_dir: str | os.PathLike) -> VolumeModel:
         estimator = joblib.load(path)
     else:
         raise UserError(f"{model_dir}/card.json names an unknown model kind {kind!r}")
-    return VolumeModel(model_id=str(card["model_id"]), card=card, estimator=estimator, kind=kind,
-                       formulation=card["formulation"]["name"])
+    return VolumeModel(
+        model_id=str(card["model_id"]),
+        card=card,
+        estimator=estimator,
+        kind=kind,
+        formulation=card["formulation"]["name"],
+    )
 
 
 def latest_model_dir(output_dir: str | os.PathLike | None) -> Path | None:
@@ -298,4 +352,3 @@ def new_model_id(model: str, after: str | None = None) -> str:
 def fingerprint_files(paths) -> str:
     """Content fingerprint of files (name, size, bytes): the same data gives the same value anywhere."""
     return storage.fingerprint_files(paths, content=True)
-

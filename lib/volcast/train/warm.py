@@ -15,6 +15,7 @@ on: it costs a full fit) and says when a full retrain is due: when either contin
 than 1 % above the full retrain's, after ``MAX_CHAIN`` warm starts in a row, or when the rows added
 since the last full retrain exceed ``MAX_ADDED_SHARE`` of the rows that retrain could sample from.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,8 +81,13 @@ def find_parent(output_dir, model: str, target_shift: int, inputs) -> Parent:
     if not (card.get("dates") or {}).get("train", [None, None])[1]:
         problems.append("the parent's card has no train dates")
     if problems:
-        return Parent(model_dir, card, None, None, f"{model_dir.name} cannot be continued ({'; '.join(problems)}): "
-                      "trained from scratch")
+        return Parent(
+            model_dir,
+            card,
+            None,
+            None,
+            f"{model_dir.name} cannot be continued ({'; '.join(problems)}): trained from scratch",
+        )
     forecaster = ForecastModel.load(model_dir, fcard)
     return Parent(model_dir, card, task, forecaster, "")
 
@@ -98,12 +104,22 @@ def card_entry(parent: Parent, rows_added: int, added_dates: list, fit_pool: int
     if chain >= MAX_CHAIN:
         reasons.append(f"{chain} warm starts in a row (at most {MAX_CHAIN})")
     if fit_pool and since_full > MAX_ADDED_SHARE * fit_pool:
-        reasons.append(f"{since_full:,} rows added since the last full retrain, over {100 * MAX_ADDED_SHARE:.0f} % "
-                       f"of the {fit_pool:,} train rows")
-    return {"parent_model_id": parent.card["model_id"], "rows_added": int(rows_added), "added_dates": added_dates,
-            "replay_rows": REPLAY_ROWS,
-            "chain": chain, "rows_added_since_full_retrain": since_full, "iterations_added": WARM_ITERATIONS,
-            "learning_rate_factor": WARM_LEARNING_RATE_FACTOR, "compared_with_full_retrain": maes,
-            "full_retrain_due": bool(reasons),
-            "note": ("full retrain due: " + "; ".join(reasons) + " (run without train.warm_start)") if reasons else
-            "continued model within 1 % of a full retrain's MAE; no full retrain due yet"}
+        reasons.append(
+            f"{since_full:,} rows added since the last full retrain, over {100 * MAX_ADDED_SHARE:.0f} % "
+            f"of the {fit_pool:,} train rows"
+        )
+    return {
+        "parent_model_id": parent.card["model_id"],
+        "rows_added": int(rows_added),
+        "added_dates": added_dates,
+        "replay_rows": REPLAY_ROWS,
+        "chain": chain,
+        "rows_added_since_full_retrain": since_full,
+        "iterations_added": WARM_ITERATIONS,
+        "learning_rate_factor": WARM_LEARNING_RATE_FACTOR,
+        "compared_with_full_retrain": maes,
+        "full_retrain_due": bool(reasons),
+        "note": ("full retrain due: " + "; ".join(reasons) + " (run without train.warm_start)")
+        if reasons
+        else "continued model within 1 % of a full retrain's MAE; no full retrain due yet",
+    }
