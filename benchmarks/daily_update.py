@@ -97,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=int, default=1)
     p.add_argument("--updates", type=int, default=20, help="daily updates (days held back)")
+    p.add_argument(
+        "--stop-after", type=int, default=0, help="with --days-only: stop after this many days (the first are full)"
+    )
     p.add_argument("--work", type=Path, default=Path("/tmp/volcast-daily-bench"))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3, help="read-time repeats (median)")
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     load = wait_for_load(args.max_load, args.max_wait)
     first = {"day": 0, "load": load, **run_stages(src, out, "ingest,features", args.jobs)}
     print("version 0 (full):", first, flush=True)
-    for k in range(1, args.updates + 1):
+    last_day = min(args.updates, args.stop_after or args.updates) if args.days_only else args.updates
+    for k in range(1, last_day + 1):
         mds.release(src, "next")
         stages, extra = "ingest,features", []
         if args.train and k == args.updates - 1:
