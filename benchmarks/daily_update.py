@@ -138,15 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     for k in range(1, last_day + 1):
         mds.release(src, "next")
         stages, extra = "ingest,features", []
-        if args.train and k == args.updates - 1:
+        if args.train and k == last_day - 1:
             stages = "ingest,features,train"  # the parent model: a full train
-        if args.train and k == args.updates:
+        if args.train and k == last_day:
             stages = "ingest,features,train"
             extra = ["--param", "train.warm_start=true", "--param", "train.warm_compare=false"]
         load = (
-            wait_for_load(args.max_load, args.max_wait)
-            if k <= 3 or k >= args.updates - 1
-            else round(os.getloadavg()[0], 2)
+            wait_for_load(args.max_load, args.max_wait) if k <= 3 or k >= last_day - 1 else round(os.getloadavg()[0], 2)
         )
         if k <= args.baseline_days:
             # The same day as a full re-run, interleaved (the order alternates) so both see the same machine.

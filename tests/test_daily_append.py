@@ -5,6 +5,7 @@ release the incremental output directory is compared with a fresh full run on th
 pandas.testing; the report's file counts are checked against what changed on disk, found independently
 (file sizes before and after).
 """
+
 from __future__ import annotations
 
 import importlib.util

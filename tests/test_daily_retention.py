@@ -1,5 +1,6 @@
 """Retention: a run keeps the N newest models and run records, the served model, the stages' last runs;
 dataset versions go only once no reader can be on them."""
+
 from __future__ import annotations
 
 import json
@@ -54,18 +55,40 @@ def test_keep_must_be_a_whole_number(bad):
 
 
 def test_cli_refuses_a_bad_keep_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO_ROOT / "run_pipeline.py"), "--output-dir", str(tmp_path),
-                           "--keep", "0", "--stages", "ingest", "--source", "demo"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "run_pipeline.py"),
+            "--output-dir",
+            str(tmp_path),
+            "--keep",
+            "0",
+            "--stages",
+            "ingest",
+            "--source",
+            "demo",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --keep must be a whole number")
 
 
 def test_a_run_prunes_old_run_records(tmp_path):
-    layout = _make(tmp_path, [f"m{i}" for i in range(4)], [f"20200101T00000{i}" for i in range(4)], latest="m0",
-                   state_runs={})
-    manifest = run_pipeline(tmp_path, source="demo", stages=["ingest"], params={"ingest": {"demo_tickers": 3}},
-                            keep=2, progress=False, say=lambda _: None)
+    layout = _make(
+        tmp_path, [f"m{i}" for i in range(4)], [f"20200101T00000{i}" for i in range(4)], latest="m0", state_runs={}
+    )
+    manifest = run_pipeline(
+        tmp_path,
+        source="demo",
+        stages=["ingest"],
+        params={"ingest": {"demo_tickers": 3}},
+        keep=2,
+        progress=False,
+        say=lambda _: None,
+    )
     runs = sorted(p.name for p in layout.runs_dir.iterdir() if p.is_dir())
     assert runs == ["20200101T000003", manifest["run_id"]]
     assert sorted(p.name for p in layout.models_dir.iterdir() if p.is_dir()) == ["m0", "m2", "m3"]

@@ -12,6 +12,7 @@ Dataset versions are not pruned here: ``storage.publish_dir`` keeps the current 
 replaced (a reader that resolved the link just before the swap finishes reading it) and removes older
 ones as it publishes, so no reader is ever on a version that is removed.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -47,8 +48,9 @@ def _dirs(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def prune(output_dir, keep: int = DEFAULT_KEEP, *, current_run: str | None = None,
-          protect: tuple[str | None, ...] = ()) -> dict:
+def prune(
+    output_dir, keep: int = DEFAULT_KEEP, *, current_run: str | None = None, protect: tuple[str | None, ...] = ()
+) -> dict:
     """Remove models and run records beyond the ``keep`` newest (see the module docstring).
 
     Returns ``{"models_removed": [...], "runs_removed": [...], "keep": keep}``."""

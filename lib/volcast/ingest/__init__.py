@@ -11,6 +11,7 @@
 * ``stage``: ``run``, the incremental plan (only partitions whose files changed are rewritten), the report.
 * ``summary``: reading the raw dataset back (``load_raw``, ``summarize_raw``).
 """
+
 from .batch import BATCH_BYTES, CANONICAL_HEADER, parse_csv_batch
 from .demo import DEMO_END, DEMO_VERSION, generate_demo_market
 from .kaggle import (
@@ -39,10 +40,37 @@ from .workers import start_worker_server
 from .write import ROW_GROUP_ROWS, SUMMARY_KEY
 
 __all__ = [
-    "BATCH_BYTES", "CANONICAL_HEADER", "CREDENTIALS_HELP", "DEMO_END", "DEMO_VERSION", "QUARANTINE_SCHEMA",
-    "DEFAULT_LIMITS", "ROW_GROUP_ROWS", "STAGE", "STATE_FILE", "SUMMARY_KEY", "Catalog", "Limits",
-    "LinesNotAccounted", "ParsedFile", "ResolvedSource", "SourceFile",
-    "describe_default_source", "download_kaggle", "generate_demo_market", "has_kaggle_credentials",
-    "kaggle_credentials_location", "load_quarantine", "load_raw", "parse_csv", "parse_csv_batch", "parse_meta",
-    "resolve_default_source", "resolve_source", "run", "scan_source", "start_worker_server", "summarize_raw",
+    "BATCH_BYTES",
+    "CANONICAL_HEADER",
+    "CREDENTIALS_HELP",
+    "DEMO_END",
+    "DEMO_VERSION",
+    "QUARANTINE_SCHEMA",
+    "DEFAULT_LIMITS",
+    "ROW_GROUP_ROWS",
+    "STAGE",
+    "STATE_FILE",
+    "SUMMARY_KEY",
+    "Catalog",
+    "Limits",
+    "LinesNotAccounted",
+    "ParsedFile",
+    "ResolvedSource",
+    "SourceFile",
+    "describe_default_source",
+    "download_kaggle",
+    "generate_demo_market",
+    "has_kaggle_credentials",
+    "kaggle_credentials_location",
+    "load_quarantine",
+    "load_raw",
+    "parse_csv",
+    "parse_csv_batch",
+    "parse_meta",
+    "resolve_default_source",
+    "resolve_source",
+    "run",
+    "scan_source",
+    "start_worker_server",
+    "summarize_raw",
 ]

@@ -12,6 +12,7 @@ A date not after the last stored one (a repeat, or an earlier day) sends the fil
 which quarantines a repeated date exactly as a full run does (the first row keeps its place) and sorts
 an earlier day into place.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,6 +34,7 @@ COUNT_KEYS = ("lines", "rows_read", "rows_kept", "rows_quarantined", "zero_volum
 
 class Candidate(NamedTuple):
     """A file the plan expects to have grown by appended lines (all it knew at the last run)."""
+
     rel: str
     symbol: str
     name: str | None
@@ -70,18 +72,18 @@ def read_tail(path: str, c: Candidate, limits: Limits) -> Tail | str:
     if len(data) == c.old_size:
         return "same size, touched"
     view = memoryview(data)
-    prefix_crc = crc32(view[:c.old_size])
+    prefix_crc = crc32(view[: c.old_size])
     if f"{prefix_crc:08x}" != c.old_crc:
         return "earlier content changed"
-    if data[c.old_size - 1:c.old_size] != b"\n":  # a last line without its end may be continued
+    if data[c.old_size - 1 : c.old_size] != b"\n":  # a last line without its end may be continued
         return "previous content did not end with a line end"
     start = len(BOM) if data.startswith(BOM) else 0
     nl = data.find(b"\n", start, c.old_size)
     cr = data.find(b"\r", start, nl)
     if nl == -1 or (cr != -1 and cr + 1 != nl):  # a lone "\r" header end: the full parse decides
         return "header line not ended by a newline"
-    whole_crc = crc32(view[c.old_size:], prefix_crc)  # the CRC-32 of the whole file, carried on from the prefix
-    return Tail(data[:nl + 1] + data[c.old_size:], data, nl + 1, c.old_size, f"{whole_crc:08x}")
+    whole_crc = crc32(view[c.old_size :], prefix_crc)  # the CRC-32 of the whole file, carried on from the prefix
+    return Tail(data[: nl + 1] + data[c.old_size :], data, nl + 1, c.old_size, f"{whole_crc:08x}")
 
 
 _FIRST_ON_LINE = re.compile(r"first on line (\d+)")
@@ -93,11 +95,12 @@ def _shift_lines(quarantine: pa.Table | None, tail: Tail) -> pa.Table | None:
         return quarantine
     offset = tail.line_offset()
     lines = pc.add(quarantine["line"], pa.scalar(offset, pa.int64()))
-    reasons = [None if r is None else _FIRST_ON_LINE.sub(lambda m: f"first on line {int(m.group(1)) + offset}", r)
-               for r in quarantine["reason"].to_pylist()]
+    reasons = [
+        None if r is None else _FIRST_ON_LINE.sub(lambda m: f"first on line {int(m.group(1)) + offset}", r)
+        for r in quarantine["reason"].to_pylist()
+    ]
     quarantine = quarantine.set_column(quarantine.schema.get_field_index("line"), "line", lines)
-    return quarantine.set_column(quarantine.schema.get_field_index("reason"), "reason",
-                                 pa.array(reasons, pa.string()))
+    return quarantine.set_column(quarantine.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
 
 
 class Appended(NamedTuple):
@@ -107,8 +110,9 @@ class Appended(NamedTuple):
     rows_read: int  # rows parsed in this run (the appended part)
 
 
-def parse_appended(candidates: list[Candidate], source_path: str, root: str, last_dates: dict[str, str],
-                   limits: Limits) -> tuple[dict[str, Appended], dict[str, str]]:
+def parse_appended(
+    candidates: list[Candidate], source_path: str, root: str, last_dates: dict[str, str], limits: Limits
+) -> tuple[dict[str, Appended], dict[str, str]]:
     """Parse the appended part of each candidate: ``({symbol: Appended}, {symbol: why it is read whole})``.
 
     ``last_dates``: each ticker's last stored Date (tickers with no kept row are absent). The clean tails
@@ -123,12 +127,19 @@ def parse_appended(candidates: list[Candidate], source_path: str, root: str, las
             tails[c.symbol] = got
     by_symbol = {c.symbol: c for c in candidates}
     order = list(tails)
-    fast = parse_csv_batch([(tails[s].data, s, by_symbol[s].name) for s in order], ticker_columns=False,
-                           max_line_bytes=limits.max_line_bytes) if len(order) > 1 else [None] * len(order)
+    fast = (
+        parse_csv_batch(
+            [(tails[s].data, s, by_symbol[s].name) for s in order],
+            ticker_columns=False,
+            max_line_bytes=limits.max_line_bytes,
+        )
+        if len(order) > 1
+        else [None] * len(order)
+    )
     done: dict[str, Appended] = {}
     for symbol, parsed in zip(order, fast):
         c, tail = by_symbol[symbol], tails[symbol]
-        file = c.rel[len(root):]
+        file = c.rel[len(root) :]
         if parsed is None:
             parsed = parse_csv(tail.data, symbol, c.name, file, limits)
         why = _check(parsed, last_dates.get(symbol))

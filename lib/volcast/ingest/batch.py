@@ -4,6 +4,7 @@ Why a second parser: Arrow's per-call overhead is a large share of a small file'
 (the common case) are read together; anything unusual goes to ``parse_csv``, which decides and explains.
 ``tests/test_ingest_batch.py`` checks that both give the same result on every file the fast path takes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,15 +34,18 @@ def _batch_body(data: bytes, max_line_bytes: int = MAX_LINE_BYTES) -> memoryview
         return None
     if len(data) > max_line_bytes and longest_line(data, len(CANONICAL_HEADER)) > max_line_bytes:
         return None
-    return memoryview(data)[len(CANONICAL_HEADER):]
+    return memoryview(data)[len(CANONICAL_HEADER) :]
 
 
 def _plain(buffer: bytes | bytearray, start: int, stop: int) -> bool:
     """Whether ``buffer[start:stop]`` is plain enough for the joint read: ASCII, no "\r", quote or NUL.
     (Checked in place: the reused read buffer is never copied.)"""
-    return (buffer.find(b"\r", start, stop) == -1 and buffer.find(b'"', start, stop) == -1
-            and buffer.find(b"\x00", start, stop) == -1
-            and not (np.frombuffer(buffer, np.uint8, stop - start, start) >= 0x80).any())
+    return (
+        buffer.find(b"\r", start, stop) == -1
+        and buffer.find(b'"', start, stop) == -1
+        and buffer.find(b"\x00", start, stop) == -1
+        and not (np.frombuffer(buffer, np.uint8, stop - start, start) >= 0x80).any()
+    )
 
 
 _SEPARATOR = b"\n|\n"  # a one-field line between files: Arrow reports it as invalid, with its row number
@@ -62,8 +66,13 @@ def _read_joined(joined: pa.Buffer, typed: bool) -> tuple[pa.Table, list[tuple[i
         pa.BufferReader(joined),
         read_options=pcsv.ReadOptions(column_names=list(CSV_COLUMNS), use_threads=False, block_size=1 << 22),
         parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
-        convert_options=pcsv.ConvertOptions(column_types=types, null_values=[""], strings_can_be_null=True,
-                                            quoted_strings_can_be_null=True, check_utf8=False),
+        convert_options=pcsv.ConvertOptions(
+            column_types=types,
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+            check_utf8=False,
+        ),
     )
     return table, invalid
 
@@ -89,8 +98,9 @@ def _convert_by_file(table: pa.Table, starts: np.ndarray, counts: np.ndarray, ok
     return table
 
 
-def parse_csv_batch(items: list[tuple[bytes, str, str | None]], ticker_columns: bool = True,
-                    max_line_bytes: int = MAX_LINE_BYTES) -> list[ParsedFile | None]:
+def parse_csv_batch(
+    items: list[tuple[bytes, str, str | None]], ticker_columns: bool = True, max_line_bytes: int = MAX_LINE_BYTES
+) -> list[ParsedFile | None]:
     """Many ticker CSVs ``(data, symbol, security name)`` in one typed Arrow read.
 
     Each result is exactly what ``parse_csv`` returns for that file when the file is clean (the
@@ -121,8 +131,9 @@ def parse_csv_batch(items: list[tuple[bytes, str, str | None]], ticker_columns: 
     return results
 
 
-def _parse_joined(joined: pa.Buffer, tickers: list[tuple[str, str | None]],
-                  ticker_columns: bool = True) -> list[ParsedFile | None]:
+def _parse_joined(
+    joined: pa.Buffer, tickers: list[tuple[str, str | None]], ticker_columns: bool = True
+) -> list[ParsedFile | None]:
     """``parse_csv_batch`` on bodies already joined (each followed by ``_SEPARATOR``), one
     ``(symbol, security name)`` per body: a result per body, None where parse_csv must decide."""
     results: list[ParsedFile | None] = [None] * len(tickers)
@@ -196,8 +207,9 @@ def _parse_joined(joined: pa.Buffer, tickers: list[tuple[str, str | None]],
     volume = table["Volume"].combine_chunks()
     fail(pc.fill_null(pc.less(volume, 0), False))
     zero = pc.fill_null(pc.equal(volume, 0), False)
-    zero_volume = (np.bincount(files_of(zero), minlength=len(picked)) if pc.any(zero).as_py()
-                   else np.zeros(len(picked), np.int64))
+    zero_volume = (
+        np.bincount(files_of(zero), minlength=len(picked)) if pc.any(zero).as_py() else np.zeros(len(picked), np.int64)
+    )
     columns = {"Date": table["Date"], **{c: table[c] for c in PRICE_COLUMNS}, "Volume": volume}
     for k in picked:
         if not ok[k] or not counts[k]:
@@ -206,12 +218,26 @@ def _parse_joined(joined: pa.Buffer, tickers: list[tuple[str, str | None]],
         symbol, name = tickers[k]
         values = {col: arr.slice(s, c) for col, arr in columns.items()}
         if ticker_columns:
-            kept = pa.table({"Symbol": pa.repeat(pa.scalar(symbol, pa.string()), c),
-                             "Security Name": pa.repeat(pa.scalar(name, pa.string()), c), **values}, schema=RAW_SCHEMA)
+            kept = pa.table(
+                {
+                    "Symbol": pa.repeat(pa.scalar(symbol, pa.string()), c),
+                    "Security Name": pa.repeat(pa.scalar(name, pa.string()), c),
+                    **values,
+                },
+                schema=RAW_SCHEMA,
+            )
         else:
             kept = pa.table(values, schema=_RAW_BODY_SCHEMA)
-        results[k] = ParsedFile(kept, None, {"rows_read": c, "rows_kept": c, "rows_quarantined": 0,
-                                             "zero_volume_rows": int(zero_volume[k]),
-                                             "nonpositive_price_rows": int(nonpositive[k])}, None)
+        results[k] = ParsedFile(
+            kept,
+            None,
+            {
+                "rows_read": c,
+                "rows_kept": c,
+                "rows_quarantined": 0,
+                "zero_volume_rows": int(zero_volume[k]),
+                "nonpositive_price_rows": int(nonpositive[k]),
+            },
+            None,
+        )
     return results
-

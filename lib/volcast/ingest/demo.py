@@ -1,4 +1,5 @@
 """The generated demo market: a reproducible market in the Kaggle layout, labelled as generated."""
+
 from __future__ import annotations
 
 import csv
@@ -31,8 +32,12 @@ def _demo_names(rng: np.random.Generator, n: int) -> list[str]:
     return names
 
 
-def generate_demo_market(dest: str | os.PathLike, n_tickers: int = config.DEMO_TICKERS, years: int = config.DEMO_YEARS,
-                         seed: int = config.DEMO_SEED) -> Path:
+def generate_demo_market(
+    dest: str | os.PathLike,
+    n_tickers: int = config.DEMO_TICKERS,
+    years: int = config.DEMO_YEARS,
+    seed: int = config.DEMO_SEED,
+) -> Path:
     """Write a generated market in the Kaggle layout into ``dest`` and return ``dest``.
 
     Stocks and ETFs (about 1 in 5), business days ending 2020-04-01, prices as geometric random walks
@@ -70,7 +75,8 @@ def generate_demo_market(dest: str | os.PathLike, n_tickers: int = config.DEMO_T
     p0 = np.exp(rng.normal(3.2, 1.0, n_tickers))
     close = p0[:, None] * np.exp(np.cumsum(returns, axis=1))
     open_ = np.concatenate([p0[:, None], close[:, :-1]], axis=1) * np.exp(
-        sigma[:, None] / 3 * rng.standard_normal((n_tickers, n_days)))
+        sigma[:, None] / 3 * rng.standard_normal((n_tickers, n_days))
+    )
     wick = np.abs(sigma[:, None] / 2 * rng.standard_normal((2, n_tickers, n_days)))
     high = np.maximum(open_, close) * np.exp(wick[0])
     low = np.minimum(open_, close) * np.exp(-wick[1])
@@ -99,13 +105,17 @@ def generate_demo_market(dest: str | os.PathLike, n_tickers: int = config.DEMO_T
     header = (",".join(CSV_COLUMNS) + "\n").encode()
     for i, name in enumerate(names):
         sl = slice(int(first[i]), n_days)
-        table = pa.table({
-            "Date": date_text[sl],
-            "Open": np.round(open_[i, sl], 4), "High": np.round(high[i, sl], 4),
-            "Low": np.round(low[i, sl], 4), "Close": np.round(close[i, sl], 4),
-            "Adj Close": np.round(adj[i, sl], 6),
-            "Volume": volume[i, sl] if i != float_volume else volume[i, sl].astype(np.float64),
-        })
+        table = pa.table(
+            {
+                "Date": date_text[sl],
+                "Open": np.round(open_[i, sl], 4),
+                "High": np.round(high[i, sl], 4),
+                "Low": np.round(low[i, sl], 4),
+                "Close": np.round(close[i, sl], 4),
+                "Adj Close": np.round(adj[i, sl], 6),
+                "Volume": volume[i, sl] if i != float_volume else volume[i, sl].astype(np.float64),
+            }
+        )
         out = io.BytesIO()
         out.write(header)
         pcsv.write_csv(table, out, pcsv.WriteOptions(include_header=False, quoting_style="none"))
@@ -114,22 +124,50 @@ def generate_demo_market(dest: str | os.PathLike, n_tickers: int = config.DEMO_T
             lines = data.split(b"\n")
             j = len(lines) // 2
             lines[j] = lines[j].split(b",")[0] + b",,,,,,"
-            data = b"\n".join(ln if k == 0 or k == j or not ln else ln + (b".0" if not ln.endswith(b".0") else b"")
-                              for k, ln in enumerate(lines))
+            data = b"\n".join(
+                ln if k == 0 or k == j or not ln else ln + (b".0" if not ln.endswith(b".0") else b"")
+                for k, ln in enumerate(lines)
+            )
         (staging / ("etfs" if is_etf[i] else "stocks") / f"{name}.csv").write_bytes(data)
 
     meta = io.StringIO()
     writer = csv.writer(meta, lineterminator="\n")
-    writer.writerow(["Symbol", "Security Name", "Listing Exchange", "Market Category", "ETF", "Round Lot Size",
-                     "Test Issue", "Financial Status", "CQS Symbol", "NASDAQ Symbol", "NextShares"])
+    writer.writerow(
+        [
+            "Symbol",
+            "Security Name",
+            "Listing Exchange",
+            "Market Category",
+            "ETF",
+            "Round Lot Size",
+            "Test Issue",
+            "Financial Status",
+            "CQS Symbol",
+            "NASDAQ Symbol",
+            "NextShares",
+        ]
+    )
     for i in sorted(range(n_tickers), key=lambda k: names[k]):
         if i == no_meta:
             continue
         name = names[i]
         kind = "ETF Fund" if is_etf[i] else "Corp"
         title = f"Demo {kind} {name.replace('-', ' Class ')} (generated)"
-        writer.writerow([name.replace("-", "$"), title, "Q", "G" if not is_etf[i] else " ", "Y" if is_etf[i] else "N",
-                         100, "N", "N", "", name, "N"])
+        writer.writerow(
+            [
+                name.replace("-", "$"),
+                title,
+                "Q",
+                "G" if not is_etf[i] else " ",
+                "Y" if is_etf[i] else "N",
+                100,
+                "N",
+                "N",
+                "",
+                name,
+                "N",
+            ]
+        )
     (staging / config.META_FILE).write_text(meta.getvalue(), encoding="utf-8")
     (staging / "GENERATED.txt").write_text(
         f"GENERATED demo market, not real data (volcast demo v{DEMO_VERSION}).\n"

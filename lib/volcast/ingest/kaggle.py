@@ -1,4 +1,5 @@
 """Kaggle: where credentials are found (as the kaggle client looks) and the dataset download."""
+
 from __future__ import annotations
 
 import io
@@ -59,10 +60,14 @@ def describe_default_source() -> str:
     """What ingest uses when no source is given, and how to choose otherwise (one line)."""
     where = kaggle_credentials_location()
     if where:
-        return (f"No source given: Kaggle credentials found ({where}), so ingesting {config.KAGGLE_DATASET} "
-                "from Kaggle; use --source demo for generated data or --source PATH for a local copy.")
-    return ("No source given and no Kaggle credentials found, so ingesting GENERATED demo data; for the real "
-            f"dataset {CREDENTIALS_HELP}, or pass --source PATH to a Kaggle-layout folder or .zip.")
+        return (
+            f"No source given: Kaggle credentials found ({where}), so ingesting {config.KAGGLE_DATASET} "
+            "from Kaggle; use --source demo for generated data or --source PATH for a local copy."
+        )
+    return (
+        "No source given and no Kaggle credentials found, so ingesting GENERATED demo data; for the real "
+        f"dataset {CREDENTIALS_HELP}, or pass --source PATH to a Kaggle-layout folder or .zip."
+    )
 
 
 def _import_kaggle_api():
@@ -95,8 +100,9 @@ def download_kaggle(dest: str | os.PathLike) -> Path:
     except Exception as exc:  # network, 401/403, 404: say it in one line
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if any(code in text for code in ("401", "403", "Unauthorized", "Forbidden")):
-            raise UserError(f"Kaggle refused the download ({text}); check your credentials: "
-                            f"{CREDENTIALS_HELP}") from None
+            raise UserError(
+                f"Kaggle refused the download ({text}); check your credentials: {CREDENTIALS_HELP}"
+            ) from None
         raise UserError(f"Kaggle download of {slug} failed: {text}") from None
     archive = dest / (slug.split("/")[1] + ".zip")
     if archive.is_file():
@@ -104,4 +110,3 @@ def download_kaggle(dest: str | os.PathLike) -> Path:
     if (dest / "stocks").is_dir() or (dest / "etfs").is_dir():  # a client that unzipped for us
         return dest
     raise UserError(f"the Kaggle download left no {archive.name} in {dest}; delete that folder and retry")
-

@@ -6,6 +6,7 @@ a line over a limit is quarantined alone. Sizes are checked from the zip directo
 file is read, so what one worker holds at once stays bounded by ``max_file_bytes`` (times a small factor
 for the parsed columns).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
@@ -52,6 +53,8 @@ def file_problem(size: int, limits: Limits, compressed: int | None = None) -> st
     if size > limits.max_file_bytes:
         return f"file is {size:,} bytes, over the limit max_file_bytes={limits.max_file_bytes:,}"
     if compressed is not None and size > 0 and size / max(compressed, 1) > limits.max_compression_ratio:
-        return (f"zip member expands {size / max(compressed, 1):,.0f}x ({compressed:,} -> {size:,} bytes), "
-                f"over the limit max_compression_ratio={limits.max_compression_ratio:g}")
+        return (
+            f"zip member expands {size / max(compressed, 1):,.0f}x ({compressed:,} -> {size:,} bytes), "
+            f"over the limit max_compression_ratio={limits.max_compression_ratio:g}"
+        )
     return None

@@ -1,4 +1,5 @@
 """Physical lines of a CSV body: their spans, and their count, found apart from the CSV parser."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -53,8 +54,14 @@ def count_blank_lines(buf, start: int = 0, stop: int | None = None) -> int:
     return int((spans[:, 1] == spans[:, 0]).sum())
 
 
-def data_lines(buf, start: int = 0, stop: int | None = None, accounted: int | None = None, header: int = 1,
-               counted: int | None = None) -> int:
+def data_lines(
+    buf,
+    start: int = 0,
+    stop: int | None = None,
+    accounted: int | None = None,
+    header: int = 1,
+    counted: int | None = None,
+) -> int:
     """Non-blank physical lines of a CSV file ``buf[start:stop]`` after its ``header`` line (0: a body).
 
     Counted apart from the CSV parser, to check that every line ended as a kept or a quarantined row.

@@ -2,6 +2,7 @@
 
 Columns are matched by header name; every data line ends as a kept row or a quarantined row with its line
 number and reason. Vectorised with pyarrow; Python loops run only over rows that failed."""
+
 from __future__ import annotations
 
 import csv
@@ -29,8 +30,7 @@ class ParsedFile(NamedTuple):
 
 
 def _zero_counts() -> dict:
-    return {"rows_read": 0, "rows_kept": 0, "rows_quarantined": 0, "zero_volume_rows": 0,
-            "nonpositive_price_rows": 0}
+    return {"rows_read": 0, "rows_kept": 0, "rows_quarantined": 0, "zero_volume_rows": 0, "nonpositive_price_rows": 0}
 
 
 def _reject(reason: str) -> ParsedFile:
@@ -85,8 +85,9 @@ def _bad_utf8_lines(body: bytes) -> set[int]:
     return bad
 
 
-def _read_body(body: pa.Buffer, n_fields: int, cols: dict[str, int], typed: bool, quoting: bool = True,
-               block_size: int = 1 << 22):
+def _read_body(
+    body: pa.Buffer, n_fields: int, cols: dict[str, int], typed: bool, quoting: bool = True, block_size: int = 1 << 22
+):
     """Read the data lines (no header) with Arrow; rows with a wrong field count are collected.
     ``quoting=False`` reads quotes as text, so that no field can run over a line end."""
     invalid: list[tuple[int, int]] = []  # (1-based ordinal among non-blank lines, fields found)
@@ -106,13 +107,16 @@ def _read_body(body: pa.Buffer, n_fields: int, cols: dict[str, int], typed: bool
         read_options=pcsv.ReadOptions(column_names=names, use_threads=False, block_size=block_size),
         parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid, quote_char='"' if quoting else False),
         convert_options=pcsv.ConvertOptions(
-            column_types=types, include_columns=[f"c{cols[c]}" for c in CSV_COLUMNS],
-            null_values=[""], strings_can_be_null=True, quoted_strings_can_be_null=True, check_utf8=False,
+            column_types=types,
+            include_columns=[f"c{cols[c]}" for c in CSV_COLUMNS],
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+            check_utf8=False,
         ),
     )
     table = table.rename_columns(list(CSV_COLUMNS))
     return table, invalid
-
 
 
 def _read_lines(body: bytes, n_fields: int, cols: dict[str, int], block_size: int):
@@ -161,7 +165,7 @@ def _set_aside_lines(body: bytes, max_line_bytes: int) -> tuple[bytes, list[tupl
             kind, reason = "nul-bytes", "line has NUL bytes"
         else:
             kind, reason = "unbalanced-quote", f"unbalanced quote: {quotes[i]} quote character(s) on the line"
-        text = body[s:min(e, s + 4 * QUARANTINE_TEXT_CHARS)].rstrip(b"\r").replace(b"\x00", b"\\x00")
+        text = body[s : min(e, s + 4 * QUARANTINE_TEXT_CHARS)].rstrip(b"\r").replace(b"\x00", b"\\x00")
         out.append((i, kind, reason, text.decode("utf-8", errors="replace")[:QUARANTINE_TEXT_CHARS]))
         pieces.append(body[prev:s])
         prev = e
@@ -171,7 +175,7 @@ def _set_aside_lines(body: bytes, max_line_bytes: int) -> tuple[bytes, list[tupl
 
 def _header_problem(data: bytes, start: int, limits: Limits) -> str | None:
     """A header line over max_header_bytes or with more than max_columns fields, found before parsing it."""
-    window = data[start:start + limits.max_header_bytes + 1]  # a header within the limit ends in here
+    window = data[start : start + limits.max_header_bytes + 1]  # a header within the limit ends in here
     ends = [i for i in (window.find(b"\n"), window.find(b"\r")) if i != -1]
     if not ends and len(data) - start > limits.max_header_bytes:
         return f"header line longer than the limit max_header_bytes={limits.max_header_bytes:,}"
@@ -181,8 +185,9 @@ def _header_problem(data: bytes, start: int, limits: Limits) -> str | None:
     return None
 
 
-def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: str = "",
-              limits: Limits = DEFAULT_LIMITS) -> ParsedFile:
+def parse_csv(
+    data: bytes, symbol: str, security_name: str | None = None, file: str = "", limits: Limits = DEFAULT_LIMITS
+) -> ParsedFile:
     """One ticker's CSV bytes -> rows that take RAW_SCHEMA, rows set aside, counts. Never raises on data.
 
     Every non-blank line after the header ends as a kept row or a quarantined row with its line number
@@ -331,8 +336,9 @@ def parse_csv(data: bytes, symbol: str, security_name: str | None = None, file: 
     n_bad = int(bad.sum())
     quarantine = None
     if n_bad or invalid or set_aside:
-        quarantine = _quarantine_rows(body, table, n, bad, problems, duplicate_of, days, invalid,
-                                      bad_utf8, symbol, file, len(fields), set_aside)
+        quarantine = _quarantine_rows(
+            body, table, n, bad, problems, duplicate_of, days, invalid, bad_utf8, symbol, file, len(fields), set_aside
+        )
     rows_read = n + len(invalid) + len(set_aside)
     counts = {
         "rows_read": rows_read,
@@ -377,8 +383,11 @@ def _clean_file(table: pa.Table, symbol: str, security_name: str | None) -> Pars
         },
         schema=RAW_SCHEMA,
     )
-    counts = {"rows_read": n, "rows_kept": n, "rows_quarantined": 0,
-              "zero_volume_rows": int((vol == 0).sum()),
-              "nonpositive_price_rows": int((prices <= 0).any(axis=1).sum())}
+    counts = {
+        "rows_read": n,
+        "rows_kept": n,
+        "rows_quarantined": 0,
+        "zero_volume_rows": int((vol == 0).sum()),
+        "nonpositive_price_rows": int((prices <= 0).any(axis=1).sum()),
+    }
     return ParsedFile(kept, None, counts, None)
-

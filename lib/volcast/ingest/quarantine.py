@@ -1,4 +1,5 @@
 """Rows set aside: the quarantine schema, the reasons written for each bad row, and reading them back."""
+
 from __future__ import annotations
 
 import os
@@ -25,15 +26,29 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
-_KIND_ORDER = ("missing", "non-numeric", "non-finite", "non-integral", "negative", "overflow", "bad-date",
-               "duplicate-date")
-_KIND_TEXT = {"non-numeric": "is not a number", "non-finite": "is not finite",
-              "non-integral": "is not a whole number", "negative": "is negative", "overflow": "is beyond int64",
-              "bad-date": "is not a real YYYY-MM-DD date"}
+_KIND_ORDER = (
+    "missing",
+    "non-numeric",
+    "non-finite",
+    "non-integral",
+    "negative",
+    "overflow",
+    "bad-date",
+    "duplicate-date",
+)
+_KIND_TEXT = {
+    "non-numeric": "is not a number",
+    "non-finite": "is not finite",
+    "non-integral": "is not a whole number",
+    "negative": "is negative",
+    "overflow": "is beyond int64",
+    "bad-date": "is not a real YYYY-MM-DD date",
+}
 
 
-def _quarantine_rows(body, table, n, bad, problems, duplicate_of, days, invalid, bad_utf8, symbol, file,
-                     n_fields, set_aside=()) -> pa.Table:
+def _quarantine_rows(
+    body, table, n, bad, problems, duplicate_of, days, invalid, bad_utf8, symbol, file, n_fields, set_aside=()
+) -> pa.Table:
     """Build the quarantine rows: a Python loop over the bad rows only, whose values are fetched once per
     column (one ``take`` each), so the cost is linear in the bad rows. ``set_aside``: lines the CSV
     reader never saw, as ``(0-based body line, kind, reason, text)``."""
@@ -83,8 +98,11 @@ def _quarantine_rows(body, table, n, bad, problems, duplicate_of, days, invalid,
         """The value of ``column`` at a bad row: text for text columns, else the parsed value."""
         if column not in cache:
             arr = table[column]
-            values = (_texts(arr, bad_rows) if pa.types.is_string(arr.type)
-                      else arr.take(pa.array(bad_rows, pa.int64())).to_pylist())
+            values = (
+                _texts(arr, bad_rows)
+                if pa.types.is_string(arr.type)
+                else arr.take(pa.array(bad_rows, pa.int64())).to_pylist()
+            )
             cache[column] = dict(zip(bad_rows.tolist(), values))
         return cache[column][row]
 
@@ -111,7 +129,6 @@ def _quarantine_rows(body, table, n, bad, problems, duplicate_of, days, invalid,
     return out.sort_by([("line", "ascending")]) if consistent else out
 
 
-
 def load_quarantine(output_dir: str | os.PathLike):
     """Rows set aside by the last ingest (an empty frame with the quarantine columns when none)."""
     qdir = Layout.at(output_dir).quarantine_dir
@@ -119,4 +136,3 @@ def load_quarantine(output_dir: str | os.PathLike):
     if not files:
         return QUARANTINE_SCHEMA.empty_table().to_pandas()
     return pa.concat_tables(pq.read_table(f, schema=QUARANTINE_SCHEMA) for f in files).to_pandas()
-

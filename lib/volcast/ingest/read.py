@@ -1,5 +1,6 @@
 """Reading source files: zip members, and a batch of plain files straight into one reused, joined buffer;
 a folder's file is opened only if it is still a regular file within the limits (no link, FIFO or device)."""
+
 from __future__ import annotations
 
 import errno
@@ -24,7 +25,6 @@ def _read_zip_member(source_path: str, rel: str) -> bytes:
     if zf is None:
         zf = _ZIPS[source_path] = zipfile.ZipFile(source_path)
     return zf.read(rel)
-
 
 
 class _JoinedBodies:
@@ -56,7 +56,7 @@ class _JoinedBodies:
         try:
             if self.end + size + len(_SEPARATOR) > len(self.buffer):
                 bigger = bytearray(self.end + size + len(_SEPARATOR) + (1 << 20))
-                bigger[:self.end] = memoryview(self.buffer)[:self.end]
+                bigger[: self.end] = memoryview(self.buffer)[: self.end]
                 self.buffer = bigger
             header = os.pread(fd, self._HEADER, 0)
             if header != CANONICAL_HEADER or size == self._HEADER:
@@ -64,7 +64,7 @@ class _JoinedBodies:
                 return crc32(data), data
             start = self.end
             view = memoryview(self.buffer)
-            n = os.preadv(fd, [view[start:start + size - self._HEADER]], self._HEADER)
+            n = os.preadv(fd, [view[start : start + size - self._HEADER]], self._HEADER)
             stop = start + n
             crc = crc32(view[start:stop], crc32(header))
             changed = n < size - self._HEADER or os.pread(fd, 1, self._HEADER + n)  # shrank or grew meanwhile
@@ -74,7 +74,7 @@ class _JoinedBodies:
                 rest = _read_rest(fd, self._HEADER + n, limits.max_file_bytes - self._HEADER - n)
                 data = header + view[start:stop].tobytes() + rest
                 return crc32(data), data
-            view[stop:stop + len(_SEPARATOR)] = _SEPARATOR
+            view[stop : stop + len(_SEPARATOR)] = _SEPARATOR
             del view
             self.end = stop + len(_SEPARATOR)
             self.spans.append((start, stop))
@@ -96,7 +96,7 @@ class _JoinedBodies:
     def parse(self, tickers: list[tuple[str, str | None]]) -> list[ParsedFile | None]:
         if not self.spans:
             return []
-        return _parse_joined(pa.py_buffer(memoryview(self.buffer)[:self.end]), tickers, ticker_columns=False)
+        return _parse_joined(pa.py_buffer(memoryview(self.buffer)[: self.end]), tickers, ticker_columns=False)
 
 
 def _open_regular(path: str, limits: Limits) -> tuple[int, int]:
@@ -129,4 +129,3 @@ def _read_rest(fd: int, offset: int, limit: int) -> bytes:
         if total > limit:
             raise Refused("file grew past the limit max_file_bytes while it was read")
     return b"".join(chunks)
-

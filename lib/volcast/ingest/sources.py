@@ -1,5 +1,6 @@
 """Sources: what ``source`` means (folder, .zip, ``kaggle``, ``demo``), the one rule for its default, and the
 list of ticker files in it, with those refused before reading (over a limit, links, special files)."""
+
 from __future__ import annotations
 
 import csv
@@ -58,14 +59,21 @@ def resolve_default_source(source: str | os.PathLike | None, say=print, name: st
         return source
     path = Path(source).expanduser()
     if not path.exists():
-        raise UserError(f"{name} {source}: no such file or directory; give a Kaggle-layout folder or .zip, "
-                        "'kaggle' or 'demo'")
+        raise UserError(
+            f"{name} {source}: no such file or directory; give a Kaggle-layout folder or .zip, 'kaggle' or 'demo'"
+        )
     return str(path.resolve())
 
 
-def resolve_source(source: str | os.PathLike | None, cache_dir: str | os.PathLike, *, demo_seed: int = config.DEMO_SEED,
-                   demo_tickers: int = config.DEMO_TICKERS, demo_years: int = config.DEMO_YEARS,
-                   say=print) -> ResolvedSource:
+def resolve_source(
+    source: str | os.PathLike | None,
+    cache_dir: str | os.PathLike,
+    *,
+    demo_seed: int = config.DEMO_SEED,
+    demo_tickers: int = config.DEMO_TICKERS,
+    demo_years: int = config.DEMO_YEARS,
+    say=print,
+) -> ResolvedSource:
     """Turn the ``source`` parameter into something to read: (kind, path, label).
 
     ``None`` picks Kaggle when credentials exist, else the demo (``resolve_default_source``).
@@ -147,9 +155,16 @@ def _folder_dirs(path: Path, limits: Limits) -> tuple[list[Path], list[dict]]:
             if linked and not (limits.allow_links and inside):
                 rel = str(linked[0].relative_to(path))
                 if all(r["file"] != rel for r in refused):
-                    refused.append({"file": rel, "symbol": "", **_zero_counts(),
-                                    "error": "symbolic link to a folder (refused)" if inside or not limits.allow_links
-                                    else "symbolic link to a folder outside the source (refused)"})
+                    refused.append(
+                        {
+                            "file": rel,
+                            "symbol": "",
+                            **_zero_counts(),
+                            "error": "symbolic link to a folder (refused)"
+                            if inside or not limits.allow_links
+                            else "symbolic link to a folder outside the source (refused)",
+                        }
+                    )
                 continue
             dirs.append(d)
     return dirs, refused
@@ -220,13 +235,19 @@ def scan_source(src: ResolvedSource, limits: Limits = DEFAULT_LIMITS) -> Catalog
     files, seen = [], {}
     for rel in sorted(set(entries) | set(refused), key=lambda r: (Path(r).stem, r)):
         symbol = Path(rel).stem
-        short = rel[len(root):]
+        short = rel[len(root) :]
         if rel in refused:
             rejected.append({"file": short, "symbol": symbol, **_zero_counts(), "error": refused[rel]})
             continue
         if symbol in seen:
-            rejected.append({"file": short, "symbol": symbol, **_zero_counts(),
-                             "error": f"same ticker as {seen[symbol]}; only the first is ingested"})
+            rejected.append(
+                {
+                    "file": short,
+                    "symbol": symbol,
+                    **_zero_counts(),
+                    "error": f"same ticker as {seen[symbol]}; only the first is ingested",
+                }
+            )
             continue
         seen[symbol] = short
         size, stamp = entries[rel]
@@ -259,4 +280,3 @@ def parse_meta(data: bytes | None) -> tuple[dict[str, str | None], str | None]:
         if sym and sym not in names:
             names[sym] = row.get("Security Name") or None
     return names, note
-

@@ -1,4 +1,5 @@
 """The ingest stage: ``run``, the incremental plan, the state file and the report."""
+
 from __future__ import annotations
 
 import json
@@ -51,12 +52,24 @@ def _load_state(layout: Layout) -> dict | None:
         return None
 
 
-
-def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tickers=config.DEMO_TICKERS,
-        demo_years=config.DEMO_YEARS, incremental=True, *, max_file_bytes=limits_mod.MAX_FILE_BYTES,
-        max_compression_ratio=limits_mod.MAX_COMPRESSION_RATIO, max_line_bytes=limits_mod.MAX_LINE_BYTES,
-        max_header_bytes=limits_mod.MAX_HEADER_BYTES, max_columns=limits_mod.MAX_COLUMNS,
-        allow_links=limits_mod.ALLOW_LINKS, executor="local", scheduler="") -> dict:
+def run(
+    output_dir,
+    source="demo",
+    jobs=0,
+    demo_seed=config.DEMO_SEED,
+    demo_tickers=config.DEMO_TICKERS,
+    demo_years=config.DEMO_YEARS,
+    incremental=True,
+    *,
+    max_file_bytes=limits_mod.MAX_FILE_BYTES,
+    max_compression_ratio=limits_mod.MAX_COMPRESSION_RATIO,
+    max_line_bytes=limits_mod.MAX_LINE_BYTES,
+    max_header_bytes=limits_mod.MAX_HEADER_BYTES,
+    max_columns=limits_mod.MAX_COLUMNS,
+    allow_links=limits_mod.ALLOW_LINKS,
+    executor="local",
+    scheduler="",
+) -> dict:
     """Ingest ``source`` into ``output_dir/data/raw`` (+ quarantine) and write ``reports/ingest.json``.
 
     ``source``: a Kaggle-layout folder or .zip, ``"kaggle"``, ``"demo"`` or None (Kaggle when
@@ -76,13 +89,20 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
     the stage raises ``LinesNotAccounted`` (and publishes nothing) if it counts otherwise.
     """
     t0 = time.perf_counter()
-    limits = Limits(int(max_file_bytes), float(max_compression_ratio), int(max_line_bytes), int(max_header_bytes),
-                    int(max_columns), bool(allow_links))
+    limits = Limits(
+        int(max_file_bytes),
+        float(max_compression_ratio),
+        int(max_line_bytes),
+        int(max_header_bytes),
+        int(max_columns),
+        bool(allow_links),
+    )
     layout = Layout.at(output_dir)
     jobs = config.resolve_jobs(jobs)
     executor, scheduler = resolve_executor(executor, scheduler)
-    src = resolve_source(source, layout.cache_dir, demo_seed=int(demo_seed), demo_tickers=int(demo_tickers),
-                         demo_years=int(demo_years))
+    src = resolve_source(
+        source, layout.cache_dir, demo_seed=int(demo_seed), demo_tickers=int(demo_tickers), demo_years=int(demo_years)
+    )
     print(f"ingest: source {src.label}" + (" -- NOT real market data" if src.kind == "demo" else ""))
     catalog = scan_source(src, limits)
     names, meta_note = parse_meta(catalog.meta)
@@ -97,32 +117,48 @@ def run(output_dir, source="demo", jobs=0, demo_seed=config.DEMO_SEED, demo_tick
         # Nothing changed: keep the dataset, refresh the stamps of touched-but-equal files.
         entries = {e["file"]: e for e in state["files"]}
         if plan["stamps_refreshed"]:
-            _write_state(storage.current_version(layout.raw_dir) / STATE_FILE,
-                         _state(src, catalog, code_fp, entries, plan["stamps"]))
+            _write_state(
+                storage.current_version(layout.raw_dir) / STATE_FILE,
+                _state(src, catalog, code_fp, entries, plan["stamps"]),
+            )
     else:
-        entries, this_run = _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits,
-                                              executor, scheduler)
+        entries, this_run = _write_partitions(
+            layout, src, catalog, names, plan, jobs, state, code_fp, limits, executor, scheduler
+        )
         changed_partitions = sorted(plan["rewrite"])
 
-    report = _report(src, catalog, names, meta_note, entries, plan, changed_partitions, time.perf_counter() - t0,
-                     this_run)
+    report = _report(
+        src, catalog, names, meta_note, entries, plan, changed_partitions, time.perf_counter() - t0, this_run
+    )
     report["limits"] = limits.as_dict()
     report["executor"] = executor
     storage.atomic_write_json(layout.report(STAGE), report)
     t = report["totals"]
-    print(f"ingest: {t['files_ingested']:,} files, {t['rows_kept']:,} rows kept, "
-          f"{t['rows_quarantined']:,} rows quarantined, {t['files_rejected']} files set aside, "
-          f"{len(report['tickers_without_metadata'])} tickers without metadata"
-          + ("" if not plan["incremental"] else f"; incremental: {len(changed_partitions)} partitions rewritten, "
-             f"files {report['files_appended']:,} appended, {report['files_reread']:,} re-read, "
-             f"{report['files_unchanged']:,} unchanged"))
+    print(
+        f"ingest: {t['files_ingested']:,} files, {t['rows_kept']:,} rows kept, "
+        f"{t['rows_quarantined']:,} rows quarantined, {t['files_rejected']} files set aside, "
+        f"{len(report['tickers_without_metadata'])} tickers without metadata"
+        + (
+            ""
+            if not plan["incremental"]
+            else f"; incremental: {len(changed_partitions)} partitions rewritten, "
+            f"files {report['files_appended']:,} appended, {report['files_reread']:,} re-read, "
+            f"{report['files_unchanged']:,} unchanged"
+        )
+    )
     return report
 
 
 def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: str, layout: Layout) -> dict:
     """Decide full or incremental, and which partitions to rewrite and which files to read."""
-    full = {"incremental": False, "rewrite": {storage.partition_key(f.symbol) for f in catalog.files},
-            "read": {f.rel for f in catalog.files}, "stamps": {}, "stamps_refreshed": False, "why": "first run"}
+    full = {
+        "incremental": False,
+        "rewrite": {storage.partition_key(f.symbol) for f in catalog.files},
+        "read": {f.rel for f in catalog.files},
+        "stamps": {},
+        "stamps_refreshed": False,
+        "why": "first run",
+    }
     if state is None:
         return full
     if state.get("version") != STATE_VERSION or state.get("code") != code_fp:
@@ -140,8 +176,13 @@ def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: st
     current = {f.rel for f in catalog.files}
     for f in catalog.files:
         old = previous.get(f.rel)
-        stamps[f.rel] = {"rel": f.rel, "symbol": f.symbol, "size": f.size, "stamp": f.stamp,
-                         "crc32": old.get("crc32") if old else None}
+        stamps[f.rel] = {
+            "rel": f.rel,
+            "symbol": f.symbol,
+            "size": f.size,
+            "stamp": f.stamp,
+            "crc32": old.get("crc32") if old else None,
+        }
         if old and old["size"] == f.size and old["stamp"] == f.stamp and old.get("symbol") == f.symbol:
             continue
         if old and old["size"] == f.size and old.get("crc32") and src.path.is_dir():
@@ -151,21 +192,37 @@ def _plan(catalog: Catalog, state: dict | None, src: ResolvedSource, code_fp: st
                 refreshed = True
                 continue
         rewrite.add(storage.partition_key(f.symbol))
-        entry = entries.get(f.rel[len(catalog.root):])
-        if (old and old.get("crc32") and old.get("symbol") == f.symbol and f.size > old["size"] and src.path.is_dir()
-                and entry and not entry.get("error") and "lines" in entry):
+        entry = entries.get(f.rel[len(catalog.root) :])
+        if (
+            old
+            and old.get("crc32")
+            and old.get("symbol") == f.symbol
+            and f.size > old["size"]
+            and src.path.is_dir()
+            and entry
+            and not entry.get("error")
+            and "lines" in entry
+        ):
             append[f.rel] = {"size": old["size"], "crc32": old["crc32"], "entry": entry}
         else:
             read.add(f.rel)
     for rel, old in previous.items():
         if rel not in current:
             rewrite.add(storage.partition_key(old["symbol"]))
-    return {"incremental": True, "rewrite": rewrite, "read": read, "append": append, "stamps": stamps,
-            "stamps_refreshed": refreshed, "why": "same source as the last run"}
+    return {
+        "incremental": True,
+        "rewrite": rewrite,
+        "read": read,
+        "append": append,
+        "stamps": stamps,
+        "stamps_refreshed": refreshed,
+        "why": "same source as the last run",
+    }
 
 
-def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, limits, executor="local",
-                      scheduler="") -> dict[str, dict]:
+def _write_partitions(
+    layout, src, catalog, names, plan, jobs, state, code_fp, limits, executor="local", scheduler=""
+) -> dict[str, dict]:
     by_key: dict[str, list[SourceFile]] = {}
     for f in catalog.files:
         by_key.setdefault(storage.partition_key(f.symbol), []).append(f)
@@ -173,7 +230,7 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, l
     entries: dict[str, dict] = {}
     # Entries of files not reread come from the last run (their rows are carried over unchanged).
     for f in catalog.files:
-        short = f.rel[len(catalog.root):]
+        short = f.rel[len(catalog.root) :]
         if f.rel not in plan["read"] and f.rel not in plan.get("append", {}) and short in old_entries:
             entries[short] = old_entries[short]
 
@@ -181,8 +238,10 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, l
     previous_raw = storage.current_version(layout.raw_dir) if plan["incremental"] else None
     previous_q = storage.current_version(layout.quarantine_dir) if plan["incremental"] else None
     incremental = plan["incremental"]
-    with storage.publish_dir(layout.raw_dir, seed_from_current=incremental) as raw_stage, \
-            storage.publish_dir(layout.quarantine_dir, seed_from_current=incremental) as q_stage:
+    with (
+        storage.publish_dir(layout.raw_dir, seed_from_current=incremental) as raw_stage,
+        storage.publish_dir(layout.quarantine_dir, seed_from_current=incremental) as q_stage,
+    ):
         tasks = []
         for key in sorted(plan["rewrite"]):
             files = by_key.get(key, [])
@@ -190,30 +249,48 @@ def _write_partitions(layout, src, catalog, names, plan, jobs, state, code_fp, l
             to_parse = [(f.rel, f.symbol, names.get(f.symbol)) for f in files if f.rel in plan["read"]]
             grown = plan.get("append", {})
             keep = [f.symbol for f in files if f.rel not in plan["read"] and f.rel not in grown]
-            append = tuple(Candidate(f.rel, f.symbol, names.get(f.symbol), grown[f.rel]["size"], grown[f.rel]["crc32"],
-                                     grown[f.rel]["entry"]) for f in files if f.rel in grown)
-            tasks.append(_Task(
-                key, str(src.path), catalog.root, to_parse, keep,
-                str(previous_raw / part) if previous_raw else None,
-                str(previous_q / part) if previous_q else None,
-                str(raw_stage / part), str(q_stage / part),
-                sum(f.size for f in files if f.rel in plan["read"] or f.rel in grown), limits, append,
-            ))
+            append = tuple(
+                Candidate(
+                    f.rel,
+                    f.symbol,
+                    names.get(f.symbol),
+                    grown[f.rel]["size"],
+                    grown[f.rel]["crc32"],
+                    grown[f.rel]["entry"],
+                )
+                for f in files
+                if f.rel in grown
+            )
+            tasks.append(
+                _Task(
+                    key,
+                    str(src.path),
+                    catalog.root,
+                    to_parse,
+                    keep,
+                    str(previous_raw / part) if previous_raw else None,
+                    str(previous_q / part) if previous_q else None,
+                    str(raw_stage / part),
+                    str(q_stage / part),
+                    sum(f.size for f in files if f.rel in plan["read"] or f.rel in grown),
+                    limits,
+                    append,
+                )
+            )
         for entry in _execute(tasks, jobs, sum(len(t.parse) + len(t.append) for t in tasks), executor, scheduler):
             entries[entry["file"]] = entry
             this_run[entry["file"]] = {k: entry.pop(k) for k in _RUN_ONLY if k in entry}
-        ordered = {f.rel[len(catalog.root):]: None for f in catalog.files}
+        ordered = {f.rel[len(catalog.root) :]: None for f in catalog.files}
         entries = {k: entries[k] for k in ordered if k in entries}
-        stamps = plan["stamps"] or {f.rel: {"rel": f.rel, "size": f.size, "stamp": f.stamp, "symbol": f.symbol}
-                                    for f in catalog.files}
+        stamps = plan["stamps"] or {
+            f.rel: {"rel": f.rel, "size": f.size, "stamp": f.stamp, "symbol": f.symbol} for f in catalog.files
+        }
         for f in catalog.files:
-            e = entries.get(f.rel[len(catalog.root):], {})
+            e = entries.get(f.rel[len(catalog.root) :], {})
             if e.get("crc32"):
                 stamps[f.rel]["crc32"] = e["crc32"]
         _write_state(raw_stage / STATE_FILE, _state(src, catalog, code_fp, entries, stamps))
     return entries, this_run
-
-
 
 
 def _write_state(path: Path, state: dict) -> None:
@@ -236,16 +313,19 @@ def _report(src, catalog, names, meta_note, entries, plan, changed_partitions, s
     files = list(entries.values()) + catalog.rejected
     ok = [e for e in files if not e.get("error")]
     rejected = [{"file": e["file"], "symbol": e["symbol"], "reason": e["error"]} for e in files if e.get("error")]
-    sums = {k: sum(e.get(k, 0) for e in files) for k in
-            ("lines", "rows_read", "rows_kept", "rows_quarantined", "zero_volume_rows", "nonpositive_price_rows")}
+    sums = {
+        k: sum(e.get(k, 0) for e in files)
+        for k in ("lines", "rows_read", "rows_kept", "rows_quarantined", "zero_volume_rows", "nonpositive_price_rows")
+    }
     without_meta = sorted(e["symbol"] for e in ok if e.get("rows_kept") and e["symbol"] not in names)
     # Speed counts only the rows parsed in this run (an incremental run rereads few files).
     this_run = this_run or {}
     appended = {f for f, r in this_run.items() if r.get("update") == "appended"}
     fell_back = {f: r["update_reason"] for f, r in this_run.items() if r.get("update_reason")}
-    reread = {f.rel[len(catalog.root):] for f in catalog.files if f.rel in plan["read"]} | set(fell_back)
-    rows_this_run = (sum(e.get("rows_read", 0) for e in files if e["file"] in reread)
-                     + sum(this_run[f].get("rows_parsed", 0) for f in appended))
+    reread = {f.rel[len(catalog.root) :] for f in catalog.files if f.rel in plan["read"]} | set(fell_back)
+    rows_this_run = sum(e.get("rows_read", 0) for e in files if e["file"] in reread) + sum(
+        this_run[f].get("rows_parsed", 0) for f in appended
+    )
     rows_per_s = rows_this_run / seconds if seconds > 0 and rows_this_run else None
     return {
         "stage": STAGE,

@@ -1,4 +1,5 @@
 """Reading the raw dataset back: ``load_raw`` and ``summarize_raw`` (from partition footers when present)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -51,8 +52,9 @@ def _footer_summary(meta: pq.FileMetaData) -> dict | None:
     try:
         summary = json.loads(value)
         if sum(summary["rows_per_symbol"].values()) == sum(summary["rows_per_year"].values()) == meta.num_rows:
-            summary["days"] = [dt.date.fromisoformat(summary[k]).toordinal() - _EPOCH_ORDINAL
-                               for k in ("date_min", "date_max")]
+            summary["days"] = [
+                dt.date.fromisoformat(summary[k]).toordinal() - _EPOCH_ORDINAL for k in ("date_min", "date_max")
+            ]
             return summary
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
@@ -121,8 +123,8 @@ def summarize_raw(output_dir: str | os.PathLike, head: int = 3) -> dict:
         "date_max": day(last),
         "schema": {f.name: str(f.type) for f in schema},
         "head": head_df,
-        "rows_per_ticker": pd.Series([tickers[n] for n in names], index=pd.Index(names, name="Symbol"),
-                                     name="rows", dtype="int64"),
+        "rows_per_ticker": pd.Series(
+            [tickers[n] for n in names], index=pd.Index(names, name="Symbol"), name="rows", dtype="int64"
+        ),
         "rows_per_year": pd.Series(years[year_idx], index=pd.Index(year_idx.tolist(), name="year"), name="rows"),
     }
-

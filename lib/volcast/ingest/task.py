@@ -1,5 +1,6 @@
 """One partition task: read its files, parse them (jointly where clean), check every line is accounted for,
 write its raw and quarantine files."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,6 @@ from .write import _BufferedParquet, _RawParquet
 _PROGRESS = None  # a multiprocessing queue in worker processes (set by workers._init_worker): files done
 
 
-
 class _Task(NamedTuple):
     key: str
     source_path: str
@@ -39,7 +39,6 @@ class _Task(NamedTuple):
     bytes: int
     limits: Limits = DEFAULT_LIMITS
     append: tuple[Candidate, ...] = ()  # files expected to have grown by appended lines (append.py)
-
 
 
 _JOINED: _JoinedBodies | None = None  # one per process: reused by every partition task it runs
@@ -72,7 +71,7 @@ def _partition_task(task: _Task) -> list[dict]:
                 parse.append((c.rel, c.symbol, c.name))
                 old_bounds.pop(c.symbol, None)
                 old_q_bounds.pop(c.symbol, None)
-        fell_back = {c.rel[len(task.root):]: fallback[c.symbol] for c in task.append if c.symbol in fallback}
+        fell_back = {c.rel[len(task.root) :]: fallback[c.symbol] for c in task.append if c.symbol in fallback}
     else:
         fell_back = {}
 
@@ -98,8 +97,16 @@ def _partition_task(task: _Task) -> list[dict]:
         readable = [k for k, b in enumerate(batch) if b[1] is not None]
         if len(readable) > 1:
             try:
-                fast.update(zip(readable, parse_csv_batch([batch[k][1:4] for k in readable], ticker_columns=False,
-                                                          max_line_bytes=task.limits.max_line_bytes)))
+                fast.update(
+                    zip(
+                        readable,
+                        parse_csv_batch(
+                            [batch[k][1:4] for k in readable],
+                            ticker_columns=False,
+                            max_line_bytes=task.limits.max_line_bytes,
+                        ),
+                    )
+                )
             except Exception:  # the file-by-file path below decides, and reports what is wrong
                 pass
         in_buffer = [k for k, b in enumerate(batch) if b[5] is not None]
@@ -113,8 +120,9 @@ def _partition_task(task: _Task) -> list[dict]:
                 parsed = fast.get(k)
             if parsed is None:
                 try:
-                    parsed = parse_csv(data if body is None else joined.body(body), symbol, name, entry["file"],
-                                       task.limits)
+                    parsed = parse_csv(
+                        data if body is None else joined.body(body), symbol, name, entry["file"], task.limits
+                    )
                 except Exception as exc:  # never let one file stop the run
                     parsed = _reject(f"unreadable: {type(exc).__name__}: {exc}")
             counted = entry.pop("physical_lines", None)
@@ -122,8 +130,12 @@ def _partition_task(task: _Task) -> list[dict]:
             if parsed.error:
                 entry["error"] = parsed.error
             else:
-                _account(entry, joined.lines(body, parsed.counts["rows_read"]) if body is not None
-                         else data_lines(data, accounted=parsed.counts["rows_read"], counted=counted))
+                _account(
+                    entry,
+                    joined.lines(body, parsed.counts["rows_read"])
+                    if body is not None
+                    else data_lines(data, accounted=parsed.counts["rows_read"], counted=counted),
+                )
             raw_out.add(parsed.table, symbol, name)
             q_out.add(parsed.quarantine)
             entries.append(entry)
@@ -155,7 +167,7 @@ def _partition_task(task: _Task) -> list[dict]:
                 q_out.add(old_q.slice(*old_q_bounds[symbol]))
             continue
         rel, name = item
-        entry: dict[str, Any] = {"file": rel[len(task.root):], "symbol": symbol}
+        entry: dict[str, Any] = {"file": rel[len(task.root) :], "symbol": symbol}
         if entry["file"] in fell_back:
             entry["update_reason"] = fell_back[entry["file"]]
         try:
@@ -194,7 +206,8 @@ def _account(entry: dict, lines: int) -> None:
         raise LinesNotAccounted(
             f"ingest lost rows of {entry['file']}: {lines:,} data lines, but {entry['rows_kept']:,} kept + "
             f"{entry['rows_quarantined']:,} quarantined; nothing was published (a bug in ingest: please report "
-            "it with that file)")
+            "it with that file)"
+        )
 
 
 def _carried(table: pa.Table, column: str, carried: list[str]) -> tuple[pa.Table, dict[str, tuple[int, int]]]:
@@ -225,4 +238,3 @@ def _symbol_bounds(table: pa.Table, column: str = "Symbol") -> dict[str, tuple[i
     values = ree.values.to_pylist()
     starts = np.concatenate([[0], ends[:-1]])
     return {v: (int(s), int(e - s)) for v, s, e in zip(values, starts, ends)}
-

@@ -1,5 +1,6 @@
 """Text to typed values: the float, Volume and date rules a CSV cell must meet (vectorised, Python only for
 the rare cells Arrow and the rules disagree on)."""
+
 from __future__ import annotations
 
 import re
@@ -116,4 +117,3 @@ def _valid_dates(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     ok &= _np_bool(pc.greater_equal(col, "0001-01-01"))
     day_numbers = np.asarray(pc.fill_null(days.cast(pa.int32()), 0).to_numpy(zero_copy_only=False), np.int64)
     return ok, day_numbers
-

@@ -1,5 +1,6 @@
 """The process pool: partition tasks on forkserver workers (or a dask cluster), with a progress bar over files;
 local workers end with the process that started them."""
+
 from __future__ import annotations
 
 import ctypes
@@ -85,8 +86,9 @@ def _execute(tasks: list[_Task], jobs: int, n_files: int, executor: str = "local
         nonlocal progress
         ctx = start_worker_server()
         progress = ctx.Queue()
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(progress, os.getpid()))
+        return ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(progress, os.getpid())
+        )
 
     def on_done(task: _Task, entries: list[dict]) -> None:
         out.extend(entries)
@@ -94,9 +96,17 @@ def _execute(tasks: list[_Task], jobs: int, n_files: int, executor: str = "local
             bar.update(len(task.parse))
 
     try:
-        map_tasks(_partition_task, tasks, jobs=jobs, executor=executor, scheduler=scheduler,
-                  local_pool=local_pool, on_done=on_done, name="ingest",
-                  poll=lambda: progress is not None and _drain(progress, bar))
+        map_tasks(
+            _partition_task,
+            tasks,
+            jobs=jobs,
+            executor=executor,
+            scheduler=scheduler,
+            local_pool=local_pool,
+            on_done=on_done,
+            name="ingest",
+            poll=lambda: progress is not None and _drain(progress, bar),
+        )
         if executor == LOCAL and progress is not None:
             _drain(progress, bar)
         return out
@@ -115,4 +125,3 @@ def _drain(progress, bar) -> None:
             break
     if n:
         bar.update(n)
-

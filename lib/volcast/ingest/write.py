@@ -1,4 +1,5 @@
 """Writing partitions: Parquet files in bounded row groups, the raw one with its summary footer."""
+
 from __future__ import annotations
 
 import json
@@ -81,17 +82,27 @@ class _RawParquet(_BufferedParquet):
         """Finish the file with its summary in the footer (see ``summarize_raw``)."""
         self._flush()
         if self.writer is not None:
-            self.writer.add_key_value_metadata({SUMMARY_KEY: json.dumps({
-                "rows_per_symbol": self.rows_per_symbol, "rows_per_year": self.rows_per_year,
-                "date_min": min(self.date_range), "date_max": max(self.date_range)})})
+            self.writer.add_key_value_metadata(
+                {
+                    SUMMARY_KEY: json.dumps(
+                        {
+                            "rows_per_symbol": self.rows_per_symbol,
+                            "rows_per_year": self.rows_per_year,
+                            "date_min": min(self.date_range),
+                            "date_max": max(self.date_range),
+                        }
+                    )
+                }
+            )
         return super().close()
 
     def _flush(self) -> None:
         if not self.buffer:
             return
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, RAW_DICTIONARY_SCHEMA, store_schema=False,
-                                           **storage.parquet_options(RAW_SCHEMA))
+            self.writer = pq.ParquetWriter(
+                self.tmp, RAW_DICTIONARY_SCHEMA, store_schema=False, **storage.parquet_options(RAW_SCHEMA)
+            )
         rows = np.array([n for _, _, n in self.tickers], np.int64)
         columns = {}
         for pos, name in enumerate(TICKER_COLUMNS):
@@ -112,4 +123,3 @@ class _RawParquet(_BufferedParquet):
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         self.rows += self.buffered
         self.buffer, self.buffered, self.tickers = [], 0, []
-
