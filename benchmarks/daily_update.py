@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         default=3,
         help="on the first days, also a full re-run (--force) of the same tree, interleaved",
     )
+    p.add_argument("--name", default="", help="results file name (default daily_update[_xK])")
     args = p.parse_args(argv)
     mds = _module("make_daily_source")
     work = args.work
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "version0": first,
             "days": days,
         }
-        return _write(result, args.scale)
+        return _write(result, args.scale, args.name)
     # The final tree, fresh: datasets equal, and the read time of the features dataset.
     load = wait_for_load(args.max_load, args.max_wait)
     fresh = {"load": load, **run_stages(src, full, "ingest,features", args.jobs)}
@@ -206,14 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         "read_seconds": {k: round(statistics.median(v), 3) for k, v in reads.items()},
         "read_all": {k: [round(x, 3) for x in v] for k, v in reads.items()},
     }
-    return _write(result, args.scale)
+    return _write(result, args.scale, args.name)
 
 
-def _write(result: dict, scale: int) -> int:
-    suffix = "" if scale == 1 else f"_x{scale}"
+def _write(result: dict, scale: int, name: str = "") -> int:
+    name = name or "daily_update" + ("" if scale == 1 else f"_x{scale}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"daily_update{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / f"daily_update{suffix}.md").write_text(markdown(result))
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 
