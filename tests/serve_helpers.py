@@ -3,6 +3,7 @@
 Models are real: a tiny generated market goes through ingest -> features -> train (the production
 code, a few seconds), so the API is tested against exactly what `volcast.train.load_model` loads.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -46,8 +47,13 @@ def copy_output(src: Path, dest: Path) -> Path:
 def publish_models_from(src: Path, dest: Path) -> str:
     """Copy src's model dirs into dest, then point dest's LATEST at src's model (LATEST last)."""
     model_id = Layout.at(src).latest_file.read_text().strip()
-    shutil.copytree(Layout.at(src).models_dir, Layout.at(dest).models_dir, symlinks=True,
-                    ignore=shutil.ignore_patterns("LATEST"), dirs_exist_ok=True)
+    shutil.copytree(
+        Layout.at(src).models_dir,
+        Layout.at(dest).models_dir,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("LATEST"),
+        dirs_exist_ok=True,
+    )
     atomic_write_text(Layout.at(dest).latest_file, model_id + "\n")
     return model_id
 
@@ -114,7 +120,9 @@ class ServeProcess:
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-u", "-c", code, str(output_dir), "1" if dashboard else "0", json.dumps(options)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
@@ -162,8 +170,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def hammer(base_url: str, stop: threading.Event, seed: int,
-           last_model: dict | None = None) -> list[tuple[int, object, tuple]]:
+def hammer(
+    base_url: str, stop: threading.Event, seed: int, last_model: dict | None = None
+) -> list[tuple[int, object, tuple]]:
     """Requests on one keep-alive connection until stopped: GETs and POSTed lists, random features.
 
     ``last_model[seed]``, if given, holds the model id of the latest answer, so a caller can wait for a swap.

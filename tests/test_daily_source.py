@@ -3,6 +3,7 @@
 Checked against pandas reading every version independently: each version's files are byte prefixes of the
 next one's, the last version is the original tree byte for byte, and the rows add up day by day.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -58,15 +59,21 @@ def source(tmp_path_factory) -> Path:
 
 def _tree(root: Path) -> dict[str, bytes]:
     """Every file of a Kaggle-layout tree (the hidden state folder excluded)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.relative_to(root).parts[0].startswith(".")}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.relative_to(root).parts[0].startswith(".")
+    }
 
 
 def _frames(tree: dict[str, bytes]) -> dict[str, pd.DataFrame]:
     import io
 
-    return {rel: pd.read_csv(io.BytesIO(data)) for rel, data in tree.items() if rel.endswith(".csv")
-            and rel.split("/")[0] in ("stocks", "etfs")}
+    return {
+        rel: pd.read_csv(io.BytesIO(data))
+        for rel, data in tree.items()
+        if rel.endswith(".csv") and rel.split("/")[0] in ("stocks", "etfs")
+    }
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
 """Ingest against the sample (real when ../shared is present, else generated), checked by a second method."""
+
 from __future__ import annotations
 
 import csv
@@ -207,7 +208,7 @@ def test_partitions_and_staging(sample_run):
     assert parts == [storage.partition_file(k) for k in sorted(report["changed_partitions"])]
     for part in parts:
         symbols = pq.read_table(layout.raw_dir / part, columns=["Symbol"])["Symbol"].unique().to_pylist()
-        assert {storage.partition_key(s) for s in symbols} == {part[len("part-"):-len(".parquet")]}
+        assert {storage.partition_key(s) for s in symbols} == {part[len("part-") : -len(".parquet")]}
     assert storage.read_json(layout.report("ingest"))["totals"] == report["totals"]
     assert not list(layout.data_dir.glob(".*staging*"))
 
@@ -216,19 +217,24 @@ def test_security_name_matched_through_nasdaq_symbol(tmp_path):
     src = tmp_path / "src"
     (src / "stocks").mkdir(parents=True)
     (src / "stocks" / "AGM-A.csv").write_text(
-        "Date,Open,High,Low,Close,Adj Close,Volume\n2020-01-02,1.5,1.6,1.4,1.55,1.5,100\n")
+        "Date,Open,High,Low,Close,Adj Close,Volume\n2020-01-02,1.5,1.6,1.4,1.55,1.5,100\n"
+    )
     (src / "stocks" / "AGM.csv").write_text(
-        "Date,Open,High,Low,Close,Adj Close,Volume\n2020-01-02,2.5,2.6,2.4,2.55,2.5,200\n")
+        "Date,Open,High,Low,Close,Adj Close,Volume\n2020-01-02,2.5,2.6,2.4,2.55,2.5,200\n"
+    )
     (src / config.META_FILE).write_text(
         "Symbol,Security Name,Listing Exchange,Market Category,ETF,Round Lot Size,Test Issue,"
         "Financial Status,CQS Symbol,NASDAQ Symbol,NextShares\n"
         "AGM,Federal Agricultural Mortgage Corporation Common Stock,N, ,N,100,N,,AGM,AGM,N\n"
-        "AGM$A,Federal Agricultural Mortgage Corporation Class A,N, ,N,100,N,,AGM.A,AGM-A,N\n")
+        "AGM$A,Federal Agricultural Mortgage Corporation Class A,N, ,N,100,N,,AGM.A,AGM-A,N\n"
+    )
     report = ingest.run(tmp_path / "out", source=str(src), jobs=1)
     df = pd.read_parquet(Layout.at(tmp_path / "out").raw_dir)
     names = dict(zip(df["Symbol"], df["Security Name"]))
-    assert names == {"AGM": "Federal Agricultural Mortgage Corporation Common Stock",
-                     "AGM-A": "Federal Agricultural Mortgage Corporation Class A"}
+    assert names == {
+        "AGM": "Federal Agricultural Mortgage Corporation Common Stock",
+        "AGM-A": "Federal Agricultural Mortgage Corporation Class A",
+    }
     assert report["tickers_without_metadata"] == []
 
 

@@ -4,6 +4,7 @@ The file-by-file path (``parse_csv``) is the judge: its own tests check it again
 expectations. Here every file the batch path accepts must come out identical (rows, values, counts),
 and a whole ingest with batching switched off must equal one with batching on.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -63,7 +64,7 @@ def test_broken_files_batch_equals_file_by_file():
     assert check_batch(items, all_clean_taken=True) == 2
     for k in range(len(items)):  # every order, and each file alone
         check_batch(items[k:] + items[:k], all_clean_taken=True)
-        check_batch(items[k:k + 1])
+        check_batch(items[k : k + 1])
 
 
 def test_sample_batch_equals_file_by_file(sample_source, tmp_path):
@@ -74,14 +75,27 @@ def test_sample_batch_equals_file_by_file(sample_source, tmp_path):
     else:
         read = zipfile.ZipFile(src.path).read
     items = [(read(f.rel), f.symbol, "x") for f in catalog.files]
-    taken = sum(check_batch(items[i:i + 40], all_clean_taken=True) for i in range(0, len(items), 40))
+    taken = sum(check_batch(items[i : i + 40], all_clean_taken=True) for i in range(0, len(items), 40))
     assert taken >= 0.9 * len(items)  # the clean files take the fast path
 
 
 GOOD_LINES = [f"2020-01-{d:02d},1.5,2,1,1.25,1.2,{100 + d}" for d in range(1, 29)]
-ODD_LINES = ["", "|", " ", "2020-01-05,1,2,3", "2020-01-05,1,2,3,4,5,6,7", ",,,,,,", "2020-02-30,1,1,1,1,1,1",
-             "2020-01-03,1,1,1,1,1,5254.0", "2020-01-03,1,1,1,1,1,-1", "2020-01-03,nan,1,1,1,1,1",
-             "2020-01-03,1,1,1,1,-2,1", "0000-01-01,1,1,1,1,1,1", '2020-01-03,"1",1,1,1,1,1', "2020-01-03,1,1,1,1,1,x"]
+ODD_LINES = [
+    "",
+    "|",
+    " ",
+    "2020-01-05,1,2,3",
+    "2020-01-05,1,2,3,4,5,6,7",
+    ",,,,,,",
+    "2020-02-30,1,1,1,1,1,1",
+    "2020-01-03,1,1,1,1,1,5254.0",
+    "2020-01-03,1,1,1,1,1,-1",
+    "2020-01-03,nan,1,1,1,1,1",
+    "2020-01-03,1,1,1,1,-2,1",
+    "0000-01-01,1,1,1,1,1,1",
+    '2020-01-03,"1",1,1,1,1,1',
+    "2020-01-03,1,1,1,1,1,x",
+]
 
 
 @st.composite
@@ -92,8 +106,11 @@ def csv_file(draw):
         lines = draw(st.permutations(lines + lines[:1]))
     for _ in range(draw(st.integers(0, 2))):
         lines.insert(draw(st.integers(0, len(lines))), draw(st.sampled_from(ODD_LINES)))
-    header = draw(st.sampled_from([H.decode().rstrip("\n"), H.decode().rstrip("\n"),
-                                   "Date,Open,High,Low,Close,Adj Close,Volume,Extra"]))
+    header = draw(
+        st.sampled_from(
+            [H.decode().rstrip("\n"), H.decode().rstrip("\n"), "Date,Open,High,Low,Close,Adj Close,Volume,Extra"]
+        )
+    )
     tail = draw(st.sampled_from(["\n", "", "\n\n"]))
     return ("\n".join([header, *lines]) + tail).encode()
 
@@ -140,8 +157,10 @@ def test_whole_ingest_same_with_and_without_batches(which, tmp_path, sample_sour
     if Path(source).is_dir():
         read = lambda rel: (Path(source) / rel).read_bytes()  # noqa: E731
     else:
-        members = {name.split("/", 1)[-1] if not name.startswith(("stocks/", "etfs/")) else name: name
-                   for name in zipfile.ZipFile(source).namelist()}
+        members = {
+            name.split("/", 1)[-1] if not name.startswith(("stocks/", "etfs/")) else name: name
+            for name in zipfile.ZipFile(source).namelist()
+        }
         read = lambda rel: zipfile.ZipFile(source).read(members[rel])  # noqa: E731
     for entry in files:
         assert entry["crc32"] == f"{zlib.crc32(read(entry['file'])):08x}", entry["file"]
@@ -161,8 +180,11 @@ def test_joined_reader_takes_a_file_that_changes_size_whole(tmp_path, monkeypatc
     path = tmp_path / "A.csv"
     path.write_bytes(data)
     real_fstat = os.fstat
-    monkeypatch.setattr(ingest.read.os, "fstat", lambda fd: SimpleNamespace(st_size=real_fstat(fd).st_size + change,
-                                                                             st_mode=real_fstat(fd).st_mode))
+    monkeypatch.setattr(
+        ingest.read.os,
+        "fstat",
+        lambda fd: SimpleNamespace(st_size=real_fstat(fd).st_size + change, st_mode=real_fstat(fd).st_mode),
+    )
     reader = ingest.read._JoinedBodies()
     crc, whole = reader.read(str(path))
     monkeypatch.undo()

@@ -3,6 +3,7 @@
 Each test file is written line by line with what should happen to each line, so the expectation is
 stated by hand next to the data rather than derived from the code under test.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -17,48 +18,112 @@ KEEP = "keep"
 # name -> (kind of file, [(line text, expectation)], newline, leading bytes)
 # expectation: KEEP, a quarantine kind, or None (header / blank line: no row)
 FILES = {
-    "GOOD": ("stocks", [(H, None), ("2020-01-02,1.0,2.0,0.5,1.5,1.4,100", KEEP),
-                        ("2020-01-03,1.5,2.5,1.0,2.0,1.9,0", KEEP)], "\n", b""),
-    "REORD": ("stocks", [("Volume,Date,Note,Close,Adj Close,Open,Low,High", None),
-                         ("300,2020-01-02,hello,1.5,1.4,1.0,0.5,2.0", KEEP),
-                         ("400,2020-01-03,,2.0,1.9,1.5,1.0,2.5", KEEP)], "\n", b""),
-    "TEXTVOL": ("stocks", [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,abc", "non-numeric"),
-                           ("2020-01-03,1,2,0.5,1.5,1.4,12", KEEP)], "\n", b""),
-    "FRAC": ("stocks", [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,12.5", "non-integral"),
-                        ("2020-01-03,1,2,0.5,1.5,1.4,5254.0", KEEP),
-                        ("2020-01-06,1,2,0.5,1.5,1.4,1e3", KEEP)], "\n", b""),
-    "NEG": ("stocks", [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,-3", "negative"),
-                       ("2020-01-03,-1,2,0.5,0,1.4,7", KEEP)], "\n", b""),
-    "BIGVOL": ("stocks", [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,9223372036854775808", "overflow"),
-                          ("2020-01-03,1,2,0.5,1.5,1.4,9223372036854775807", KEEP),
-                          ("2020-01-06,1,2,0.5,1.5,1.4,000000000000000000000012", KEEP)], "\n", b""),
-    "DATES": ("stocks", [(H, None), ("2020-01-03,1,2,0.5,1.5,1.4,10", KEEP),
-                         ("2021-02-30,1,2,0.5,1.5,1.4,10", "bad-date"),
-                         ("2020/01/05,1,2,0.5,1.5,1.4,10", "bad-date"),
-                         ("20200106,1,2,0.5,1.5,1.4,10", "bad-date"),
-                         ("2020-13-01,1,2,0.5,1.5,1.4,10", "bad-date"),
-                         ("2020-01-03,9,9,9,9,9,99", "duplicate-date"),
-                         ("2020-01-02,1,2,0.5,1.5,1.4,11", KEEP),  # out of order: sorted in the output
-                         ("", None),  # a blank line is not a row
-                         ("2020-01-02,1,2,0.5,1.5,1.4,12", "duplicate-date")], "\n", b""),
-    "VALUES": ("stocks", [(H, None), ("2020-01-02,,2,0.5,1.5,1.4,10", "missing"),
-                          ("2020-01-03,inf,2,0.5,1.5,1.4,10", "non-finite"),
-                          ("2020-01-06,1,nan,0.5,1.5,1.4,10", "non-finite"),
-                          ("2020-01-07,1,2,x,1.5,1.4,10", "non-numeric"),
-                          ("2020-01-08,1,2,0.5", "malformed"),
-                          ("2020-01-09,1,2,0.5,1.5,1.4,10,extra", "malformed"),
-                          (",1,2,0.5,1.5,1.4,10", "missing"),
-                          ("2020-01-10,1,2,0.5,1.5,1.4,10", KEEP)], "\n", b""),
-    "CRLF": ("stocks", [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,10", KEEP),
-                        ("2020-01-03,1,2,0.5,1.5,1.4,x", "non-numeric"),
-                        ("2020-01-06,1,2,0.5,1.5,1.4,30", KEEP)], "\r\n", b""),
+    "GOOD": (
+        "stocks",
+        [(H, None), ("2020-01-02,1.0,2.0,0.5,1.5,1.4,100", KEEP), ("2020-01-03,1.5,2.5,1.0,2.0,1.9,0", KEEP)],
+        "\n",
+        b"",
+    ),
+    "REORD": (
+        "stocks",
+        [
+            ("Volume,Date,Note,Close,Adj Close,Open,Low,High", None),
+            ("300,2020-01-02,hello,1.5,1.4,1.0,0.5,2.0", KEEP),
+            ("400,2020-01-03,,2.0,1.9,1.5,1.0,2.5", KEEP),
+        ],
+        "\n",
+        b"",
+    ),
+    "TEXTVOL": (
+        "stocks",
+        [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,abc", "non-numeric"), ("2020-01-03,1,2,0.5,1.5,1.4,12", KEEP)],
+        "\n",
+        b"",
+    ),
+    "FRAC": (
+        "stocks",
+        [
+            (H, None),
+            ("2020-01-02,1,2,0.5,1.5,1.4,12.5", "non-integral"),
+            ("2020-01-03,1,2,0.5,1.5,1.4,5254.0", KEEP),
+            ("2020-01-06,1,2,0.5,1.5,1.4,1e3", KEEP),
+        ],
+        "\n",
+        b"",
+    ),
+    "NEG": (
+        "stocks",
+        [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,-3", "negative"), ("2020-01-03,-1,2,0.5,0,1.4,7", KEEP)],
+        "\n",
+        b"",
+    ),
+    "BIGVOL": (
+        "stocks",
+        [
+            (H, None),
+            ("2020-01-02,1,2,0.5,1.5,1.4,9223372036854775808", "overflow"),
+            ("2020-01-03,1,2,0.5,1.5,1.4,9223372036854775807", KEEP),
+            ("2020-01-06,1,2,0.5,1.5,1.4,000000000000000000000012", KEEP),
+        ],
+        "\n",
+        b"",
+    ),
+    "DATES": (
+        "stocks",
+        [
+            (H, None),
+            ("2020-01-03,1,2,0.5,1.5,1.4,10", KEEP),
+            ("2021-02-30,1,2,0.5,1.5,1.4,10", "bad-date"),
+            ("2020/01/05,1,2,0.5,1.5,1.4,10", "bad-date"),
+            ("20200106,1,2,0.5,1.5,1.4,10", "bad-date"),
+            ("2020-13-01,1,2,0.5,1.5,1.4,10", "bad-date"),
+            ("2020-01-03,9,9,9,9,9,99", "duplicate-date"),
+            ("2020-01-02,1,2,0.5,1.5,1.4,11", KEEP),  # out of order: sorted in the output
+            ("", None),  # a blank line is not a row
+            ("2020-01-02,1,2,0.5,1.5,1.4,12", "duplicate-date"),
+        ],
+        "\n",
+        b"",
+    ),
+    "VALUES": (
+        "stocks",
+        [
+            (H, None),
+            ("2020-01-02,,2,0.5,1.5,1.4,10", "missing"),
+            ("2020-01-03,inf,2,0.5,1.5,1.4,10", "non-finite"),
+            ("2020-01-06,1,nan,0.5,1.5,1.4,10", "non-finite"),
+            ("2020-01-07,1,2,x,1.5,1.4,10", "non-numeric"),
+            ("2020-01-08,1,2,0.5", "malformed"),
+            ("2020-01-09,1,2,0.5,1.5,1.4,10,extra", "malformed"),
+            (",1,2,0.5,1.5,1.4,10", "missing"),
+            ("2020-01-10,1,2,0.5,1.5,1.4,10", KEEP),
+        ],
+        "\n",
+        b"",
+    ),
+    "CRLF": (
+        "stocks",
+        [
+            (H, None),
+            ("2020-01-02,1,2,0.5,1.5,1.4,10", KEEP),
+            ("2020-01-03,1,2,0.5,1.5,1.4,x", "non-numeric"),
+            ("2020-01-06,1,2,0.5,1.5,1.4,30", KEEP),
+        ],
+        "\r\n",
+        b"",
+    ),
     "BOM": ("etfs", [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,10", KEEP)], "\n", b"\xef\xbb\xbf"),
-    "NOTAIL": ("etfs", [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,10", KEEP),
-                        ("2020-01-03,1,2,0.5,1.5,1.4,11", KEEP)], "no-tail", b""),  # no final newline
+    "NOTAIL": (
+        "etfs",
+        [(H, None), ("2020-01-02,1,2,0.5,1.5,1.4,10", KEEP), ("2020-01-03,1,2,0.5,1.5,1.4,11", KEEP)],
+        "no-tail",
+        b"",
+    ),  # no final newline
 }
 # Files whose bytes are written directly: name -> (kind, bytes, rows kept, [(line, kind)]) or a rejection.
-LATIN = (H + "\n2020-01-02,1,2,0.5,1.5,1.4,10\n2020-01-03,1,2,0.5,1.5,1.4,1\xe92\n"
-         "2020-01-06,1,2,0.5,1.5,1.4,30\n").encode("latin-1")
+LATIN = (
+    H + "\n2020-01-02,1,2,0.5,1.5,1.4,10\n2020-01-03,1,2,0.5,1.5,1.4,1\xe92\n2020-01-06,1,2,0.5,1.5,1.4,30\n"
+).encode("latin-1")
 REJECTED = {
     "EMPTY": (b"", "empty"),
     "HEADERONLY": ((H + "\n").encode(), "header only"),
@@ -162,12 +227,31 @@ def test_counts_add_up(broken_run):
     assert t["files"] == len(FILES) + 1 + len(REJECTED)  # README.txt is not a ticker file
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("5254", 5254), ("5254.0", 5254), ("5254.000", 5254), ("+7", 7), ("1e3", 1000), ("1.5e3", 1500),
-    ("0", 0), ("-0", 0), ("9223372036854775807", 2**63 - 1), ("0009223372036854775807", 2**63 - 1),
-    ("12.5", None), ("-3", None), ("9223372036854775808", None), ("1e19", None), ("abc", None),
-    ("inf", None), ("nan", None), ("", None), (" 5 ", 5), ("1,000", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("5254", 5254),
+        ("5254.0", 5254),
+        ("5254.000", 5254),
+        ("+7", 7),
+        ("1e3", 1000),
+        ("1.5e3", 1500),
+        ("0", 0),
+        ("-0", 0),
+        ("9223372036854775807", 2**63 - 1),
+        ("0009223372036854775807", 2**63 - 1),
+        ("12.5", None),
+        ("-3", None),
+        ("9223372036854775808", None),
+        ("1e19", None),
+        ("abc", None),
+        ("inf", None),
+        ("nan", None),
+        ("", None),
+        (" 5 ", 5),
+        ("1,000", None),
+    ],
+)
 def test_volume_text(text, expected):
     # Spaces around a number are ignored (as Arrow's typed CSV reader does); a date must be exact.
     # Two rows so the first (valid) row keeps the typed fast path from deciding the whole file.
@@ -192,7 +276,7 @@ def test_parse_never_raises_on_garbage():
     import random
 
     rng = random.Random(3)
-    alphabet = b"0123456789,.-\n\r e\xff\"ab"
+    alphabet = b'0123456789,.-\n\r e\xff"ab'
     for _ in range(300):
         body = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 200)))
         parsed = ingest.parse_csv(H.encode() + b"\n" + body, "X")

@@ -1,4 +1,5 @@
 """Output made by other ingest code is never reused: the stage's code digest covers the whole package."""
+
 from __future__ import annotations
 
 from volcast import pipeline, storage

@@ -1,6 +1,7 @@
 """Hostile and broken source files (issue 14): no row lost, nothing read that should not be, limits that hold.
 
 Every probe file is made here. Expected values are worked out by hand from how each file was built."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,8 +23,11 @@ N_ROWS = 2609
 
 def ticker_lines(n: int = N_ROWS, start: dt.date = dt.date(2000, 1, 3)) -> list[bytes]:
     """n valid data lines, one per calendar day, each with its own Volume (100 + row index)."""
-    return [f"{start + dt.timedelta(days=i)},{10 + i % 7}.5,{12 + i % 7}.25,{9 + i % 7}.75,{11 + i % 7}.0,"
-            f"{11 + i % 7}.0,{100 + i}\n".encode() for i in range(n)]
+    return [
+        f"{start + dt.timedelta(days=i)},{10 + i % 7}.5,{12 + i % 7}.25,{9 + i % 7}.75,{11 + i % 7}.0,"
+        f"{11 + i % 7}.0,{100 + i}\n".encode()
+        for i in range(n)
+    ]
 
 
 def folder_source(root: Path, files: dict[str, bytes]) -> Path:
@@ -54,8 +58,9 @@ def test_stray_quote_quarantines_its_line_only(tmp_path):
     other 2,608 rows are kept, that one is quarantined with line 101."""
     lines = ticker_lines()
     lines[99] = lines[99].replace(b",", b',"', 1)
-    src = folder_source(tmp_path, {"stocks/AAA.csv": HEADER + b"".join(lines),
-                                   "stocks/BBB.csv": HEADER + b"".join(ticker_lines(50))})
+    src = folder_source(
+        tmp_path, {"stocks/AAA.csv": HEADER + b"".join(lines), "stocks/BBB.csv": HEADER + b"".join(ticker_lines(50))}
+    )
     report = ingest.run(tmp_path / "out", source=str(src), jobs=1)
     e = entry(report, "AAA")
     assert (e["rows_read"], e["rows_kept"], e["rows_quarantined"], e["lines"]) == (2609, 2608, 1, 2609)
@@ -107,7 +112,7 @@ def reference_spans(body: bytes) -> list[tuple[int, int]]:
     while i < len(body):
         if body[i] in b"\r\n":
             spans.append((start, i))
-            i += 2 if body[i:i + 2] == b"\r\n" else 1
+            i += 2 if body[i : i + 2] == b"\r\n" else 1
             start = i
         else:
             i += 1
@@ -130,8 +135,13 @@ def test_line_spans_and_counts_match_a_byte_walk():
 def test_a_row_lost_by_the_parser_stops_the_stage(tmp_path, monkeypatch):
     """If a parser ever drops a line but counts consistently (finding 1's failure), the stage raises and
     publishes nothing, rather than reporting rows_read = kept + quarantined over fewer rows."""
-    src = folder_source(tmp_path, {"stocks/AAA.csv": HEADER.replace(b"\n", b"\r\n")
-                                   + b"".join(x.replace(b"\n", b"\r\n") for x in ticker_lines(40))})
+    src = folder_source(
+        tmp_path,
+        {
+            "stocks/AAA.csv": HEADER.replace(b"\n", b"\r\n")
+            + b"".join(x.replace(b"\n", b"\r\n") for x in ticker_lines(40))
+        },
+    )
     real = ingest.task.parse_csv
 
     def losing(*args, **kwargs):
@@ -158,8 +168,9 @@ def test_quarantine_fetches_values_once_per_column_not_per_bad_row(monkeypatch):
     monkeypatch.setattr(ingest.quarantine, "_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
     for n in (500, 4000):
         calls.clear()
-        parsed = ingest.parse_csv(HEADER + b"2020-01-02,1.5,2,1,1.5,1.5,500\n" * n
-                                  + b"2020-01-03,x,2,1,1.5,1.5,7\n", "AAA")
+        parsed = ingest.parse_csv(
+            HEADER + b"2020-01-02,1.5,2,1,1.5,1.5,500\n" * n + b"2020-01-03,x,2,1,1.5,1.5,7\n", "AAA"
+        )
         assert (parsed.counts["rows_kept"], parsed.counts["rows_quarantined"]) == (1, n)
         reasons = parsed.quarantine["reason"].to_pylist()
         assert reasons[0] == "duplicate date 2020-01-02 (first on line 2)" and len(set(reasons[:-1])) == 1
@@ -212,14 +223,17 @@ def test_file_over_max_file_bytes_is_set_aside_from_zip_directory_and_folder(tmp
 
 def test_ten_million_column_header_is_refused_before_parsing(tmp_path):
     header = HEADER.rstrip(b"\n") + b"," + b"x," * 10_000_000 + b"x\n"  # 20 MB
-    src = folder_source(tmp_path, {"stocks/WIDE.csv": header + b"".join(ticker_lines(5)),
-                                   "stocks/AAA.csv": HEADER + b"".join(ticker_lines(5))})
+    src = folder_source(
+        tmp_path,
+        {"stocks/WIDE.csv": header + b"".join(ticker_lines(5)), "stocks/AAA.csv": HEADER + b"".join(ticker_lines(5))},
+    )
     report = ingest.run(tmp_path / "out", source=str(src), jobs=1)
     assert rejected(report)["stocks/WIDE.csv"] == "header line longer than the limit max_header_bytes=65,536"
     assert entry(report, "AAA")["rows_kept"] == 5
     few = HEADER.rstrip(b"\n") + b"," + b"x," * 1_500 + b"x\n"  # 3 kB but 1,508 columns
     assert ingest.parse_csv(few + b"".join(ticker_lines(5)), "W").error == (
-        "header has 1,508 columns, over the limit max_columns=1,000")
+        "header has 1,508 columns, over the limit max_columns=1,000"
+    )
 
 
 @pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
@@ -233,7 +247,8 @@ def test_header_limits_count_the_header_line_only(ending):
     assert ingest.parse_csv(HEADER + body, "AAA", limits=limits).error is None
     tight = ingest.Limits(max_header_bytes=len(HEADER) - 2)
     assert ingest.parse_csv(HEADER + body, "AAA", limits=tight).error == (
-        f"header line longer than the limit max_header_bytes={len(HEADER) - 2}")
+        f"header line longer than the limit max_header_bytes={len(HEADER) - 2}"
+    )
 
 
 def test_line_over_max_line_bytes_is_quarantined_alone(tmp_path):
@@ -243,8 +258,11 @@ def test_line_over_max_line_bytes_is_quarantined_alone(tmp_path):
     lines[150] = b"2000-06-01," + digits + b"\n"  # random digits: the zip member stays under the ratio limit
     data = HEADER + b"".join(lines)
     for kind in ("zip", "folder"):
-        src = (zip_source(tmp_path / "s.zip", {"stocks/AAA.csv": data}) if kind == "zip"
-               else folder_source(tmp_path, {"stocks/AAA.csv": data}))
+        src = (
+            zip_source(tmp_path / "s.zip", {"stocks/AAA.csv": data})
+            if kind == "zip"
+            else folder_source(tmp_path, {"stocks/AAA.csv": data})
+        )
         report = ingest.run(tmp_path / kind, source=str(src), jobs=1)
         e = entry(report, "AAA")
         assert (e["rows_kept"], e["rows_quarantined"], e["lines"]) == (299, 1, 300)
@@ -297,7 +315,10 @@ def test_links_and_special_files_are_refused_with_a_reason(tmp_path, linked_sour
         "symbols_valid_meta.csv": link,
         "stocks/DANGLE.csv": "dangling symbolic link (its target does not exist)",
         "stocks/FIFO.csv": "not a regular file (a FIFO, socket or device): refused",
-        "stocks/IN.csv": link, "stocks/OUT.csv": link, "stocks/PASSWD.csv": link, "stocks/ZERO.csv": link,
+        "stocks/IN.csv": link,
+        "stocks/OUT.csv": link,
+        "stocks/PASSWD.csv": link,
+        "stocks/ZERO.csv": link,
     }
     assert [e["symbol"] for e in report["files"] if "error" not in e] == ["AAA"]
     text = Layout.at(tmp_path / "out").report("ingest").read_text()
@@ -309,8 +330,11 @@ def test_allowed_links_are_read_only_inside_the_source(tmp_path, linked_source):
     src, _ = linked_source
     report = ingest.run(tmp_path / "out", source=str(src), jobs=1, allow_links=True)
     reasons = rejected(report)
-    assert reasons["stocks/OUT.csv"] == reasons["stocks/PASSWD.csv"] == (
-        "symbolic link to a file outside the source folder (refused)")
+    assert (
+        reasons["stocks/OUT.csv"]
+        == reasons["stocks/PASSWD.csv"]
+        == ("symbolic link to a file outside the source folder (refused)")
+    )
     assert reasons["stocks/ZERO.csv"] == "symbolic link to a file outside the source folder (refused)"
     assert reasons["etfs"] == "symbolic link to a folder outside the source (refused)"
     assert reasons["stocks/DANGLE.csv"] == "dangling symbolic link (its target does not exist)"
@@ -341,5 +365,3 @@ def test_file_swapped_for_a_link_after_the_scan_is_not_followed(tmp_path):
     os.mkfifo(src / "stocks" / "AAA.csv")
     with pytest.raises(ingest.limits.Refused, match="not a regular file"):  # and it does not block
         reader.read(str(src / "stocks" / "AAA.csv"))
-
-

@@ -1,4 +1,5 @@
 """Incremental ingest: after edits to the source, a re-run equals a full run and rewrites only what changed."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,18 @@ import pytest
 from volcast import ingest, storage
 from volcast.config import Layout
 
-VOLATILE = ("seconds", "rows_per_second", "incremental", "incremental_reason", "changed_partitions", "files_reread",
-            "rows_read_this_run", "files_appended", "files_unchanged", "append_fallbacks")
+VOLATILE = (
+    "seconds",
+    "rows_per_second",
+    "incremental",
+    "incremental_reason",
+    "changed_partitions",
+    "files_reread",
+    "rows_read_this_run",
+    "files_appended",
+    "files_unchanged",
+    "append_fallbacks",
+)
 
 
 def dataset(out):
@@ -55,10 +66,20 @@ def edited(tmp_path_factory):
 
     second = ingest.run(out, source=str(src), jobs=2)
     full = ingest.run(root / "full", source=str(src), jobs=2)
-    return {"src": src, "out": out, "full": root / "full", "first": first, "second": second, "full_report": full,
-            "before": before, "version_before": version_before,
-            "keys": {k: storage.partition_key(p.stem) for k, p in
-                     {"changed": changed, "removed": removed, "touched": touched, "added": added}.items()}}
+    return {
+        "src": src,
+        "out": out,
+        "full": root / "full",
+        "first": first,
+        "second": second,
+        "full_report": full,
+        "before": before,
+        "version_before": version_before,
+        "keys": {
+            k: storage.partition_key(p.stem)
+            for k, p in {"changed": changed, "removed": removed, "touched": touched, "added": added}.items()
+        },
+    }
 
 
 def test_incremental_equals_full(edited):
@@ -88,7 +109,7 @@ def test_only_changed_partitions_rewritten(edited):
     assert edited["second"]["files_reread"] == 2  # the edited and the added file; the touched one is equal
     after = {p.name: inode_of(p) for p in Layout.at(edited["out"]).raw_dir.glob("part-*.parquet")}
     for name, inode in edited["before"].items():
-        key = name[len("part-"):-len(".parquet")]
+        key = name[len("part-") : -len(".parquet")]
         if key not in expected and name in after:
             assert after[name] == inode, f"{name} was rewritten"  # hard link to the previous version
     assert edited["second"]["totals"]["rows_quarantined"] == edited["first"]["totals"]["rows_quarantined"] + 1

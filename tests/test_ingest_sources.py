@@ -1,4 +1,5 @@
 """Sources: Kaggle (client replaced at its import), credentials, the default choice, the demo generator."""
+
 from __future__ import annotations
 
 import csv
@@ -37,8 +38,11 @@ def small_demo(tmp_path_factory):
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # --- credentials ------------------------------------------------------------------------------
@@ -84,8 +88,10 @@ def test_half_credentials_are_none(no_credentials, monkeypatch):
 
 
 def test_checking_credentials_does_not_import_kaggle(no_credentials):
-    code = ("import sys, volcast.ingest as i; i.has_kaggle_credentials(); i.describe_default_source(); "
-            "print('kaggle' in sys.modules)")
+    code = (
+        "import sys, volcast.ingest as i; i.has_kaggle_credentials(); i.describe_default_source(); "
+        "print('kaggle' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False" and out.stderr == ""
 
@@ -125,8 +131,11 @@ def fake_kaggle(monkeypatch, small_demo):
     """Replace the kaggle package at import: the code under test runs its real import statement."""
     module = types.ModuleType("kaggle.api.kaggle_api_extended")
     module.KaggleApi = FakeKaggleApi
-    for name, mod in {"kaggle": types.ModuleType("kaggle"), "kaggle.api": types.ModuleType("kaggle.api"),
-                      "kaggle.api.kaggle_api_extended": module}.items():
+    for name, mod in {
+        "kaggle": types.ModuleType("kaggle"),
+        "kaggle.api": types.ModuleType("kaggle.api"),
+        "kaggle.api.kaggle_api_extended": module,
+    }.items():
         monkeypatch.setitem(sys.modules, name, mod)
     monkeypatch.setattr(sys.modules["kaggle"], "api", sys.modules["kaggle.api"], raising=False)
     monkeypatch.setattr(sys.modules["kaggle.api"], "kaggle_api_extended", module, raising=False)
@@ -201,8 +210,9 @@ def test_zip_with_top_folder_and_folder_equal(small_demo, tmp_path):
     a = ingest.run(tmp_path / "a", source=str(archive), jobs=1)
     b = ingest.run(tmp_path / "b", source=str(small_demo), jobs=2)
     assert a["totals"] == b["totals"]
-    pd.testing.assert_frame_equal(pd.read_parquet(Layout.at(tmp_path / "a").raw_dir),
-                                  pd.read_parquet(Layout.at(tmp_path / "b").raw_dir))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(Layout.at(tmp_path / "a").raw_dir), pd.read_parquet(Layout.at(tmp_path / "b").raw_dir)
+    )
 
 
 # --- demo generator ----------------------------------------------------------------------------
@@ -219,9 +229,19 @@ def test_demo_is_deterministic_and_labelled(tmp_path):
     assert stocks and etfs and len(stocks) + len(etfs) == 30
     with open(a / config.META_FILE, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["Symbol", "Security Name", "Listing Exchange", "Market Category", "ETF",
-                             "Round Lot Size", "Test Issue", "Financial Status", "CQS Symbol", "NASDAQ Symbol",
-                             "NextShares"]
+    assert list(rows[0]) == [
+        "Symbol",
+        "Security Name",
+        "Listing Exchange",
+        "Market Category",
+        "ETF",
+        "Round Lot Size",
+        "Test Issue",
+        "Financial Status",
+        "CQS Symbol",
+        "NASDAQ Symbol",
+        "NextShares",
+    ]
     assert all(r["Security Name"].endswith("(generated)") for r in rows)
     assert any(r["Symbol"] != r["NASDAQ Symbol"] for r in rows)  # a class share spelled with "$"
     assert {r["ETF"] for r in rows} == {"Y", "N"}

@@ -4,6 +4,7 @@ A real ``run_pipeline.py --stages ingest --jobs 2`` on a source slow enough to p
 dates: every row is quarantined with its reason) is killed once its two workers are busy; then every
 process it had started must be gone (psutil), the workers included, which are grandchildren of the
 stage's kernel through the forkserver."""
+
 from __future__ import annotations
 
 import signal
@@ -45,9 +46,23 @@ def workers_of(procs: list[psutil.Process]) -> list[psutil.Process]:
 def test_no_worker_outlives_a_killed_runner(tmp_path, sig):
     src = slow_source(tmp_path)
     runner = subprocess.Popen(
-        [sys.executable, str(ROOT / "run_pipeline.py"), "--output-dir", str(tmp_path / "out"), "--source", str(src),
-         "--stages", "ingest", "--jobs", "2", "--no-progress"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            str(ROOT / "run_pipeline.py"),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--source",
+            str(src),
+            "--stages",
+            "ingest",
+            "--jobs",
+            "2",
+            "--no-progress",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     started: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 120

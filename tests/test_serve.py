@@ -1,4 +1,5 @@
 """The JSON API: validation (pure), rounding, model holding, and the HTTP contract over real HTTP."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,7 @@ def test_bounds_are_the_documented_ones():
 
 def test_the_largest_valid_batch_fits_the_body_limit():
     # 10,000 objects, numbers at full float precision, pretty-printed: about 1.2 MB, under the limit.
-    item = {VOL: 1.2345678901234567e+300, PRICE: 9.876543210987654e-300}
+    item = {VOL: 1.2345678901234567e300, PRICE: 9.876543210987654e-300}
     body = json.dumps([item] * MAX_BATCH, indent=4).encode()
     assert len(body) <= MAX_BODY_BYTES < 16 * 1024 * 1024
     vols, _, _ = validate_batch(parse_json_body(body))
@@ -183,19 +184,31 @@ def test_validate_batch_shapes_and_limits():
         (b'{"vol_moving_avg": NaN, "adj_close_rolling_med": 1}', "finite number, got NaN", VOL),
         (b'{"vol_moving_avg": 1, "adj_close_rolling_med": -Infinity}', "finite number, got -Infinity", PRICE),
         (b'{"vol_moving_avg": 1e400, "adj_close_rolling_med": 1}', "must be a finite number", VOL),
-        (b'{"vol_moving_avg": 1' + b"0" * 5000 + b', "adj_close_rolling_med": 1}',
-         "vol_moving_avg must be a finite number, got an integer of 5,001 digits", VOL),
-        (b'{"vol_moving_avg": 1, "adj_close_rolling_med": -' + b"9" * 5000 + b"}",
-         "adj_close_rolling_med must be a finite number, got an integer of 5,000 digits", PRICE),
-        (b'{"vol_moving_avg": -100000000000.00001, "adj_close_rolling_med": 1}',
-         "must not be negative, got -100000000000.0000", VOL),
+        (
+            b'{"vol_moving_avg": 1' + b"0" * 5000 + b', "adj_close_rolling_med": 1}',
+            "vol_moving_avg must be a finite number, got an integer of 5,001 digits",
+            VOL,
+        ),
+        (
+            b'{"vol_moving_avg": 1, "adj_close_rolling_med": -' + b"9" * 5000 + b"}",
+            "adj_close_rolling_med must be a finite number, got an integer of 5,000 digits",
+            PRICE,
+        ),
+        (
+            b'{"vol_moving_avg": -100000000000.00001, "adj_close_rolling_med": 1}',
+            "must not be negative, got -100000000000.0000",
+            VOL,
+        ),
         (b'{"vol_moving_avg": \xef\xbc\x91\xef\xbc\x92, "adj_close_rolling_med": 1}', "malformed JSON", None),
         (b'{"vol_moving_avg": 1, "adj_close_rolling_med": 2, "vol_moving_avg": 3}', "given 2 times", VOL),
         (b'[{"vol_moving_avg": 1, "adj_close_rolling_med": 2, "adj_close_rolling_med": 2}]', "given 2 times", PRICE),
         # NaN / Infinity where an object is expected: named as written, not by an internal class name.
         (b"NaN", "a list of objects, got NaN", None),
-        (b"[-Infinity]",
-         "item 0: expected a JSON object with vol_moving_avg and adj_close_rolling_med, got -Infinity", None),
+        (
+            b"[-Infinity]",
+            "item 0: expected a JSON object with vol_moving_avg and adj_close_rolling_med, got -Infinity",
+            None,
+        ),
     ],
 )
 def test_json_body_errors(body, words, field):
@@ -441,8 +454,12 @@ def test_post_bad_input_is_400(client, raw, words, field):
 def test_unknown_path_404_and_wrong_method_405(client):
     status, body = client.get("/nope")
     assert status == 404 and "no such path" in body["error"]
-    for method, path, allowed in [("DELETE", "/predict", "GET, POST"), ("PUT", "/predict", "GET, POST"),
-                                  ("POST", "/health", "GET"), ("POST", "/openapi.json", "GET")]:
+    for method, path, allowed in [
+        ("DELETE", "/predict", "GET, POST"),
+        ("PUT", "/predict", "GET, POST"),
+        ("POST", "/health", "GET"),
+        ("POST", "/openapi.json", "GET"),
+    ]:
         status, body, resp = client.request(method, path)
         assert status == 405 and method in body["error"]
         assert resp.getheader("Allow") == allowed
@@ -465,16 +482,20 @@ def test_openapi_served_equals_docs_file_and_the_generator(client):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.floats(allow_nan=True) | st.integers() | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(
-        st.sampled_from([VOL, PRICE, "x"]) | st.text(max_size=4), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from([VOL, PRICE, "x"]) | st.text(max_size=4), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(st.tuples(st.sampled_from([VOL, PRICE, "x", ""]) | st.text(max_size=5), st.text(max_size=12)),
-                max_size=4),
-       json_values, st.binary(max_size=40))
+@given(
+    st.lists(st.tuples(st.sampled_from([VOL, PRICE, "x", ""]) | st.text(max_size=5), st.text(max_size=12)), max_size=4),
+    json_values,
+    st.binary(max_size=40),
+)
 def test_no_input_gives_a_5xx(api, pairs, value, junk):
     from urllib.parse import urlencode
 
@@ -498,8 +519,12 @@ def test_503_until_a_model_is_published_then_served_without_restart(tiny_output,
     empty.mkdir()
     with ApiServer(empty, port=0, check_interval=0.2) as server:
         c = Client(server.url)
-        for status, body in (c.get("/health"), c.get("/predict?vol_moving_avg=1&adj_close_rolling_med=2"),
-                             c.post("/predict", {VOL: 1, PRICE: 2}), c.post("/predict", [{VOL: 1, PRICE: 2}])):
+        for status, body in (
+            c.get("/health"),
+            c.get("/predict?vol_moving_avg=1&adj_close_rolling_med=2"),
+            c.post("/predict", {VOL: 1, PRICE: 2}),
+            c.post("/predict", [{VOL: 1, PRICE: 2}]),
+        ):
             assert status == 503 and body["error"] == NO_MODEL_ERROR
         # Bad input is still a 400, model or not.
         assert c.get("/predict?vol_moving_avg=x&adj_close_rolling_med=2")[0] == 400
@@ -521,8 +546,15 @@ def test_broken_latest_keeps_serving_the_previous_model(tiny_output, tmp_path):
         c = Client(server.url)
         broken = Layout.at(out).models_dir / "broken-model"
         broken.mkdir()
-        atomic_write_json(broken / "card.json", {"model_id": "broken-model", "model_kind": "catboost",
-                                                 "formulation": {"name": "ratio"}, "model_file": "model.cbm"})
+        atomic_write_json(
+            broken / "card.json",
+            {
+                "model_id": "broken-model",
+                "model_kind": "catboost",
+                "formulation": {"name": "ratio"},
+                "model_file": "model.cbm",
+            },
+        )
         (broken / "model.cbm").write_bytes(b"not a model")
         atomic_write_text(Layout.at(out).latest_file, "broken-model\n")
         deadline = time.monotonic() + 1.5

@@ -1,5 +1,6 @@
 """GET/POST /forecast and the /predict bounds over real HTTP (issue 13): answers worked out from the
 model files by a second route (the forecast model's quantiles on latest.parquet, rounded here)."""
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,17 @@ def expected_forecasts(model_dir) -> dict[str, dict]:
     forecaster = ForecastModel.load(model_dir, card["models"]["forecast"])
     latest = pd.read_parquet(model_dir / "latest.parquet")
     low, mid, high = forecaster.predict(latest[list(forecaster.inputs)].to_numpy(np.float32))
-    return {s: {"symbol": s, "as_of": str(d)[:10], "volume": int(round(m)),
-                "interval": {"low": math.floor(lo), "high": math.ceil(hi)}, "model_id": card["model_id"]}
-            for s, d, lo, m, hi in zip(latest["Symbol"], latest["Date"], low, mid, high) if np.isfinite(m)}
+    return {
+        s: {
+            "symbol": s,
+            "as_of": str(d)[:10],
+            "volume": int(round(m)),
+            "interval": {"low": math.floor(lo), "high": math.ceil(hi)},
+            "model_id": card["model_id"],
+        }
+        for s, d, lo, m, hi in zip(latest["Symbol"], latest["Date"], low, mid, high)
+        if np.isfinite(m)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +62,19 @@ def test_get_and_post_forecast_equal_the_model_files(api, tiny_output):
     assert c.post("/forecast", [symbols[0]] * 3) == (200, [want[symbols[0]]] * 3)
 
 
-@pytest.mark.parametrize("query, field, words", [
-    ("", "symbol", "symbol is missing"),
-    ("symbol=", "symbol", "got an empty string"),
-    ("symbol=A&symbol=B", "symbol", "given 2 times"),
-    ("ticker=AAPL", "ticker", "unknown parameter"),
-    ("symbol=" + "A" * 21, "symbol", "1 to 20 characters"),
-    ("symbol=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", "symbol", "1 to 20 characters"),
-    ("symbol=AA%20PL", "symbol", "1 to 20 characters"),
-    ("symbol=%EF%BC%A1", "symbol", "ASCII letters"),  # fullwidth A
-])
+@pytest.mark.parametrize(
+    "query, field, words",
+    [
+        ("", "symbol", "symbol is missing"),
+        ("symbol=", "symbol", "got an empty string"),
+        ("symbol=A&symbol=B", "symbol", "given 2 times"),
+        ("ticker=AAPL", "ticker", "unknown parameter"),
+        ("symbol=" + "A" * 21, "symbol", "1 to 20 characters"),
+        ("symbol=%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", "symbol", "1 to 20 characters"),
+        ("symbol=AA%20PL", "symbol", "1 to 20 characters"),
+        ("symbol=%EF%BC%A1", "symbol", "ASCII letters"),  # fullwidth A
+    ],
+)
 def test_forecast_symbols_are_validated_before_lookup(api, query, field, words):
     server, c = api
     status, body, resp = c.request("GET", "/forecast?" + query)

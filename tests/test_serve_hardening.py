@@ -1,5 +1,6 @@
 """Hostile and broken inputs to the API (issue 14): size limits answered as JSON before reading, and
 models that must prove they can predict before they are served, with /health telling the truth."""
+
 from __future__ import annotations
 
 import json
@@ -63,12 +64,15 @@ def test_a_16_mb_body_is_refused_from_content_length_without_being_parsed(api, m
     real = api_http.parse_json_body
     monkeypatch.setattr(api_http, "parse_json_body", lambda body: parsed.append(len(body)) or real(body))
     size = 16 * 1024 * 1024
-    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {size}\r\n\r\n").encode()
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
     status, body, head_text = raw_exchange(api.port, head, size)
     assert status == 413, body
-    assert body["error"] == (f"the body is {size:,} bytes; the most is {MAX_BODY_BYTES:,} "
-                             "(a full batch of 10,000 objects needs far less); split it")
+    assert body["error"] == (
+        f"the body is {size:,} bytes; the most is {MAX_BODY_BYTES:,} "
+        "(a full batch of 10,000 objects needs far less); split it"
+    )
     assert b"content-type: application/json" in head_text.lower()
     assert parsed == []  # never read, never parsed
     # The worker is free: the next request on a new connection is answered at once.
@@ -180,14 +184,17 @@ def truncate_model(layout, good):
     return dest.name
 
 
-@pytest.mark.parametrize("breakage, words", [
-    ("missing", "models/LATEST is missing"),
-    ("directory", "models/LATEST is a directory"),
-    ("garbage", "does not name a model directory"),
-    ("binary", "does not name a model directory"),
-    ("unknown name", "which is not a model directory"),
-    ("truncated", "could not be loaded"),
-])
+@pytest.mark.parametrize(
+    "breakage, words",
+    [
+        ("missing", "models/LATEST is missing"),
+        ("directory", "models/LATEST is a directory"),
+        ("garbage", "does not name a model directory"),
+        ("binary", "does not name a model directory"),
+        ("unknown name", "which is not a model directory"),
+        ("truncated", "could not be loaded"),
+    ],
+)
 def test_health_is_degraded_while_latest_is_unusable(served, breakage, words):
     out, c = served
     layout = Layout.at(out)

@@ -1,4 +1,5 @@
 """`serve()` as `run_pipeline.py serve` runs it: worker processes, signals, a model swap across workers."""
+
 from __future__ import annotations
 
 import signal
@@ -42,7 +43,9 @@ def test_serve_answers_from_every_worker_and_stops_cleanly(tiny_output, sig):
         for _ in range(12):
             c = Client(sp.api_url)
             assert c.get("/predict?vol_moving_avg=12345&adj_close_rolling_med=25") == (
-                200, {"volume": want, "model_id": latest_id(tiny_output)})
+                200,
+                {"volume": want, "model_id": latest_id(tiny_output)},
+            )
             c.close()
         assert any("Press Ctrl-C to stop." in line for line in sp.log)
     finally:

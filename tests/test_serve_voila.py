@@ -1,5 +1,6 @@
 """The dashboard process (issue 14): kernels of pages nobody has open are culled, so page loads cannot
 pile up kernels; Voilà's /logout (403) and malformed template URLs (404) no longer answer 500."""
+
 from __future__ import annotations
 
 import time

@@ -15,6 +15,7 @@ The package's modules, from pure to I/O:
 
 Every public name is importable from ``volcast.serve`` itself.
 """
+
 from __future__ import annotations
 
 from .http import ApiApplication, make_http_server

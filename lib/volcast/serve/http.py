@@ -5,6 +5,7 @@ alone halves throughput). Single-row cache misses that arrive in the same event-
 predicted in one ``model.predict`` call, with values identical to one call per row. The endpoints
 read ``holder.current`` exactly once per answer, so a hot swap never mixes two models.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -46,8 +47,14 @@ LINGER_SECONDS = 2.0
 
 _ROUTES = {"/predict": ("GET", "POST"), "/forecast": ("GET", "POST"), "/health": ("GET",), "/openapi.json": ("GET",)}
 _REASONS = {
-    200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Content Too Large",
-    414: "URI Too Long", 422: "Unprocessable Content", 431: "Request Header Fields Too Large",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    422: "Unprocessable Content",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -72,8 +79,10 @@ def _prediction(volume: int, model_id_json: bytes, extrapolated: bool) -> bytes:
 def _closing_response(status: int, message: str) -> bytes:
     """A whole HTTP/1.1 response with a JSON error body, for a connection about to be closed."""
     body = _dumps({"error": message})
-    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return head.encode("ascii") + body
 
 
@@ -111,10 +120,12 @@ class _ApiStream(IOStream):
             head = bytes(self._read_buffer[:MAX_HEADER_BYTES])
             if b"\n" in head.lstrip(b"\r\n"):
                 response = _closing_response(
-                    431, f"the request headers are over {MAX_HEADER_BYTES:,} bytes; send fewer or shorter headers")
+                    431, f"the request headers are over {MAX_HEADER_BYTES:,} bytes; send fewer or shorter headers"
+                )
             else:
                 response = _closing_response(
-                    414, f"the request line is over {MAX_HEADER_BYTES:,} bytes; the API's URLs are short")
+                    414, f"the request line is over {MAX_HEADER_BYTES:,} bytes; the API's URLs are short"
+                )
             try:  # best effort, non-blocking: a small answer fits in the socket's send buffer
                 self.socket.send(response)
                 self.socket.shutdown(socket.SHUT_WR)
@@ -141,8 +152,10 @@ class _Request(HTTPMessageDelegate):
         length = headers.get("Content-Length")
         if length is not None and (_declared_length(length) or 0) > MAX_BODY_BYTES:
             # Refused from the header, before a byte of the body is read (no 100-continue is sent).
-            message = (f"the body is {_declared_length(length):,} bytes; the most is {MAX_BODY_BYTES:,} "
-                       f"(a full batch of {MAX_BATCH:,} objects needs far less); split it")
+            message = (
+                f"the body is {_declared_length(length):,} bytes; the most is {MAX_BODY_BYTES:,} "
+                f"(a full batch of {MAX_BATCH:,} objects needs far less); split it"
+            )
             asyncio.ensure_future(_answer_and_linger(self.conn.detach(), _closing_response(413, message)))
 
     def data_received(self, chunk):

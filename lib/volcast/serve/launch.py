@@ -1,6 +1,7 @@
 """The ``serve`` command's processes: API workers sharing one port (SO_REUSEPORT, the kernel spreads
 connections over them, one per core), the Voilà dashboard, readiness checks, and supervision that
 stops everything on Ctrl-C / SIGTERM / SIGHUP or when a child dies."""
+
 from __future__ import annotations
 
 import errno
@@ -87,8 +88,9 @@ def _free_port(host: str, port: int, what: str, flag: str) -> int:
         return sock.getsockname()[1]
 
 
-def _wait_ready(host: str, port: int, proc: subprocess.Popen, timeout: float, http_path: str | None,
-                stop: threading.Event) -> bool:
+def _wait_ready(
+    host: str, port: int, proc: subprocess.Popen, timeout: float, http_path: str | None, stop: threading.Event
+) -> bool:
     """Wait until ``port`` accepts connections (and, with ``http_path``, answers any HTTP status)."""
     import http.client
 
@@ -162,8 +164,14 @@ DASHBOARD_KERNEL_IDLE = 180
 DASHBOARD_CULL_INTERVAL = 30
 
 
-def voila_command(port: int, host: str = DEFAULT_HOST, notebook: Path | None = None, *,
-                  kernel_idle: int = DASHBOARD_KERNEL_IDLE, cull_interval: int = DASHBOARD_CULL_INTERVAL) -> list[str]:
+def voila_command(
+    port: int,
+    host: str = DEFAULT_HOST,
+    notebook: Path | None = None,
+    *,
+    kernel_idle: int = DASHBOARD_KERNEL_IDLE,
+    cull_interval: int = DASHBOARD_CULL_INTERVAL,
+) -> list[str]:
     notebook = notebook or NOTEBOOKS_DIR / DASHBOARD_NOTEBOOK
     return [
         sys.executable,
@@ -199,8 +207,14 @@ os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
 """
 
 
-def start_dashboard(output_dir: Path, host: str, port: int, *, kernel_idle: int = DASHBOARD_KERNEL_IDLE,
-                    cull_interval: int = DASHBOARD_CULL_INTERVAL) -> subprocess.Popen:
+def start_dashboard(
+    output_dir: Path,
+    host: str,
+    port: int,
+    *,
+    kernel_idle: int = DASHBOARD_KERNEL_IDLE,
+    cull_interval: int = DASHBOARD_CULL_INTERVAL,
+) -> subprocess.Popen:
     command = voila_command(port, host, kernel_idle=kernel_idle, cull_interval=cull_interval)
     return subprocess.Popen(
         [command[0], "-c", _VOILA_GUARD, str(os.getpid()), *command[1:]],
@@ -275,8 +289,9 @@ def serve(
         sync = remote.Sync(remote.Remote(output_dir))
         sync.once()
         if sync.error:
-            print(f"volcast serve: {sync.error}; serving the working copy {sync.remote.mirror} meanwhile",
-                  file=sys.stderr)
+            print(
+                f"volcast serve: {sync.error}; serving the working copy {sync.remote.mirror} meanwhile", file=sys.stderr
+            )
         sync.start()
     layout = Layout.at(sync.remote.mirror if sync else output_dir)
     workers = resolve_jobs(api_workers)
@@ -290,13 +305,21 @@ def serve(
     try:
         if dashboard:
             dashboard_port = _free_port(host, dashboard_port, "dashboard", "--dashboard-port")
-        api_procs, api_port = start_api_workers(sync.remote.url if sync else layout.output_dir, host, api_port,
-                                                workers)
+        api_procs, api_port = start_api_workers(sync.remote.url if sync else layout.output_dir, host, api_port, workers)
         procs += [("API worker", p) for p in api_procs]
         if dashboard:
-            procs.append(("dashboard (Voila)", start_dashboard(
-                layout.output_dir, host, dashboard_port,
-                kernel_idle=dashboard_kernel_idle, cull_interval=dashboard_cull_interval)))
+            procs.append(
+                (
+                    "dashboard (Voila)",
+                    start_dashboard(
+                        layout.output_dir,
+                        host,
+                        dashboard_port,
+                        kernel_idle=dashboard_kernel_idle,
+                        cull_interval=dashboard_cull_interval,
+                    ),
+                )
+            )
         shown_host = f"[{host}]" if ":" in host else host
         for name, proc in procs:
             port = dashboard_port if name.startswith("dashboard") else api_port
@@ -307,8 +330,10 @@ def serve(
                 print(f"volcast serve: the {name} did not start (exit code {proc.poll()}); stopping", file=sys.stderr)
                 return 1
         has_model = layout.latest_file.exists()
-        print(f"volcast API:       http://{shown_host}:{api_port}  ({workers} worker{'s' * (workers > 1)}; "
-              f"GET/POST /predict, GET /health, GET /openapi.json)")
+        print(
+            f"volcast API:       http://{shown_host}:{api_port}  ({workers} worker{'s' * (workers > 1)}; "
+            f"GET/POST /predict, GET /health, GET /openapi.json)"
+        )
         print(f"  try: curl 'http://{shown_host}:{api_port}/predict?{VOL_FEATURE}=12345&{PRICE_FEATURE}=25'")
         if dashboard:
             print(f"volcast dashboard: http://{shown_host}:{dashboard_port}/")

@@ -5,6 +5,7 @@ The holder re-reads LATEST (rate-limited, or from a background thread), builds t
 fully and then swaps one reference, so a request (which reads the reference once) never mixes two
 models and never sees a half-loaded one.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,7 +65,9 @@ class Predictor:
         ranges = getattr(model, "input_ranges", None) or {}
         everything = (-math.inf, math.inf)
         (self._vol_lo, self._vol_hi), (self._price_lo, self._price_hi) = (
-            tuple(ranges.get(VOL_FEATURE, everything)), tuple(ranges.get(PRICE_FEATURE, everything)))
+            tuple(ranges.get(VOL_FEATURE, everything)),
+            tuple(ranges.get(PRICE_FEATURE, everything)),
+        )
         self.has_forecasts = hasattr(model, "forecast_one")
         self._forecast_json: dict[str, bytes] = {}
 
@@ -77,7 +80,7 @@ class Predictor:
         return not (self._vol_lo <= vol <= self._vol_hi and self._price_lo <= price <= self._price_hi)
 
     def extrapolated(self, vols: np.ndarray, prices: np.ndarray) -> np.ndarray:
-        return ((vols < self._vol_lo) | (vols > self._vol_hi) | (prices < self._price_lo) | (prices > self._price_hi))
+        return (vols < self._vol_lo) | (vols > self._vol_hi) | (prices < self._price_lo) | (prices > self._price_hi)
 
     def forecast_json(self, symbol: str) -> bytes:
         """GET /forecast's answer for ``symbol`` as JSON bytes (built once per symbol and model), or

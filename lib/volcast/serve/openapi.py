@@ -1,5 +1,6 @@
 """The OpenAPI 3 document of the API: one source, served at /openapi.json and written to
 docs/openapi.json (a test keeps the two equal)."""
+
 from __future__ import annotations
 
 import json
@@ -45,13 +46,18 @@ def openapi_spec() -> dict:
         f"The body's Content-Length is over {MAX_BODY_BYTES:,} bytes; refused before the body is read "
         "(the connection is then closed)."
     )
-    symbol = {"type": "string", "pattern": f"^{SYMBOL_PATTERN}$",
-              "example": "AAPL", "description": f"A ticker: {SYMBOL_RULE}. Looked up as given, then in upper case."}
+    symbol = {
+        "type": "string",
+        "pattern": f"^{SYMBOL_PATTERN}$",
+        "example": "AAPL",
+        "description": f"A ticker: {SYMBOL_RULE}. Looked up as given, then in upper case.",
+    }
     forecast = {"$ref": "#/components/schemas/Forecast"}
     bad_symbol = json_error("A missing, repeated or malformed symbol, or a body that is not a list of symbols.")
     unknown_symbol = json_error("A symbol not in the data of the model serving; `symbol` names it.")
-    short_history = json_error("A ticker with too little history for a forecast (it needs 30 trading days); "
-                               "`error` says how much it has.")
+    short_history = json_error(
+        "A ticker with too little history for a forecast (it needs 30 trading days); `error` says how much it has."
+    )
     return {
         "openapi": "3.0.3",
         "info": {
@@ -138,8 +144,11 @@ def openapi_spec() -> dict:
                     "operationId": "forecastPost",
                     "requestBody": {
                         "required": True,
-                        "content": {"application/json": {"schema": {
-                            "type": "array", "items": symbol, "minItems": 1, "maxItems": MAX_BATCH}}},
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "array", "items": symbol, "minItems": 1, "maxItems": MAX_BATCH}
+                            }
+                        },
                     },
                     "responses": {
                         "200": {
@@ -197,7 +206,7 @@ def openapi_spec() -> dict:
                             "type": "boolean",
                             "enum": [True],
                             "description": "Present (true) only when an input lies outside the range the model "
-                                           "was trained on (recorded in its card): the answer is an extrapolation.",
+                            "was trained on (recorded in its card): the answer is an extrapolation.",
                         },
                     },
                 },
@@ -206,15 +215,20 @@ def openapi_spec() -> dict:
                     "required": ["symbol", "as_of", "volume", "interval", "model_id"],
                     "properties": {
                         "symbol": {"type": "string", "example": "AAPL"},
-                        "as_of": {"type": "string", "format": "date",
-                                  "description": "The ticker's last date in the data; the forecast is for the "
-                                                 "next trading day."},
+                        "as_of": {
+                            "type": "string",
+                            "format": "date",
+                            "description": "The ticker's last date in the data; the forecast is for the "
+                            "next trading day.",
+                        },
                         "volume": {"type": "integer", "minimum": 0, "description": "P50 of next-day volume."},
                         "interval": {
                             "type": "object",
                             "required": ["low", "high"],
-                            "properties": {"low": {"type": "integer", "description": "P10"},
-                                           "high": {"type": "integer", "description": "P90"}},
+                            "properties": {
+                                "low": {"type": "integer", "description": "P10"},
+                                "high": {"type": "integer", "description": "P90"},
+                            },
                         },
                         "model_id": {"type": "string"},
                     },

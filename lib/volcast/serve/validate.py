@@ -4,6 +4,7 @@ Pure functions that turn query strings, JSON bodies and dashboard text into floa
 ``InputError`` with one sentence naming the field (and the item of a batch). The dashboard uses the
 same functions, so it explains bad input in the same words as the API.
 """
+
 from __future__ import annotations
 
 import json
@@ -292,7 +293,7 @@ def parse_forecast_params(query: Mapping[str, Sequence[str]]) -> str:
 def validate_symbols(obj: Any) -> list[str]:
     """The parsed body of POST /forecast (a JSON list of symbols) -> the symbols, or InputError."""
     if not isinstance(obj, list):
-        raise InputError(f"the body must be a JSON list of symbols such as [\"AAPL\"], got {_json_type(obj)}")
+        raise InputError(f'the body must be a JSON list of symbols such as ["AAPL"], got {_json_type(obj)}')
     if not obj:
         raise InputError("the list is empty; send at least one symbol")
     if len(obj) > MAX_BATCH:

@@ -2,6 +2,7 @@
 two of its URLs made harmless. ``/logout`` (volcast's dashboard has no login) and template paths that
 are not ``<template>/static/<file>`` answered 500 from an exception inside Voilà; both are now 404.
 Kernel culling is configured on the command line (``launch.voila_command``)."""
+
 from __future__ import annotations
 
 import tornado.web

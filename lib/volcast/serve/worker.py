@@ -1,5 +1,6 @@
 """Running the HTTP app: in a background thread of this process (``ApiServer``, for tests,
 notebooks and benchmarks), or as one API worker process on an inherited listening socket."""
+
 from __future__ import annotations
 
 import argparse
