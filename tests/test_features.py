@@ -1,4 +1,5 @@
 """The task columns of the feature core against values worked out by hand and against a naive loop (hypothesis)."""
+
 from __future__ import annotations
 
 import math
@@ -21,6 +22,7 @@ VOL, MED = "vol_moving_avg", "adj_close_rolling_med"
 def task_columns(df, *args, **kwargs):
     """The two task columns only (the forecasting inputs have their own tests: test_features_inputs.py)."""
     return features.add_features(df, *args, inputs=(), **kwargs)
+
 
 # Three tickers; BBB (2 rows) is shorter than a 3-row window and sits between AAA and CCC, so a
 # window that ignored ticker boundaries would mix BBB into CCC's first rows. Close is deliberately
@@ -102,9 +104,18 @@ def assert_same(actual, expected) -> None:
     np.testing.assert_array_equal(np.asarray(actual, dtype=float), np.asarray(expected, dtype=float))
 
 
-@pytest.mark.parametrize("window,min_periods,expected", [
-    (3, 0, W3), (3, 3, W3), (3, 1, W3_MP1), (2, 0, W2), (4, 0, W4), ("30D", 0, D30), ("30D", 3, D30_MP3),
-])
+@pytest.mark.parametrize(
+    "window,min_periods,expected",
+    [
+        (3, 0, W3),
+        (3, 3, W3),
+        (3, 1, W3_MP1),
+        (2, 0, W2),
+        (4, 0, W4),
+        ("30D", 0, D30),
+        ("30D", 3, D30_MP3),
+    ],
+)
 @pytest.mark.parametrize("shuffled", [False, True])
 def test_hand_worked_values(window, min_periods, expected, shuffled):
     df = hand_frame(shuffled)
@@ -151,12 +162,14 @@ def test_dates_as_timestamps_and_existing_feature_columns_are_replaced():
 
 def test_missing_values_are_skipped_like_pandas():
     # A missing Adj Close or Volume does not count toward min_periods (pandas' rule).
-    df = pd.DataFrame({
-        "Symbol": ["A"] * 5,
-        "Date": ["2020-01-0%d" % d for d in range(1, 6)],
-        "Adj Close": [1.0, NAN, 3.0, 4.0, 10.0],
-        "Volume": [10.0, 20.0, NAN, 40.0, 50.0],
-    })
+    df = pd.DataFrame(
+        {
+            "Symbol": ["A"] * 5,
+            "Date": [f"2020-01-0{d}" for d in range(1, 6)],
+            "Adj Close": [1.0, NAN, 3.0, 4.0, 10.0],
+            "Volume": [10.0, 20.0, NAN, 40.0, 50.0],
+        }
+    )
     out = task_columns(df, window=3, min_periods=2)
     # Volume windows: [10] [10,20] [10,20,-] [20,-,40] [-,40,50]
     assert_same(out[VOL], [NAN, 15.0, 15.0, 30.0, 45.0])
@@ -165,8 +178,14 @@ def test_missing_values_are_skipped_like_pandas():
 
 
 def test_fractional_volumes_are_exact_to_rounding():
-    df = pd.DataFrame({"Symbol": ["A"] * 4, "Date": ["2020-01-0%d" % d for d in range(1, 5)],
-                       "Adj Close": [1.0, 2.0, 3.0, 4.0], "Volume": [0.1, 0.2, 0.3, 1e-9]})
+    df = pd.DataFrame(
+        {
+            "Symbol": ["A"] * 4,
+            "Date": [f"2020-01-0{d}" for d in range(1, 5)],
+            "Adj Close": [1.0, 2.0, 3.0, 4.0],
+            "Volume": [0.1, 0.2, 0.3, 1e-9],
+        }
+    )
     out = task_columns(df, window=2)
     np.testing.assert_allclose(out[VOL].to_numpy()[1:], [0.15, 0.25, (0.3 + 1e-9) / 2], rtol=1e-15)
 
@@ -177,16 +196,31 @@ def test_large_whole_volumes_do_not_drift():
     n = 200_000
     volume = np.full(n, 7_000_000_000, dtype=np.int64)
     volume[-40:] = np.arange(1, 41)
-    df = pd.DataFrame({"Symbol": "X", "Date": pd.date_range("1500-01-01", periods=n, freq="D", unit="s"),
-                       "Adj Close": 1.0, "Volume": volume})
+    df = pd.DataFrame(
+        {
+            "Symbol": "X",
+            "Date": pd.date_range("1500-01-01", periods=n, freq="D", unit="s"),
+            "Adj Close": 1.0,
+            "Volume": volume,
+        }
+    )
     out = task_columns(df, window=30)
     assert_same(out[VOL].to_numpy()[-5:], [(i - 29 + i) / 2 for i in range(36, 41)])
 
 
-@pytest.mark.parametrize("window,min_periods,message", [
-    (0, 0, "positive number of rows"), (-3, 0, "positive"), (2.5, 0, "window"), (True, 0, "window"),
-    ("1M", 0, "fixed offset"), ("banana", 0, "window"), (3, 4, "cannot exceed"), (3, -1, "min_periods"),
-])
+@pytest.mark.parametrize(
+    "window,min_periods,message",
+    [
+        (0, 0, "positive number of rows"),
+        (-3, 0, "positive"),
+        (2.5, 0, "window"),
+        (True, 0, "window"),
+        ("1M", 0, "fixed offset"),
+        ("banana", 0, "window"),
+        (3, 4, "cannot exceed"),
+        (3, -1, "min_periods"),
+    ],
+)
 def test_bad_parameters_say_what_to_do(window, min_periods, message):
     with pytest.raises(UserError, match=message):
         task_columns(hand_frame(), window=window, min_periods=min_periods)
@@ -229,7 +263,7 @@ def naive(df: pd.DataFrame, window, min_periods) -> tuple[list[float], list[floa
             if offset:
                 window_rows = [r for r in rows[: i + 1] if r[1] > t - span]
             else:
-                window_rows = rows[max(0, i - window + 1): i + 1]
+                window_rows = rows[max(0, i - window + 1) : i + 1]
             vols = [r[2] for r in window_rows if not math.isnan(r[2])]
             prices = [r[3] for r in window_rows if not math.isnan(r[3])]
             if len(vols) >= need:

@@ -1,5 +1,6 @@
 """The forecasting inputs: values worked out by hand on tiny frames, no look-ahead, and the stage's
 latest-row table."""
+
 from __future__ import annotations
 
 import math
@@ -14,21 +15,35 @@ from volcast.features import inputs as inputs_mod
 NAN = math.nan
 L = np.log1p
 # Every input name the kernels know, with short windows so a small frame reaches them.
-ALL = ("log_vol_mean30", "vol_lr_0", "vol_lr_1", "vol_lr_2", "vol_lr_3", "vol_mean2_lr", "vol_std2", "return_1d",
-       "range_hl", "weekday", "dist_52w_high", "days_since_zero_volume")
+ALL = (
+    "log_vol_mean30",
+    "vol_lr_0",
+    "vol_lr_1",
+    "vol_lr_2",
+    "vol_lr_3",
+    "vol_mean2_lr",
+    "vol_std2",
+    "return_1d",
+    "range_hl",
+    "weekday",
+    "dist_52w_high",
+    "days_since_zero_volume",
+)
 
 
 def tiny() -> pd.DataFrame:
     """Two tickers of 3 rows (Mon-Wed). B follows A: a window that ignored tickers would mix them."""
-    return pd.DataFrame({
-        "Symbol": ["A", "A", "A", "B", "B", "B"],
-        "Date": ["2020-01-06", "2020-01-07", "2020-01-08"] * 2,
-        "High": [11.0, 12.0, 10.0, 2.0, 2.0, 2.0],
-        "Low": [9.0, 10.0, 9.0, 1.0, 1.5, 1.0],
-        "Close": [10.0, 11.0, 10.0, 1.0, 2.0, 4.0],
-        "Adj Close": [10.0, 11.0, 9.9, 1.0, 2.0, 0.0],
-        "Volume": [100, 0, 300, 7, 8, 9],
-    })
+    return pd.DataFrame(
+        {
+            "Symbol": ["A", "A", "A", "B", "B", "B"],
+            "Date": ["2020-01-06", "2020-01-07", "2020-01-08"] * 2,
+            "High": [11.0, 12.0, 10.0, 2.0, 2.0, 2.0],
+            "Low": [9.0, 10.0, 9.0, 1.0, 1.5, 1.0],
+            "Close": [10.0, 11.0, 10.0, 1.0, 2.0, 4.0],
+            "Adj Close": [10.0, 11.0, 9.9, 1.0, 2.0, 0.0],
+            "Volume": [100, 0, 300, 7, 8, 9],
+        }
+    )
 
 
 def close(actual, expected):
@@ -83,9 +98,19 @@ def market(n_tickers: int = 3, rows: int = 90, seed: int = 1) -> pd.DataFrame:
         price = 20 * np.exp(np.cumsum(rng.normal(0, 0.02, rows)))
         volume = rng.integers(0, 10**6, rows)
         volume[rng.random(rows) < 0.05] = 0
-        parts.append(pd.DataFrame({
-            "Symbol": f"T{k}", "Date": pd.bdate_range("2021-01-01", periods=rows).strftime("%Y-%m-%d"),
-            "High": price * 1.02, "Low": price * 0.97, "Close": price, "Adj Close": price, "Volume": volume}))
+        parts.append(
+            pd.DataFrame(
+                {
+                    "Symbol": f"T{k}",
+                    "Date": pd.bdate_range("2021-01-01", periods=rows).strftime("%Y-%m-%d"),
+                    "High": price * 1.02,
+                    "Low": price * 0.97,
+                    "Close": price,
+                    "Adj Close": price,
+                    "Volume": volume,
+                }
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -106,11 +131,14 @@ def test_no_input_uses_a_later_row(cut):
         changed.loc[later, col] = changed.loc[later, col] * rng.uniform(0.1, 10, later.sum())
     changed.loc[later, "Volume"] = rng.integers(0, 10**9, later.sum())
     early = ~later
-    for variant in (features.add_features(changed, inputs=NO_LOOKAHEAD),
-                    features.add_features(df[early].sample(frac=1, random_state=2), inputs=NO_LOOKAHEAD).sort_index()):
+    for variant in (
+        features.add_features(changed, inputs=NO_LOOKAHEAD),
+        features.add_features(df[early].sample(frac=1, random_state=2), inputs=NO_LOOKAHEAD).sort_index(),
+    ):
         for name in (config.VOL_FEATURE, config.PRICE_FEATURE, *NO_LOOKAHEAD):
-            np.testing.assert_array_equal(variant.loc[df.index[early], name].to_numpy(), full.loc[early, name].to_numpy(),
-                                          err_msg=name)
+            np.testing.assert_array_equal(
+                variant.loc[df.index[early], name].to_numpy(), full.loc[early, name].to_numpy(), err_msg=name
+            )
 
 
 def test_the_30_row_base_starts_at_the_30th_row():
@@ -139,12 +167,39 @@ def test_market_holidays_match_the_published_nyse_calendars():
 
     # NYSE's published holiday calendars (nyse.com, "Holidays & Trading Hours").
     published = {
-        2019: ["2019-01-01", "2019-01-21", "2019-02-18", "2019-04-19", "2019-05-27", "2019-07-04", "2019-09-02",
-               "2019-11-28", "2019-12-25"],
-        2021: ["2021-01-01", "2021-01-18", "2021-02-15", "2021-04-02", "2021-05-31", "2021-07-05", "2021-09-06",
-               "2021-11-25", "2021-12-24"],  # July 4th on a Sunday -> Monday; Christmas on a Saturday -> Friday
-        2022: ["2022-01-17", "2022-02-21", "2022-04-15", "2022-05-30", "2022-06-20", "2022-07-04", "2022-09-05",
-               "2022-11-24", "2022-12-26"],  # New Year's Day on a Saturday: not observed; Juneteenth from 2022
+        2019: [
+            "2019-01-01",
+            "2019-01-21",
+            "2019-02-18",
+            "2019-04-19",
+            "2019-05-27",
+            "2019-07-04",
+            "2019-09-02",
+            "2019-11-28",
+            "2019-12-25",
+        ],
+        2021: [
+            "2021-01-01",
+            "2021-01-18",
+            "2021-02-15",
+            "2021-04-02",
+            "2021-05-31",
+            "2021-07-05",
+            "2021-09-06",
+            "2021-11-25",
+            "2021-12-24",
+        ],  # July 4th on a Sunday -> Monday; Christmas on a Saturday -> Friday
+        2022: [
+            "2022-01-17",
+            "2022-02-21",
+            "2022-04-15",
+            "2022-05-30",
+            "2022-06-20",
+            "2022-07-04",
+            "2022-09-05",
+            "2022-11-24",
+            "2022-12-26",
+        ],  # New Year's Day on a Saturday: not observed; Juneteenth from 2022
     }
     for year, days in published.items():
         assert sorted(d.isoformat() for d in holidays(year)) == days
@@ -153,17 +208,18 @@ def test_market_holidays_match_the_published_nyse_calendars():
 def test_target_day_calendar_inputs_by_hand():
     # Each row's inputs describe the NEXT trading day after its date.
     cases = {  # date: (weekday, gap, expiration, month end, pre-holiday) of the next trading day
-        "2019-03-14": (4, 1, 2, 0, 0),   # -> Fri 2019-03-15: third Friday of March (quarterly expiration)
-        "2019-04-17": (3, 1, 1, 0, 1),   # -> Thu 2019-04-18: expiration moved from Good Friday, a holiday follows
-        "2019-04-18": (0, 4, 0, 0, 0),   # -> Mon 2019-04-22 over Good Friday and the weekend
-        "2019-06-27": (4, 1, 0, 2, 0),   # -> Fri 2019-06-28: last trading day of June (quarter end)
-        "2019-07-02": (2, 1, 0, 0, 1),   # -> Wed 2019-07-03: July 4th follows
-        "2019-11-27": (4, 2, 0, 1, 0),   # -> Fri 2019-11-29 after Thanksgiving, last trading day of November
-        "2019-12-20": (0, 3, 0, 0, 0),   # -> Mon 2019-12-23 (a plain Monday)
-        "2019-12-23": (1, 1, 0, 0, 1),   # -> Tue 2019-12-24: Christmas follows
+        "2019-03-14": (4, 1, 2, 0, 0),  # -> Fri 2019-03-15: third Friday of March (quarterly expiration)
+        "2019-04-17": (3, 1, 1, 0, 1),  # -> Thu 2019-04-18: expiration moved from Good Friday, a holiday follows
+        "2019-04-18": (0, 4, 0, 0, 0),  # -> Mon 2019-04-22 over Good Friday and the weekend
+        "2019-06-27": (4, 1, 0, 2, 0),  # -> Fri 2019-06-28: last trading day of June (quarter end)
+        "2019-07-02": (2, 1, 0, 0, 1),  # -> Wed 2019-07-03: July 4th follows
+        "2019-11-27": (4, 2, 0, 1, 0),  # -> Fri 2019-11-29 after Thanksgiving, last trading day of November
+        "2019-12-20": (0, 3, 0, 0, 0),  # -> Mon 2019-12-23 (a plain Monday)
+        "2019-12-23": (1, 1, 0, 0, 1),  # -> Tue 2019-12-24: Christmas follows
     }
-    frame = pd.DataFrame({"Symbol": "A", "Date": list(cases), "High": 1.0, "Low": 1.0, "Close": 1.0,
-                          "Adj Close": 1.0, "Volume": 1})
+    frame = pd.DataFrame(
+        {"Symbol": "A", "Date": list(cases), "High": 1.0, "Low": 1.0, "Close": 1.0, "Adj Close": 1.0, "Volume": 1}
+    )
     names = ("next_weekday", "next_gap_days", "next_expiration", "next_month_end", "next_pre_holiday")
     out = features.add_features(frame, inputs=names)
     close(out[list(names)].to_numpy(), np.array(list(cases.values()), dtype=float))

@@ -1,4 +1,5 @@
 """The features stage on the sample: equal to pandas groupby-rolling, incremental equal to full."""
+
 from __future__ import annotations
 
 import shutil
@@ -47,8 +48,9 @@ def test_stage_equals_pandas_groupby_rolling(raw_sample, window, min_periods):
     expected = pandas_reference(raw, window, min_periods)
 
     assert pq.read_schema(next(layout.features_dir.glob("part-*.parquet"))).equals(config.FEATURES_SCHEMA)
-    assert sorted(p.name for p in layout.features_dir.glob("part-*.parquet")) == \
-        sorted(p.name for p in layout.raw_dir.glob("part-*.parquet"))
+    assert sorted(p.name for p in layout.features_dir.glob("part-*.parquet")) == sorted(
+        p.name for p in layout.raw_dir.glob("part-*.parquet")
+    )
     pd.testing.assert_frame_equal(ours[list(config.RAW_COLUMNS)], expected[list(config.RAW_COLUMNS)])
     # Exact, NaN pattern included: no tolerance.
     np.testing.assert_array_equal(ours[VOL].to_numpy(), expected[VOL].to_numpy())
@@ -99,8 +101,10 @@ def test_incremental_run_recomputes_only_changed_partitions_and_equals_a_full_ru
     with storage.publish_dir(raw_dir, seed_from_current=True) as staging:
         table = pq.read_table(staging / changed)
         volume = pa.compute.multiply(table["Volume"], 3).cast(pa.int64())
-        storage.write_parquet(table.set_column(table.column_names.index("Volume"), "Volume", volume)
-                              .slice(0, table.num_rows - 7), staging / changed)
+        storage.write_parquet(
+            table.set_column(table.column_names.index("Volume"), "Volume", volume).slice(0, table.num_rows - 7),
+            staging / changed,
+        )
         (staging / removed).unlink()
         new = table.slice(0, 50).set_column(0, "Symbol", pa.array(["~NEW"] * 50))
         storage.write_parquet(new, staging / storage.partition_file(storage.partition_key("~NEW")))

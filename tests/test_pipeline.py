@@ -1,4 +1,5 @@
 """The runner: CLI parsing, fingerprints, locking, and end-to-end runs of the real notebooks."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,11 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, env=None, timeout=900):
-    return subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_pipeline.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
 
 
 # ----------------------------------------------------------------------------- pure parts
+
 
 def test_param_values_are_typed():
     assert pipeline.parse_param_value("10") == 10
@@ -56,8 +64,12 @@ def test_run_ids_sort_in_start_order_within_a_second_and_when_the_clock_steps_ba
     noon = dt.datetime(2026, 11, 27, 12, 0, 0)
     made = []
     # three runs in one second, then one with the clock stepped back an hour
-    for now in [noon, noon + dt.timedelta(milliseconds=300), noon + dt.timedelta(milliseconds=300),
-                noon - dt.timedelta(hours=1)]:
+    for now in [
+        noon,
+        noon + dt.timedelta(milliseconds=300),
+        noon + dt.timedelta(milliseconds=300),
+        noon - dt.timedelta(hours=1),
+    ]:
         run_id = pipeline.new_run_id(runs, now=now)
         (runs / run_id).mkdir()
         made.append(run_id)
@@ -111,6 +123,7 @@ def test_readme_diagram_is_generated_from_the_dag():
 
 
 # ----------------------------------------------------------------------------- end to end
+
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory, sample_source):
@@ -168,8 +181,17 @@ def test_unchanged_rerun_skips_every_stage(full_run):
 def test_changed_parameter_reruns_that_stage_and_downstream(full_run):
     out, first = full_run
     assert first.returncode == 0
-    proc = run_cli("--output-dir", out, "--source", _source_of(out), "--no-progress",
-                   "--param", "features.window=10", "--stages", "ingest,features")
+    proc = run_cli(
+        "--output-dir",
+        out,
+        "--source",
+        _source_of(out),
+        "--no-progress",
+        "--param",
+        "features.window=10",
+        "--stages",
+        "ingest,features",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     stages = _latest_manifest(out, proc)["stages"]
     assert stages["ingest"]["status"] == "skipped"
@@ -180,8 +202,9 @@ def test_changed_parameter_reruns_that_stage_and_downstream(full_run):
 def test_force_reruns_every_stage_in_full(full_run):
     out, first = full_run
     assert first.returncode == 0
-    proc = run_cli("--output-dir", out, "--source", _source_of(out), "--no-progress", "--force",
-                   "--stages", "ingest,features")
+    proc = run_cli(
+        "--output-dir", out, "--source", _source_of(out), "--no-progress", "--force", "--stages", "ingest,features"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     stages = _latest_manifest(out, proc)["stages"]
     assert stages["ingest"]["status"] == stages["features"]["status"] == "ok"
@@ -242,8 +265,12 @@ def test_papermill_import_skips_the_slow_iri_checker_and_notebooks_still_validat
         "    print('invalid caught')\n"
     )
     # A fresh interpreter: the test process may have imported jsonschema already.
-    done = subprocess.run([sys.executable, "-c", code, str(config.NOTEBOOKS_DIR / "02_features.ipynb")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(config.NOTEBOOKS_DIR / "02_features.ipynb")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "invalid caught"
 
@@ -261,10 +288,12 @@ def test_stage_kernel_starts_with_its_imports_done_but_no_names_bound(tmp_path, 
         kc = km.client()
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
-        code = ("import sys, os; print(sorted(n for n in globals() if not n.startswith('_') and n not in "
-                "('In', 'Out', 'exit', 'quit', 'open', 'get_ipython', 'sys', 'os')), "
-                f"[m in sys.modules for m in ('pandas', 'matplotlib.pyplot', 'volcast.{stage}')], "
-                "os.getcwd(), os.getpid())")
+        code = (
+            "import sys, os; print(sorted(n for n in globals() if not n.startswith('_') and n not in "
+            "('In', 'Out', 'exit', 'quit', 'open', 'get_ipython', 'sys', 'os')), "
+            f"[m in sys.modules for m in ('pandas', 'matplotlib.pyplot', 'volcast.{stage}')], "
+            "os.getcwd(), os.getpid())"
+        )
         printed = []
         kc.execute_interactive(code, timeout=60, output_hook=lambda msg: printed.append(msg["content"].get("text", "")))
         words = "".join(printed).split()
@@ -284,18 +313,25 @@ def test_no_kernel_outlives_its_stage_ok_or_failed(tmp_path):
 
     def left_over():  # kernels and what they started (ingest's worker server): gone within 10 s
         deadline = time.monotonic() + 10
-        while (new := [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
-                       and p.status() != psutil.STATUS_ZOMBIE]) and time.monotonic() < deadline:
+        while (
+            new := [
+                p
+                for p in psutil.Process().children(recursive=True)
+                if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+            ]
+        ) and time.monotonic() < deadline:
             time.sleep(0.1)
         return [" ".join(p.cmdline())[:120] for p in new]
 
     demo = {"ingest": {"demo_tickers": 12, "demo_years": 2}}
-    pipeline.run_pipeline(tmp_path, source="demo", stages=["ingest", "features"], params=demo, jobs=2,
-                          say=lambda _: None, progress=False)
+    pipeline.run_pipeline(
+        tmp_path, source="demo", stages=["ingest", "features"], params=demo, jobs=2, say=lambda _: None, progress=False
+    )
     assert left_over() == []
     with pytest.raises(pipeline.StageFailed):
-        pipeline.run_pipeline(tmp_path, stages=["train"], params={"train": {"model": "no_such_model"}},
-                              say=lambda _: None, progress=False)
+        pipeline.run_pipeline(
+            tmp_path, stages=["train"], params={"train": {"model": "no_such_model"}}, say=lambda _: None, progress=False
+        )
     assert left_over() == []
 
 

@@ -9,6 +9,7 @@ Two kinds of state, for two decisions:
 - ``_ingest_state.json`` / ``_features_state.json`` (inside each published dataset version, owned by the
   stage): when the stage runs, which files or partitions can be carried over unchanged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,12 +78,16 @@ def _module_path(name: str) -> Path:
 
 # Order matters: a stage's inputs are the source or outputs of stages before it (a test checks it).
 DAG: tuple[Stage, ...] = (
-    Stage("ingest", "01_ingest.ipynb", inputs=("source",), outputs=("raw_dir", "quarantine_dir"),
-          code=("ingest",)),
-    Stage("features", "02_features.ipynb", inputs=("raw_dir",), outputs=("features_dir",),
-          code=("features",), notebook_only=("symbol",)),
-    Stage("train", "03_train.ipynb", inputs=("features_dir",), outputs=("models_dir",),
-          code=("train", "features")),
+    Stage("ingest", "01_ingest.ipynb", inputs=("source",), outputs=("raw_dir", "quarantine_dir"), code=("ingest",)),
+    Stage(
+        "features",
+        "02_features.ipynb",
+        inputs=("raw_dir",),
+        outputs=("features_dir",),
+        code=("features",),
+        notebook_only=("symbol",),
+    ),
+    Stage("train", "03_train.ipynb", inputs=("features_dir",), outputs=("models_dir",), code=("train", "features")),
 )
 STAGES = {stage.name: stage for stage in DAG}
 PATH_LABELS = {
@@ -216,8 +221,14 @@ def up_to_date_reason(stage: Stage, layout: Layout, record: dict | None, fingerp
     return f"inputs, parameters and code unchanged since run {record.get('run_id')}"
 
 
-def _stage_params(stage: str, layout: Layout, source: str | None, jobs: int | None,
-                  overrides: dict[str, dict[str, Any]], force: bool = False) -> dict[str, Any]:
+def _stage_params(
+    stage: str,
+    layout: Layout,
+    source: str | None,
+    jobs: int | None,
+    overrides: dict[str, dict[str, Any]],
+    force: bool = False,
+) -> dict[str, Any]:
     declared = notebook_parameters(stage)
     params: dict[str, Any] = {"output_dir": str(layout.output_dir)}
     if force and "incremental" in declared:
@@ -287,16 +298,28 @@ def run_pipeline(
             target.start()
             if "ingest" in selected:
                 source = resolve_source(source, say)
-            return _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper, cluster,
-                               target, keep)
+            return _run_locked(
+                layout, selected, source, overrides, force, jobs, say, progress, stopper, cluster, target, keep
+            )
     finally:
         cluster.close()
         lock.release()
 
 
-def _run_locked(layout, selected, source, overrides, force, jobs, say, progress, stopper,
-                cluster: RunCluster | None = None, target: RunTarget | None = None,
-                keep: int = retention.DEFAULT_KEEP) -> dict:
+def _run_locked(
+    layout,
+    selected,
+    source,
+    overrides,
+    force,
+    jobs,
+    say,
+    progress,
+    stopper,
+    cluster: RunCluster | None = None,
+    target: RunTarget | None = None,
+    keep: int = retention.DEFAULT_KEEP,
+) -> dict:
     run_id = new_run_id(layout.runs_dir)
     served = retention.served_model(layout)  # a server may serve it until it next reads LATEST: kept
     run_dir = layout.runs_dir / run_id
@@ -351,7 +374,8 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress,
                 manifest["parameters"][name] = stage_params
             say(f"> {name}: running {stage.notebook}")
             manifest["stages"][name] = dataclasses.asdict(
-                StageResult(name, "running", 0.0, str(run_dir / stage.notebook)))
+                StageResult(name, "running", 0.0, str(run_dir / stage.notebook))
+            )
             storage.atomic_write_json(manifest_path, manifest)
             try:
                 result = _execute_stage(stage, stage_params, run_dir, kernel, progress, stopper)
@@ -361,8 +385,9 @@ def _run_locked(layout, selected, source, overrides, force, jobs, say, progress,
             manifest["stages"][name] = dataclasses.asdict(result)
             storage.atomic_write_json(manifest_path, manifest)
             if result.status != "ok":
-                raise StageFailed(name, result.error or "failed", run_dir / stage.notebook,
-                                  user_error=(result.reason == "user-error"))
+                raise StageFailed(
+                    name, result.error or "failed", run_dir / stage.notebook, user_error=(result.reason == "user-error")
+                )
             state[name] = {
                 "run_id": run_id,
                 "fingerprint": fingerprint,

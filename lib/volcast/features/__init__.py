@@ -17,6 +17,7 @@ Files: ``window`` (parameters), ``columns`` (input columns, sort order), ``rolli
 kernels), ``inputs`` (forecasting inputs), ``core`` (the pure core: ``compute_sorted``, ``add_features``),
 ``stage`` (``run``: partitions, incremental reuse, the latest-row table), ``read`` (loading the dataset).
 """
+
 from .core import NEEDED_COLUMNS, add_features, compute_sorted, feature_arrays
 from .inputs import forecast_inputs, market_volume_ratio
 from .read import LATEST_FILE, load_features, load_latest, most_rows_symbol
@@ -24,20 +25,20 @@ from .stage import STAGE, STATE_FILE, process_partition, run
 from .window import WindowSpec, parse_window
 
 __all__ = [
-           "LATEST_FILE",
-           "NEEDED_COLUMNS",
-           "STAGE",
-           "STATE_FILE",
-           "WindowSpec",
-           "add_features",
-           "compute_sorted",
-           "feature_arrays",
-           "forecast_inputs",
-           "load_features",
-           "load_latest",
-           "market_volume_ratio",
-           "most_rows_symbol",
-           "parse_window",
-           "process_partition",
-           "run",
+    "LATEST_FILE",
+    "NEEDED_COLUMNS",
+    "STAGE",
+    "STATE_FILE",
+    "WindowSpec",
+    "add_features",
+    "compute_sorted",
+    "feature_arrays",
+    "forecast_inputs",
+    "load_features",
+    "load_latest",
+    "market_volume_ratio",
+    "most_rows_symbol",
+    "parse_window",
+    "process_partition",
+    "run",
 ]

@@ -18,6 +18,7 @@ Thanksgiving and Christmas, a Saturday holiday observed on the Friday before (ex
 Sunday one on the Monday after. One-off closures (9/11, hurricane Sandy, national days of mourning) are
 not in the rule: on those few dates the inputs describe the day the market was expected to open.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -63,10 +64,16 @@ def _observed(day: dt.date, saturday_to_friday: bool = True) -> dt.date | None:
 @cache
 def holidays(year: int) -> frozenset:
     """The regular market holidays of ``year`` (see the module docstring)."""
-    days = [_observed(dt.date(year, 1, 1), saturday_to_friday=False),
-            _nth_weekday(year, 2, 0, 3), _easter(year) - dt.timedelta(days=2), _nth_weekday(year, 5, 0, -1),
-            _observed(dt.date(year, 7, 4)), _nth_weekday(year, 9, 0, 1), _nth_weekday(year, 11, 3, 4),
-            _observed(dt.date(year, 12, 25))]
+    days = [
+        _observed(dt.date(year, 1, 1), saturday_to_friday=False),
+        _nth_weekday(year, 2, 0, 3),
+        _easter(year) - dt.timedelta(days=2),
+        _nth_weekday(year, 5, 0, -1),
+        _observed(dt.date(year, 7, 4)),
+        _nth_weekday(year, 9, 0, 1),
+        _nth_weekday(year, 11, 3, 4),
+        _observed(dt.date(year, 12, 25)),
+    ]
     if year >= 1998:
         days.append(_nth_weekday(year, 1, 0, 3))
     if year >= 2022:
@@ -102,8 +109,13 @@ def _of_day(days: int) -> tuple[float, ...]:
     after = next_trading_day(nxt)
     month_end = 0 if after.month == nxt.month else (2 if nxt.month % 3 == 0 else 1)
     weekdays_between = np.busday_count(nxt, after)  # weekdays in [nxt, after): 1 when nothing is skipped
-    return (float(nxt.weekday()), float((nxt - today).days), float(_expiration(nxt)), float(month_end),
-            float(weekdays_between > 1))
+    return (
+        float(nxt.weekday()),
+        float((nxt - today).days),
+        float(_expiration(nxt)),
+        float(month_end),
+        float(weekdays_between > 1),
+    )
 
 
 def calendar_inputs(days: np.ndarray, names=CALENDAR_INPUTS) -> dict[str, np.ndarray]:

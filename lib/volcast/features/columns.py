@@ -1,5 +1,6 @@
 """Input columns as the kernels want them: numbers as numpy, dates as integer ticks, and the sort
 order (``SortOrder``) that puts each ticker's rows together in date order."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -65,12 +66,12 @@ def _is_iso_day_strings(arr: pa.Array | pa.ChunkedArray) -> bool:
     if isinstance(arr, pa.ChunkedArray):
         return all(_is_iso_day_strings(chunk) for chunk in arr.chunks if len(chunk))
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if pa.types.is_large_string(arr.type) else np.int32)
-    offsets = offsets[arr.offset: arr.offset + len(arr) + 1]
+    offsets = offsets[arr.offset : arr.offset + len(arr) + 1]
     if offsets[-1] - offsets[0] != 10 * len(arr):
         return False
     if len(arr) > 1 and not np.all(np.diff(offsets) == 10):
         return False
-    chars = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]: offsets[-1]].reshape(-1, 10)
+    chars = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].reshape(-1, 10)
     return bool(np.all(chars[:, 4] == ord("-")) and np.all(chars[:, 7] == ord("-")))
 
 
@@ -131,9 +132,9 @@ def sort_order(symbols: pa.Array, dates: pa.Array) -> SortOrder:
         back = pc.less(date_key.slice(1), date_key.slice(0, n - 1)).to_numpy(zero_copy_only=False)
         if down or np.any(back & ~new[1:]):
             # Arrow's sort is stable: rows with equal (Symbol, Date) keep their input order.
-            order = pc.sort_indices(pa.table({"s": symbols, "d": date_key}),
-                                    sort_keys=[("s", "ascending"), ("d", "ascending")]).to_numpy()
+            order = pc.sort_indices(
+                pa.table({"s": symbols, "d": date_key}), sort_keys=[("s", "ascending"), ("d", "ascending")]
+            ).to_numpy()
             symbols = symbols.take(pa.array(order))
             new[1:] = pc.not_equal(symbols.slice(1), symbols.slice(0, n - 1)).to_numpy(zero_copy_only=False)
     return SortOrder(order, np.flatnonzero(new), symbols)
-

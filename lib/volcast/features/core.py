@@ -4,6 +4,7 @@
 stage runs on each partition; ``add_features`` (a DataFrame or Arrow Table in any row order) and
 ``feature_arrays`` (the two task columns only) sort, call it, and put the rows back in the caller's order.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,17 @@ def day_numbers(ticks: tuple[np.ndarray, int]) -> np.ndarray:
     return values if unit_ns == _DAY_NS else np.floor_divide(values * unit_ns, _DAY_NS)
 
 
-def compute_sorted(starts: np.ndarray, ticks: tuple[np.ndarray, int], volume: np.ndarray, adj_close: np.ndarray,
-                   spec: WindowSpec, inputs=config.FORECAST_INPUTS, high=None, low=None, close=None) -> dict:
+def compute_sorted(
+    starts: np.ndarray,
+    ticks: tuple[np.ndarray, int],
+    volume: np.ndarray,
+    adj_close: np.ndarray,
+    spec: WindowSpec,
+    inputs=config.FORECAST_INPUTS,
+    high=None,
+    low=None,
+    close=None,
+) -> dict:
     """Every feature column (float64) of sorted columns: the two task columns, then ``inputs``.
 
     ``starts``: first row of each ticker; ``ticks``: the dates as from ``columns._date_ticks``.
@@ -134,7 +144,8 @@ def feature_arrays(symbols, dates, volume, adj_close, window=config.DEFAULT_WIND
     n = len(symbols)
     if not (n == len(dates) == len(volume) == len(adj_close)):
         raise UserError("Symbol, Date, Volume and Adj Close must have the same number of rows")
-    frame = pa.table({SYMBOL: _arrow(symbols), DATE: _arrow(dates), VOLUME: _arrow(volume),
-                      ADJ_CLOSE: _arrow(adj_close)})
+    frame = pa.table(
+        {SYMBOL: _arrow(symbols), DATE: _arrow(dates), VOLUME: _arrow(volume), ADJ_CLOSE: _arrow(adj_close)}
+    )
     out = add_features(frame, window, min_periods, inputs=())
     return (out[config.VOL_FEATURE].to_numpy(), out[config.PRICE_FEATURE].to_numpy())

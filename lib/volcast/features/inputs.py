@@ -27,6 +27,7 @@ reads a row of another ticker or a later row. Names:
 a partition cannot compute it, so the train stage does, from every row's Volume (``volcast.train.rows``);
 ``market_volume_ratio`` here is the same rule on one frame.
 """
+
 from __future__ import annotations
 
 import re
@@ -50,8 +51,16 @@ _PATTERNS = {
     "std": re.compile(r"vol_std(\d+)$"),
 }
 PRICE_LEVEL = "log_price_med"
-FIXED = (LOG_VOL_MEAN30, "return_1d", "range_hl", "weekday", "dist_52w_high", "days_since_zero_volume", PRICE_LEVEL,
-         *CALENDAR_INPUTS)
+FIXED = (
+    LOG_VOL_MEAN30,
+    "return_1d",
+    "range_hl",
+    "weekday",
+    "dist_52w_high",
+    "days_since_zero_volume",
+    PRICE_LEVEL,
+    *CALENDAR_INPUTS,
+)
 NEEDS_HLC = ("range_hl",)
 
 
@@ -60,8 +69,9 @@ def check_names(names) -> tuple[str, ...]:
     names = tuple(names)
     for name in names:
         if name not in FIXED and not any(p.match(name) for p in _PATTERNS.values()):
-            raise UserError(f"unknown forecasting input {name!r}; known: {', '.join(FIXED)}, vol_lr_K, "
-                            "vol_meanK_lr, vol_stdK")
+            raise UserError(
+                f"unknown forecasting input {name!r}; known: {', '.join(FIXED)}, vol_lr_K, vol_meanK_lr, vol_stdK"
+            )
     return names
 
 
@@ -69,7 +79,7 @@ def _shift(x: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
     """``x`` of the row ``k`` rows earlier in the same ticker; NaN for a ticker's first ``k`` rows."""
     out = np.full(len(x), np.nan)
     if k < len(x):
-        out[k:] = x[:len(x) - k]
+        out[k:] = x[: len(x) - k]
     out[pos < k] = np.nan
     return out
 
@@ -87,8 +97,8 @@ def _rolling_std(x: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
     if n >= k:
         view = sliding_window_view(x, k)  # view[i - k + 1] = x[i - k + 1 .. i]
         for s in range(0, len(view), _STD_BLOCK):
-            block = view[s:s + _STD_BLOCK]
-            out[s + k - 1: s + k - 1 + len(block)] = block.std(axis=1)
+            block = view[s : s + _STD_BLOCK]
+            out[s + k - 1 : s + k - 1 + len(block)] = block.std(axis=1)
     out[pos < k - 1] = np.nan
     return out
 
@@ -124,10 +134,17 @@ def weekday(days: np.ndarray) -> np.ndarray:
     return ((np.asarray(days, dtype=np.int64) + 3) % 7).astype(np.float64)
 
 
-def forecast_inputs(starts: np.ndarray, days: np.ndarray, volume: np.ndarray, adj_close: np.ndarray,
-                    high: np.ndarray | None = None, low: np.ndarray | None = None,
-                    close: np.ndarray | None = None, names=None, price_med: np.ndarray | None = None
-                    ) -> dict[str, np.ndarray]:
+def forecast_inputs(
+    starts: np.ndarray,
+    days: np.ndarray,
+    volume: np.ndarray,
+    adj_close: np.ndarray,
+    high: np.ndarray | None = None,
+    low: np.ndarray | None = None,
+    close: np.ndarray | None = None,
+    names=None,
+    price_med: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """The forecasting inputs ``names`` (default ``config.FORECAST_INPUTS``) as float64 columns.
 
     ``days``: integer days since 1970-01-01 per row; ``volume``: int64 (or float with NaN);
@@ -163,8 +180,11 @@ def forecast_inputs(starts: np.ndarray, days: np.ndarray, volume: np.ndarray, ad
                 raise UserError("range_hl needs the High, Low and Close columns")
             close = np.asarray(close, dtype=np.float64)
             with np.errstate(divide="ignore", invalid="ignore"):
-                out[name] = np.where(close > 0, (np.asarray(high, np.float64) - np.asarray(low, np.float64))
-                                     / np.where(close > 0, close, 1.0), np.nan)
+                out[name] = np.where(
+                    close > 0,
+                    (np.asarray(high, np.float64) - np.asarray(low, np.float64)) / np.where(close > 0, close, 1.0),
+                    np.nan,
+                )
         elif name == "weekday":
             out[name] = weekday(days)
         elif name == "dist_52w_high":

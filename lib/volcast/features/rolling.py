@@ -8,6 +8,7 @@ exact with no floating drift however long the column; the median is bottleneck's
 ticker are recomputed from their own rows. Offset windows use the same prefix sums for the mean and
 an exact chunked median of each row's (at most a few dozen) rows.
 """
+
 from __future__ import annotations
 
 import bottleneck as bn
@@ -111,14 +112,14 @@ def _reduce_windows(x: np.ndarray, rows: np.ndarray, lengths: np.ndarray, valid:
     behind = np.arange(width - 1, -1, -1)  # how many rows column j lies behind the window's last row
     step = max(1, _RAGGED_BUDGET // width)
     for s in range(early, len(rows), step):
-        r = rows[s:s + step] - (width - 1)
-        outside = behind >= lengths[s:s + step, None]
+        r = rows[s : s + step] - (width - 1)
+        outside = behind >= lengths[s : s + step, None]
         if r[-1] - r[0] == len(r) - 1:  # contiguous rows: one masked copy of a slice (fast)
-            block = np.where(outside, np.nan, view[r[0]: r[-1] + 1])
+            block = np.where(outside, np.nan, view[r[0] : r[-1] + 1])
         else:  # scattered rows (a few near ticker starts): gather, then mask
             block = view[r]
             block[outside] = np.nan
-        out[s:s + step] = reduce(block, valid[s:s + step])
+        out[s : s + step] = reduce(block, valid[s : s + step])
     return out
 
 
@@ -173,8 +174,8 @@ def _row_window_features(starts: np.ndarray, v: np.ndarray, a: np.ndarray, w: in
     if n >= w:
         # Integer differences cast into the float output as they are made (no temporary column),
         # exact: each window sum is below 2**53 (checked in _exact_ints).
-        np.subtract(prefix[w:], prefix[:-w], out=vol[w - 1:])
-        vol[w - 1:] /= w
+        np.subtract(prefix[w:], prefix[:-w], out=vol[w - 1 :])
+        vol[w - 1 :] /= w
     # Rows closer than w to their ticker's start: the window is cut at the ticker's first row.
     # Kept (partial windows, min_periods < w) ones are recomputed from their own rows only.
     keep = pos + 1 >= m

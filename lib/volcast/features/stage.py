@@ -1,6 +1,7 @@
 """The features stage: ``DIR/data/raw`` -> ``DIR/data/features`` (+ ``_latest.parquet`` inside it, and
 ``DIR/reports/features.json``), one partition file at a time, in threads, recomputing only the
 partitions whose raw file changed. Each partition goes through ``core.compute_sorted``."""
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,15 @@ def _code_version() -> str:
     return storage.code_digest(*files, storage.__file__, extra=(config.FEATURES_SCHEMA,))
 
 
-def _partition_stats(starts: np.ndarray, n: int, names: list[str], dates: tuple[np.ndarray, int] | None,
-                     spec: WindowSpec, vol: np.ndarray, med: np.ndarray) -> dict:
+def _partition_stats(
+    starts: np.ndarray,
+    n: int,
+    names: list[str],
+    dates: tuple[np.ndarray, int] | None,
+    spec: WindowSpec,
+    vol: np.ndarray,
+    med: np.ndarray,
+) -> dict:
     """Counts for the report; ``names`` are the tickers in ``starts`` order."""
     ends = np.append(starts[1:], n)
     if spec.rows is not None:
@@ -56,9 +64,13 @@ def _partition_stats(starts: np.ndarray, n: int, names: list[str], dates: tuple[
 
 # Symbol and Security Name are read as Arrow dictionaries and written back as they are: no string is
 # materialised or hashed per row.
-_FEATURES_WRITE_SCHEMA = pa.schema([*config.RAW_DICTIONARY_SCHEMA,
-                                    *[config.FEATURES_SCHEMA.field(c) for c in config.FEATURE_COLUMNS],
-                                    *[config.FEATURES_SCHEMA.field(c) for c in config.FORECAST_INPUTS]])
+_FEATURES_WRITE_SCHEMA = pa.schema(
+    [
+        *config.RAW_DICTIONARY_SCHEMA,
+        *[config.FEATURES_SCHEMA.field(c) for c in config.FEATURE_COLUMNS],
+        *[config.FEATURES_SCHEMA.field(c) for c in config.FORECAST_INPUTS],
+    ]
+)
 
 
 def _read_raw_partition(src) -> pa.Table:
@@ -84,8 +96,9 @@ def latest_rows(table: pa.Table, starts: np.ndarray) -> pa.Table:
     return last.append_column("rows", pa.array(ends - starts, type=pa.int64()))
 
 
-def process_partition(src: str | os.PathLike, dst: str | os.PathLike, window=config.DEFAULT_WINDOW,
-                      min_periods=0) -> tuple[dict, pa.Table]:
+def process_partition(
+    src: str | os.PathLike, dst: str | os.PathLike, window=config.DEFAULT_WINDOW, min_periods=0
+) -> tuple[dict, pa.Table]:
     """Read one raw partition file, add the features, write it to ``dst``; return its stats and latest rows."""
     spec = parse_window(window, min_periods)
     table = _read_raw_partition(src)
@@ -93,8 +106,15 @@ def process_partition(src: str | os.PathLike, dst: str | os.PathLike, window=con
     if order.order is not None:  # the raw contract says sorted; keep the output sorted regardless
         table = table.take(pa.array(order.order))
     ticks = _date_ticks(table[DATE].combine_chunks())
-    cols = compute_sorted(order.starts, ticks, _numeric(table[VOLUME], VOLUME), _numeric(table[ADJ_CLOSE], ADJ_CLOSE),
-                          spec, config.FORECAST_INPUTS, *(_numeric(table[c], c) for c in (HIGH, LOW, CLOSE)))
+    cols = compute_sorted(
+        order.starts,
+        ticks,
+        _numeric(table[VOLUME], VOLUME),
+        _numeric(table[ADJ_CLOSE], ADJ_CLOSE),
+        spec,
+        config.FORECAST_INPUTS,
+        *(_numeric(table[c], c) for c in (HIGH, LOW, CLOSE)),
+    )
     out = table
     for name, values in cols.items():
         out = out.append_column(name, pa.array(values))
@@ -102,8 +122,15 @@ def process_partition(src: str | os.PathLike, dst: str | os.PathLike, window=con
     storage.write_parquet(out, dst, arrow_schema=False)
     starts = order.starts
     names = table[SYMBOL].take(pa.array(starts)).cast(pa.string()).to_pylist() if len(starts) else []
-    stats = _partition_stats(starts, table.num_rows, names, ticks if spec.is_offset else None, spec,
-                             cols[config.VOL_FEATURE], cols[config.PRICE_FEATURE])
+    stats = _partition_stats(
+        starts,
+        table.num_rows,
+        names,
+        ticks if spec.is_offset else None,
+        spec,
+        cols[config.VOL_FEATURE],
+        cols[config.PRICE_FEATURE],
+    )
     return stats, latest_rows(out, starts)
 
 
@@ -114,8 +141,9 @@ def _process_item(item: tuple) -> tuple[str, dict, pa.Table]:
     return Path(src).name, stats, latest
 
 
-def _compute(todo: list[tuple[Path, Path]], spec: WindowSpec, jobs: int, executor: str = "local",
-             scheduler: str = "") -> tuple[dict[str, dict], dict[str, pa.Table]]:
+def _compute(
+    todo: list[tuple[Path, Path]], spec: WindowSpec, jobs: int, executor: str = "local", scheduler: str = ""
+) -> tuple[dict[str, dict], dict[str, pa.Table]]:
     from tqdm import tqdm  # a text bar: an executed notebook keeps a line, not a widget
 
     from ..executor import map_tasks
@@ -132,9 +160,16 @@ def _compute(todo: list[tuple[Path, Path]], spec: WindowSpec, jobs: int, executo
 
     # Local: threads, not processes: Parquet reads and writes and Arrow compute, most of the time, release
     # the GIL, and a thread starts at once where a fresh worker process costs a second of imports.
-    map_tasks(_process_item, [(src, dst, spec, spec.min_periods) for src, dst in todo], jobs=jobs,
-              executor=executor, scheduler=scheduler, name="features", on_done=on_done,
-              local_pool=lambda n: ThreadPoolExecutor(max_workers=n, thread_name_prefix="features"))
+    map_tasks(
+        _process_item,
+        [(src, dst, spec, spec.min_periods) for src, dst in todo],
+        jobs=jobs,
+        executor=executor,
+        scheduler=scheduler,
+        name="features",
+        on_done=on_done,
+        local_pool=lambda n: ThreadPoolExecutor(max_workers=n, thread_name_prefix="features"),
+    )
     bar.close()
     return stats, latest
 
@@ -151,8 +186,11 @@ def _latest_table(staging: Path, computed: dict[str, pa.Table], reused: set[str]
     schema = pa.schema([*config.FEATURES_SCHEMA, pa.field("rows", pa.int64())])
     table = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
     return table.sort_by([(SYMBOL, "ascending")])
-def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, incremental=True, executor="local",
-        scheduler="") -> dict:
+
+
+def run(
+    output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, incremental=True, executor="local", scheduler=""
+) -> dict:
     """The features stage: ``DIR/data/raw`` -> ``DIR/data/features`` + ``DIR/reports/features.json``.
 
     Incremental: a partition whose raw file, parameters and this code are unchanged since the last
@@ -166,8 +204,9 @@ def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, increme
     layout = config.Layout.at(output_dir)
     raw = storage.current_version(layout.raw_dir)
     if raw is None:
-        raise UserError(f"no raw dataset at {layout.raw_dir}; run the ingest stage first "
-                        "(python run_pipeline.py --stages ingest)")
+        raise UserError(
+            f"no raw dataset at {layout.raw_dir}; run the ingest stage first (python run_pipeline.py --stages ingest)"
+        )
     sources = {p.name: p for p in sorted(raw.glob(f"{storage.PARTITION_PREFIX}*.parquet"))}
     # Ingest hard-links unchanged partitions into each new raw version and rewrites changed ones, so a
     # partition's stat fingerprint (size, mtime) changes exactly when its content may have.
@@ -184,8 +223,7 @@ def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, increme
             if fingerprints.get(name) == entry.get("fingerprint") and (current / name).is_file():
                 reusable[name] = entry["stats"]
     todo_names = [name for name in sources if name not in reusable]
-    stale = bool(current) and any(
-        p.name not in sources for p in current.glob(f"{storage.PARTITION_PREFIX}*.parquet"))
+    stale = bool(current) and any(p.name not in sources for p in current.glob(f"{storage.PARTITION_PREFIX}*.parquet"))
 
     computed: dict[str, dict] = {}
     if todo_names or stale or current is None:
@@ -193,13 +231,18 @@ def run(output_dir, window=config.DEFAULT_WINDOW, min_periods=0, jobs=0, increme
             for item in staging.iterdir():  # seeded: drop what is not carried over
                 if item.name not in reusable and item.name != LATEST_FILE:
                     item.unlink()
-            computed, latest = _compute([(sources[name], staging / name) for name in todo_names], spec, jobs,
-                                        executor, scheduler)
+            computed, latest = _compute(
+                [(sources[name], staging / name) for name in todo_names], spec, jobs, executor, scheduler
+            )
             table = _latest_table(staging, latest, set(reusable))
             storage.write_parquet(table, staging / LATEST_FILE)
-            state = {"params": params, "partitions": {
-                name: {"fingerprint": fingerprints[name], "stats": reusable.get(name) or computed[name]}
-                for name in sources}}
+            state = {
+                "params": params,
+                "partitions": {
+                    name: {"fingerprint": fingerprints[name], "stats": reusable.get(name) or computed[name]}
+                    for name in sources
+                },
+            }
             storage.atomic_write_json(staging / STATE_FILE, state)
     all_stats = [reusable.get(name) or computed[name] for name in sources]
 

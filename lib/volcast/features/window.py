@@ -1,4 +1,5 @@
 """Window parameters of the two task columns: ``window`` (rows or a fixed offset) and ``min_periods``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,7 +55,9 @@ def parse_window(window=config.DEFAULT_WINDOW, min_periods=0) -> WindowSpec:
     elif isinstance(window, (str, pd.Timedelta, np.timedelta64)) or hasattr(window, "total_seconds"):
         label = window.strip() if isinstance(window, str) else str(pd.Timedelta(window))
         try:
-            offset = pd.tseries.frequencies.to_offset(window.strip() if isinstance(window, str) else pd.Timedelta(window))
+            offset = pd.tseries.frequencies.to_offset(
+                window.strip() if isinstance(window, str) else pd.Timedelta(window)
+            )
             span_ns = int(pd.Timedelta(offset).value)  # only fixed offsets (D, h, min...) convert
         except (ValueError, TypeError):
             raise UserError(f"{hint}; {window!r} is not a fixed offset (months and years vary in length)") from None
@@ -77,4 +80,3 @@ def parse_window(window=config.DEFAULT_WINDOW, min_periods=0) -> WindowSpec:
     else:
         min_periods = min_periods or 1
     return WindowSpec(label, rows, span_ns, min_periods)
-
