@@ -9,9 +9,8 @@ as one (``volcast.train.forecast``); separate DAG stages would read the features
 
 from __future__ import annotations
 
-import math
-import resource
 import time
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,7 +21,8 @@ from ..config import DATE, LOG_VOL_MEAN30, VOLUME
 from ..errors import UserError
 from . import scoring as M
 from . import warm as W
-from .data import _iso, _sample
+from .card import TARGET_TEXT, _library_versions, build_card, build_report  # noqa: F401 (re-exported)
+from .data import _sample
 from .forecast import LATEST_FILE, TEST_FORECASTS_FILE
 from .forecast_model import MODEL_FILE as FORECAST_FILE
 from .forecast_model import fit_forecast
@@ -57,9 +57,7 @@ from .params import (
 )
 from .rows import TEST_FORECAST_DATES, load_rows, market_at  # noqa: F401 (re-exported)
 from .task_model import (
-    DERIVED_INPUTS,
     FitResult,
-    fingerprint_files,
     fit_model,
     latest_model_dir,
     new_model_id,
@@ -68,48 +66,71 @@ from .task_model import (
 )
 
 TEST_SAMPLE_ROWS = 5000  # enough points for a predicted-vs-actual chart
-TARGET_TEXT = {
-    0: "Volume of the same row (the task's same-day setup; vol_moving_avg contains it)",
-    1: "Volume of the next trading day of the same Symbol",
-}
 PREDICTORS = ("model", "forecast", "har", "baseline_vol_moving_avg", "baseline_today_volume")
-PREDICTOR_TEXT = {
-    "model": "task model (the two API features)",
-    "forecast": "forecast model P50 (all inputs)",
-    "har": "HAR: log volume on log 1/5/22-day means (OLS, train dates)",
-    "baseline_vol_moving_avg": "vol_moving_avg",
-    "baseline_today_volume": "today's Volume",
-}
-
-
-def _clean(obj):
-    """JSON-safe: NaN/inf become null, numpy scalars become Python numbers."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _library_versions() -> dict:
-    from ..pipeline import (
-        library_versions,  # one list of tracked packages for runs and cards
-    )
-
-    return library_versions()
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
 def _har_inputs(x: np.ndarray, names: list) -> tuple:
     base = x[:, names.index(LOG_VOL_MEAN30)].astype(np.float64)
     return tuple(base + x[:, names.index(n)].astype(np.float64) for n in ("vol_lr_0", "vol_mean5_lr", "vol_mean22_lr"))
+
+
+class Evaluation(NamedTuple):
+    """The test evaluation: what the card, the report and the model directory are built from."""
+
+    all_metrics: dict
+    ratios_all: dict
+    test_coverage: object
+    by_year: pd.DataFrame
+    by_decile: pd.DataFrame
+    deciles: pd.DataFrame
+    test_forecasts: pd.DataFrame
+    test_sample: pd.DataFrame
+
+
+def _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed) -> Evaluation:
+    """Score every predictor on the test rows; the tables, the test forecasts and the chart sample."""
+    y = data.target[test_rows]
+    vol_test = data.vol[test_rows]
+    x_test = data.x[test_rows]
+    p10, p50, p90 = forecaster.predict(x_test)
+    preds = {
+        "model": fit.model.predict(vol_test, data.price[test_rows]),
+        "forecast": p50,
+        "har": M.predict_har(har_coef, *_har_inputs(x_test, inputs), fallback=vol_test),
+        **M.baseline_predictions(data.volume[test_rows], vol_test),
+    }
+    del x_test
+    all_metrics = {name: M.metrics(y, preds[name]) for name in PREDICTORS}
+    base = all_metrics["baseline_vol_moving_avg"]
+    ratios_all = {
+        name: {k: (m[k] / base[k] if base[k] else None) for k in ("mae", "medape")} for name, m in all_metrics.items()
+    }
+    test_coverage = M.coverage(y, p10, p90)
+    years = (np.datetime64("1970-01-01") + data.day[test_rows].astype("timedelta64[D]")).astype("datetime64[Y]")
+    by_year = M.table_by(years.astype(int) + 1970, y, preds, "year")
+    cover_year = pd.Series((y >= p10) & (y <= p90)).groupby(years.astype(int) + 1970).mean()
+    by_year["coverage_p10_p90"] = by_year["year"].map(cover_year)
+    by_decile = M.table_by(M.deciles(y), y, preds, "decile")
+    deciles = M.error_by_decile(y, preds["model"], vol_test)
+    test_forecasts = _test_forecasts(data, forecaster)
+    sample = _sample(len(test_rows), TEST_SAMPLE_ROWS, np.random.default_rng(seed))
+    s_rows = test_rows[sample]
+    test_sample = pd.DataFrame(
+        {
+            DATE: np.datetime64("1970-01-01") + data.day[s_rows].astype("timedelta64[D]"),
+            VOLUME: data.volume[s_rows],
+            FEATURES[0]: data.vol[s_rows],
+            FEATURES[1]: data.price[s_rows],
+            TARGET: y[sample],
+            "prediction": preds["model"][sample],
+            "baseline": vol_test[sample],
+            "forecast": p50[sample],
+            "forecast_low": p10[sample],
+            "forecast_high": p90[sample],
+            "har": preds["har"][sample],
+        }
+    )
+    return Evaluation(all_metrics, ratios_all, test_coverage, by_year, by_decile, deciles, test_forecasts, test_sample)
 
 
 def run(
@@ -280,49 +301,8 @@ def run(
         warm_entry = {"requested": True, "note": parent.reason}
 
     t0 = time.perf_counter()
-    y = data.target[test_rows]
-    vol_test = data.vol[test_rows]
-    x_test = data.x[test_rows]
-    p10, p50, p90 = forecaster.predict(x_test)
-    preds = {
-        "model": fit.model.predict(vol_test, data.price[test_rows]),
-        "forecast": p50,
-        "har": M.predict_har(har_coef, *_har_inputs(x_test, inputs), fallback=vol_test),
-        **M.baseline_predictions(data.volume[test_rows], vol_test),
-    }
-    del x_test
-    all_metrics = {name: M.metrics(y, preds[name]) for name in PREDICTORS}
-    base = all_metrics["baseline_vol_moving_avg"]
-    ratios_all = {
-        name: {k: (m[k] / base[k] if base[k] else None) for k in ("mae", "medape")} for name, m in all_metrics.items()
-    }
-    test_coverage = M.coverage(y, p10, p90)
-    years = (np.datetime64("1970-01-01") + data.day[test_rows].astype("timedelta64[D]")).astype("datetime64[Y]")
-    by_year = M.table_by(years.astype(int) + 1970, y, preds, "year")
-    cover_year = pd.Series((y >= p10) & (y <= p90)).groupby(years.astype(int) + 1970).mean()
-    by_year["coverage_p10_p90"] = by_year["year"].map(cover_year)
-    by_decile = M.table_by(M.deciles(y), y, preds, "decile")
-    deciles = M.error_by_decile(y, preds["model"], vol_test)
-    test_forecasts = _test_forecasts(data, forecaster)
-    sample = _sample(len(test_rows), TEST_SAMPLE_ROWS, np.random.default_rng(seed))
-    s_rows = test_rows[sample]
-    test_sample = pd.DataFrame(
-        {
-            DATE: np.datetime64("1970-01-01") + data.day[s_rows].astype("timedelta64[D]"),
-            VOLUME: data.volume[s_rows],
-            FEATURES[0]: data.vol[s_rows],
-            FEATURES[1]: data.price[s_rows],
-            TARGET: y[sample],
-            "prediction": preds["model"][sample],
-            "baseline": vol_test[sample],
-            "forecast": p50[sample],
-            "forecast_low": p10[sample],
-            "forecast_high": p90[sample],
-            "har": preds["har"][sample],
-        }
-    )
+    ev = _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed)
     seconds["evaluate"] = time.perf_counter() - t0
-    del preds, p10, p50, p90, y, vol_test
 
     rows = {
         "usable": data.rows["usable"],
@@ -345,116 +325,47 @@ def run(
     latest_src = files[0].parent / "_latest.parquet"
     data = None  # the rows are not needed any more: free them before publishing
 
-    curve = fit.learning_curve
-    best = curve.loc[curve["validation_loss"].idxmin()] if curve["validation_loss"].notna().any() else None
-    forecast_card = {
-        **forecaster.card(),
-        "estimator": "catboost",
-        "loss": finfo["params"]["loss_function"],
-        "params": finfo["params"],
-        "learning_curve": "learning_curve_forecast.csv",
-        "test_coverage_p10_p90": test_coverage,
-        "nominal_coverage": 0.8,
-        "validation_coverage_raw": finfo["validation_coverage_raw"],
-        "validation_coverage": finfo["validation_coverage"],
-        "fit_seconds": finfo["fit_seconds"],
+    parameters = {
+        "model": model,
+        "target_shift": target_shift,
+        "split": split,
+        "test_fraction": test_fraction,
+        "max_train_rows": max_train_rows,
+        "iterations": iterations,
+        "seed": seed,
+        "depth": depth,
+        "learning_rate": learning_rate,
+        "formulation": formulation,
+        "loss": loss,
+        "validation_fraction": validation_fraction,
+        "threads": threads,
+        "forecast_iterations": forecast_iterations,
+        "forecast_learning_rate": forecast_learning_rate,
+        "max_test_rows": max_test_rows,
+        "warm_start": bool(warm_start),
     }
-    card = _clean(
-        {
-            "model_id": model_id,
-            "model_kind": model,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "parameters": {
-                "model": model,
-                "target_shift": target_shift,
-                "split": split,
-                "test_fraction": test_fraction,
-                "max_train_rows": max_train_rows,
-                "iterations": iterations,
-                "seed": seed,
-                "depth": depth,
-                "learning_rate": learning_rate,
-                "formulation": formulation,
-                "loss": loss,
-                "validation_fraction": validation_fraction,
-                "threads": threads,
-                "forecast_iterations": forecast_iterations,
-                "forecast_learning_rate": forecast_learning_rate,
-                "max_test_rows": max_test_rows,
-                "warm_start": bool(warm_start),
-            },
-            "warm_start": warm_entry,
-            "estimator_params": fit.params,
-            "features": list(FEATURES),
-            "derived_inputs": list(DERIVED_INPUTS),
-            "input_ranges": input_ranges,
-            "target": {
-                "column": VOLUME,
-                "shift": target_shift,
-                "description": TARGET_TEXT.get(target_shift, f"Volume {target_shift} trading days later, same Symbol"),
-            },
-            "formulation": _formulation_card(formulation, loss, model),
-            "models": {
-                "task": {
-                    "model_file": None,
-                    "inputs": list(FEATURES),
-                    "estimator": model,
-                    "formulation": formulation,
-                    "loss": loss,
-                },
-                "forecast": forecast_card,
-            },
-            "references": {
-                "har": {
-                    "coefficients": [float(c) for c in har_coef],
-                    "design": "log1p(next) ~ 1 + log1p(Volume) + log1p(mean5) + log1p(mean22)",
-                }
-            },
-            "predictors": PREDICTOR_TEXT,
-            "split": {
-                **split_info,
-                "validation_start": _iso(valid_info.get("test_start"))
-                if valid_info.get("test_start") is not None
-                else None,
-                "validation_fraction": validation_fraction,
-            },
-            "sample": {
-                "fit_rows": rows["fit"],
-                "of_rows": rows["fit_pool"],
-                "seed": seed,
-                "max_train_rows": max_train_rows,
-                "note": (
-                    "uniform random sample of the train rows outside the validation slice"
-                    + (
-                        f"; RandomForest capped at {RF_MAX_ROWS:,} rows (fully grown trees on 1 M rows exhaust memory)"
-                        if model == "random_forest"
-                        else ""
-                    )
-                ),
-            },
-            "rows": rows,
-            "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
-            "dates": dates,
-            "data": {"features_files": [p.name for p in files], "fingerprint": fingerprint_files(files)},
-            "metrics": all_metrics,
-            "ratios_vs_vol_moving_avg": ratios_all["model"],
-            "ratios_all_vs_vol_moving_avg": ratios_all,
-            "coverage_p10_p90": test_coverage,
-            "error_by_volume_decile": deciles.to_dict(orient="records"),
-            "by_year": by_year.to_dict(orient="records"),
-            "by_decile": by_decile.to_dict(orient="records"),
-            "learning_curve": {
-                "file": "learning_curve.csv",
-                "metric": str(curve["metric"].iloc[0]) if len(curve) else None,
-                "iterations": len(curve),
-                "best_validation_iteration": int(best["iteration"]) if best is not None else None,
-                "best_validation_loss": float(best["validation_loss"]) if best is not None else None,
-                "final_validation_loss": float(curve["validation_loss"].iloc[-1]) if len(curve) else None,
-            },
-            "latest": {"file": LATEST_FILE, "tickers_with_forecast": None},
-            "library_versions": _library_versions(),
-            "fit_seconds": round(fit.seconds, 2),
-        }
+    card = build_card(
+        model_id=model_id,
+        model=model,
+        parameters=parameters,
+        warm_entry=warm_entry,
+        fit=fit,
+        forecaster=forecaster,
+        finfo=finfo,
+        input_ranges=input_ranges,
+        target_shift=target_shift,
+        formulation=formulation,
+        loss=loss,
+        har_coef=har_coef,
+        split_info=split_info,
+        valid_info=valid_info,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        max_train_rows=max_train_rows,
+        rows=rows,
+        dates=dates,
+        files=files,
+        evaluation=ev,
     )
 
     def write_curve(path):
@@ -468,77 +379,27 @@ def run(
         "learning_curve_forecast.csv": write_curve,
         LATEST_FILE: write_latest,
         TEST_FORECASTS_FILE: lambda path: storage.write_parquet(
-            pa.Table.from_pandas(test_forecasts, preserve_index=False), path
+            pa.Table.from_pandas(ev.test_forecasts, preserve_index=False), path
         ),
     }
-    model_dir = save_model(fit.model, layout.models_dir / model_id, card, curve, test_sample, extras=extras)
+    model_dir = save_model(
+        fit.model, layout.models_dir / model_id, card, fit.learning_curve, ev.test_sample, extras=extras
+    )
     storage.atomic_write_text(layout.latest_file, model_id + "\n")  # last: readers switch only now
 
-    report = _clean(
-        {
-            "model_id": model_id,
-            "target": card["target"]["description"],
-            "split": {
-                "kind": split,
-                "test_start": split_info["test_start"],
-                "test_fraction": test_fraction,
-                "validation_start": card["split"]["validation_start"],
-            },
-            "metrics": all_metrics,
-            "ratios_all_vs_vol_moving_avg": ratios_all,
-            "coverage_p10_p90": test_coverage,
-            "train_rows": rows["fit"],
-            "test_rows": rows["test"],
-            "test_scored_rows": rows["test_scored"],
-            "warm_start": warm_entry,
-            "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
-            "train_period_rows": rows["train_period"],
-            "validation_rows": rows["validation"],
-            "dropped_rows": rows["dropped"],
-            "ratios_vs_vol_moving_avg": ratios_all["model"],
-            "params": card["parameters"],
-            "formulation": card["formulation"],
-            "models": card["models"],
-            "by_year": card["by_year"],
-            "by_decile": card["by_decile"],
-            "model_dir": str(model_dir),
-            "learning_curve": str(model_dir / "learning_curve.csv"),
-            "seconds": {
-                **{k: round(v, 2) for k, v in seconds.items()},
-                "total": round(time.perf_counter() - started, 2),
-            },
-            "cpu_seconds": round(
-                time.process_time() - cpu_started, 2
-            ),  # every thread: what a busy machine cannot inflate
-            "peak_rss_mb": round(_peak_rss_mb(), 1),
-        }
+    report = build_report(
+        card=card,
+        split=split,
+        split_info=split_info,
+        test_fraction=test_fraction,
+        rows=rows,
+        warm_entry=warm_entry,
+        seed=seed,
+        model_dir=model_dir,
+        seconds=seconds,
+        started=started,
+        cpu_started=cpu_started,
+        evaluation=ev,
     )
     storage.atomic_write_json(layout.report(STAGE), report)
     return report
-
-
-def _scoring_note(scored: int, total: int, seed: int) -> str:
-    if scored == total:
-        return f"every test row ({total:,})"
-    return (
-        f"a seeded uniform sample of {scored:,} of the {total:,} test rows (seed {seed + 2}); the metrics, "
-        "tables and coverage are those of the sample"
-    )
-
-
-def _formulation_card(formulation: str, loss: str, model: str) -> dict:
-    text = {
-        "ratio": ("target / max(vol_moving_avg, 1)", "prediction * max(vol_moving_avg, 1)"),
-        "log_ratio": (
-            "log1p(target) - log1p(max(vol_moving_avg, 1))",
-            "expm1(prediction + log1p(max(vol_moving_avg, 1)))",
-        ),
-        "raw": ("target", "prediction"),
-    }[formulation]
-    return {
-        "name": formulation,
-        "model_target": text[0],
-        "back_transform": text[1] + ", clipped at 0",
-        "loss": loss,
-        "estimator": model,
-    }
