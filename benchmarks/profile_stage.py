@@ -29,24 +29,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import DATA, ensure_tree, stage_seconds  # noqa: E402  (the benchmark's own tree builder)
+from run import DATA, ensure_tree, pipeline_cmd, stage_seconds  # noqa: E402  (the benchmark's own tree builder)
 
 STAGES = ("ingest", "features", "train")
-
-
-def pipeline_cmd(stage: str, tree: Path, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "run_pipeline.py"),
-        "--source",
-        str(tree),
-        "--output-dir",
-        str(out),
-        "--stages",
-        stage,
-        "--force",
-        "--no-progress",
-    ]
 
 
 def timeline(out: Path, stage: str, wall: float) -> list[tuple[str, float]]:

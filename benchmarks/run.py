@@ -83,6 +83,22 @@ print(df.height)
 """
 
 
+def pipeline_cmd(stage: str, tree: Path, out: Path) -> list[str]:
+    """One stage, from scratch, through run_pipeline.py as a user runs it."""
+    return [
+        sys.executable,
+        str(ROOT / "run_pipeline.py"),
+        "--source",
+        str(tree),
+        "--output-dir",
+        str(out),
+        "--stages",
+        stage,
+        "--force",
+        "--no-progress",
+    ]
+
+
 def measure(cmd: list[str], label: str) -> dict:
     """Run a command; wall seconds and peak RSS of its whole process tree."""
     t0 = time.perf_counter()
@@ -188,18 +204,7 @@ def main(argv=None) -> int:
     for stage in ("ingest", "features", "train"):
         ours[stage] = best_of(
             args.repeat,
-            [
-                py,
-                "run_pipeline.py",
-                "--source",
-                str(tree),
-                "--output-dir",
-                str(out),
-                "--stages",
-                stage,
-                "--force",
-                "--no-progress",
-            ],
+            pipeline_cmd(stage, tree, out),
             f"volcast {stage}",
             after=own_seconds(stage),
         )
