@@ -33,6 +33,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from volcast.config import META_COLUMNS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 DEFAULT_PARQUET = SHARED_DATA / "nasdaq-2023.parquet"
@@ -40,19 +42,6 @@ DEFAULT_META_ZIP = SHARED_DATA / "stock-market-sample.zip"
 
 CSV_HEADER = b"Date,Open,High,Low,Close,Adj Close,Volume\n"
 CSV_COLUMNS = ["Date", "Open", "High", "Low", "Close", "Adj Close", "Volume"]
-META_COLUMNS = [
-    "Symbol",
-    "Security Name",
-    "Listing Exchange",
-    "Market Category",
-    "ETF",
-    "Round Lot Size",
-    "Test Issue",
-    "Financial Status",
-    "CQS Symbol",
-    "NASDAQ Symbol",
-    "NextShares",
-]
 
 
 def copy_names(symbols: list[str], scale: int) -> dict[str, list[str]]:

@@ -14,6 +14,20 @@ DEFAULT_OUTPUT_DIR = PROJECT_ROOT / "outputs"
 
 KAGGLE_DATASET = "jacksoncrow/stock-market-dataset"
 META_FILE = "symbols_valid_meta.csv"
+# symbols_valid_meta.csv's header, as Kaggle ships it (the demo and the benchmark trees write it)
+META_COLUMNS = (
+    "Symbol",
+    "Security Name",
+    "Listing Exchange",
+    "Market Category",
+    "ETF",
+    "Round Lot Size",
+    "Test Issue",
+    "Financial Status",
+    "CQS Symbol",
+    "NASDAQ Symbol",
+    "NextShares",
+)
 SOURCE_SUBDIRS = ("stocks", "etfs")
 
 # Column names every stage uses.

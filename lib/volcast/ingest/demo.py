@@ -132,21 +132,7 @@ def generate_demo_market(
 
     meta = io.StringIO()
     writer = csv.writer(meta, lineterminator="\n")
-    writer.writerow(
-        [
-            "Symbol",
-            "Security Name",
-            "Listing Exchange",
-            "Market Category",
-            "ETF",
-            "Round Lot Size",
-            "Test Issue",
-            "Financial Status",
-            "CQS Symbol",
-            "NASDAQ Symbol",
-            "NextShares",
-        ]
-    )
+    writer.writerow(config.META_COLUMNS)
     for i in sorted(range(n_tickers), key=lambda k: names[k]):
         if i == no_meta:
             continue
