@@ -83,8 +83,8 @@ print(df.height)
 """
 
 
-def pipeline_cmd(stage: str, tree: Path, out: Path) -> list[str]:
-    """One stage, from scratch, through run_pipeline.py as a user runs it."""
+def pipeline_cmd(stage: str, tree: Path, out: Path | str, *extra: str) -> list[str]:
+    """Stages (``"ingest"`` or ``"ingest,features"``), from scratch, through run_pipeline.py as a user runs it."""
     return [
         sys.executable,
         str(ROOT / "run_pipeline.py"),
@@ -96,6 +96,7 @@ def pipeline_cmd(stage: str, tree: Path, out: Path) -> list[str]:
         stage,
         "--force",
         "--no-progress",
+        *extra,
     ]
 
 

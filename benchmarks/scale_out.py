@@ -29,27 +29,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, best_of, ensure_tree  # noqa: E402  (benchmarks/run.py: the shared measuring code)
+from run import ROOT, best_of, ensure_tree, pipeline_cmd  # noqa: E402  (benchmarks/run.py: the shared measuring code)
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def pipeline_cmd(tree: Path, out: str, stages: str, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "run_pipeline.py"),
-        "--source",
-        str(tree),
-        "--output-dir",
-        out,
-        "--stages",
-        stages,
-        "--force",
-        "--no-progress",
-        "--jobs",
-        "2",
-        *extra,
-    ]
 
 
 def own_seconds(report_dir: Path, stages: list[str]) -> dict:
@@ -79,7 +61,7 @@ def bench_executors(tree: Path, work: Path, repeat: int) -> dict:
             for label, extra in commands.items():
                 out = work / label.split()[0]
                 shutil.rmtree(out, ignore_errors=True)
-                result = best_of(1, pipeline_cmd(tree, str(out), ",".join(stages), *extra), label)
+                result = best_of(1, pipeline_cmd(",".join(stages), tree, str(out), "--jobs", "2", *extra), label)
                 result["own_seconds"] = own_seconds(out / "reports", stages)
                 results[label].append(result)
     return {label: _best(runs) for label, runs in results.items()}
@@ -123,13 +105,13 @@ def bench_s3(tree: Path, work: Path, repeat: int) -> dict:
         for i in range(repeat):
             out = work / "local-disk"
             shutil.rmtree(out, ignore_errors=True)
-            result = best_of(1, pipeline_cmd(tree, str(out), ",".join(stages)), "local disk")
+            result = best_of(1, pipeline_cmd(",".join(stages), tree, str(out), "--jobs", "2"), "local disk")
             result["own_seconds"] = own_seconds(out / "reports", stages)
             results["local disk"].append(result)
 
             os.environ["VOLCAST_CACHE"] = str(work / f"cache-{i}")  # an empty working copy
             url = f"s3://bench/run{i}"
-            result = best_of(1, pipeline_cmd(tree, url, ",".join(stages)), "s3:// (loopback moto)")
+            result = best_of(1, pipeline_cmd(",".join(stages), tree, url, "--jobs", "2"), "s3:// (loopback moto)")
             from volcast import remote
 
             mirror = remote.default_mirror(url)
