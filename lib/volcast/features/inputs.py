@@ -201,11 +201,20 @@ def forecast_inputs(
     return {name: out[name] for name in names}
 
 
+def market_ratio_by_day(totals: np.ndarray, window: int = BASE_WINDOW) -> np.ndarray:
+    """For the market's total Volume on each of a run of sorted distinct dates: log1p(total) - log1p(mean
+    total of the last ``window`` dates up to it), NaN until ``window`` dates. The one rule of
+    ``market_vol_lr``: training computes it from every row's Volume (``volcast.train.rows``)."""
+    totals = np.asarray(totals, dtype=np.float64)
+    if not len(totals):
+        return totals
+    return np.log1p(totals) - np.log1p(bn.move_mean(totals, window, min_count=window))
+
+
 def market_volume_ratio(days: np.ndarray, volume: np.ndarray, window: int = BASE_WINDOW) -> np.ndarray:
-    """Per row: log1p(the total Volume of all rows with its date) - log1p(mean total of the last
-    ``window`` dates up to it). Cross-ticker, same-day data (known at the close of day t)."""
+    """Per row: ``market_ratio_by_day`` of its date, the total being the Volume of all rows with that date.
+    Cross-ticker, same-day data (known at the close of day t)."""
     days = np.asarray(days, dtype=np.int64)
     _, inverse = np.unique(days, return_inverse=True)
     total = np.bincount(inverse, weights=np.asarray(volume, dtype=np.float64))
-    mean = bn.move_mean(total, window, min_count=window)
-    return (np.log1p(total) - np.log1p(mean))[inverse]
+    return market_ratio_by_day(total, window)[inverse]

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
 from ..errors import UserError
+from ..features.inputs import BASE_WINDOW, market_ratio_by_day
 from .data import _distinct, _iso, _sample, feature_files, split_mask
 from .params import (
     DEFAULT_MAX_TEST_ROWS,
@@ -36,7 +37,7 @@ from .params import (
     _check_target_shift,
 )
 
-MARKET_WINDOW = 30
+MARKET_WINDOW = BASE_WINDOW
 TEST_FORECAST_DATES = 250  # per ticker, the last test dates kept for the explorer's band
 _SCAN_COLUMNS = (SYMBOL, DATE, VOLUME, *FEATURES, LOG_VOL_MEAN30)
 
@@ -176,13 +177,9 @@ def _scan(path: Path, shift: int) -> _File:
 
 
 def market_ratio(days: np.ndarray, totals: np.ndarray, window: int = MARKET_WINDOW) -> tuple[np.ndarray, np.ndarray]:
-    """``(days, log1p(total) - log1p(mean total of the last window dates))`` for sorted distinct days: the
-    market's Volume that day against its recent level (same-day data, known at the close)."""
-    import bottleneck as bn
-
-    totals = np.asarray(totals, dtype=np.float64)
-    mean = bn.move_mean(totals, window, min_count=window) if len(totals) else totals
-    return np.asarray(days), np.log1p(totals) - np.log1p(mean)
+    """``(days, market_vol_lr)`` for sorted distinct days and the market's total Volume on each (the rule is
+    ``features.inputs.market_ratio_by_day``)."""
+    return np.asarray(days), market_ratio_by_day(totals, window)
 
 
 def market_at(market: tuple[np.ndarray, np.ndarray], days) -> np.ndarray:
