@@ -48,36 +48,16 @@ def explorer_figure(frame: pd.DataFrame, forecasts: pd.DataFrame, symbol: str, n
     (P50 line inside the P10-P90 band) on the days they forecast."""
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06, row_heights=[0.4, 0.6])
     x = frame[DATE] if len(frame) else []
-    fig.add_trace(
-        go.Scatter(x=x, y=frame.get("Adj Close", []), name="Adj Close", line=dict(width=1), hovertemplate="%{y:,.2f}"),
-        row=1,
-        col=1,
+    lines = (  # column, row, line style, hover format
+        ("Adj Close", 1, dict(width=1), "%{y:,.2f}"),
+        (PRICE_FEATURE, 1, dict(width=1.6), "%{y:,.2f}"),
+        ("Volume", 2, dict(width=0.8, color="#7f7f7f"), "%{y:,.0f}"),
+        (VOL_FEATURE, 2, dict(width=1.6), "%{y:,.0f}"),
     )
-    fig.add_trace(
-        go.Scatter(
-            x=x, y=frame.get(PRICE_FEATURE, []), name=PRICE_FEATURE, line=dict(width=1.6), hovertemplate="%{y:,.2f}"
-        ),
-        row=1,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=frame.get("Volume", []),
-            name="Volume",
-            line=dict(width=0.8, color="#7f7f7f"),
-            hovertemplate="%{y:,.0f}",
-        ),
-        row=2,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=x, y=frame.get(VOL_FEATURE, []), name=VOL_FEATURE, line=dict(width=1.6), hovertemplate="%{y:,.0f}"
-        ),
-        row=2,
-        col=1,
-    )
+    for column, row, line, hover in lines:
+        fig.add_trace(
+            go.Scatter(x=x, y=frame.get(column, []), name=column, line=line, hovertemplate=hover), row=row, col=1
+        )
     fx = forecasts[DATE] if len(forecasts) else []
     fig.add_trace(
         go.Scatter(
