@@ -143,6 +143,42 @@ def partition_file(key: str) -> str:
     return f"{PARTITION_PREFIX}{key}.parquet"
 
 
+# A daily update appends a partition's new rows as a delta file beside its base file instead of
+# rewriting it: ``part-<key>~<seq>.parquet``, seq a zero-padded increasing number. '~' sorts after every
+# character of a base name, so in path order (the order pandas/pyarrow read a dataset in) a partition's
+# deltas come after its base file and after one another: each ticker's rows stay in Date order, while the
+# dataset as a whole is sorted by Symbol only once a stable sort by Symbol is applied (or after compaction,
+# which folds a partition's deltas back into its base file).
+DELTA_MARK = "~"
+DELTA_DIGITS = 6
+
+
+def delta_file(key: str, seq: int) -> str:
+    return f"{PARTITION_PREFIX}{key}{DELTA_MARK}{seq:0{DELTA_DIGITS}d}.parquet"
+
+
+def split_partition_name(name: str) -> tuple[str, int] | None:
+    """``part-4141.parquet`` -> ("4141", 0); ``part-4141~000003.parquet`` -> ("4141", 3); anything else None."""
+    if not (name.startswith(PARTITION_PREFIX) and name.endswith(".parquet")):
+        return None
+    stem = name[len(PARTITION_PREFIX) : -len(".parquet")]
+    key, mark, seq = stem.partition(DELTA_MARK)
+    if not key or (mark and not (seq.isdigit() and seq.isascii() and int(seq) > 0)):
+        return None
+    return key, int(seq) if mark else 0
+
+
+def partition_groups(version_dir: str | os.PathLike) -> dict[str, list[Path]]:
+    """A dataset version's files by partition key, sorted by key: each key's base file (if any) first,
+    then its delta files in sequence order. Read a partition as the concatenation of its files."""
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for path in Path(version_dir).iterdir():
+        parsed = split_partition_name(path.name)
+        if parsed is not None and path.is_file():
+            groups.setdefault(parsed[0], []).append((parsed[1], path))
+    return {key: [p for _, p in sorted(files)] for key, files in sorted(groups.items())}
+
+
 # Columns whose values repeat row after row (a ticker's name on each of its rows; quarantine's file):
 # dictionary-encoded. Date and the numbers are not: dictionaries cost them time and rarely pay.
 DICTIONARY_COLUMNS = ("Symbol", "Security Name", "file", "symbol", "kind")
