@@ -256,3 +256,66 @@ def test_rows_of_shuffled_files_equal_those_of_sorted_files(features_dir, tmp_pa
         return pd.concat([frame, x], axis=1).sort_values(["Symbol", "day"]).reset_index(drop=True)
 
     pd.testing.assert_frame_equal(test_rows(a), test_rows(b))
+
+
+def _role_frame(d, role: str, inputs) -> pd.DataFrame:
+    rows = getattr(d, role)
+    frame = pd.DataFrame(
+        {
+            "Symbol": np.asarray(d.tickers)[d.ticker[rows]],
+            "day": d.day[rows],
+            "next_day": d.next_day[rows],
+            "target": d.target[rows],
+            "volume": d.volume[rows],
+        }
+    )
+    return pd.concat([frame, pd.DataFrame(d.x[rows], columns=inputs)], axis=1).reset_index(drop=True)
+
+
+def test_rows_of_partitions_written_as_base_and_deltas_equal_those_of_one_file_each(features_dir, tmp_path):
+    """A daily update writes a partition's new rows as delta files (part-<key>~<seq>.parquet) beside its base:
+    a ticker's next-day target then comes from the next file, and the training rows must not change."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from volcast import storage
+    from volcast.train.rows import load_rows
+
+    dates = np.unique(pd.read_parquet(features_dir, columns=["Date"])["Date"])
+    cut1, cut2 = dates[-4], dates[-2]  # base: up to cut1; delta 1: the next two dates; delta 2: the last one
+    split = tmp_path / "features"
+    split.mkdir()
+    written = 0
+    for path in sorted(features_dir.glob("part-*.parquet")):
+        table = pq.read_table(path)
+        key = storage.split_partition_name(path.name)[0]
+        day = table["Date"]
+        parts = [
+            (storage.partition_file(key), pc.less_equal(day, cut1)),
+            (storage.delta_file(key, 1), pc.and_(pc.greater(day, cut1), pc.less_equal(day, cut2))),
+            (storage.delta_file(key, 2), pc.greater(day, cut2)),
+        ]
+        for name, mask in parts:
+            part = table.filter(mask)
+            if part.num_rows:
+                pq.write_table(part, split / name)
+                written += 1
+    assert written > 2 * len(list(features_dir.glob("part-*.parquet")))  # most partitions have both deltas
+    inputs = list(train.FORECAST_MODEL_INPUTS)
+    kw = dict(max_test_rows=10**9, max_train_rows=5_000)
+    a = load_rows(features_dir, inputs, **kw)
+    b = load_rows(split, inputs, **kw)
+    assert a.counts == b.counts and a.rows == b.rows and a.split_info == b.split_info
+    assert a.valid_info == b.valid_info and a.dates == b.dates
+    np.testing.assert_array_equal(a.market[0], b.market[0])
+    np.testing.assert_allclose(a.market[1], b.market[1], rtol=1e-12)
+    # Independently: the last row of a ticker in a base file has a target, the ticker's first delta row's Volume.
+    full = pd.read_parquet(features_dir, columns=["Symbol", "Date", "Volume"]).sort_values(["Symbol", "Date"])
+    full["next"] = full.groupby("Symbol")["Volume"].shift(-1)
+    at_cut = full[(full["Date"] == cut1) & full["next"].notna()].set_index("Symbol")["next"]
+    test_b = _role_frame(b, "test", inputs)
+    cut_day = (np.datetime64(cut1) - np.datetime64("1970-01-01")).astype(int)
+    got = test_b[test_b["day"] == cut_day].set_index("Symbol")["target"]
+    assert len(got) > 0 and got.to_dict() == {s: float(at_cut[s]) for s in got.index}
+    for role in ("fit", "valid", "test", "band"):
+        pd.testing.assert_frame_equal(_role_frame(a, role, inputs), _role_frame(b, role, inputs))

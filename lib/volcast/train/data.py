@@ -176,15 +176,22 @@ def split_frame(
 
 
 def feature_files(features_dir: Path) -> list[Path]:
+    """Every partition file of the features dataset (bases and deltas), in path order."""
+    return [path for paths in feature_groups(features_dir).values() for path in paths]
+
+
+def feature_groups(features_dir: Path) -> dict[str, list[Path]]:
+    """The features dataset's partitions: key -> its files, base first, then its deltas in sequence order
+    (``storage.partition_groups``); a ticker's rows run on from one file of its partition into the next."""
     if not features_dir.exists():
         raise UserError(
             f"no features dataset at {features_dir}; run the features stage first "
             "(python run_pipeline.py --stages features)"
         )
-    files = sorted(features_dir.resolve().glob(f"{storage.PARTITION_PREFIX}*.parquet"))
-    if not files:
+    groups = storage.partition_groups(features_dir.resolve())
+    if not groups:
         raise UserError(f"{features_dir} holds no {storage.PARTITION_PREFIX}*.parquet files; re-run the features stage")
-    return files
+    return groups
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """The train stage's rows: one read of each column needed, the split decided from the dates once, and only
 the chosen rows materialised.
 
-Pass 1 reads, per features file, the columns that decide which rows exist (Symbol and Date as
+Pass 1 reads, per partition (its base file, then its delta files: one sequence, so a ticker's next-day
+target crosses from one file into the next), the columns that decide which rows exist (Symbol and Date as
 dictionaries, Volume, the two task features, ``log_vol_mean30``): the target, which rows are usable, their
 dates, and each date's market total Volume. The split follows from the usable rows' distinct dates alone
 (the rule of ``data.split_mask``); the fitted and validation rows are sampled (seeded) from their pools,
 and the test rows are all scored unless there are more than ``max_test_rows``, in which case a seeded
 uniform sample of that many is (model_eval.md says which). Pass 2 reads the forecasting inputs only, for
-the chosen rows of each file. Memory: about 40 bytes per usable row in pass 1, then only chosen rows.
+the chosen rows of each partition. Memory: about 40 bytes per usable row in pass 1, then only chosen rows.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
 from ..errors import UserError
 from ..features.inputs import BASE_WINDOW, market_ratio_by_day
-from .data import _distinct, _iso, _sample, feature_files, split_mask
+from .data import _distinct, _iso, _sample, feature_groups, split_mask
 from .params import (
     DEFAULT_MAX_TEST_ROWS,
     FEATURES,
@@ -44,10 +45,10 @@ _SCAN_COLUMNS = (SYMBOL, DATE, VOLUME, *FEATURES, LOG_VOL_MEAN30)
 
 @dataclass
 class _File:
-    """Pass 1 of one file: its usable rows (compact) and its per-date Volume totals."""
+    """Pass 1 of one partition: its usable rows (compact) and its per-date Volume totals."""
 
-    path: Path
-    local: np.ndarray  # row number in the file
+    paths: list  # the partition's files: base, then deltas
+    local: np.ndarray  # row number in the partition (its files concatenated in path order)
     day: np.ndarray  # int32 days since 1970-01-01
     next_day: np.ndarray  # the date of the target row (-1: none)
     ticker: np.ndarray  # run number inside the file
@@ -107,29 +108,47 @@ def _float(column) -> np.ndarray:
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def _scan(path: Path, shift: int) -> _File:
-    table = pq.read_table(path, columns=list(_SCAN_COLUMNS), read_dictionary=[SYMBOL, DATE])
-    missing = [c for c in _SCAN_COLUMNS if c not in table.column_names]
-    if missing:
-        raise UserError(f"the features data lacks column(s) {', '.join(missing)}; re-run the features stage")
+def _read_group(paths: list[Path], columns, read_dictionary=None) -> pa.Table:
+    """One partition's rows: its files (base, then deltas) read and concatenated in path order."""
+    tables = []
+    for path in paths:
+        table = pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary)
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise UserError(f"{path} lacks column(s) {', '.join(missing)}; re-run the features stage")
+        tables.append(table)
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _order(codes: np.ndarray, day: np.ndarray, dictionary: pa.Array) -> np.ndarray | None:
+    """None when rows are in Symbol, Date order (each ticker one run, runs by name, dates increasing), else
+    the row order that puts them so (a partition read as base + deltas: a stable sort by Symbol suffices)."""
+    n = len(codes)
+    if n < 2:
+        return None
+    new_run = codes[1:] != codes[:-1]
+    if bool(np.all(day[1:][~new_run] > day[:-1][~new_run])):
+        starts = codes[np.concatenate([[0], np.flatnonzero(new_run) + 1])]
+        names = dictionary.take(pa.array(starts))
+        if len(names) < 2 or bool(pc.all(pc.greater(names[1:], names[:-1])).as_py()):
+            return None
+    rank = np.empty(len(dictionary), np.int64)
+    rank[pc.sort_indices(dictionary).to_numpy()] = np.arange(len(dictionary))
+    return np.lexsort((day, rank[codes]))
+
+
+def _scan(paths: list[Path], shift: int) -> _File:
+    """Pass 1 of one partition (its files read as one sequence, so targets cross from base into deltas)."""
+    table = _read_group(paths, _SCAN_COLUMNS, read_dictionary=[SYMBOL, DATE])
     table = table.unify_dictionaries().combine_chunks()
     n = table.num_rows
     sym = table[SYMBOL].chunk(0) if table[SYMBOL].num_chunks else pa.array([], pa.dictionary(pa.int32(), pa.string()))
     codes = sym.indices.fill_null(-1).to_numpy(zero_copy_only=False) if n else np.zeros(0, np.int32)
     day = _day_numbers(table[DATE].chunk(0)) if n else np.zeros(0, np.int32)
-    order = None
-    new_run = codes[1:] != codes[:-1]
-    sorted_ok = bool(np.all(day[1:][~new_run] > day[:-1][~new_run])) if n > 1 else True
-    if sorted_ok and n > 1:  # each ticker one run, runs in name order
-        names_in_runs = sym.dictionary.take(pa.array(codes[np.concatenate([[0], np.flatnonzero(new_run) + 1])]))
-        sorted_ok = len(names_in_runs) < 2 or bool(pc.all(pc.greater(names_in_runs[1:], names_in_runs[:-1])).as_py())
-    if not sorted_ok:  # the stage writes sorted files; anything else is put in order first
-        keys = pa.table({"s": sym.cast(pa.string()), "d": pa.array(day)})
-        order = pc.sort_indices(keys, [("s", "ascending"), ("d", "ascending")]).to_numpy()
+    order = _order(codes, day, sym.dictionary) if n else None
+    if order is not None:
         codes, day = codes[order], day[order]
-        names_sorted = sym.cast(pa.string()).take(pa.array(order))
-        _, codes = np.unique(names_sorted.to_numpy(zero_copy_only=False), return_inverse=True)
-        new_run = codes[1:] != codes[:-1]
+    new_run = codes[1:] != codes[:-1]
     run = np.concatenate([[0], np.cumsum(new_run)]) if n else np.zeros(0, np.int64)
     firsts = np.concatenate([[0], np.flatnonzero(new_run) + 1]) if n else np.zeros(0, np.int64)
     take = (lambda c: _float(table[c])) if order is None else (lambda c: _float(table[c])[order])
@@ -157,13 +176,9 @@ def _scan(path: Path, shift: int) -> _File:
     mvol = np.bincount(inverse, weights=volume[ok_volume], minlength=len(mdays))
     rows = np.flatnonzero(keep)
     local = rows if order is None else order[rows]
-    names = (
-        [str(s) for s in sym.dictionary.take(pa.array(codes[firsts])).to_pylist()]
-        if order is None
-        else [str(s) for s in sym.cast(pa.string()).take(pa.array(order[firsts])).to_pylist()]
-    )
+    names = [str(s) for s in sym.dictionary.take(pa.array(codes[firsts])).to_pylist()]
     return _File(
-        path,
+        list(paths),
         local.astype(np.int64),
         day[rows],
         next_day[rows],
@@ -229,10 +244,11 @@ def load_rows(
     test_fraction = _check_fraction("test_fraction", test_fraction)
     validation_fraction = _check_fraction("validation_fraction", validation_fraction)
     inputs = tuple(inputs)
-    files = feature_files(Path(features_dir))
+    groups = list(feature_groups(Path(features_dir)).values())
+    files = [path for paths in groups for path in paths]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        scans = list(pool.map(lambda p: _scan(p, shift), files))
+        scans = list(pool.map(lambda paths: _scan(paths, shift), groups))
     counts = {k: sum(s.counts[k] for s in scans) for k in scans[0].counts}
     usable = counts["rows_out"]
     if usable == 0:
@@ -320,10 +336,7 @@ def load_rows(
     def read_inputs(k: int) -> np.ndarray:
         if not len(chosen[k]):
             return np.zeros((0, len(inputs)), np.float32)
-        table = pq.read_table(scans[k].path, columns=file_inputs)
-        lacking = [c for c in file_inputs if c not in table.column_names]
-        if lacking:
-            raise UserError(f"{scans[k].path} lacks {', '.join(lacking)}; re-run the features stage")
+        table = _read_group(scans[k].paths, file_inputs)
         take = scans[k].local[chosen[k]]
         out = np.empty((len(take), len(inputs)), np.float32)
         for j, name in enumerate(inputs):
