@@ -111,6 +111,13 @@ def test_whole_run_to_s3_equals_a_local_run(local_run, s3_run):
     manifest = json.loads(_fs().cat_file(manifests[0]))
     assert manifest["status"] == "ok" and manifest["output_dir"] == url
     assert url in log and "volcast-test-secret" not in log  # says where, never the credentials
+    # The skip state goes up with the outputs (another machine's run starts from it) and the lock is gone.
+    copy = cache / "remote" / remote.default_mirror(url).name
+    stored_state = json.loads(_fs().cat_file(f"{root}/runs/state.json"))
+    assert stored_state == json.loads((copy / "runs" / "state.json").read_text())
+    assert set(stored_state) == {"ingest", "features", "train"}
+    assert {r["run_id"] for r in stored_state.values()} == {manifest["run_id"]}
+    assert not _fs().exists(f"{root}/.volcast.lock")
 
 
 def test_unchanged_rerun_to_s3_skips_and_publishes_nothing(s3_run):
@@ -119,6 +126,42 @@ def test_unchanged_rerun_to_s3_skips_and_publishes_nothing(s3_run):
     log = _finish(_start(url, cache=cache))
     assert log.count("skipped") == 3 and "published" not in log
     assert before == {name: _pointer(url, f"data/{name}.current") for name in ("raw", "features")}
+
+
+def test_a_failed_run_leaves_its_record_on_the_store(s3_run):
+    url, cache, _ = s3_run
+    root = url.split("://", 1)[1]
+    before = {p for p in _fs().ls(f"{root}/runs", refresh=True)}
+    state_before = _fs().cat_file(f"{root}/runs/state.json")
+    proc = _start(url, "--stages", "features", "--param", "features.window=0", cache=cache)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 2 and "window must be a positive number" in stderr
+    (new_run,) = {p for p in _fs().ls(f"{root}/runs", refresh=True)} - before
+    manifest = json.loads(_fs().cat_file(f"{new_run}/manifest.json"))
+    assert manifest["status"] == "failed" and manifest["stages"]["features"]["status"] == "failed"
+    assert _fs().exists(f"{new_run}/02_features.ipynb")  # the executed notebook shows where
+    assert _fs().cat_file(f"{root}/runs/state.json") == state_before
+    assert not _fs().exists(f"{root}/.volcast.lock")
+
+
+def test_a_run_elsewhere_holding_the_stores_lock_stops_this_one(s3_run):
+    """Another machine's run holds the store (its lock object, renewed a moment ago): this run stops with
+    one line naming it and publishes nothing; once that lock is gone the run proceeds."""
+    url, cache, _ = s3_run
+    root = url.split("://", 1)[1]
+    other = {"owner": "x" * 32, "host": "build-7", "pid": 4242, "acquired": "2026-11-29T00:00:00+00:00"}
+    _fs().pipe_file(f"{root}/.volcast.lock", json.dumps({**other, "ttl_seconds": 300}).encode())
+    pointers = {name: _pointer(url, f"data/{name}.current") for name in ("raw", "features")}
+    proc = _start(url, "--stages", "features", "--force", cache=cache)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 2
+    assert "another volcast run holds" in stderr and "build-7" in stderr and "4242" in stderr
+    assert "features: running" not in stdout
+    assert pointers == {name: _pointer(url, f"data/{name}.current") for name in ("raw", "features")}
+    assert json.loads(_fs().cat_file(f"{root}/.volcast.lock"))["host"] == "build-7"  # not ours to remove
+    _fs().rm_file(f"{root}/.volcast.lock")
+    log = _finish(_start(url, "--stages", "features", cache=cache))
+    assert "features: skipped" in log
 
 
 def test_run_killed_during_features_leaves_the_previous_version(s3_run, tmp_path):
@@ -146,9 +189,18 @@ def test_run_killed_during_features_leaves_the_previous_version(s3_run, tmp_path
     assert after == before
     pd.testing.assert_frame_equal(_read_remote(url, "features"), old_features)
 
-    # Finishing the run moves the pointer to a complete new version with the new window.
-    _finish(_start(url, "--stages", "features", "--param", "features.window=10", cache=cache))
+    # Finishing the run moves the pointer to a complete new version with the new window; --keep 1 then
+    # leaves on the store the newest run record and those state.json names (the lineage), nothing else.
+    root = url.split("://", 1)[1]
+    assert json.loads(_fs().cat_file(f"{root}/.volcast.lock"))["pid"] == proc.pid  # the killed run's lock
+    log = _finish(_start(url, "--stages", "features", "--param", "features.window=10", "--keep", "1", cache=cache))
+    assert "took over the lock" in log and "has exited" in log  # same machine, process gone: no wait
     assert _pointer(url, "data/features.current") != before["features"]
+    state = json.loads(_fs().cat_file(f"{root}/runs/state.json"))
+    runs = {p.rsplit("/", 1)[-1] for p in _fs().ls(f"{root}/runs", refresh=True)} - {"state.json"}
+    local_runs = {p.name for p in (copy / "runs").iterdir() if p.is_dir()}
+    assert runs == {r["run_id"] for r in state.values()} == local_runs
+    assert len(runs) == 2  # the first run (ingest, train) and this one (features)
     new = _read_remote(url, "features")
     assert len(new) == len(old_features) and not new["vol_moving_avg"].equals(old_features["vol_moving_avg"])
     full_windows = new.groupby("Symbol").cumcount() >= 9

@@ -130,7 +130,7 @@ def test_endpoint_and_credentials_come_from_the_environment(monkeypatch):
 
 def test_incremental_version_copies_unchanged_partitions_on_the_store(s3_endpoint, tmp_path):
     """One source file changes: ingest rewrites one partition and hard-links the rest; the push uploads
-    only that partition (and the state file) and copies the others server-side; the store's dataset then
+    only that partition (and the state files) and copies the others server-side; the store's dataset then
     equals a fresh local ingest of the changed source."""
     source = ingest.generate_demo_market(tmp_path / "src", n_tickers=20, years=2, seed=3)
     url = f"s3://{new_bucket()}/inc"
@@ -147,7 +147,8 @@ def test_incremental_version_copies_unchanged_partitions_on_the_store(s3_endpoin
     second = writer.dataset_version("raw")
     assert second != first
     parts = len(list((writer.layout.raw_dir).glob("part-*.parquet")))
-    assert writer.transfers[second] == {"uploaded": 2, "copied": parts - 1}  # the partition + the state file
+    state_files = len(list(writer.layout.raw_dir.glob("_*")))  # the dataset's own state, rewritten each run
+    assert writer.transfers[second] == {"uploaded": 1 + state_files, "copied": parts - 1}  # + the partition
     fresh = tmp_path / "fresh"
     ingest.run(fresh, source=str(source), jobs=1)
     pd.testing.assert_frame_equal(_read_remote(url, "raw"), pd.read_parquet(fresh / "data" / "raw"))
@@ -169,3 +170,38 @@ def test_a_local_output_dir_has_the_stores_layout(s3_endpoint, local_run, tmp_pa
     reader = remote.Remote(url, mirror=tmp_path / "r")
     assert sorted(reader.pull(["raw_dir", "features_dir"])) == ["data/features", "data/raw"]
     pd.testing.assert_frame_equal(pd.read_parquet(reader.layout.features_dir), pd.read_parquet(data / "features"))
+
+
+def test_delta_files_of_a_daily_append_travel_like_any_other(s3_endpoint, tmp_path):
+    """A daily append adds ``part-<key>~<seq>.parquet`` beside a partition's base file in a new version:
+    the push uploads the delta only (the base files are copied on the store), and another machine's
+    working copy reads the same partition groups and the same rows."""
+    import pyarrow.parquet as pq
+
+    url = f"s3://{new_bucket()}/daily"
+    writer = remote.Remote(url, mirror=tmp_path / "w")
+    ingest.run(writer.mirror, jobs=1, **DEMO)
+    writer.push(["raw_dir"])
+    first = writer.dataset_version("raw")
+    groups = storage.partition_groups(writer.layout.raw_dir)
+    key, (base,) = next(iter(groups.items()))
+    extra = pq.read_table(base).slice(0, 3)  # any three rows of the right schema stand for a day's rows
+    with storage.publish_dir(writer.layout.raw_dir, seed_from_current=True) as staging:
+        storage.write_parquet(extra, staging / storage.delta_file(key, 1))
+    assert writer.push(["raw_dir"]) == ["data/raw.current"]
+    second = writer.dataset_version("raw")
+    assert second != first
+    files_before = len([p for p in (writer.layout.data_dir / first).iterdir() if p.is_file()])
+    assert files_before > len(groups)  # the partitions and the dataset's own state files
+    assert writer.transfers[second] == {"uploaded": 1, "copied": files_before}  # the delta only goes up
+    on_store = {p.rsplit("/", 1)[-1] for p in _fs().ls(f"{url.split('://', 1)[1]}/data/{second}", refresh=True)}
+    assert storage.delta_file(key, 1) in on_store
+
+    reader = remote.Remote(url, mirror=tmp_path / "r")
+    reader.pull(["raw_dir"])
+    got = storage.partition_groups(reader.layout.raw_dir)
+    want = storage.partition_groups(writer.layout.raw_dir)
+    assert {k: [p.name for p in v] for k, v in got.items()} == {k: [p.name for p in v] for k, v in want.items()}
+    assert [p.name for p in got[key]] == [base.name, storage.delta_file(key, 1)]
+    pd.testing.assert_frame_equal(pd.read_parquet(reader.layout.raw_dir), pd.read_parquet(writer.layout.raw_dir))
+    assert len(pd.read_parquet(reader.layout.raw_dir)) == len(pd.read_parquet(writer.layout.data_dir / first)) + 3

@@ -303,6 +303,7 @@ def run_pipeline(
             )
     finally:
         cluster.close()
+        target.close()  # a store: its run lock
         lock.release()
 
 
@@ -410,7 +411,7 @@ def _run_locked(
         manifest["ended"] = _now()
         manifest["seconds"] = round(time.perf_counter() - started, 3)
         storage.atomic_write_json(manifest_path, manifest)
-    if target is not None:
-        target.run_done(run_dir)
+        if target is not None:  # a store: the run's record, failed or not; --keep there after a success
+            target.run_done(run_dir, keep=keep if manifest["status"] == "ok" else None)
     say(f"run {run_id}: ok in {manifest['seconds']:.1f} s; notebooks and manifest in {run_dir}")
     return manifest

@@ -12,9 +12,10 @@ The stages work on a local working copy (``Remote.mirror``, one per URL under ``
 ``push`` sends a new version up, then its pointer. ``model_locator`` lets the API's ``ModelHolder``
 follow ``models/LATEST`` on the store.
 
-Endpoint: ``AWS_ENDPOINT_URL`` (or ``VOLCAST_S3_ENDPOINT``) for MinIO, Ceph and other S3-compatible
-stores. Credentials come from botocore's usual chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``,
-``AWS_PROFILE``, ``~/.aws/credentials``, instance roles); this module never reads, prints or logs them.
+Endpoint: ``--endpoint-url`` (``use_endpoint``), else ``VOLCAST_S3_ENDPOINT`` or ``AWS_ENDPOINT_URL``, for
+MinIO, Ceph and other S3-compatible stores. Credentials come from botocore's usual chain
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``~/.aws/credentials``, instance roles);
+this module never reads, prints or logs them.
 """
 
 from __future__ import annotations
@@ -41,6 +42,44 @@ _VERSION = re.compile(r"^\.(?P<name>[a-z]+)\.v[0-9A-Za-z_.-]+$")
 _MODEL_ID = re.compile(r"^[0-9A-Za-z_.-]+$")
 
 
+def use_endpoint(url: str | None) -> None:
+    """``--endpoint-url``: the S3 endpoint for this process and the ones it starts (kernels, API workers),
+    ahead of ``AWS_ENDPOINT_URL``. An ``http(s)://HOST[:PORT]`` URL; credentials in it are refused."""
+    if not url:
+        return
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.username is not None or parts.password is not None:
+        raise UserError(
+            f"--endpoint-url {shown_endpoint(url)}: no credentials in the URL; use AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise UserError(f"--endpoint-url {shown_endpoint(url)}: expected http(s)://HOST[:PORT]")
+    os.environ[ENDPOINT_ENVS[0]] = url.strip()
+
+
+def endpoint() -> str | None:
+    """The S3 endpoint in effect (None: AWS's own)."""
+    return next((os.environ[e] for e in ENDPOINT_ENVS if os.environ.get(e)), None)
+
+
+def shown_endpoint(url: str | None) -> str | None:
+    """An endpoint as it may be printed: any user:password and query string removed."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url.strip())
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, ("***@" if "@" in parts.netloc else "") + host, parts.path, "", ""))
+
+
 def is_remote(output_dir) -> bool:
     """True for a URL such as ``s3://bucket/prefix`` (``file://`` and plain paths are local)."""
     return isinstance(output_dir, str) and "://" in output_dir and not output_dir.startswith("file://")
@@ -51,12 +90,12 @@ def storage_options(url: str) -> dict:
     (an unreachable store must fail a poll in seconds, not minutes). No credentials here."""
     if url.split("://", 1)[0] not in ("s3", "s3a"):
         return {}
-    endpoint = next((os.environ[e] for e in ENDPOINT_ENVS if os.environ.get(e)), None)
+    endpoint_url = endpoint()
     options: dict = {
         "config_kwargs": {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2, "mode": "standard"}}
     }
-    if endpoint:
-        options["endpoint_url"] = endpoint
+    if endpoint_url:
+        options["endpoint_url"] = endpoint_url
     return options
 
 
@@ -339,43 +378,5 @@ class Sync:
         self._stop.set()
 
 
-class RunTarget:
-    """Where a pipeline run writes: a local directory (nothing to do), or a store through its working copy.
-
-    ``local`` is the directory the stages use. On a store, ``start`` pulls the current versions (a no-op
-    when the working copy is in step), ``stage_done`` pushes a finished stage's outputs (files, then
-    pointers) and ``run_done`` uploads the run's notebooks and manifest. A run killed before a stage's
-    push leaves the store on the previous versions.
-    """
-
-    def __init__(self, output_dir, say: Callable[[str], None] = print):
-        self.remote = Remote(output_dir) if is_remote(output_dir) else None
-        self.local = self.remote.mirror if self.remote else output_dir
-        self.say = say
-
-    @property
-    def label(self) -> str | None:
-        return self.remote.url if self.remote else None
-
-    def start(self) -> None:
-        if self.remote is None:
-            return
-        self.say(f"output on {self.remote.url} (working copy {self.remote.mirror})")
-        try:
-            changed = self.remote.pull()
-        except UserError:
-            raise
-        except Exception as exc:
-            raise UserError(f"cannot read {self.remote.url}: {type(exc).__name__}: {exc}") from None
-        if changed:
-            self.say(f"  brought down from the store: {', '.join(changed)}")
-
-    def stage_done(self, outputs: Iterable[str]) -> None:
-        if self.remote is not None:
-            moved = self.remote.push(outputs)
-            if moved:
-                self.say(f"  published to {self.remote.url}: {', '.join(moved)}")
-
-    def run_done(self, run_dir: Path) -> None:
-        if self.remote is not None:
-            self.remote.push_tree(run_dir)
+# The pipeline's side (kept importable from here).
+from .remote_run import RunTarget  # noqa: E402, F401
