@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from volcast import features, ingest
+from volcast import features, ingest, storage
 from volcast.ingest import load_quarantine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +36,15 @@ def _sizes(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.glob("*/*.csv"))}
 
 
+def _by_symbol_date(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(["Symbol", "Date"], kind="stable").reset_index(drop=True)
+
+
 def _datasets(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    raw = pd.read_parquet(out / "data" / "raw")
+    """Raw, quarantine and features, each in one order whatever its files (delta files read after their base)."""
+    raw = _by_symbol_date(pd.read_parquet(out / "data" / "raw"))
     q = load_quarantine(out).sort_values(["file", "line"]).reset_index(drop=True)
-    feats = pd.read_parquet(out / "data" / "features")
+    feats = _by_symbol_date(pd.read_parquet(out / "data" / "features"))
     return raw, q, feats
 
 
@@ -154,25 +159,92 @@ def test_repeated_date_and_bad_appended_row_are_quarantined_as_in_a_full_run(tmp
     _assert_same(_datasets(out), _full(src, tmp_path / "full"))
 
 
-def test_twenty_updates_equal_a_full_run_and_files_stay_bounded(tmp_path):
+def _shared_prefix_market(path: Path, names: list[str], seed: int) -> Path:
+    """A generated market whose tickers are renamed to ``names`` (several share a partition: same first
+    two letters); the meta file lists none of them (Security Name null)."""
+    market = ingest.generate_demo_market(path, n_tickers=len(names), years=1, seed=seed)
+    for old, name in zip(sorted(market.glob("*/*.csv")), names):
+        old.rename(old.with_name(f"{name}.csv"))
+    return market
+
+
+def _files_by_key(directory: Path) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for p in sorted(directory.glob("part-*")):
+        key, _ = storage.split_partition_name(p.name)
+        groups.setdefault(key, []).append(p.name)
+    return groups
+
+
+def test_twenty_updates_equal_a_full_run_and_compaction_bounds_the_files(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "FOLD_PERIOD", 4)  # each partition folded every 4th update
     src = tmp_path / "src"
-    market = ingest.generate_demo_market(tmp_path / "market", n_tickers=5, years=1, seed=21)
+    market = _shared_prefix_market(tmp_path / "market", ["AAB", "AAC", "AB", "ABD", "BC"], seed=21)
     mds.init(str(market), src, 20)
     out = tmp_path / "out"
     ingest.run(out, source=str(src), jobs=1)
     features.run(out, jobs=1)
-    partitions = {p.name for p in (out / "data" / "raw").glob("part-*")}
-    appended = 0
+    keys = set(_files_by_key(out / "data" / "raw"))
+    assert keys == {"4141", "4142", "4243"}
+    inodes = {k: (out / "data" / "raw" / storage.partition_file(k)).stat().st_ino for k in keys}
+    folded, with_delta, appended = set(), set(), 0
     for _ in range(20):
         mds.release(src, "next")
-        appended += _update(src, out)["files_appended"]
-        for name in ("raw", "features"):
-            assert {p.name for p in (out / "data" / name).glob("part-*")} == partitions
+        report = _update(src, out)
+        appended += report["files_appended"]
+        raw, feats = _files_by_key(out / "data" / "raw"), _files_by_key(out / "data" / "features")
+        assert raw == feats  # the features files mirror the raw ones, delta for delta
+        assert set(raw) == keys and all(len(files) <= 2 for files in raw.values())
+        with_delta |= {k for k, files in raw.items() if len(files) == 2}
+        for k in keys:
+            ino = (out / "data" / "raw" / storage.partition_file(k)).stat().st_ino
+            folded |= {k} if ino != inodes[k] else set()
+            inodes[k] = ino
     assert appended == 5 * 20
-    _assert_same(_datasets(out), _full(src, tmp_path / "full"))
+    assert folded == keys and with_delta == keys  # every partition had a delta, and had it folded
+    mine = _datasets(out)
+    _assert_same(mine, _full(src, tmp_path / "full"))
+    # The serve table: each ticker's last features row, with its row count.
+    latest = features.load_latest(out)
+    expected = mine[2].groupby("Symbol").tail(1).reset_index(drop=True)
+    pd.testing.assert_frame_equal(latest.drop(columns="rows"), expected, check_dtype=False)
+    assert latest["rows"].tolist() == mine[2].groupby("Symbol").size().tolist()
+    pd.testing.assert_frame_equal(latest, features.load_latest(tmp_path / "full"))
+
+
+def test_delta_files_read_back_in_per_ticker_date_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "FOLD_PERIOD", 1000)  # no fold in these few updates
+    src = tmp_path / "src"
+    market = _shared_prefix_market(tmp_path / "market", ["AAB", "AAC", "AAD", "AB"], seed=4)
+    mds.init(str(market), src, 3)
+    out = tmp_path / "out"
+    ingest.run(out, source=str(src), jobs=1)
+    features.run(out, jobs=1)
+    for _ in range(3):
+        mds.release(src, "next")
+        _update(src, out)
+    full = tmp_path / "full"
+    ingest.run(full, source=str(src), jobs=1)
+    features.run(full, jobs=1)
+    for name in ("raw", "features"):
+        groups = _files_by_key(out / "data" / name)
+        # Runs are numbered from the one that wrote version 0 (1): the third update is run 4.
+        assert groups["4141"] == ["part-4141.parquet", storage.delta_file("4141", 4)]
+        mine = pd.read_parquet(out / "data" / name)  # the files in path order: base, then its delta
+        assert not mine["Symbol"].is_monotonic_increasing  # the delta's rows follow the base's other tickers
+        for _, rows in mine.groupby("Symbol", sort=False):
+            assert rows["Date"].is_monotonic_increasing and rows["Date"].is_unique
+        # A stable sort by Symbol alone gives the freshly written dataset, row for row.
+        fresh = pd.read_parquet(full / "data" / name)
+        pd.testing.assert_frame_equal(mine.sort_values("Symbol", kind="stable").reset_index(drop=True), fresh)
+    # volcast's own readers return the contract order.
+    pd.testing.assert_frame_equal(ingest.load_raw(out), ingest.load_raw(full))
+    pd.testing.assert_frame_equal(features.load_features(out), features.load_features(full))
+    pd.testing.assert_frame_equal(features.load_features(out, "AAC"), features.load_features(full, "AAC"))
 
 
 def test_a_failed_append_publishes_nothing_and_the_next_run_appends(tmp_path, monkeypatch):
+    import volcast.ingest.delta as delta_mod
     import volcast.ingest.task as task_mod
 
     src = tmp_path / "src"
@@ -189,6 +261,7 @@ def test_a_failed_append_publishes_nothing_and_the_next_run_appends(tmp_path, mo
         raise RuntimeError("killed mid-append")
 
     monkeypatch.setattr(task_mod, "parse_appended", boom)
+    monkeypatch.setattr(delta_mod, "parse_appended", boom)
     with pytest.raises(RuntimeError, match="killed mid-append"):
         ingest.run(out, source=str(src), jobs=1)
     assert (out / "data" / "raw").resolve() == before_version

@@ -149,7 +149,7 @@ def test_a_killed_run_leaves_the_previous_version(raw_sample, tmp_path, monkeypa
     def boom(*args, **kwargs):
         raise KeyboardInterrupt  # as if killed half way through the partitions
 
-    monkeypatch.setattr(features.stage, "process_partition", boom)
+    monkeypatch.setattr(features.stage, "_process", boom)  # what each partition task runs
     with pytest.raises(KeyboardInterrupt):
         features.run(work, window=20, jobs=1)
     pd.testing.assert_frame_equal(read_features(work), before)

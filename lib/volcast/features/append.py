@@ -7,18 +7,24 @@ inputs' windows and lags (``vol_lr_K``, ``vol_meanK_lr``, ``vol_stdK``, the 30-r
 inputs (``dist_52w_high``, ``days_since_zero_volume``: ``inputs.YEAR_ROWS`` rows). A new row's features
 computed on the stored rows' tail therefore equal those of a full recompute (tests/test_daily_features.py).
 
-The stage does not use this yet: appending rows to the features dataset without rewriting its partition
-files needs delta files, which the "sorted by Symbol then Date" reading contract rules out (README, Daily
-updates). This is the computing half, ready for that layout.
+The stage uses it for a partition whose raw rows only grew (same raw "epoch", ``storage.PARTITIONS_FILE``):
+``append_partitions`` finds the new raw rows (dated after each ticker's last features row), computes their
+features from the tail table (``TAIL_FILE``: each ticker's last ``lookback_rows`` raw rows, kept in the
+features dataset so no partition is read for them) and writes them as the partition's delta file, named as
+the raw partition's delta; when the raw partition has no delta (ingest folded it), into a new base file.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from .. import config
+from .. import config, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
 from .core import add_features
 from .inputs import _PATTERNS, BASE_WINDOW, YEAR_ROWS, check_names
@@ -26,6 +32,9 @@ from .window import parse_window
 
 _DAY_NS = 86_400_000_000_000
 _COLUMNS = (SYMBOL, DATE, VOLUME, ADJ_CLOSE, HIGH, LOW, CLOSE)
+# Inside the features dataset (skipped by dataset readers: leading underscore).
+TAIL_FILE = "_tail.parquet"
+TAIL_SCHEMA = pa.schema([config.RAW_SCHEMA.field(c) for c in _COLUMNS])
 
 
 def lookback_rows(window=config.DEFAULT_WINDOW, min_periods=0, inputs=config.FORECAST_INPUTS) -> int:
@@ -70,3 +79,166 @@ def features_of_new_rows(
     names = [config.VOL_FEATURE, config.PRICE_FEATURE, *inputs]
     out = add_features(both, window, min_periods, inputs=inputs)  # rows stay in the order given
     return out.select(names).slice(tail.num_rows)
+
+
+def _from_end(symbols: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Per row of a table sorted by Symbol: 1 for a ticker's last row, 2 for the one before, ..."""
+    symbols = symbols.combine_chunks() if isinstance(symbols, pa.ChunkedArray) else symbols
+    if pa.types.is_dictionary(symbols.type):
+        symbols = symbols.cast(pa.string())
+    n = len(symbols)
+    if not n:
+        return np.zeros(0, np.int64)
+    change = np.ones(n, bool)
+    change[1:] = pc.not_equal(symbols.slice(1), symbols.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    run = np.cumsum(change) - 1
+    ends = np.append(np.flatnonzero(change)[1:], n)
+    return ends[run] - np.arange(n)
+
+
+def tail_rows(table: pa.Table, back: int) -> pa.Table:
+    """Each ticker's last ``back`` rows of a table sorted by Symbol then Date, as ``TAIL_SCHEMA``."""
+    table = table.select(list(_COLUMNS))
+    return table.filter(pa.array(_from_end(table[SYMBOL]) <= back)).cast(TAIL_SCHEMA)
+
+
+def keys_mask(symbols, keys: set[str]) -> np.ndarray:
+    """Which rows' Symbol falls in one of the partitions ``keys``."""
+    column = symbols.combine_chunks() if isinstance(symbols, pa.ChunkedArray) else symbols
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    in_keys = np.array([storage.partition_key(s) in keys for s in column.dictionary.to_pylist()] + [False])
+    codes = column.indices.fill_null(len(column.dictionary)).to_numpy(zero_copy_only=False)
+    return in_keys[codes]
+
+
+def key_ranges(symbols) -> dict[str, tuple[int, int]]:
+    """``{partition key: (offset, length)}`` of a table sorted by Symbol (a partition's tickers are
+    contiguous there: partition-key order is Symbol order)."""
+    column = symbols.combine_chunks() if isinstance(symbols, pa.ChunkedArray) else symbols
+    if not len(column):
+        return {}
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    key_of = np.array([storage.partition_key(s) for s in column.dictionary.to_pylist()])
+    keys = key_of[column.indices.to_numpy(zero_copy_only=False)]
+    change = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.append(change, len(keys))
+    return {str(keys[a]): (int(a), int(b - a)) for a, b in zip(starts, ends)}
+
+
+def _read_raw(path: Path) -> pa.Table:
+    table = pq.read_table(path, read_dictionary=list(config.TICKER_COLUMNS))
+    return table.select(list(config.RAW_COLUMNS)).cast(config.RAW_DICTIONARY_SCHEMA)
+
+
+def _new_rows(files: list[Path], last: dict[str, str]) -> pa.Table:
+    """The rows of ``files`` dated after their ticker's ``last`` date (all rows of a ticker not in it)."""
+    tables = [_read_raw(p) for p in files]
+    table = pa.concat_tables(tables).unify_dictionaries() if len(tables) > 1 else tables[0]
+    if not table.num_rows:
+        return table
+    symbols = table[SYMBOL].combine_chunks()
+    bound = pa.array([last.get(s, "") for s in symbols.dictionary.to_pylist()], pa.string())
+    after = pc.greater(table[DATE], pc.take(bound, symbols.indices))
+    return storage.sort_by_symbol(table.filter(after))
+
+
+class Appended:
+    """What ``append_partitions`` did to one partition: its stats, its tickers' new latest rows, its new tail."""
+
+    def __init__(self, stats: dict, latest: pa.Table, tail: pa.Table):
+        self.stats, self.latest, self.tail = stats, latest, tail
+
+
+def _stats(old: dict, new: pa.Table, prev_rows: dict[str, int], window_rows: int) -> dict:
+    """The partition's report counts after appending ``new`` (features included) to it."""
+    symbols = new[SYMBOL].cast(pa.string()).to_pylist()
+    added: dict[str, int] = {}
+    for s in symbols:
+        added[s] = added.get(s, 0) + 1
+    full = 0
+    short = set(old["short_tickers"])
+    for s, k in added.items():
+        before = prev_rows.get(s, 0)
+        full += max(before + k - (window_rows - 1), 0) - max(before - (window_rows - 1), 0)
+        (short.add if before + k < window_rows else short.discard)(s)
+    vol, med = (new[c].to_numpy() for c in (config.VOL_FEATURE, config.PRICE_FEATURE))  # NaN, never null
+    return {
+        "rows": old["rows"] + new.num_rows,
+        "tickers": old["tickers"] + sum(1 for s in added if s not in prev_rows),
+        "rows_with_full_window": old["rows_with_full_window"] + full,
+        "rows_with_features": old["rows_with_features"] + int((~np.isnan(vol) & ~np.isnan(med)).sum()),
+        "short_tickers": sorted(short),
+    }
+
+
+def append_partitions(
+    todo: dict[str, tuple[list[Path], list[Path], dict]],
+    staging: Path,
+    old_latest: pa.Table,
+    old_tail: pa.Table,
+    write_schema: pa.Schema,
+    window,
+    min_periods,
+    jobs: int = 1,
+) -> dict[str, Appended]:
+    """Append each partition's new raw rows to the features dataset being staged.
+
+    ``todo``: ``{key: (changed raw files, the raw partition's files, its stats at the last run)}``;
+    ``staging`` holds the current features files (hard links); ``old_latest`` / ``old_tail``: the latest-row
+    and tail tables of the current version. Only a row-count window (``spec.rows``) takes this path.
+    """
+    spec = parse_window(window, min_periods)
+    back = lookback_rows(window, min_periods)
+    last = dict(zip(old_latest[SYMBOL].to_pylist(), old_latest[DATE].to_pylist()))
+    prev_rows = dict(zip(old_latest[SYMBOL].to_pylist(), old_latest["rows"].to_pylist()))
+    keys = sorted(todo)
+    with ThreadPoolExecutor(max_workers=max(jobs, 1), thread_name_prefix="features-append") as pool:
+        new = dict(zip(keys, pool.map(lambda k: _new_rows(todo[k][0], last), keys)))
+    sizes = [new[k].num_rows for k in keys]
+    both = pa.concat_tables([_plain(new[k]) for k in keys]) if keys else None
+    cols = features_of_new_rows(old_tail, both, window, min_periods) if keys else None
+    tail_at = key_ranges(old_tail[SYMBOL])
+
+    def write(i: int) -> Appended:
+        key = keys[i]
+        start = sum(sizes[:i])
+        rows = new[key]
+        for name in cols.column_names:
+            rows = rows.append_column(name, cols[name].slice(start, sizes[i]))
+        rows = rows.cast(write_schema)
+        raw_files = todo[key][1]
+        raw_deltas = [p.name for p in raw_files if p.name != storage.partition_file(key)]
+        base = staging / storage.partition_file(key)
+        mine = storage.partition_members(base)
+        # Mirror the raw partition: a delta beside the base while it has one, else a new base (folded).
+        out = staging / (raw_deltas[-1] if raw_deltas else base.name)
+        carried = [p for p in mine if p != base] if raw_deltas else mine
+        if carried:
+            old = storage.read_partition(carried, read_dictionary=list(config.TICKER_COLUMNS)).cast(write_schema)
+            table = storage.sort_by_symbol(pa.concat_tables([old, rows]).unify_dictionaries())
+        else:
+            table = rows
+        storage.write_parquet(table, out, arrow_schema=False)
+        for p in mine:
+            if p != out and p != base:
+                p.unlink()
+        ends = np.flatnonzero(_from_end(rows[SYMBOL]) == 1)
+        latest = rows.take(pa.array(ends)).cast(config.FEATURES_SCHEMA)
+        counts = [prev_rows.get(s, 0) + int(n) for s, n in zip(latest[SYMBOL].to_pylist(), _run_lengths(rows))]
+        latest = latest.append_column("rows", pa.array(counts, pa.int64()))
+        old_tail_rows = old_tail.slice(*tail_at[key]) if key in tail_at else TAIL_SCHEMA.empty_table()
+        tail = pa.concat_tables([old_tail_rows, tail_rows(rows, back)])
+        tail = tail_rows(storage.sort_by_symbol(tail), back)
+        return Appended(_stats(todo[key][2], rows, prev_rows, spec.rows), latest, tail)
+
+    with ThreadPoolExecutor(max_workers=max(jobs, 1), thread_name_prefix="features-append") as pool:
+        return dict(zip(keys, pool.map(write, range(len(keys)))))
+
+
+def _run_lengths(table: pa.Table) -> list[int]:
+    """Rows per ticker of a table sorted by Symbol, in order."""
+    ends = np.flatnonzero(_from_end(table[SYMBOL]) == 1)
+    return np.diff(np.concatenate([[-1], ends])).tolist()

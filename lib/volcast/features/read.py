@@ -28,16 +28,16 @@ def _features_path(output_dir) -> Path:
 
 
 def load_features(output_dir, symbol: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
-    """The features dataset as a DataFrame, or one ticker's rows (only its partition file is read)."""
+    """The features dataset as a DataFrame sorted by Symbol then Date (delta files put in place), or one
+    ticker's rows in Date order (only its partition's files are read)."""
     path = _features_path(output_dir)
     if symbol is None:
-        return pd.read_parquet(path, columns=columns)
-    part = path / storage.partition_file(storage.partition_key(symbol))
-    # Its partition file when the dataset uses the current partitioning; otherwise (a dataset
-    # written before a change of scheme) the whole directory, pruned by row-group statistics.
-    source = part if part.exists() else path
-    return pq.read_table(
-        source, columns=columns, filters=[(SYMBOL, "==", symbol)], schema=config.FEATURES_SCHEMA
+        return storage.read_dataset(path, columns=columns).to_pandas()
+    # Its partition's files (base, then delta files) when the dataset uses the current partitioning;
+    # otherwise (a dataset written before a change of scheme) the whole directory, pruned by statistics.
+    files = storage.partition_members(path / storage.partition_file(storage.partition_key(symbol)))
+    return storage.read_partition(
+        files or path, columns=columns, filters=[(SYMBOL, "==", symbol)], schema=config.FEATURES_SCHEMA
     ).to_pandas()
 
 

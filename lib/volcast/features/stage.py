@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import config, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
 from ..errors import UserError
 from ..executor import resolve as resolve_executor
+from .append import TAIL_FILE, TAIL_SCHEMA, append_partitions, keys_mask, lookback_rows, tail_rows
 from .columns import _date_ticks, _numeric, sort_order
 from .core import _symbol_key, compute_sorted
 from .read import LATEST_FILE
@@ -25,6 +27,7 @@ from .window import WindowSpec, parse_window
 STAGE = "features"
 # Inside the published features dataset (see read.LATEST_FILE).
 STATE_FILE = "_features_state.json"
+STATE_VERSION = 2  # partitions by key, with their raw files' fingerprints and the raw epoch last seen
 
 
 def _code_version() -> str:
@@ -74,8 +77,9 @@ _FEATURES_WRITE_SCHEMA = pa.schema(
 
 
 def _read_raw_partition(src) -> pa.Table:
-    """One raw partition with the ticker columns as (unified) dictionaries; a clear error if it is not one."""
-    table = pq.read_table(src, read_dictionary=list(config.TICKER_COLUMNS))
+    """One raw partition (a file, or its base and delta files) with the ticker columns as (unified)
+    dictionaries; a clear error if it is not one."""
+    table = storage.read_partition(src, read_dictionary=list(config.TICKER_COLUMNS))
     missing = [c for c in config.RAW_COLUMNS if c not in table.column_names]
     if missing:
         raise UserError(f"{src}: not a raw volcast partition (missing {', '.join(missing)}); re-run ingest")
@@ -97,9 +101,16 @@ def latest_rows(table: pa.Table, starts: np.ndarray) -> pa.Table:
 
 
 def process_partition(
-    src: str | os.PathLike, dst: str | os.PathLike, window=config.DEFAULT_WINDOW, min_periods=0
+    src: str | os.PathLike | list, dst: str | os.PathLike, window=config.DEFAULT_WINDOW, min_periods=0
 ) -> tuple[dict, pa.Table]:
-    """Read one raw partition file, add the features, write it to ``dst``; return its stats and latest rows."""
+    """Read one raw partition (a file, or a list: its base and deltas), add the features, write it to
+    ``dst``; return its stats and latest rows."""
+    stats, latest, _ = _process(src, dst, window, min_periods)
+    return stats, latest
+
+
+def _process(src, dst, window, min_periods) -> tuple[dict, pa.Table, pa.Table]:
+    """``process_partition``, plus the partition's rows for the tail table (``append.TAIL_FILE``)."""
     spec = parse_window(window, min_periods)
     table = _read_raw_partition(src)
     order = sort_order(_symbol_key(table[SYMBOL]), table[DATE].combine_chunks())
@@ -131,38 +142,39 @@ def process_partition(
         cols[config.VOL_FEATURE],
         cols[config.PRICE_FEATURE],
     )
-    return stats, latest_rows(out, starts)
+    return stats, latest_rows(out, starts), tail_rows(table, lookback_rows(spec))
 
 
-def _process_item(item: tuple) -> tuple[str, dict, pa.Table]:
-    """``process_partition`` on one ``(src, dst, spec, min_periods)``: the unit of work an executor runs."""
-    src, dst, spec, min_periods = item
-    stats, latest = process_partition(src, dst, spec, min_periods)
-    return Path(src).name, stats, latest
+def _process_item(item: tuple) -> tuple[str, dict, pa.Table, pa.Table]:
+    """``_process`` on one ``(key, src files, dst, spec, min_periods)``: the unit of work an executor runs."""
+    key, src, dst, spec, min_periods = item
+    return key, *_process(src, dst, spec, min_periods)
 
 
 def _compute(
-    todo: list[tuple[Path, Path]], spec: WindowSpec, jobs: int, executor: str = "local", scheduler: str = ""
-) -> tuple[dict[str, dict], dict[str, pa.Table]]:
+    todo: list[tuple[str, list[Path], Path]], spec: WindowSpec, jobs: int, executor: str = "local", scheduler: str = ""
+) -> tuple[dict[str, dict], dict[str, pa.Table], dict[str, pa.Table]]:
+    """Compute whole partitions ``(key, raw files, dst)``: stats, latest rows and tail rows by key."""
     from tqdm import tqdm  # a text bar: an executed notebook keeps a line, not a widget
 
     from ..executor import map_tasks
 
     stats: dict[str, dict] = {}
     latest: dict[str, pa.Table] = {}
+    tails: dict[str, pa.Table] = {}
     bar = tqdm(total=len(todo), desc="features", unit="partition", disable=not todo, mininterval=0.5)
     # Largest partitions first so the workers finish together.
-    todo = sorted(todo, key=lambda item: -item[0].stat().st_size)
+    todo = sorted(todo, key=lambda item: -sum(p.stat().st_size for p in item[1]))
 
     def on_done(_item, result) -> None:
-        name, stats[name], latest[name] = result
+        key, stats[key], latest[key], tails[key] = result
         bar.update()
 
     # Local: threads, not processes: Parquet reads and writes and Arrow compute, most of the time, release
     # the GIL, and a thread starts at once where a fresh worker process costs a second of imports.
     map_tasks(
         _process_item,
-        [(src, dst, spec, spec.min_periods) for src, dst in todo],
+        [(key, files, dst, spec, spec.min_periods) for key, files, dst in todo],
         jobs=jobs,
         executor=executor,
         scheduler=scheduler,
@@ -171,21 +183,68 @@ def _compute(
         local_pool=lambda n: ThreadPoolExecutor(max_workers=n, thread_name_prefix="features"),
     )
     bar.close()
-    return stats, latest
+    return stats, latest, tails
 
 
-def _latest_table(staging: Path, computed: dict[str, pa.Table], reused: set[str]) -> pa.Table:
-    """The new latest-row table: computed partitions' rows, plus the reused partitions' rows from the
-    previous table (hard-linked into ``staging``), sorted by Symbol."""
-    parts = list(computed.values())
-    previous = staging / LATEST_FILE
-    if reused and previous.exists():
-        old = pq.read_table(previous)
-        keys = np.array([storage.partition_file(storage.partition_key(s)) for s in old[SYMBOL].to_pylist()])
-        parts.append(old.filter(pa.array(np.isin(keys, list(reused)))) if len(keys) else old)
-    schema = pa.schema([*config.FEATURES_SCHEMA, pa.field("rows", pa.int64())])
-    table = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
-    return table.sort_by([(SYMBOL, "ascending")])
+def _merged(old: pa.Table | None, carried: set[str], parts: list[pa.Table], schema: pa.Schema, drop=()) -> pa.Table:
+    """A per-ticker table of the new version: the rows of ``old`` (the current version's) in the
+    ``carried`` partitions, except the tickers in ``drop``, plus ``parts``; sorted by Symbol (stable)."""
+    parts = [p.cast(schema) for p in parts]
+    if old is not None and carried:
+        mask = keys_mask(old[SYMBOL], carried)
+        if len(drop):
+            mask &= ~pc.is_in(old[SYMBOL], value_set=pa.array(list(drop), pa.string())).to_numpy(zero_copy_only=False)
+        parts.insert(0, old.filter(pa.array(mask)).cast(schema))
+    table = pa.concat_tables(parts) if parts else schema.empty_table()
+    return storage.sort_by_symbol(table)
+
+
+LATEST_SCHEMA = pa.schema([*config.FEATURES_SCHEMA, pa.field("rows", pa.int64())])
+
+
+def _plan(layout, raw: Path, spec: WindowSpec, incremental: bool) -> dict:
+    """Per raw partition: reuse its features files, append to them, or compute them (``todo``)."""
+    groups = storage.partition_groups(raw)
+    # Ingest hard-links unchanged files into each new raw version and writes changed ones anew, so a file's
+    # stat fingerprint (size, mtime) changes exactly when its content may have.
+    fingerprints = {key: {p.name: storage.fingerprint_path(p) for p in files} for key, files in groups.items()}
+    epochs = storage.read_partitions_file(raw)["epochs"]
+    params = {**spec.state(), "code": _code_version()}
+    current = storage.current_version(layout.features_dir)
+    # incremental=False (the pipeline's --force): recompute every partition.
+    previous = storage.read_json(current / STATE_FILE, default=None) if current and incremental else None
+    ok = (
+        isinstance(previous, dict)
+        and previous.get("version") == STATE_VERSION
+        and previous.get("params") == params
+        and (current / LATEST_FILE).exists()
+    )
+    entries = previous.get("partitions", {}) if ok else {}
+    mine = storage.partition_groups(current) if current else {}
+    # New rows only for a row-count window (an offset window's report counts need a ticker's first date),
+    # with the tail table at hand, on a partition whose raw rows only grew since (same epoch).
+    can_append = ok and spec.rows is not None and (current / TAIL_FILE).exists()
+    reuse, append, todo = {}, {}, []
+    for key in groups:
+        entry = entries.get(key)
+        if entry and key in mine and entry["raw"] == fingerprints[key]:
+            reuse[key] = entry["stats"]
+        elif can_append and entry and key in mine and epochs.get(key) and epochs.get(key) == entry.get("epoch"):
+            changed = [p for p in groups[key] if entry["raw"].get(p.name) != fingerprints[key][p.name]]
+            append[key] = (changed, groups[key], entry["stats"])
+        else:
+            todo.append(key)
+    return {
+        "groups": groups,
+        "fingerprints": fingerprints,
+        "epochs": epochs,
+        "params": params,
+        "current": current,
+        "reuse": reuse,
+        "append": append,
+        "todo": todo,
+        "stale": bool(current) and any(k not in groups for k in mine),
+    }
 
 
 def run(
@@ -193,9 +252,11 @@ def run(
 ) -> dict:
     """The features stage: ``DIR/data/raw`` -> ``DIR/data/features`` + ``DIR/reports/features.json``.
 
-    Incremental: a partition whose raw file, parameters and this code are unchanged since the last
-    run is carried over (hard link) instead of recomputed; the result equals a full run.
-    ``executor="dask"`` computes the partitions on a dask cluster (``volcast.executor``), with the same result.
+    Incremental: a partition whose raw files, parameters and this code are unchanged since the last run is
+    carried over (hard links); one whose raw rows only grew (a daily append, ``volcast.ingest.delta``) has
+    only its new rows computed (``append.append_partitions``) and written as its delta file; any other is
+    recomputed. The result equals a full run. ``executor="dask"`` computes the recomputed partitions on a
+    dask cluster (``volcast.executor``), with the same result.
     """
     t0 = time.perf_counter()
     spec = parse_window(window, min_periods)
@@ -207,44 +268,50 @@ def run(
         raise UserError(
             f"no raw dataset at {layout.raw_dir}; run the ingest stage first (python run_pipeline.py --stages ingest)"
         )
-    sources = {p.name: p for p in sorted(raw.glob(f"{storage.PARTITION_PREFIX}*.parquet"))}
-    # Ingest hard-links unchanged partitions into each new raw version and rewrites changed ones, so a
-    # partition's stat fingerprint (size, mtime) changes exactly when its content may have.
-    fingerprints = {name: storage.fingerprint_path(path) for name, path in sources.items()}
-    params = {**spec.state(), "code": _code_version()}
-
-    current = storage.current_version(layout.features_dir)
-    # incremental=False (the pipeline's --force): recompute every partition.
-    previous = storage.read_json(current / STATE_FILE, default=None) if current and incremental else None
-    reusable: dict[str, dict] = {}
-    # Reused partitions' latest rows come from the previous latest-row table: without it, nothing is reused.
-    if isinstance(previous, dict) and previous.get("params") == params and (current / LATEST_FILE).exists():
-        for name, entry in previous.get("partitions", {}).items():
-            if fingerprints.get(name) == entry.get("fingerprint") and (current / name).is_file():
-                reusable[name] = entry["stats"]
-    todo_names = [name for name in sources if name not in reusable]
-    stale = bool(current) and any(p.name not in sources for p in current.glob(f"{storage.PARTITION_PREFIX}*.parquet"))
+    plan = _plan(layout, raw, spec, incremental)
+    groups, reuse, append, todo, current = plan["groups"], plan["reuse"], plan["append"], plan["todo"], plan["current"]
 
     computed: dict[str, dict] = {}
-    if todo_names or stale or current is None:
-        with storage.publish_dir(layout.features_dir, seed_from_current=bool(reusable)) as staging:
+    appended: dict = {}
+    if todo or append or plan["stale"] or current is None:
+        carried = set(reuse) | set(append)
+        with storage.publish_dir(layout.features_dir, seed_from_current=bool(carried)) as staging:
             for item in staging.iterdir():  # seeded: drop what is not carried over
-                if item.name not in reusable and item.name != LATEST_FILE:
+                parsed = storage.split_partition_name(item.name)
+                if (parsed is None and item.name not in (LATEST_FILE, TAIL_FILE)) or (
+                    parsed is not None and parsed[0] not in carried
+                ):
                     item.unlink()
-            computed, latest = _compute(
-                [(sources[name], staging / name) for name in todo_names], spec, jobs, executor, scheduler
+            old_latest = pq.read_table(staging / LATEST_FILE) if carried else None
+            old_tail = pq.read_table(staging / TAIL_FILE) if carried and (staging / TAIL_FILE).exists() else None
+            if append:
+                appended = append_partitions(
+                    append, staging, old_latest, old_tail, _FEATURES_WRITE_SCHEMA, spec, spec.min_periods, jobs
+                )
+            computed, latest, tails = _compute(
+                [(key, groups[key], staging / storage.partition_file(key)) for key in todo],
+                spec,
+                jobs,
+                executor,
+                scheduler,
             )
-            table = _latest_table(staging, latest, set(reusable))
+            new_latest = [a.latest for a in appended.values()]
+            updated = [s for t in new_latest for s in t[SYMBOL].to_pylist()]  # their old latest rows go
+            table = _merged(old_latest, carried, [*new_latest, *latest.values()], LATEST_SCHEMA, updated)
             storage.write_parquet(table, staging / LATEST_FILE)
+            tail = _merged(old_tail, set(reuse), [*(a.tail for a in appended.values()), *tails.values()], TAIL_SCHEMA)
+            storage.write_parquet(tail, staging / TAIL_FILE)
+            stats = {**reuse, **{k: a.stats for k, a in appended.items()}, **computed}
             state = {
-                "params": params,
+                "version": STATE_VERSION,
+                "params": plan["params"],
                 "partitions": {
-                    name: {"fingerprint": fingerprints[name], "stats": reusable.get(name) or computed[name]}
-                    for name in sources
+                    key: {"raw": plan["fingerprints"][key], "epoch": plan["epochs"].get(key), "stats": stats[key]}
+                    for key in groups
                 },
             }
             storage.atomic_write_json(staging / STATE_FILE, state)
-    all_stats = [reusable.get(name) or computed[name] for name in sources]
+    all_stats = [reuse.get(k) or (appended[k].stats if k in appended else computed[k]) for k in groups]
 
     short = sorted(t for s in all_stats for t in s["short_tickers"])
     report = {
@@ -257,9 +324,10 @@ def run(
         "rows_with_features": sum(s["rows_with_features"] for s in all_stats),
         "tickers_shorter_than_window": len(short),
         "tickers_shorter_than_window_list": short,
-        "partitions": len(sources),
-        "partitions_recomputed": len(todo_names),
-        "partitions_reused": len(sources) - len(todo_names),
+        "partitions": len(groups),
+        "partitions_recomputed": len(todo),
+        "partitions_appended": len(append),
+        "partitions_reused": len(reuse),
         "jobs": jobs,
         "executor": executor,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -11,6 +11,7 @@ from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (
 from .. import config, storage
 from ..config import RAW_SCHEMA, Layout
 from ..executor import resolve as resolve_executor
+from . import delta
 from . import limits as limits_mod
 from .append import Candidate
 from .limits import Limits
@@ -238,10 +239,22 @@ def _write_partitions(
     previous_raw = storage.current_version(layout.raw_dir) if plan["incremental"] else None
     previous_q = storage.current_version(layout.quarantine_dir) if plan["incremental"] else None
     incremental = plan["incremental"]
+    partitions = storage.read_partitions_file(previous_raw)
+    seq = partitions["seq"] + 1
+    previous_stamps = {e["rel"]: e for e in (state or {}).get("stamps", [])}
+    eligible = delta.eligible_keys(plan, catalog, previous_stamps, incremental and src.path.is_dir())
     with (
         storage.publish_dir(layout.raw_dir, seed_from_current=incremental) as raw_stage,
         storage.publish_dir(layout.quarantine_dir, seed_from_current=incremental) as q_stage,
     ):
+        # A rewritten partition's delta files (hard-linked from the current version) go: whatever the
+        # task writes holds their rows. Tasks read the previous version, never the staging directory.
+        for stage_dir in (raw_stage, q_stage):
+            for key in plan["rewrite"]:
+                base = stage_dir / storage.partition_file(key)
+                for path in storage.partition_members(base):
+                    if path != base:
+                        path.unlink()
         tasks = []
         for key in sorted(plan["rewrite"]):
             files = by_key.get(key, [])
@@ -277,9 +290,24 @@ def _write_partitions(
                     append,
                 )
             )
-        for entry in _execute(tasks, jobs, sum(len(t.parse) + len(t.append) for t in tasks), executor, scheduler):
-            entries[entry["file"]] = entry
-            this_run[entry["file"]] = {k: entry.pop(k) for k in _RUN_ONLY if k in entry}
+        items = [_as_delta(t, eligible, raw_stage, q_stage, seq) if t.key in eligible else t for t in tasks]
+        if any(isinstance(i, delta._DeltaTask) for i in items):
+            results = delta.run_tasks(items, jobs, executor, scheduler)
+        else:
+            n_files = sum(len(t.parse) + len(t.append) for t in tasks)
+            results = [(None, delta.REWRITE, _execute(tasks, jobs, n_files, executor, scheduler))]
+        epochs = dict(partitions["epochs"]) if incremental else {}
+        rewritten = {key for key, mode, _ in results if mode == delta.REWRITE}
+        if any(key is None for key in rewritten):
+            rewritten = set(plan["rewrite"])
+        for key in rewritten:
+            epochs[key] = delta.new_epoch(seq)
+        for _, _, found in results:
+            for entry in found:
+                entries[entry["file"]] = entry
+                this_run[entry["file"]] = {k: entry.pop(k) for k in _RUN_ONLY if k in entry}
+        present = set(storage.partition_groups(raw_stage))
+        storage.write_partitions_file(raw_stage, seq, {k: v for k, v in sorted(epochs.items()) if k in present})
         ordered = {f.rel[len(catalog.root) :]: None for f in catalog.files}
         entries = {k: entries[k] for k in ordered if k in entries}
         stamps = plan["stamps"] or {
@@ -291,6 +319,20 @@ def _write_partitions(
                 stamps[f.rel]["crc32"] = e["crc32"]
         _write_state(raw_stage / STATE_FILE, _state(src, catalog, code_fp, entries, stamps))
     return entries, this_run
+
+
+def _as_delta(task: _Task, eligible: dict, raw_stage: Path, q_stage: Path, seq: int) -> delta._DeltaTask:
+    """The delta form of a partition task (``delta.py``): its new files parsed whole, the rest appended."""
+    new_rels = {f.rel for f in eligible[task.key]}
+    has_base = task.previous_raw is not None and Path(task.previous_raw).is_file()
+    return delta._DeltaTask(
+        task,
+        tuple(p for p in task.parse if p[0] in new_rels),
+        str(raw_stage),
+        str(q_stage),
+        seq,
+        not has_base or storage.fold_due(task.key, seq),
+    )
 
 
 def _write_state(path: Path, state: dict) -> None:

@@ -17,15 +17,17 @@ from ..config import RAW_SCHEMA, Layout
 from .write import SUMMARY_KEY
 
 
-def load_raw(output_dir: str | os.PathLike, **kwargs):
-    """The raw dataset as a pandas DataFrame (``pandas.read_parquet`` of ``data/raw``)."""
-    import pandas as pd
-
-    return pd.read_parquet(Layout.at(output_dir).raw_dir, **kwargs)
+def load_raw(output_dir: str | os.PathLike, columns: list[str] | None = None, **kwargs):
+    """The raw dataset as a pandas DataFrame sorted by Symbol then Date (what ``pandas.read_parquet`` of
+    ``data/raw`` gives once a stable sort by Symbol is applied: daily appends sit in delta files read after
+    their partition's base). ``kwargs`` (``filters``, ...) go to ``pyarrow.parquet.read_table``."""
+    raw_dir = Layout.at(output_dir).raw_dir
+    return storage.read_dataset(raw_dir.resolve(), columns=columns, **kwargs).to_pandas()
 
 
 def _raw_files(output_dir) -> list[Path]:
     raw_dir = Layout.at(output_dir).raw_dir
+    # Base and delta files alike: the footers' counts add up.
     return sorted(raw_dir.glob("part-*.parquet")) if raw_dir.exists() else []
 
 

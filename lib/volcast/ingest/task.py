@@ -10,9 +10,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (ISA-L)
 
+from .. import storage
 from ..config import TICKER_COLUMNS
 from .append import Appended, Candidate, parse_appended
 from .batch import BATCH_BYTES, parse_csv_batch
@@ -50,13 +50,16 @@ def _partition_task(task: _Task) -> list[dict]:
     carried = [*task.keep_symbols, *(c.symbol for c in task.append)]  # symbols whose stored rows stay
     old_bounds: dict[str, tuple[int, int]] = {}
     old_q_bounds: dict[str, tuple[int, int]] = {}
-    if carried and task.previous_raw and os.path.exists(task.previous_raw):
+    # A partition's previous rows: its base file and its delta files (daily appends), sorted by Symbol.
+    old_raw_files = storage.partition_members(task.previous_raw) if carried and task.previous_raw else []
+    old_q_files = storage.partition_members(task.previous_quarantine) if carried and task.previous_quarantine else []
+    if old_raw_files:
         # The ticker columns as dictionaries (the writer takes them per ticker, not per row): no string per row.
-        old_raw = pq.read_table(task.previous_raw, read_dictionary=list(TICKER_COLUMNS))
+        old_raw = storage.read_partition(old_raw_files, read_dictionary=list(TICKER_COLUMNS))
         old_raw, old_bounds = _carried(old_raw, "Symbol", carried)
-    if carried and task.previous_quarantine and os.path.exists(task.previous_quarantine):
-        old_q = pq.read_table(task.previous_quarantine, schema=QUARANTINE_SCHEMA)
-        old_q, old_q_bounds = _carried(old_q, "symbol", carried)
+    if old_q_files:
+        old_q = storage.read_partition(old_q_files, schema=QUARANTINE_SCHEMA)
+        old_q, old_q_bounds = _carried(storage.sort_by_symbol(old_q, "symbol"), "symbol", carried)
     raw_out = _RawParquet(Path(task.raw_out))
     q_out = _BufferedParquet(Path(task.quarantine_out), QUARANTINE_SCHEMA)
 

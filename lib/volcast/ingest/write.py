@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 from .. import storage
 from ..config import RAW_DICTIONARY_SCHEMA, RAW_SCHEMA, TICKER_COLUMNS
 
-SUMMARY_KEY = "volcast.summary"  # a raw partition's footer: rows per Symbol and per year, first and last Date
+SUMMARY_KEY = "volcast.summary"  # a raw partition's footer: rows per Symbol and per year, first and last Date,
+# each Symbol's last Date
 ROW_GROUP_ROWS = 1 << 20
 
 
@@ -70,12 +71,16 @@ class _RawParquet(_BufferedParquet):
         self.rows_per_symbol: dict[str, int] = {}
         self.rows_per_year: dict[str, int] = {}
         self.date_range: list[str] = []
+        self.last_date: dict[str, str] = {}
 
     def add(self, table: pa.Table | None, symbol: str = "", name: str | None = None) -> None:
         if table is None or not table.num_rows:
             return
         self.tickers.append((symbol, name, table.num_rows))
         self.rows_per_symbol[symbol] = self.rows_per_symbol.get(symbol, 0) + table.num_rows
+        # Pieces of a ticker come in Date order: the last one's last row is its last date (daily appends
+        # check new rows against it without reading the stored rows).
+        self.last_date[symbol] = table["Date"][table.num_rows - 1].as_py()
         super().add(table.drop_columns([c for c in TICKER_COLUMNS if c in table.column_names]))
 
     def close(self) -> int:
@@ -90,6 +95,7 @@ class _RawParquet(_BufferedParquet):
                             "rows_per_year": self.rows_per_year,
                             "date_min": min(self.date_range),
                             "date_max": max(self.date_range),
+                            "last_date": self.last_date,
                         }
                     )
                 }
