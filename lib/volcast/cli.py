@@ -57,6 +57,13 @@ def _run_parser() -> argparse.ArgumentParser:
         help="dask scheduler address, e.g. tcp://HOST:8786 (default $VOLCAST_DASK_SCHEDULER; "
         "none: --executor dask starts a LocalCluster of --jobs worker processes)",
     )
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        metavar="URL",
+        help="S3-compatible endpoint for an s3:// --output-dir, e.g. http://minio:9000 (default "
+        "$AWS_ENDPOINT_URL; credentials come from the AWS variables or files, never from this URL)",
+    )
     return parser
 
 
@@ -71,6 +78,13 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-workers", type=int, default=0, help="API processes sharing the port (default: one per core)"
     )
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        metavar="URL",
+        help="S3-compatible endpoint for an s3:// --output-dir, e.g. http://minio:9000 (default "
+        "$AWS_ENDPOINT_URL; credentials come from the AWS variables or files, never from this URL)",
+    )
     return parser
 
 
@@ -80,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "serve":
             args = _serve_parser().parse_args(argv)
+            _use_endpoint(args.endpoint_url)
             from . import serve
 
             return serve.serve(
@@ -105,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
             notebooks.refresh_notebooks(argv or None)
             return 0
-        return _run(_run_parser().parse_args(argv))
+        args = _run_parser().parse_args(argv)
+        _use_endpoint(args.endpoint_url)
+        return _run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -115,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _use_endpoint(url: str | None) -> None:
+    """--endpoint-url goes to this process and the ones it starts (kernels, API workers)."""
+    if url:
+        from . import remote
+
+        remote.use_endpoint(url)
 
 
 def _run(args) -> int:
