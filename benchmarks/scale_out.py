@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import ROOT, best_of, ensure_tree, pipeline_cmd  # noqa: E402  (benchmarks/run.py: the shared measuring code)
+from run import ROOT, ensure_tree, load1, measure, pipeline_cmd, stage_seconds  # noqa: E402  (benchmarks/run.py)
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -61,7 +61,8 @@ def bench_executors(tree: Path, work: Path, repeat: int) -> dict:
             for label, extra in commands.items():
                 out = work / label.split()[0]
                 shutil.rmtree(out, ignore_errors=True)
-                result = best_of(1, pipeline_cmd(",".join(stages), tree, str(out), "--jobs", "2", *extra), label)
+                cmd = pipeline_cmd(",".join(stages), tree, str(out), "--jobs", "2", *extra)
+                result = measure(cmd, label, (tree,))
                 result["own_seconds"] = own_seconds(out / "reports", stages)
                 results[label].append(result)
     return {label: _best(runs) for label, runs in results.items()}
@@ -73,7 +74,9 @@ def _best(runs: list[dict]) -> dict:
         "seconds": round(best["seconds"], 2),
         "peak_rss_gib": round(best["peak_rss_gib"], 2),
         "own_seconds": best.get("own_seconds"),
+        "load1": best.get("load1"),
         "all_seconds": [round(r["seconds"], 2) for r in runs],
+        "all_load1": [r.get("load1") for r in runs],
     }
 
 
@@ -105,13 +108,13 @@ def bench_s3(tree: Path, work: Path, repeat: int) -> dict:
         for i in range(repeat):
             out = work / "local-disk"
             shutil.rmtree(out, ignore_errors=True)
-            result = best_of(1, pipeline_cmd(",".join(stages), tree, str(out), "--jobs", "2"), "local disk")
+            result = measure(pipeline_cmd(",".join(stages), tree, str(out), "--jobs", "2"), "local disk", (tree,))
             result["own_seconds"] = own_seconds(out / "reports", stages)
             results["local disk"].append(result)
 
             os.environ["VOLCAST_CACHE"] = str(work / f"cache-{i}")  # an empty working copy
             url = f"s3://bench/run{i}"
-            result = best_of(1, pipeline_cmd(",".join(stages), tree, url, "--jobs", "2"), "s3:// (loopback moto)")
+            result = measure(pipeline_cmd(",".join(stages), tree, url, "--jobs", "2"), "s3:// (loopback moto)", (tree,))
             from volcast import remote
 
             mirror = remote.default_mirror(url)
@@ -127,18 +130,52 @@ def bench_s3(tree: Path, work: Path, repeat: int) -> dict:
     return summary
 
 
+def bench_growth(scales: list[int], work: Path, repeat: int) -> dict:
+    """The cost of growth on one machine: each stage as its own ``run_pipeline.py --force`` process (peak
+    RSS per stage), the scales interleaved stage by stage, each after warming the stage's input files."""
+    trees = {k: ensure_tree(k) for k in scales}
+    runs: dict[int, dict[str, list]] = {k: {} for k in scales}
+    for round_no in range(repeat):
+        print(f"growth round {round_no + 1} of {repeat}", flush=True)
+        for k in scales:
+            shutil.rmtree(work / f"x{k}", ignore_errors=True)
+        for stage, reads in (("ingest", None), ("features", "data/raw"), ("train", "data/features")):
+            for k in scales:
+                out = work / f"x{k}"
+                warm_paths = (trees[k],) if reads is None else (out / reads,)
+                result = measure(pipeline_cmd(stage, trees[k], out, "--jobs", "2"), f"x{k} {stage}", warm_paths)
+                result["own_seconds"] = stage_seconds(out, stage)
+                runs[k].setdefault(stage, []).append(result)
+    summary = {}
+    for k in scales:
+        stages = {stage: _best(r) for stage, r in runs[k].items()}
+        rows = json.loads((work / f"x{k}" / "reports" / "ingest.json").read_text())
+        peak_stage = max(stages, key=lambda st: stages[st]["peak_rss_gib"])
+        summary[f"x{k}"] = {
+            "rows": rows.get("totals", rows).get("rows_kept"),
+            "stages": stages,
+            "whole_seconds": round(sum(r["seconds"] for r in stages.values()), 2),
+            "peak_rss_gib": stages[peak_stage]["peak_rss_gib"],
+            "peak_stage": peak_stage,
+        }
+    return summary
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--only", choices=("dask", "s3"), default=None)
+    parser.add_argument("--only", choices=("dask", "s3", "growth"), default=None)
+    parser.add_argument("--growth", default="3,10", help="scales for --only growth (default 3,10)")
     args = parser.parse_args(argv)
+    if args.only == "growth":
+        return main_growth([int(k) for k in args.growth.split(",")], args.repeat)
     tree = ensure_tree(args.scale)
     report = {
         "scale": args.scale,
         "repeat": args.repeat,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "load_average_at_start": os.getloadavg(),
+        "load_average_at_start": load1(),
     }
     with tempfile.TemporaryDirectory(prefix="volcast-scale-out-") as tmp:
         work = Path(tmp)
@@ -152,14 +189,64 @@ def main(argv=None) -> int:
     lines = [
         f"# Scaling out, x{args.scale} (best of {args.repeat}, {report['started']})",
         "",
-        "| run | seconds (whole process) | stages' own seconds | peak RSS (GiB) |",
-        "|---|---:|---|---:|",
+        "Every run after reading the source tree once (same warm page cache); load = 1-minute load average",
+        "before -> after the run kept; every run's seconds and loads are in the .json.",
+        "",
+        "| run | seconds (whole process) | stages' own seconds | peak RSS (GiB) | load (1 min) |",
+        "|---|---:|---|---:|---|",
     ]
     for part in ("executors", "s3"):
         for label, r in report.get(part, {}).items():
             own = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("own_seconds") or {}).items() if v is not None)
-            lines.append(f"| {label} | {r['seconds']:.1f} | {own} | {r['peak_rss_gib']:.2f} |")
+            load = " -> ".join(f"{x:.1f}" for x in r.get("load1") or [])
+            lines.append(f"| {label} | {r['seconds']:.1f} | {own} | {r['peak_rss_gib']:.2f} | {load} |")
+    if "executors" in report:
+        local = report["executors"]["local"]["seconds"]
+        for label, r in report["executors"].items():
+            if label != "local":
+                lines.append(f"\n{label} / local: {r['seconds'] / local:.2f}x (goal <= 1.15x)")
     (RESULTS / f"scale_out_x{args.scale}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def main_growth(scales: list[int], repeat: int) -> int:
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    with tempfile.TemporaryDirectory(prefix="volcast-growth-", dir=ROOT / "benchmarks" / "data") as tmp:
+        summary = bench_growth(scales, Path(tmp), repeat)
+    name = "scale_out_growth_" + "_".join(f"x{k}" for k in scales)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"started": started, "repeat": repeat, **summary}, indent=2) + "\n"
+    )
+    lines = [
+        f"# The cost of growth on one machine: {', '.join(f'x{k}' for k in scales)} (best of {repeat}, {started})",
+        "",
+        "Each stage its own `run_pipeline.py --stages S --force --jobs 2` process, the scales interleaved stage",
+        "by stage, each after reading its input files once; load = 1-minute load average before -> after.",
+        "",
+        "| scale | rows | stage | seconds (own) | peak RSS (GiB) | load (1 min) |",
+        "|---|---:|---|---:|---:|---|",
+    ]
+    for key, r in summary.items():
+        for stage, st in r["stages"].items():
+            load = " -> ".join(f"{x:.1f}" for x in st.get("load1") or [])
+            own = f" ({st['own_seconds']:.1f})" if st.get("own_seconds") else ""
+            lines.append(
+                f"| {key} | {r['rows']:,} | {stage} | {st['seconds']:.1f}{own} | {st['peak_rss_gib']:.2f} | {load} |"
+            )
+        lines.append(
+            f"| **{key}** | | **whole run** | **{r['whole_seconds']:.1f}** | **{r['peak_rss_gib']:.2f}** ({r['peak_stage']}) | |"
+        )
+    keys = list(summary)
+    if len(keys) == 2:
+        a, b = summary[keys[0]], summary[keys[1]]
+        lines += [
+            "",
+            f"{keys[1]} / {keys[0]}: rows {b['rows'] / a['rows']:.2f}x, whole run {b['whole_seconds'] / a['whole_seconds']:.2f}x "
+            f"(goal <= 3.5x), peak {b['peak_rss_gib']:.2f} GiB in {b['peak_stage']} (goal <= 4 GB = 3.73 GiB).",
+        ]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
