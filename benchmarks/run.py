@@ -132,11 +132,11 @@ def measure(cmd: list[str], label: str, warm_paths: tuple = ()) -> dict:
     load_before = load1()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    peak = 0
+    peak, peak_at = 0, 0.0
     stop = threading.Event()
 
     def sample():
-        nonlocal peak
+        nonlocal peak, peak_at
         try:
             parent = psutil.Process(proc.pid)
         except psutil.NoSuchProcess:
@@ -151,7 +151,8 @@ def measure(cmd: list[str], label: str, warm_paths: tuple = ()) -> dict:
                         pass
             except psutil.NoSuchProcess:
                 break
-            peak = max(peak, total)
+            if total > peak:
+                peak, peak_at = total, time.perf_counter() - t0
             stop.wait(0.05)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -170,6 +171,7 @@ def measure(cmd: list[str], label: str, warm_paths: tuple = ()) -> dict:
         "label": label,
         "seconds": seconds,
         "peak_rss_gib": peak / 2**30,
+        "peak_at_seconds": round(peak_at, 2),  # after the process started
         "load1": [load_before, load_after],
         "stdout": stdout.strip(),
     }

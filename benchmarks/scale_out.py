@@ -130,6 +130,25 @@ def bench_s3(tree: Path, work: Path, repeat: int) -> dict:
     return summary
 
 
+def _train_phase_at_peak(out: Path, result: dict) -> str | None:
+    """Which part of training (the report's timed parts, laid back from the end of the process, which
+    ends about a second after the stage) the peak of resident memory fell in: approximate."""
+    seconds = json.loads((out / "reports" / "train.json").read_text()).get("seconds")
+    if not isinstance(seconds, dict):
+        return None
+    parts = [(k, v) for k, v in seconds.items() if k != "total" and isinstance(v, (int, float))]
+    end = result["seconds"] - 1.0
+    start = end - sum(v for _, v in parts)
+    at = result.get("peak_at_seconds", 0.0)
+    if at < start:
+        return "before the stage (kernel start, imports)"
+    for name, length in parts:
+        if at <= start + length:
+            return name
+        start += length
+    return "after the stage"
+
+
 def bench_growth(scales: list[int], work: Path, repeat: int) -> dict:
     """The cost of growth on one machine: each stage as its own ``run_pipeline.py --force`` process (peak
     RSS per stage), the scales interleaved stage by stage, each after warming the stage's input files."""
@@ -145,12 +164,16 @@ def bench_growth(scales: list[int], work: Path, repeat: int) -> dict:
                 warm_paths = (trees[k],) if reads is None else (out / reads,)
                 result = measure(pipeline_cmd(stage, trees[k], out, "--jobs", "2"), f"x{k} {stage}", warm_paths)
                 result["own_seconds"] = stage_seconds(out, stage)
+                if stage == "train":
+                    result["peak_in"] = _train_phase_at_peak(out, result)
                 runs[k].setdefault(stage, []).append(result)
     summary = {}
     for k in scales:
         stages = {stage: _best(r) for stage, r in runs[k].items()}
         rows = json.loads((work / f"x{k}" / "reports" / "ingest.json").read_text())
         peak_stage = max(stages, key=lambda st: stages[st]["peak_rss_gib"])
+        train = stages.get("train", {})
+        train["peak_in"] = min(runs[k]["train"], key=lambda r: r["seconds"]).get("peak_in")
         summary[f"x{k}"] = {
             "rows": rows.get("totals", rows).get("rows_kept"),
             "stages": stages,
@@ -232,6 +255,8 @@ def main_growth(scales: list[int], repeat: int) -> int:
         for stage, st in r["stages"].items():
             load = " -> ".join(f"{x:.1f}" for x in st.get("load1") or [])
             own = f" ({st['own_seconds']:.1f})" if st.get("own_seconds") else ""
+            if st.get("peak_in"):
+                stage = f"{stage} (peak in {st['peak_in']})"
             lines.append(
                 f"| {key} | {r['rows']:,} | {stage} | {st['seconds']:.1f}{own} | {st['peak_rss_gib']:.2f} | {load} |"
             )
