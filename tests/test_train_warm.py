@@ -123,3 +123,165 @@ def test_a_warm_start_with_no_new_rows_keeps_the_parent_trees(grown, tmp_path):
     assert bundle.forecaster.estimator.tree_count_ == parent.forecaster.estimator.tree_count_
     symbol = bundle.symbols[0]
     assert bundle.forecast_one(symbol)["volume"] == parent.forecast_one(symbol)["volume"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The row store: a warm start reads only the delta files written since its parent
+
+
+def _write_versions(features_dir: Path, root: Path, cuts: list) -> list[Path]:
+    """Version k of the features: the rows dated up to cuts[k], as the daily layout writes them: version 0 one
+    base file per partition; each later version hard-links the previous one's files and adds one delta file
+    per partition with the rows of (cuts[k-1], cuts[k]]."""
+    import os
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from volcast import storage
+
+    versions = [root / f"v{k}" for k in range(len(cuts))]
+    for k, version in enumerate(versions):
+        version.mkdir(parents=True)
+        if k:
+            for item in versions[k - 1].iterdir():
+                os.link(item, version / item.name)
+        for path in sorted(features_dir.glob("part-*.parquet")):
+            table = pq.read_table(path)
+            key = storage.split_partition_name(path.name)[0]
+            if k == 0:
+                part, name = table.filter(pc.less_equal(table["Date"], cuts[0])), storage.partition_file(key)
+            else:
+                mask = pc.and_(pc.greater(table["Date"], cuts[k - 1]), pc.less_equal(table["Date"], cuts[k]))
+                part, name = table.filter(mask), storage.delta_file(key, k)
+            if part.num_rows:
+                pq.write_table(part, version / name)
+    return versions
+
+
+def _roles(d, role, inputs) -> pd.DataFrame:
+    import numpy as np
+
+    r = getattr(d, role)
+    frame = pd.DataFrame(
+        {
+            "Symbol": np.asarray(d.tickers)[d.ticker[r]],
+            "day": d.day[r],
+            "next_day": d.next_day[r],
+            "volume": d.volume[r],
+            "vol": d.vol[r],
+            "price": d.price[r],
+            "target": d.target[r],
+        }
+    )
+    frame = pd.concat([frame, pd.DataFrame(d.x[r], columns=list(inputs))], axis=1)
+    return frame.sort_values(["Symbol", "day"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def daily_versions(tmp_path_factory):
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("store")
+    tree = ingest.generate_demo_market(root / "src", n_tickers=12, years=3, seed=11)
+    full = root / "full"
+    ingest.run(full, source=str(tree))
+    features.run(full)
+    fdir = config.Layout.at(full).features_dir.resolve()
+    dates = np.unique(pd.read_parquet(fdir, columns=["Date"])["Date"])
+    return _write_versions(fdir, root / "versions", [dates[-8], dates[-5], dates[-1]])
+
+
+def _point(out: Path, version: Path) -> None:
+    link = config.Layout.at(out).features_dir
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(version)
+
+
+def test_rows_from_the_store_equal_a_full_read_day_after_day(daily_versions, tmp_path, monkeypatch):
+    import numpy as np
+
+    from volcast.train import outputs, row_store, rows
+    from volcast.train.rows import load_rows
+
+    for module in (rows, outputs):  # a band shorter than the test period, so that it moves day by day
+        monkeypatch.setattr(module, "TEST_FORECAST_DATES", 40)
+
+    inputs = list(train.FORECAST_MODEL_INPUTS)
+    out = tmp_path / "out"
+    _point(out, daily_versions[0])
+    kw = dict(SMALL, max_test_rows=10**9)
+    reports = [train.run(out, **kw)]
+    models = config.Layout.at(out).models_dir
+    params = row_store.json_params(
+        target_shift=1,
+        split="chronological",
+        test_fraction=0.2,
+        validation_fraction=0.1,
+        max_train_rows=SMALL["max_train_rows"],
+        max_test_rows=10**9,
+        seed=42,
+        inputs=inputs,
+    )
+    for version in daily_versions[1:]:
+        _point(out, version)
+        parent = train.warm.find_parent(out, "catboost", 1, inputs)
+        fast, note, _ = row_store.load_warm(
+            config.Layout.at(out).features_dir,
+            models,
+            parent.card["model_id"],
+            inputs,
+            params,
+            shift=1,
+            test_fraction=0.2,
+            validation_fraction=0.1,
+            seed=42,
+            added_after_day=parent.train_end,
+        )
+        assert fast is not None, note
+        full = load_rows(version, inputs, max_train_rows=SMALL["max_train_rows"], added_after_day=parent.train_end)
+        assert fast.counts == full.counts and fast.rows == full.rows and fast.dates == full.dates
+        assert fast.split_info == full.split_info and fast.valid_info == full.valid_info
+        assert fast.rows["added"] > 0
+        np.testing.assert_array_equal(fast.market[0], full.market[0])
+        np.testing.assert_allclose(fast.market[1], full.market[1], rtol=1e-12)
+        # Every test row is scored here (max_test_rows is large) and the validation pool is small: the same rows.
+        for role in ("test", "valid", "added"):
+            pd.testing.assert_frame_equal(_roles(fast, role, inputs), _roles(full, role, inputs))
+        report = train.run(out, warm_start=True, warm_compare=False, **kw)
+        assert report["warm_start"]["rows_read"].startswith("the parent's row store")
+        assert report["test_rows"] == full.rows["test"] and report["dropped_rows"] == full.counts
+        reports.append(report)
+    # The explorer's band: each ticker's last TEST_FORECAST_DATES test rows, as a full read chooses them.
+    bands = train.load_test_forecasts(train.latest_model_dir(out))
+    want = _roles(full, "band", inputs)
+    got = bands.assign(day=(bands["Date"] - pd.Timestamp("1970-01-01")).dt.days)[["Symbol", "day", "actual_next"]]
+    pd.testing.assert_frame_equal(
+        got.sort_values(["Symbol", "day"]).reset_index(drop=True),
+        want[["Symbol", "day", "target"]].rename(columns={"target": "actual_next"}),
+        check_dtype=False,
+    )
+    assert reports[-1]["warm_start"]["chain"] == 2
+
+
+def test_a_rewritten_features_file_means_a_full_read(daily_versions, tmp_path):
+    import os
+
+    out = tmp_path / "out"
+    _point(out, daily_versions[0])
+    train.run(out, **SMALL)
+    changed = tmp_path / "v1"
+    changed.mkdir()
+    for item in daily_versions[1].iterdir():
+        os.link(item, changed / item.name)
+    base = sorted(changed.glob("part-*.parquet"))[0]
+    data = base.read_bytes()
+    base.unlink()
+    base.write_bytes(data)  # same bytes, a new file: as a compaction writes it
+    os.utime(base, ns=(1, 1))
+    _point(out, changed)
+    report = train.run(out, warm_start=True, warm_compare=False, **SMALL)
+    assert report["warm_start"]["rows_read"].startswith("every row of the features")
+    assert base.name in report["warm_start"]["rows_read"]

@@ -129,6 +129,7 @@ def build_card(
     dates,
     files,
     evaluation,
+    fingerprint: str | None = None,
 ) -> dict:
     """The model's card.json (JSON-safe); ``evaluation`` is the stage's ``_evaluate`` result."""
     ev = evaluation
@@ -190,7 +191,10 @@ def build_card(
             "rows": rows,
             "test_scoring": _scoring_note(rows["test_scored"], rows["test"], seed),
             "dates": dates,
-            "data": {"features_files": [p.name for p in files], "fingerprint": fingerprint_files(files)},
+            "data": {
+                "features_files": [p.name for p in files],
+                "fingerprint": fingerprint if fingerprint is not None else fingerprint_files(files),
+            },
             "metrics": ev.all_metrics,
             "ratios_vs_vol_moving_avg": ev.ratios_all["model"],
             "ratios_all_vs_vol_moving_avg": ev.ratios_all,

@@ -15,12 +15,26 @@ import pyarrow.parquet as pq
 from .. import config, storage
 from ..config import DATE, SYMBOL, VOLUME
 from .params import MARKET_INPUT, STAGE
-from .rows import market_at
+from .rows import TEST_FORECAST_DATES, market_at
 from .task_model import TEST_SAMPLE_FILE
 
 
 def _test_forecasts(data, forecaster) -> pd.DataFrame:
-    """Each ticker's last TEST_FORECAST_DATES test rows with their forecasts and the actual next-day Volume."""
+    """Each ticker's last TEST_FORECAST_DATES test rows with their forecasts and the actual next-day Volume.
+
+    A warm start from a row store (``data.band_from``) forecasts only the rows added since its parent: the
+    parent's forecasts of the test dates it scored (out of sample for it) are kept."""
+    new = _band_frame(data, forecaster)
+    if data.band_from is None:
+        return new
+    old = pd.read_parquet(data.band_from)
+    old = old[old[DATE] >= np.datetime64(data.split_info["test_start"])]
+    both = pd.concat([old, new], ignore_index=True).sort_values([SYMBOL, DATE], kind="stable")
+    both = both.groupby(SYMBOL, sort=False).tail(TEST_FORECAST_DATES)
+    return both.reset_index(drop=True)
+
+
+def _band_frame(data, forecaster) -> pd.DataFrame:
     rows = data.band
     p10, p50, p90 = forecaster.predict(data.x[rows])
     epoch = np.datetime64("1970-01-01")

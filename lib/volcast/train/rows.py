@@ -39,6 +39,7 @@ from .params import (
 )
 
 MARKET_WINDOW = BASE_WINDOW
+AHEAD_DATES = 30  # validation dates whose rows are all kept for the next warm starts (volcast.train.row_store)
 TEST_FORECAST_DATES = 250  # per ticker, the last test dates kept for the explorer's band
 _SCAN_COLUMNS = (SYMBOL, DATE, VOLUME, *FEATURES, LOG_VOL_MEAN30)
 
@@ -57,6 +58,7 @@ class _File:
     counts: dict
     market_days: np.ndarray
     market_volume: np.ndarray
+    tails: dict  # each ticker's last rows, which have no target yet (a later delta file gives them one)
 
 
 @dataclass
@@ -86,6 +88,12 @@ class TrainRows:
     dates: dict
     market: tuple = ()  # (days, market_vol_lr): see market_ratio
     seconds: dict = field(default_factory=dict)
+    # Kept for a later warm start (volcast.train.row_store): every usable row of the first AHEAD_DATES
+    # validation dates (the rows the next warm starts add), each ticker's last rows, the per-date counts.
+    ahead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    tails: dict = field(default_factory=dict)
+    store: dict = field(default_factory=dict)  # usable rows and market Volume per day, ahead_to, test_rate
+    band_from: object = None  # warm start: the parent's test forecasts, which the band extends
 
     def cols(self, names) -> np.ndarray:
         return self.x[:, [self.inputs.index(n) for n in names]]
@@ -177,6 +185,19 @@ def _scan(paths: list[Path], shift: int) -> _File:
     rows = np.flatnonzero(keep)
     local = rows if order is None else order[rows]
     names = [str(s) for s in sym.dictionary.take(pa.array(codes[firsts])).to_pylist()]
+    tail = np.zeros(n, bool)  # a ticker's last ``shift`` rows: their target is in a file not written yet
+    if shift:
+        tail[:] = True
+        if shift < n:
+            tail[:-shift] = ~same
+    t_rows = np.flatnonzero(tail)
+    tails = {
+        "local": t_rows if order is None else order[t_rows],
+        "day": day[t_rows],
+        "ticker": run[t_rows].astype(np.int32),
+        "has_features": has_features[t_rows],
+        "floats": np.vstack([volume[t_rows], vol[t_rows], price[t_rows], base[t_rows]]),
+    }
     return _File(
         list(paths),
         local.astype(np.int64),
@@ -188,7 +209,34 @@ def _scan(paths: list[Path], shift: int) -> _File:
         counts,
         mdays,
         mvol,
+        tails,
     )
+
+
+def chrono_split(distinct: np.ndarray, test_fraction: float, validation_fraction: float, seed: int):
+    """``(split_info, valid_info, test_start, valid_start)`` of the chronological split of the sorted distinct
+    usable days: the test set from all dates, the validation slice from the train dates (``split_mask``)."""
+    _, split_info = split_mask(distinct, "chronological", test_fraction, seed)
+    test_start = split_info["test_start"]
+    train_days = distinct[distinct < test_start]
+    valid_info = {"test_start": None}
+    valid_start = test_start
+    if len(train_days) >= 2:
+        _, valid_info = split_mask(train_days, "chronological", validation_fraction, seed + 1)
+        valid_start = valid_info["test_start"]
+    split_info["test_start"] = _iso(test_start)
+    return split_info, valid_info, test_start, valid_start
+
+
+def day_counts(days: list) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct days, rows on each) of arrays of int days, counted rather than sorted."""
+    days = [d for d in days if len(d)]
+    if not days:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    low = min(int(d.min()) for d in days)
+    counts = sum(np.bincount(d - low, minlength=max(int(d.max()) for d in days) - low + 1) for d in days)
+    at = np.flatnonzero(counts)
+    return at + low, counts[at]
 
 
 def market_ratio(days: np.ndarray, totals: np.ndarray, window: int = MARKET_WINDOW) -> tuple[np.ndarray, np.ndarray]:
@@ -257,23 +305,22 @@ def load_rows(
             "rows per ticker?) or a target; use more history or a smaller window"
         )
     mdays, inverse = np.unique(np.concatenate([s.market_days for s in scans]), return_inverse=True)
-    market = market_ratio(mdays, np.bincount(inverse, weights=np.concatenate([s.market_volume for s in scans])))
+    market_totals = np.bincount(inverse, weights=np.concatenate([s.market_volume for s in scans]))
+    market = market_ratio(mdays, market_totals)
     scan_seconds = time.perf_counter() - t0
 
     # The split: from the distinct usable dates, counted once (chronological), or seeded per row (random).
     day_all = [s.day for s in scans]
     if split == "chronological":
         distinct = _distinct(np.concatenate([_distinct(d) for d in day_all if len(d)]))
-        _, split_info = split_mask(distinct, split, test_fraction, seed)
-        test_start = split_info["test_start"]
-        train_days = distinct[distinct < test_start]
-        valid_info = {"test_start": None}
-        valid_start = test_start
-        if len(train_days) >= 2:
-            _, valid_info = split_mask(train_days, split, validation_fraction, seed + 1)
-            valid_start = valid_info["test_start"]
+        split_info, valid_info, test_start, valid_start = chrono_split(
+            distinct, test_fraction, validation_fraction, seed
+        )
         is_test = [d >= test_start for d in day_all]
         is_valid = [(d >= valid_start) & (d < test_start) for d in day_all]
+        ahead_days = distinct[(distinct >= valid_start) & (distinct < test_start)][:AHEAD_DATES]
+        ahead_to = int(ahead_days[-1]) if len(ahead_days) else int(valid_start) - 1
+        is_ahead = [(d >= valid_start) & (d <= ahead_to) for d in day_all]
     else:
         split_info = {"kind": split, "test_fraction": test_fraction, "test_start": None}
         flat_test = np.random.default_rng(seed).random(usable) < test_fraction
@@ -284,8 +331,8 @@ def load_rows(
         is_test = [flat_test[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         is_valid = [valid_full[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         valid_info = {"test_start": None}
-    if split_info["test_start"] is not None:
-        split_info["test_start"] = _iso(split_info["test_start"])
+        is_ahead = [np.zeros(len(d), bool) for d in day_all]
+        ahead_to = None
     n_test = sum(int(t.sum()) for t in is_test)
     if n_test in (0, usable):
         empty = "train" if n_test == usable else "test"
@@ -322,38 +369,44 @@ def load_rows(
         per_file(is_test, test_pick),
     )
     added_rows = per_file(is_added, added_pick)
+    ahead_rows = [np.flatnonzero(a) for a in is_ahead]
     band_rows = [_band(s.ticker, t) for s, t in zip(scans, is_test)]
     dates = {
         name: _pool_range([s.day[m] for s, m in zip(scans, masks)])
         for name, masks in (("train", is_fit), ("validation", is_valid), ("test", is_test), ("added", is_added))
     }
-    del is_test, is_valid, is_fit, is_added, day_all
+    usable_days, usable_counts = day_counts(day_all)
+    del is_test, is_valid, is_fit, is_added, is_ahead, day_all
 
     # Pass 2: the inputs of the chosen rows only.
     file_inputs = [n for n in inputs if n != MARKET_INPUT]
-    chosen = [np.unique(np.concatenate(parts)) for parts in zip(fit_rows, valid_rows, test_rows, band_rows, added_rows)]
+    chosen = [
+        np.unique(np.concatenate(parts))
+        for parts in zip(fit_rows, valid_rows, test_rows, band_rows, added_rows, ahead_rows)
+    ]
 
-    def read_inputs(k: int) -> np.ndarray:
-        if not len(chosen[k]):
-            return np.zeros((0, len(inputs)), np.float32)
-        table = _read_group(scans[k].paths, file_inputs)
-        take = scans[k].local[chosen[k]]
-        out = np.empty((len(take), len(inputs)), np.float32)
-        for j, name in enumerate(inputs):
-            if name == MARKET_INPUT:
-                out[:, j] = market_at(market, scans[k].day[chosen[k]])
-            else:
-                out[:, j] = table[name].to_numpy()[take]
-        return out
+    def read_inputs(k: int) -> tuple[np.ndarray, np.ndarray]:
+        s, tails = scans[k], scans[k].tails
+        if not len(chosen[k]) and not len(tails["local"]):
+            return np.zeros((0, len(inputs)), np.float32), np.zeros((0, len(inputs)), np.float32)
+        table = _read_group(s.paths, file_inputs)
+        outs = []
+        for take, days in ((s.local[chosen[k]], s.day[chosen[k]]), (tails["local"], tails["day"])):
+            out = np.empty((len(take), len(inputs)), np.float32)
+            for j, name in enumerate(inputs):
+                out[:, j] = market_at(market, days) if name == MARKET_INPUT else table[name].to_numpy()[take]
+            outs.append(out)
+        return outs[0], outs[1]
 
     t1 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        xs = list(pool.map(read_inputs, range(len(scans))))
+        xs, x_tails = zip(*pool.map(read_inputs, range(len(scans))))
     inputs_seconds = time.perf_counter() - t1
 
     tickers: list[str] = []
     parts: dict[str, list] = {k: [] for k in ("day", "next_day", "ticker", "floats")}
-    roles: dict[str, list] = {k: [] for k in ("fit", "valid", "test", "band", "added")}
+    roles: dict[str, list] = {k: [] for k in ("fit", "valid", "test", "band", "added", "ahead")}
+    tail_parts: dict[str, list] = {k: [] for k in ("day", "ticker", "has_features", "floats")}
     at = 0
     for k, s in enumerate(scans):
         c = chosen[k]
@@ -367,8 +420,11 @@ def load_rows(
             ("test", test_rows[k]),
             ("band", band_rows[k]),
             ("added", added_rows[k]),
+            ("ahead", ahead_rows[k]),
         ):
             roles[name].append(np.searchsorted(c, rows) + at)
+        for name in tail_parts:
+            tail_parts[name].append(s.tails[name] + len(tickers) if name == "ticker" else s.tails[name])
         tickers.extend(s.names)
         at += len(c)
     floats = np.concatenate(parts["floats"], axis=1)
@@ -400,6 +456,19 @@ def load_rows(
         dates,
         market,
         {"scan": round(scan_seconds, 2), "inputs": round(inputs_seconds, 2)},
+        np.concatenate(roles["ahead"]).astype(np.int64),
+        {
+            **{k: np.concatenate(v, axis=-1) for k, v in tail_parts.items()},
+            "x": np.concatenate(x_tails),
+        },
+        {
+            "usable_days": usable_days,
+            "usable_counts": usable_counts,
+            "market_days": mdays,
+            "market_volume": market_totals,
+            "ahead_to": ahead_to,
+            "test_rate": len(test_pick) / n_test,
+        },
     )
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 from .. import config, storage
 from ..config import DATE, LOG_VOL_MEAN30, VOLUME
 from ..errors import UserError
+from . import row_store as RS
 from . import scoring as M
 from . import warm as W
 from .card import TARGET_TEXT, _library_versions, build_card, build_report  # noqa: F401 (re-exported)
@@ -193,9 +194,7 @@ def run(
     inputs = list(FORECAST_MODEL_INPUTS)
     parent = W.find_parent(layout.output_dir, model, target_shift, inputs) if warm_start else None
     warm = parent is not None and parent.ok
-    data = load_rows(
-        layout.features_dir,
-        inputs,
+    row_params = RS.json_params(
         target_shift=target_shift,
         split=split,
         test_fraction=test_fraction,
@@ -203,9 +202,38 @@ def run(
         max_train_rows=max_train_rows,
         max_test_rows=max_test_rows,
         seed=seed,
-        threads=threads,
-        added_after_day=parent.train_end if warm else None,
+        inputs=inputs,
     )
+    data, read_note, digests = None, "every row of the features", {}
+    if warm and not warm_compare and split == "chronological":
+        # Only what was written since the parent's run is read; the rest comes from its row store.
+        data, note, digests = RS.load_warm(
+            layout.features_dir,
+            layout.models_dir,
+            parent.card["model_id"],
+            inputs,
+            row_params,
+            shift=target_shift,
+            test_fraction=test_fraction,
+            validation_fraction=validation_fraction,
+            seed=seed,
+            added_after_day=parent.train_end,
+        )
+        read_note = note if data is not None else f"every row of the features ({note})"
+    if data is None:
+        data = load_rows(
+            layout.features_dir,
+            inputs,
+            target_shift=target_shift,
+            split=split,
+            test_fraction=test_fraction,
+            validation_fraction=validation_fraction,
+            max_train_rows=max_train_rows,
+            max_test_rows=max_test_rows,
+            seed=seed,
+            threads=threads,
+            added_after_day=parent.train_end if warm else None,
+        )
     fit_rows, valid_rows, test_rows = data.fit, data.valid, data.test
     task_rows = fit_rows
     if model == "random_forest" and len(fit_rows) > RF_MAX_ROWS:
@@ -293,6 +321,12 @@ def run(
             }
             del x_t
         warm_entry = W.card_entry(parent, data.rows["added"], data.dates["added"], data.rows["fit_pool"], maes)
+        warm_entry["rows_read"] = read_note
+        if data.band_from is not None:
+            warm_entry["test_forecasts"] = (
+                "the explorer's band keeps the parent's out-of-sample forecasts for the test dates it scored "
+                "and adds this model's for the rows added since"
+            )
         fit, forecaster, fcurve, finfo = wfit, wfc, wcurve, winfo
         fit.model.model_id = model_id
         seconds["fit_task"], seconds["fit_forecast"] = wfit.seconds, winfo["fit_seconds"]
@@ -323,6 +357,11 @@ def run(
     }
     files, split_info, valid_info, market = data.files, data.split_info, data.valid_info, data.market
     latest_src = files[0].parent / "_latest.parquet"
+    t0 = time.perf_counter()
+    known = (RS.load_meta(layout.models_dir, latest.name) or {}).get("files") if latest is not None else None
+    digests = digests or RS.file_digests(files, known)
+    RS.save(layout.models_dir, model_id, data, row_params, digests)
+    seconds["row_store"] = time.perf_counter() - t0
     data = None  # the rows are not needed any more: free them before publishing
 
     parameters = {
@@ -365,6 +404,7 @@ def run(
         rows=rows,
         dates=dates,
         files=files,
+        fingerprint=RS.fingerprint(digests),
         evaluation=ev,
     )
 
