@@ -47,6 +47,9 @@ def test_new_rows_equal_a_full_recompute(raw, window):
     want = full.select(got.columns.tolist()).to_pandas()
     assert len(got) == int(is_new.sum()) > 0
     pd.testing.assert_frame_equal(got, want, check_exact=True)
+    # The stage's tail table keeps Symbol, Date, Volume and Adj Close only: the same values from it.
+    slim = fa.features_of_new_rows(previous.select(fa.TAIL_SCHEMA.names), new, window).to_pandas()
+    pd.testing.assert_frame_equal(slim, want, check_exact=True)
     # the comparison has teeth: rows with a full 52-week history, and values that are not all missing
     assert got["dist_52w_high"].notna().sum() > 3 and got[config.VOL_FEATURE].notna().any()
 
@@ -59,7 +62,18 @@ def test_a_tail_shorter_than_the_lookback_would_differ(raw, monkeypatch):
     assert not got["dist_52w_high"].equals(want["dist_52w_high"])
 
 
+def test_a_short_pass_tail_shorter_than_its_lookback_would_differ(raw, monkeypatch):
+    previous, new, table, is_new = _split(raw)
+    monkeypatch.setattr(fa, "short_lookback_rows", lambda *a, **k: 20)
+    got = fa.features_of_new_rows(previous, new).to_pandas()
+    want = features.add_features(table).filter(pa.array(is_new)).select(got.columns.tolist()).to_pandas()
+    assert not got["vol_std30"].equals(want["vol_std30"])
+    assert got["dist_52w_high"].equals(want["dist_52w_high"])  # the 52-week pass has its own, longer tail
+
+
 def test_lookback_covers_the_longest_window():
+    assert fa.short_lookback_rows() == 30  # the 30-row inputs and the task window
+    assert fa.short_lookback_rows(45) == 45
     assert fa.lookback_rows() == 252  # inputs.YEAR_ROWS: the 52-week inputs
     assert fa.lookback_rows(300) == 300
     assert fa.lookback_rows("400D") == 400  # at most one row per date

@@ -32,17 +32,33 @@ from .window import parse_window
 
 _DAY_NS = 86_400_000_000_000
 _COLUMNS = (SYMBOL, DATE, VOLUME, ADJ_CLOSE, HIGH, LOW, CLOSE)
-# Inside the features dataset (skipped by dataset readers: leading underscore).
+# Inside the features dataset (skipped by dataset readers: leading underscore). High, Low and Close are
+# not kept: the one input that reads them (range_hl) reads the current row only.
 TAIL_FILE = "_tail.parquet"
-TAIL_SCHEMA = pa.schema([config.RAW_SCHEMA.field(c) for c in _COLUMNS])
+TAIL_SCHEMA = pa.schema([config.RAW_SCHEMA.field(c) for c in (SYMBOL, DATE, VOLUME, ADJ_CLOSE)])
+
+
+YEAR_INPUTS = ("dist_52w_high", "days_since_zero_volume")  # the inputs that read YEAR_ROWS rows back
+
+
+def _task_rows(spec) -> int:
+    return spec.rows if spec.rows is not None else -(-spec.span_ns // _DAY_NS)
+
+
+def _window_ks(inputs) -> list[int]:
+    return [int(m.group(1)) for name in check_names(inputs) for p in _PATTERNS.values() if (m := p.match(name))]
 
 
 def lookback_rows(window=config.DEFAULT_WINDOW, min_periods=0, inputs=config.FORECAST_INPUTS) -> int:
     """How many stored rows before a ticker's first new row its new rows' features can read (at most)."""
     spec = parse_window(window, min_periods)
-    task = spec.rows if spec.rows is not None else -(-spec.span_ns // _DAY_NS)
-    ks = [int(m.group(1)) for name in check_names(inputs) for p in _PATTERNS.values() if (m := p.match(name))]
-    return max([YEAR_ROWS, BASE_WINDOW, task, *ks])
+    return max([YEAR_ROWS, BASE_WINDOW, _task_rows(spec), *_window_ks(inputs)])
+
+
+def short_lookback_rows(window=config.DEFAULT_WINDOW, min_periods=0, inputs=config.FORECAST_INPUTS) -> int:
+    """The same for every feature but the 52-week inputs (``YEAR_INPUTS``), which are computed apart."""
+    spec = parse_window(window, min_periods)
+    return max([BASE_WINDOW, _task_rows(spec), *_window_ks(inputs)])
 
 
 def _plain(table: pa.Table) -> pa.Table:
@@ -56,29 +72,37 @@ def features_of_new_rows(
 ) -> pa.Table:
     """The feature columns (float64) of ``new``'s rows, in ``new``'s row order.
 
-    ``previous``: the stored rows (at least Symbol, Date, Volume, Adj Close; High, Low, Close for
-    ``range_hl``), sorted by Symbol then Date; only each ticker's last ``lookback_rows`` are used.
-    ``new``: the rows appended, each dated after its ticker's stored rows (a ticker may be new).
+    ``previous``: the stored rows (at least Symbol, Date, Volume, Adj Close; High, Low, Close may be left
+    out: ``range_hl`` reads the current row only), sorted by Symbol then Date; only each ticker's last
+    ``lookback_rows`` are used. ``new``: the rows appended, each dated after its ticker's stored rows (a
+    ticker may be new). Two passes: every feature but the 52-week inputs from the last
+    ``short_lookback_rows`` stored rows, the 52-week inputs from the last ``lookback_rows``.
     """
     inputs = check_names(inputs)
-    back = lookback_rows(window, min_periods, inputs)
     previous, new = _plain(previous), _plain(new)
+    for name in (HIGH, LOW, CLOSE):
+        if name not in previous.column_names and name in new.column_names:
+            previous = previous.append_column(name, pa.nulls(previous.num_rows, pa.float64()))
     if previous.num_rows:
+        from_end = _from_end(previous[SYMBOL])
         symbols = previous[SYMBOL].combine_chunks()
-        n = len(symbols)
-        change = np.ones(n, bool)
-        change[1:] = pc.not_equal(symbols.slice(1), symbols.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-        run = np.cumsum(change) - 1
-        ends = np.append(np.flatnonzero(change)[1:], n)  # one past each run's last row
-        from_end = ends[run] - np.arange(n)  # 1 = a ticker's last stored row
         wanted = pc.is_in(symbols, value_set=pc.unique(new[SYMBOL].combine_chunks())).to_numpy(zero_copy_only=False)
-        tail = previous.filter(pa.array(wanted & (from_end <= back)))
     else:
-        tail = previous
-    both = pa.concat_tables([tail, new.select(tail.column_names)]) if tail.num_rows else new
+        from_end, wanted = np.zeros(0, np.int64), np.zeros(0, bool)
+
+    def computed(depth: int, names: tuple[str, ...]) -> pa.Table:
+        tail = previous.filter(pa.array(wanted & (from_end <= depth)))
+        both = pa.concat_tables([tail, new.select(tail.column_names)]) if tail.num_rows else new
+        return add_features(both, window, min_periods, inputs=names).slice(tail.num_rows)  # rows in given order
+
+    year = tuple(n for n in inputs if n in YEAR_INPUTS)
+    out = computed(short_lookback_rows(window, min_periods, inputs), tuple(n for n in inputs if n not in year))
+    columns = {n: out[n] for n in out.column_names}
+    if year:
+        long = computed(lookback_rows(window, min_periods, inputs), year)
+        columns.update({n: long[n] for n in year})
     names = [config.VOL_FEATURE, config.PRICE_FEATURE, *inputs]
-    out = add_features(both, window, min_periods, inputs=inputs)  # rows stay in the order given
-    return out.select(names).slice(tail.num_rows)
+    return pa.table({n: columns[n] for n in names})
 
 
 def _from_end(symbols: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -98,7 +122,7 @@ def _from_end(symbols: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 def tail_rows(table: pa.Table, back: int) -> pa.Table:
     """Each ticker's last ``back`` rows of a table sorted by Symbol then Date, as ``TAIL_SCHEMA``."""
-    table = table.select(list(_COLUMNS))
+    table = table.select(TAIL_SCHEMA.names)
     return table.filter(pa.array(_from_end(table[SYMBOL]) <= back)).cast(TAIL_SCHEMA)
 
 

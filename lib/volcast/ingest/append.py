@@ -45,45 +45,56 @@ class Candidate(NamedTuple):
 
 class Tail(NamedTuple):
     data: bytes  # the file's header line + the appended bytes: a CSV that parse_csv takes as it is
-    whole: bytes  # the whole new file
+    path: str  # the file (its old content is read again only if an appended row is set aside)
     body_start: int  # where the old content's data lines start (after the header line)
     old_size: int
     crc: str  # CRC-32 of the whole new file
 
     def line_offset(self) -> int:
         """Physical lines of the old content after its header line (counted only when a row is set aside)."""
-        return count_lines(self.whole, self.body_start, self.old_size)
+        with open(self.path, "rb") as handle:
+            old = handle.read(self.old_size)
+        return count_lines(old, self.body_start, self.old_size)
+
+
+# One buffer per process, reused file after file: a fresh bytes object per file costs fresh pages (page
+# faults) each time, which is most of the cost of checking a file's old content.
+_BUFFER = bytearray(1 << 20)
 
 
 def read_tail(path: str, c: Candidate, limits: Limits) -> Tail | str:
     """The appended part of a file, or why the file must be read whole (a short reason)."""
+    global _BUFFER
     try:
         fd, size = _open_regular(path, limits)
     except (Refused, OSError) as exc:
         return f"unreadable now ({exc})"
     try:
-        data = os.pread(fd, size, 0)  # one read, one buffer
-        if len(data) != size or os.pread(fd, 1, size):
+        if len(_BUFFER) < size + 1:
+            _BUFFER = bytearray(max(size + 1, 2 * len(_BUFFER)))
+        buf = _BUFFER
+        view = memoryview(buf)
+        n = os.preadv(fd, [view[: size + 1]], 0)  # one byte more than the size: a file still growing shows
+        if n != size:
             return "changed while read"
     finally:
         os.close(fd)
-    if len(data) < c.old_size:
+    if size < c.old_size:
         return "shorter than last read"
-    if len(data) == c.old_size:
+    if size == c.old_size:
         return "same size, touched"
-    view = memoryview(data)
     prefix_crc = crc32(view[: c.old_size])
     if f"{prefix_crc:08x}" != c.old_crc:
         return "earlier content changed"
-    if data[c.old_size - 1 : c.old_size] != b"\n":  # a last line without its end may be continued
+    if c.old_size == 0 or buf[c.old_size - 1] != ord("\n"):  # a last line without its end may be continued
         return "previous content did not end with a line end"
-    start = len(BOM) if data.startswith(BOM) else 0
-    nl = data.find(b"\n", start, c.old_size)
-    cr = data.find(b"\r", start, nl)
+    start = len(BOM) if buf.startswith(BOM) else 0
+    nl = buf.find(b"\n", start, c.old_size)
+    cr = buf.find(b"\r", start, nl)
     if nl == -1 or (cr != -1 and cr + 1 != nl):  # a lone "\r" header end: the full parse decides
         return "header line not ended by a newline"
-    whole_crc = crc32(view[c.old_size :], prefix_crc)  # the CRC-32 of the whole file, carried on from the prefix
-    return Tail(data[: nl + 1] + data[c.old_size :], data, nl + 1, c.old_size, f"{whole_crc:08x}")
+    whole_crc = crc32(view[c.old_size : size], prefix_crc)  # the CRC-32 of the whole file, carried on
+    return Tail(bytes(view[: nl + 1]) + bytes(view[c.old_size : size]), path, nl + 1, c.old_size, f"{whole_crc:08x}")
 
 
 _FIRST_ON_LINE = re.compile(r"first on line (\d+)")
