@@ -148,7 +148,8 @@ def test_a_killed_runs_lock_on_this_machine_is_taken_over_at_once(s3_endpoint, t
     gone.wait()  # a process of this machine that has exited
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        record = {"owner": "k" * 32, "host": platform.node(), "pid": alive.pid, "ttl_seconds": 300}
+        space = _record_of_a_lock_here(r)["space"]  # this machine's, as a lock taken here records it
+        record = {"owner": "k" * 32, "host": platform.node(), "space": space, "pid": alive.pid, "ttl_seconds": 300}
         _put(r, LOCK_NAME, json.dumps(record))
         with pytest.raises(UserError, match="another volcast run holds"):
             _lock(r).acquire()  # its process still runs: wait
@@ -157,9 +158,18 @@ def test_a_killed_runs_lock_on_this_machine_is_taken_over_at_once(s3_endpoint, t
         lock = StoreLock.for_remote(r, say=said.append).acquire()
         assert _record(r)["owner"] == lock.owner and "has exited" in said[-1]
         lock.release()
-        _put(r, LOCK_NAME, json.dumps({**record, "pid": gone.pid, "host": "another-machine"}))
-        with pytest.raises(UserError, match="another volcast run holds"):
-            _lock(r).acquire()  # another machine's pid says nothing here: wait for its expiry
+        for elsewhere in ({"host": "another-machine", "space": "another-machine|b|1"}, {"space": space + "0"}):
+            _put(r, LOCK_NAME, json.dumps({**record, "pid": gone.pid, **elsewhere}))
+            with pytest.raises(UserError, match="another volcast run holds"):
+                _lock(r).acquire()  # a pid of another machine or container says nothing here: wait for expiry
     finally:
         alive.kill()
         alive.wait()
+
+
+def _record_of_a_lock_here(r: remote.Remote) -> dict:
+    lock = _lock(r).acquire()
+    try:
+        return _record(r)
+    finally:
+        lock.release()

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from .errors import UserError
 
@@ -55,10 +56,22 @@ def _unsupported(exc: BaseException) -> bool:
     return bool(_codes(exc) & {"NotImplemented", "InvalidArgument"})
 
 
+def _process_space() -> str:
+    """Where a pid means the same process: this host, this boot, this pid namespace (two containers on
+    one host may share a host name, never a pid namespace)."""
+    parts = [platform.node()]
+    for path, how in (("/proc/sys/kernel/random/boot_id", "read"), ("/proc/self/ns/pid", "stat")):
+        try:
+            parts.append(Path(path).read_text().strip() if how == "read" else str(os.stat(path).st_ino))
+        except OSError:
+            parts.append("")
+    return "|".join(parts)
+
+
 def _dead_here(record: dict) -> bool:
-    """The holder ran on this machine and its process is gone (killed): no need to wait for the expiry."""
+    """The holder ran in this process space and its process is gone (killed): no need to wait for the expiry."""
     pid = record.get("pid")
-    if record.get("host") != platform.node() or not isinstance(pid, int) or pid <= 0:
+    if record.get("space") != _process_space() or not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)
@@ -118,6 +131,7 @@ class StoreLock:
             "owner": self.owner,
             "host": platform.node(),
             "pid": os.getpid(),
+            "space": _process_space(),
             "acquired": self.acquired_at or now,
             "renewed": now,
             "ttl_seconds": self.ttl,
