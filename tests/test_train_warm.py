@@ -200,70 +200,111 @@ def _point(out: Path, version: Path) -> None:
     link.symlink_to(version)
 
 
-def test_rows_from_the_store_equal_a_full_read_day_after_day(daily_versions, tmp_path, monkeypatch):
+def _store_equals_full_read(out: Path, max_test_rows: int):
+    """The parent's row store plus the files written since give what a full read of the features gives."""
     import numpy as np
 
-    from volcast.train import outputs, row_store, rows
+    from volcast.train import row_store
     from volcast.train.rows import load_rows
 
-    for module in (rows, outputs):  # a band shorter than the test period, so that it moves day by day
-        monkeypatch.setattr(module, "TEST_FORECAST_DATES", 40)
-
     inputs = list(train.FORECAST_MODEL_INPUTS)
-    out = tmp_path / "out"
-    _point(out, daily_versions[0])
-    kw = dict(SMALL, max_test_rows=10**9)
-    reports = [train.run(out, **kw)]
-    models = config.Layout.at(out).models_dir
+    layout = config.Layout.at(out)
     params = row_store.json_params(
         target_shift=1,
         split="chronological",
         test_fraction=0.2,
         validation_fraction=0.1,
         max_train_rows=SMALL["max_train_rows"],
-        max_test_rows=10**9,
+        max_test_rows=max_test_rows,
         seed=42,
         inputs=inputs,
     )
-    for version in daily_versions[1:]:
-        _point(out, version)
-        parent = train.warm.find_parent(out, "catboost", 1, inputs)
-        fast, note, _ = row_store.load_warm(
-            config.Layout.at(out).features_dir,
-            models,
-            parent.card["model_id"],
-            inputs,
-            params,
-            shift=1,
-            test_fraction=0.2,
-            validation_fraction=0.1,
-            seed=42,
-            added_after_day=parent.train_end,
-        )
-        assert fast is not None, note
-        full = load_rows(version, inputs, max_train_rows=SMALL["max_train_rows"], added_after_day=parent.train_end)
-        assert fast.counts == full.counts and fast.rows == full.rows and fast.dates == full.dates
-        assert fast.split_info == full.split_info and fast.valid_info == full.valid_info
-        assert fast.rows["added"] > 0
-        np.testing.assert_array_equal(fast.market[0], full.market[0])
-        np.testing.assert_allclose(fast.market[1], full.market[1], rtol=1e-12)
-        # Every test row is scored here (max_test_rows is large) and the validation pool is small: the same rows.
-        for role in ("test", "valid", "added"):
-            pd.testing.assert_frame_equal(_roles(fast, role, inputs), _roles(full, role, inputs))
-        report = train.run(out, warm_start=True, warm_compare=False, **kw)
-        assert report["warm_start"]["rows_read"].startswith("the parent's row store")
-        assert report["test_rows"] == full.rows["test"] and report["dropped_rows"] == full.counts
-        reports.append(report)
-    # The explorer's band: each ticker's last TEST_FORECAST_DATES test rows, as a full read chooses them.
+    parent = train.warm.find_parent(out, "catboost", 1, inputs)
+    fast, note, _ = row_store.load_warm(
+        layout.features_dir,
+        layout.models_dir,
+        parent.card["model_id"],
+        inputs,
+        params,
+        shift=1,
+        test_fraction=0.2,
+        validation_fraction=0.1,
+        seed=42,
+        added_after_day=parent.train_end,
+    )
+    assert fast is not None, note
+    full = load_rows(
+        layout.features_dir, inputs, max_train_rows=SMALL["max_train_rows"], added_after_day=parent.train_end
+    )
+    assert fast.counts == full.counts and fast.rows == full.rows and fast.dates == full.dates
+    assert fast.split_info == full.split_info and fast.valid_info == full.valid_info
+    assert fast.rows["added"] > 0
+    np.testing.assert_array_equal(fast.market[0], full.market[0])
+    np.testing.assert_allclose(fast.market[1], full.market[1], rtol=1e-12)
+    # Every test row is scored here (max_test_rows is large) and the validation pool is small: the same rows.
+    for role in ("test", "valid", "added"):
+        pd.testing.assert_frame_equal(_roles(fast, role, inputs), _roles(full, role, inputs))
+    return full
+
+
+def _band_as_a_full_read_chooses_it(out: Path, full) -> None:
     bands = train.load_test_forecasts(train.latest_model_dir(out))
-    want = _roles(full, "band", inputs)
+    want = _roles(full, "band", list(train.FORECAST_MODEL_INPUTS))
     got = bands.assign(day=(bands["Date"] - pd.Timestamp("1970-01-01")).dt.days)[["Symbol", "day", "actual_next"]]
     pd.testing.assert_frame_equal(
         got.sort_values(["Symbol", "day"]).reset_index(drop=True),
         want[["Symbol", "day", "target"]].rename(columns={"target": "actual_next"}),
         check_dtype=False,
     )
-    assert reports[-1]["warm_start"]["chain"] == 2
+
+
+def test_rows_from_the_store_equal_a_full_read_day_after_day(daily_versions, tmp_path, monkeypatch):
+    from volcast.train import outputs, rows
+
+    for module in (rows, outputs):  # a band shorter than the test period, so that it moves day by day
+        monkeypatch.setattr(module, "TEST_FORECAST_DATES", 40)
+    out = tmp_path / "out"
+    _point(out, daily_versions[0])
+    kw = dict(SMALL, max_test_rows=10**9)
+    train.run(out, **kw)
+    for version in daily_versions[1:]:
+        _point(out, version)
+        full = _store_equals_full_read(out, 10**9)
+        report = train.run(out, warm_start=True, warm_compare=False, **kw)
+        assert report["warm_start"]["rows_read"].startswith("the parent's row store")
+        assert report["test_rows"] == full.rows["test"] and report["dropped_rows"] == full.counts
+    # The explorer's band: each ticker's last TEST_FORECAST_DATES test rows, as a full read chooses them.
+    _band_as_a_full_read_chooses_it(out, full)
+    assert report["warm_start"]["chain"] == 2
+
+
+def test_the_store_follows_the_daily_pipeline_deltas_and_folds(tmp_path, monkeypatch):
+    """The real daily layout: ingest + features write each day as a delta file holding every row since the
+    base (the previous delta replaced), and now and then fold it into the base (here every 2nd update)."""
+    from volcast import storage
+
+    monkeypatch.setattr(storage, "FOLD_PERIOD", 2)
+    mds = _daily_source_module()
+    tree = ingest.generate_demo_market(tmp_path / "full", n_tickers=12, years=3, seed=5)
+    src, out = tmp_path / "src", tmp_path / "out"
+    mds.init(str(tree), src, 4)
+    ingest.run(out, source=str(src))
+    features.run(out)
+    kw = dict(SMALL, max_test_rows=10**9)
+    train.run(out, **kw)
+    layouts = set()
+    for _ in range(3):
+        assert mds.main(["release", str(src), "next"]) == 0
+        ingest.run(out, source=str(src))
+        features.run(out)
+        names = [p.name for p in config.Layout.at(out).features_dir.resolve().glob("part-*.parquet")]
+        layouts.add(any("~" in n for n in names))
+        full = _store_equals_full_read(out, 10**9)
+        report = train.run(out, warm_start=True, warm_compare=False, **kw)
+        assert report["warm_start"]["rows_read"].startswith("the parent's row store"), report["warm_start"]
+        assert report["test_rows"] == full.rows["test"] and report["dropped_rows"] == full.counts
+    assert True in layouts  # delta files were read
+    _band_as_a_full_read_chooses_it(out, full)
 
 
 def test_a_rewritten_features_file_means_a_full_read(daily_versions, tmp_path):

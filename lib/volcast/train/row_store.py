@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import storage
 from ..config import SYMBOL, VOLUME
+from ..features.stage import STATE_FILE as FEATURES_STATE_FILE
 from .data import _iso, feature_groups
 from .forecast import TEST_FORECASTS_FILE
 from .params import FEATURES, MARKET_INPUT
@@ -85,8 +86,8 @@ def save(models_dir, model_id: str, data: TrainRows, params: dict, digests: dict
     A full read writes all its kept rows as one segment; a warm start links its parent's segments and writes
     only its new rows as another (``data.store["segments"]``, ``["new_from"]``): a daily store costs the
     new day's rows, not a rewrite."""
-    if not data.store or data.store.get("ahead_to") is None:
-        return  # a random split: nothing a warm start could reuse
+    if not data.store or data.store.get("ahead_to") is None or not len(data.tails.get("day", ())):
+        return  # a random split or the same-day target: nothing a warm start could reuse
     new_from = int(data.store.get("new_from", 0))
     bits = np.zeros(len(data.day), np.uint8)
     for bit, rows in ((FIT, data.fit), (VALID, data.valid), (TEST, data.test), (AHEAD, data.ahead)):
@@ -112,6 +113,7 @@ def save(models_dir, model_id: str, data: TrainRows, params: dict, digests: dict
         "params": params,
         "files": digests,
         "counts": data.counts,
+        "epochs": data.store.get("epochs", {}),
         "ahead_to": data.store["ahead_to"],
         "test_rate": data.store["test_rate"],
         "segments": [p.name for p in parents] + [f"rows-{model_id}.npz"],
@@ -142,43 +144,71 @@ def load_meta(models_dir, model_id: str) -> dict | None:
     return storage.read_json(cache_root(models_dir) / model_id / "meta.json")
 
 
-def _check_files(meta: dict, groups: dict) -> tuple[list, str]:
-    """The new files per partition, or a reason why the store does not apply."""
-    stored = meta["files"]
-    current = {p.name: p for paths in groups.values() for p in paths}
-    gone = [name for name in stored if name not in current]
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def epochs_of(features_dir) -> dict:
+    """Each features partition's epoch (``storage.PARTITIONS_FILE``: it changes whenever the partition's rows may
+    have changed other than by rows appended after them), as the features stage records it."""
+    state = storage.read_json(Path(features_dir).resolve() / FEATURES_STATE_FILE, default=None)
+    parts = state.get("partitions") if isinstance(state, dict) else None
+    return {k: (v or {}).get("epoch") for k, v in parts.items()} if isinstance(parts, dict) else {}
+
+
+def _plan(meta: dict, groups: dict, epochs: dict) -> tuple[list, str]:
+    """The files to read per partition (whose rows after each ticker's stored last date are new), or a reason
+    why the store does not apply.
+
+    A partition whose stored files are all unchanged has only gained files; one whose files changed (a daily
+    delta rewritten with the day added, a base folded with its delta) keeps its stored rows while its epoch is
+    the stored one (it only grew): its changed files are read. Any other change means a full read."""
+    stored, stored_epochs = meta["files"], meta.get("epochs", {})
+    keys = {storage.split_partition_name(name)[0] for name in stored}
+    gone = sorted(keys - set(groups))
     if gone:
-        return [], f"{len(gone)} features file(s) the parent read are gone (e.g. {gone[0]}: compacted or rewritten)"
-    for name, (size, mtime, _) in stored.items():
-        st = current[name].stat()
-        if (st.st_size, st.st_mtime_ns) != (size, mtime):
-            return [], f"features file {name} changed since the parent read it"
-    new = []
-    for paths in groups.values():
-        flags = [p.name in stored for p in paths]
-        if False in flags and any(flags[flags.index(False) :]):
-            return [], f"a new file precedes a stored one in partition {paths[0].name}"
-        fresh = [p for p, f in zip(paths, flags) if not f]
-        if fresh:
-            new.append(fresh)
-    return new, ""
+        return [], f"features partition {gone[0]} the parent read is gone"
+    todo = []
+    for key, paths in groups.items():
+        same = [p.name in stored and _stat(p) == tuple(stored[p.name][:2]) for p in paths]
+        kept = {p.name for p, ok in zip(paths, same) if ok}
+        added_only = key not in keys or all(n in kept for n in stored if storage.split_partition_name(n)[0] == key)
+        if not added_only and (stored_epochs.get(key) is None or epochs.get(key) != stored_epochs.get(key)):
+            changed = next((p.name for p, ok in zip(paths, same) if not ok), key)
+            return [], f"features file {changed} changed since the parent read it (partition {key} rewritten)"
+        fresh = [p for p, ok in zip(paths, same) if not ok]
+        if fresh:  # files only added: none of their rows may be stored already; else the stored ones are skipped
+            todo.append((fresh, not added_only))
+    return todo, ""
 
 
-def _read_new(groups_new: list, inputs: list) -> dict:
-    """Every row of the new files: names, days, the four scan floats and the inputs (market column left NaN)."""
+def _read_new(groups_new: list, inputs: list, last_day: dict) -> dict | None:
+    """The rows of these files dated after their ticker's last stored date (``last_day``): names, days, the four
+    scan floats and the inputs (market column left NaN). None when a file that was only added holds a row
+    dated at or before its ticker's stored last date (history inserted: not an append)."""
     file_inputs = [n for n in inputs if n != MARKET_INPUT]
     names, days, floats, xs = [], [], [], []
-    for paths in groups_new:
+    for paths, may_repeat in groups_new:
         table = _read_group(paths, list(dict.fromkeys([*_SCAN_COLUMNS, *file_inputs])))
-        names.append(np.asarray(table[SYMBOL].to_numpy(), dtype=object))
-        days.append(_day_numbers(table["Date"].combine_chunks()))
+        name = np.asarray(table[SYMBOL].to_numpy(), dtype=object)
+        day = _day_numbers(table["Date"].combine_chunks())
+        uniq, inverse = np.unique(name.astype(str), return_inverse=True)
+        after = np.asarray([last_day.get(t, -(1 << 30)) for t in uniq.tolist()], np.int64)[inverse]
+        new = np.flatnonzero(day > after)
+        if len(new) < len(day) and not may_repeat:
+            return None
+        names.append(name[new])
+        days.append(day[new])
         floats.append(
-            np.vstack([np.asarray(table[c].to_numpy(), np.float64) for c in (VOLUME, *FEATURES, _SCAN_COLUMNS[-1])])
+            np.vstack(
+                [np.asarray(table[c].to_numpy(), np.float64)[new] for c in (VOLUME, *FEATURES, _SCAN_COLUMNS[-1])]
+            )
         )
-        x = np.full((table.num_rows, len(inputs)), np.nan, np.float32)
-        for j, name in enumerate(inputs):
-            if name != MARKET_INPUT:
-                x[:, j] = table[name].to_numpy()
+        x = np.full((len(new), len(inputs)), np.nan, np.float32)
+        for j, col in enumerate(inputs):
+            if col != MARKET_INPUT:
+                x[:, j] = table[col].to_numpy()[new]
         xs.append(x)
     return {
         "name": np.concatenate(names) if names else np.zeros(0, object),
@@ -216,7 +246,7 @@ def load_warm(
     if meta.get("version") != VERSION or meta.get("params") != params:
         return None, "the parent's row store was made with other parameters or code", {}
     groups = feature_groups(Path(features_dir))
-    groups_new, reason = _check_files(meta, groups)
+    groups_new, reason = _plan(meta, groups, epochs_of(features_dir))
     if reason:
         return None, reason, {}
     home = cache_root(models_dir) / parent_id
@@ -232,7 +262,12 @@ def load_warm(
     st["floats"] = np.concatenate([part["floats"] for part in parts], axis=1)
     del parts
     st_tickers = [str(t) for t in st["tickers"]]
-    new = _read_new(groups_new, inputs)
+    last_day: dict = {}
+    for t, d in zip(st["tail_ticker"].tolist(), st["tail_day"].tolist()):
+        last_day[st_tickers[t]] = max(d, last_day.get(st_tickers[t], d))
+    new = _read_new(groups_new, inputs, last_day)
+    if new is None:
+        return None, "a new features file holds rows dated before a ticker's stored last date", {}
 
     # The tickers' last stored rows, then the new rows: one sequence per ticker, in date order.
     n_tail, n_new = len(st["tail_day"]), len(new["day"])
@@ -388,10 +423,11 @@ def load_warm(
             "test_rate": rate,
             "segments": segments,
             "new_from": len(s_take),
+            "epochs": epochs_of(features_dir),
         },
         band_from=Path(models_dir) / parent_id / TEST_FORECASTS_FILE,
     )
-    n_files = sum(len(p) for p in groups_new)
+    n_files = sum(len(p) for p, _ in groups_new)
     note = f"the parent's row store and the {n_files} features file(s) written since ({n_new:,} rows)"
     return rows, note, file_digests(files, meta["files"])
 

@@ -360,6 +360,7 @@ def run(
     t0 = time.perf_counter()
     known = (RS.load_meta(layout.models_dir, latest.name) or {}).get("files") if latest is not None else None
     digests = digests or RS.file_digests(files, known)
+    data.store.setdefault("epochs", RS.epochs_of(layout.features_dir))
     RS.save(layout.models_dir, model_id, data, row_params, digests)
     seconds["row_store"] = time.perf_counter() - t0
     data = None  # the rows are not needed any more: free them before publishing
