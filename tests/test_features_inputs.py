@@ -22,6 +22,8 @@ ALL = (
     "vol_lr_2",
     "vol_lr_3",
     "vol_mean2_lr",
+    "vol_med2_lr",
+    "vol_med3_lr",
     "vol_std2",
     "return_1d",
     "range_hl",
@@ -63,6 +65,13 @@ def test_hand_worked_values_on_three_rows(monkeypatch):
     close(out["vol_lr_3"], [NAN] * 6)  # no ticker has 4 rows
     # mean2 is the base itself: ratio 0 wherever it exists.
     close(out["vol_mean2_lr"], [NAN, 0, 0, NAN, 0, 0])
+    # Median of log1p(Volume) over 2 rows = the mean of the two logs; over 3 rows the middle one (A: 100 of
+    # 100, 0, 300; B: 8 of 7, 8, 9), each minus the base.
+    close(
+        out["vol_med2_lr"],
+        [NAN, L(100) / 2 - L(50), L(300) / 2 - L(150), NAN, (L(7) + L(8)) / 2 - L(7.5), (L(8) + L(9)) / 2 - L(8.5)],
+    )
+    close(out["vol_med3_lr"], [NAN, NAN, L(100) - L(150), NAN, NAN, L(8) - L(8.5)])
     # Population std of log1p(Volume) over 2 rows = |a - b| / 2.
     close(out["vol_std2"], [NAN, L(100) / 2, L(300) / 2, NAN, (L(8) - L(7)) / 2, (L(9) - L(8)) / 2])
     # log(Adj Close / previous); B's last price is 0: no log return.
@@ -114,7 +123,15 @@ def market(n_tickers: int = 3, rows: int = 90, seed: int = 1) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-NO_LOOKAHEAD = (*config.FORECAST_INPUTS, "vol_lr_7", "vol_std10", "dist_52w_high", "days_since_zero_volume")
+NO_LOOKAHEAD = (
+    *config.FORECAST_INPUTS,
+    "vol_lr_7",
+    "vol_std10",
+    "vol_med10_lr",
+    "vol_med45_lr",
+    "dist_52w_high",
+    "days_since_zero_volume",
+)
 
 
 @pytest.mark.parametrize("cut", [0, 1, 29, 30, 31, 60, 88])
@@ -148,6 +165,20 @@ def test_the_30_row_base_starts_at_the_30th_row():
     np.testing.assert_allclose(out["log_vol_mean30"].iloc[29], np.log1p(df["Volume"].iloc[:30].mean()), rtol=1e-15)
     # With the default window the base is the task column, exactly.
     np.testing.assert_array_equal(out["log_vol_mean30"].to_numpy(), np.log1p(out[config.VOL_FEATURE].to_numpy()))
+
+
+@pytest.mark.parametrize("k", [2, 10, 30, 31])
+def test_volume_median_matches_pandas_rolling_median(k):
+    """A second method: pandas' groupby-rolling median of log1p(Volume) (a skip list, not bottleneck's two
+    heaps), NaN until k rows, minus the 30-row base."""
+    df = market(3, 70)
+    out = features.add_features(df, inputs=("log_vol_mean30", f"vol_med{k}_lr"))
+    expected = (
+        np.log1p(df["Volume"].astype(float)).groupby(df["Symbol"]).rolling(k, min_periods=k).median().to_numpy()
+        - out["log_vol_mean30"].to_numpy()
+    )
+    close(out[f"vol_med{k}_lr"], expected)
+    assert out[f"vol_med{k}_lr"].notna().sum() == 3 * (70 - max(k, 30) + 1)
 
 
 def test_market_volume_ratio_by_hand():

@@ -160,3 +160,40 @@ def test_test_metrics_on_a_seeded_sample_above_max_test_rows(features_dir, tmp_p
     assert first["metrics"] == second["metrics"]  # seeded: the same rows every run
     card = train.load_card(train.latest_model_dir(out))
     assert card["rows"]["test_scored"] == 1000 and card["test_scoring"] == first["test_scoring"]
+
+
+def test_forecast_is_measured_from_the_30_day_median_of_log_volume(model_dir):
+    """The P50 the API serves = expm1(the model's raw P50 + log1p of the ticker's 30-row median Volume), the
+    median recomputed here with pandas from the features' Volume column."""
+    out, _, path = model_dir
+    bundle = train.load_bundle(path)
+    fc = bundle.forecaster
+    assert fc.target_base == ("log_vol_mean30", "vol_med30_lr")
+    assert train.load_card(path)["models"]["forecast"]["target_base"] == ["log_vol_mean30", "vol_med30_lr"]
+    latest = pd.read_parquet(path / "latest.parquet")
+    latest = latest[latest["rows"] >= 30].reset_index(drop=True)
+    feats = pd.read_parquet(config.Layout.at(out).features_dir, columns=["Symbol", "Volume"])
+    med = np.log1p(feats["Volume"].astype(float)).groupby(feats["Symbol"]).apply(lambda v: np.median(v.iloc[-30:]))
+    x = latest[list(fc.inputs)].to_numpy(np.float32)
+    raw = np.sort(np.asarray(fc.estimator.predict(x), dtype=np.float64).reshape(len(x), -1), axis=1)[:, 1]
+    base = med.loc[latest["Symbol"]].to_numpy()
+    # The inputs are stored as float32 log ratios: agreement to float32 precision of a log, not bit for bit.
+    np.testing.assert_allclose(fc.predict(x)[1], np.expm1(raw + base), rtol=1e-5)
+
+
+def test_a_card_without_target_base_measures_from_the_30_day_mean(model_dir, tmp_path):
+    """Model directories written before ``target_base`` existed keep their meaning: log_vol_mean30 alone."""
+    import json
+
+    _, _, path = model_dir
+    copy = tmp_path / path.name
+    shutil.copytree(path, copy)
+    card = json.loads((copy / "card.json").read_text())
+    del card["models"]["forecast"]["target_base"]
+    (copy / "card.json").write_text(json.dumps(card))
+    fc = train.load_bundle(copy).forecaster
+    assert fc.target_base == ("log_vol_mean30",)
+    latest = pd.read_parquet(copy / "latest.parquet")
+    x = latest[latest["rows"] >= 30][list(fc.inputs)].to_numpy(np.float32)
+    raw = np.sort(np.asarray(fc.estimator.predict(x), dtype=np.float64).reshape(len(x), -1), axis=1)[:, 1]
+    np.testing.assert_allclose(fc.predict(x)[1], np.expm1(raw + x[:, fc.inputs.index("log_vol_mean30")]), rtol=1e-6)

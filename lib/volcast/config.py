@@ -62,7 +62,8 @@ FEATURE_COLUMNS = (VOL_FEATURE, PRICE_FEATURE)
 DEFAULT_WINDOW = 30
 # Forecasting inputs (features stage, volcast.features.inputs): per ticker, from the current and earlier
 # rows only. Volume inputs are log ratios to the ticker's 30-row mean Volume (whatever ``window`` is), whose
-# log1p is LOG_VOL_MEAN30; chosen on the validation slice (benchmarks/results/model_eval.md).
+# log1p is LOG_VOL_MEAN30; chosen on the validation slice (benchmarks/results/model_eval.md). vol_med30_lr
+# (the 30-row median of log Volume) is also the forecast model's target base (train.forecast_model).
 LOG_VOL_MEAN30 = "log_vol_mean30"
 FORECAST_INPUTS = (
     LOG_VOL_MEAN30,
@@ -73,6 +74,7 @@ FORECAST_INPUTS = (
     "vol_mean5_lr",
     "vol_mean10_lr",
     "vol_mean22_lr",
+    "vol_med30_lr",
     "vol_std30",
     "return_1d",
     "range_hl",

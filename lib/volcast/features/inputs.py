@@ -9,6 +9,9 @@ reads a row of another ticker or a later row. Names:
   the same for a large and a small ticker; the forecast model's target is one too.
 - ``vol_lr_K``: Volume K rows back (``vol_lr_0`` = today's).
 - ``vol_meanK_lr``: mean Volume of the last K rows (exact: integer prefix sums).
+- ``vol_medK_lr``: median of log1p(Volume) over the last K rows (an even K averages the middle two), minus
+  ``log_vol_mean30``: the ticker's typical day, which spikes do not move (NaN until K rows exist). The
+  forecast model's target is measured from ``vol_med30_lr`` (``volcast.train.forecast_model``).
 - ``vol_stdK``: standard deviation (ddof 0) of log1p(Volume) over the last K rows, each window
   computed on its own (no running sums, no drift).
 - ``return_1d``: log(Adj Close / previous row's Adj Close); NaN unless both are positive.
@@ -48,6 +51,7 @@ _STD_BLOCK = 1 << 20  # rows per block of the windowed standard deviation
 _PATTERNS = {
     "lag": re.compile(r"vol_lr_(\d+)$"),
     "mean": re.compile(r"vol_mean(\d+)_lr$"),
+    "median": re.compile(r"vol_med(\d+)_lr$"),
     "std": re.compile(r"vol_std(\d+)$"),
 }
 PRICE_LEVEL = "log_price_med"
@@ -70,7 +74,8 @@ def check_names(names) -> tuple[str, ...]:
     for name in names:
         if name not in FIXED and not any(p.match(name) for p in _PATTERNS.values()):
             raise UserError(
-                f"unknown forecasting input {name!r}; known: {', '.join(FIXED)}, vol_lr_K, vol_meanK_lr, vol_stdK"
+                f"unknown forecasting input {name!r}; known: {', '.join(FIXED)}, vol_lr_K, vol_meanK_lr, vol_medK_lr, "
+                "vol_stdK"
             )
     return names
 
@@ -99,6 +104,14 @@ def _rolling_std(x: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
         for s in range(0, len(view), _STD_BLOCK):
             block = view[s : s + _STD_BLOCK]
             out[s + k - 1 : s + k - 1 + len(block)] = block.std(axis=1)
+    out[pos < k - 1] = np.nan
+    return out
+
+
+def _rolling_median(x: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
+    """Median of the last ``k`` values of the same ticker (exact: bottleneck's two-heap median), NaN until
+    ``k`` rows exist; a window that would reach into the previous ticker is never full, so it is masked."""
+    out = bn.move_median(x, k, min_count=k) if len(x) >= k else np.full(len(x), np.nan)
     out[pos < k - 1] = np.nan
     return out
 
@@ -170,6 +183,8 @@ def forecast_inputs(
             out[name] = _shift(log_vol, pos, int(m.group(1))) - base
         elif m := _PATTERNS["mean"].match(name):
             out[name] = np.log1p(_rolling_mean(volume, pos, int(m.group(1)))) - base
+        elif m := _PATTERNS["median"].match(name):
+            out[name] = _rolling_median(log_vol, pos, int(m.group(1))) - base
         elif m := _PATTERNS["std"].match(name):
             out[name] = _rolling_std(log_vol, pos, int(m.group(1)))
         elif name == "return_1d":

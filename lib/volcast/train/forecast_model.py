@@ -1,8 +1,11 @@
 """The forecast model: next-day Volume from every forecasting input, with a P10-P90 interval.
 
 One CatBoost model with a ``MultiQuantile`` loss predicts the 10th, 50th and 90th percentiles of
-``log1p(next-day Volume) - log_vol_mean30`` (a log ratio to the ticker's 30-row mean Volume: one scale for
-every ticker size; quantiles survive the monotone back-transform, so P50 stays a median). The interval
+``log1p(next-day Volume)`` minus the ticker's typical day, the median of log1p(Volume) over the last 30 rows
+(``log_vol_mean30 + vol_med30_lr``, the inputs named in ``TARGET_BASE``): one scale for every ticker size,
+measured from a level one spike does not move; quantiles survive the monotone back-transform, so P50 stays a
+median. A model whose inputs lack ``vol_med30_lr`` (or a card from before it) measures from ``log_vol_mean30``
+alone. The interval
 is then widened or narrowed around P50 by one factor, chosen so that 80 % of the validation slice (later
 train dates, not fitted on) falls inside it (split-conformal calibration of the quantiles).
 """
@@ -29,7 +32,8 @@ from .params import (
 )
 
 MODEL_FILE = "forecast.cbm"
-TARGET_TEXT = "log1p(next-day Volume) - log_vol_mean30 (log ratio to the 30-row mean Volume)"
+# The target's log base is the sum of these inputs (those present): the 30-row median of log1p(Volume).
+TARGET_BASE = (LOG_VOL_MEAN30, "vol_med30_lr")
 NOMINAL_COVERAGE = QUANTILES[-1] - QUANTILES[0]
 
 
@@ -41,6 +45,7 @@ class ForecastModel:
     inputs: tuple
     quantiles: tuple = QUANTILES
     widen: float = 1.0  # interval half-widths (log scale) are multiplied by this
+    target_base: tuple = (LOG_VOL_MEAN30,)  # inputs whose sum is the log level the target is measured from
 
     CHUNK = 1 << 20  # rows per estimator call: bounds CatBoost's copy of the inputs
 
@@ -64,7 +69,7 @@ class ForecastModel:
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(P10, P50, P90) next-day volumes (float, >= 0); NaN where ``log_vol_mean30`` is missing."""
         x = np.asarray(x, dtype=np.float32)
-        base = x[:, self.inputs.index(LOG_VOL_MEAN30)].astype(np.float64)
+        base = log_base(x, self.inputs, self.target_base)
         low, mid, high = self.interval(self.log_quantiles(x))
         with np.errstate(over="ignore", invalid="ignore"):
             return tuple(np.maximum(np.expm1(np.clip(base + v, None, 700.0)), 0.0) for v in (low, mid, high))
@@ -75,8 +80,9 @@ class ForecastModel:
             "inputs": list(self.inputs),
             "quantiles": list(self.quantiles),
             "interval_widen": self.widen,
-            "model_target": TARGET_TEXT,
-            "back_transform": "expm1(prediction + log_vol_mean30), clipped at 0",
+            "target_base": list(self.target_base),
+            "model_target": f"log1p(next-day Volume) - ({' + '.join(self.target_base)})",
+            "back_transform": f"expm1(prediction + {' + '.join(self.target_base)}), clipped at 0",
         }
 
     def save(self, path: Path) -> None:
@@ -88,7 +94,29 @@ class ForecastModel:
 
         estimator = CatBoostRegressor()
         estimator.load_model(str(Path(model_dir) / card.get("model_file", MODEL_FILE)), format="cbm")
-        return cls(estimator, tuple(card["inputs"]), tuple(card["quantiles"]), float(card["interval_widen"]))
+        return cls(
+            estimator,
+            tuple(card["inputs"]),
+            tuple(card["quantiles"]),
+            float(card["interval_widen"]),
+            tuple(card.get("target_base") or (LOG_VOL_MEAN30,)),
+        )
+
+
+def target_base_of(inputs) -> tuple:
+    """The ``TARGET_BASE`` inputs a model with these inputs measures its target from."""
+    return tuple(name for name in TARGET_BASE if name in inputs)
+
+
+def log_base(x: np.ndarray, inputs, names) -> np.ndarray:
+    """Per row, the log level the target is measured from: the sum of the ``names`` columns of ``x``.
+    NaN where ``log_vol_mean30`` is (too little history); another missing part counts as 0."""
+    inputs = tuple(inputs)
+    base = x[:, inputs.index(LOG_VOL_MEAN30)].astype(np.float64)
+    for name in names:
+        if name != LOG_VOL_MEAN30:
+            base = base + np.nan_to_num(x[:, inputs.index(name)].astype(np.float64))
+    return base
 
 
 def log_target(y, base) -> np.ndarray:
@@ -130,8 +158,8 @@ def fit_forecast(
     inputs = tuple(inputs)
     if LOG_VOL_MEAN30 not in inputs:
         raise UserError(f"the forecast model needs {LOG_VOL_MEAN30!r} among its inputs")
-    col = inputs.index(LOG_VOL_MEAN30)
-    z = log_target(y, x[:, col])
+    target_base = init.target_base if init is not None else target_base_of(inputs)
+    z = log_target(y, log_base(x, inputs, target_base))
     loss = "MultiQuantile:alpha=" + ",".join(str(q) for q in QUANTILES)
     params = dict(
         loss_function=loss,
@@ -145,7 +173,7 @@ def fit_forecast(
     )
     eval_set = None
     if valid is not None and len(valid[1]):
-        zv = log_target(valid[1], valid[0][:, col])
+        zv = log_target(valid[1], log_base(valid[0], inputs, target_base))
         eval_set = (valid[0], zv)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="volcast-catboost-") as tmp:
@@ -154,7 +182,7 @@ def fit_forecast(
             x, z, eval_set=eval_set, use_best_model=False, init_model=init.estimator if init is not None else None
         )
     seconds = time.perf_counter() - started
-    model = ForecastModel(estimator, inputs)
+    model = ForecastModel(estimator, inputs, target_base=target_base)
     info = {
         "params": params,
         "fit_seconds": round(seconds, 2),
