@@ -274,3 +274,20 @@ def test_a_failed_append_publishes_nothing_and_the_next_run_appends(tmp_path, mo
     shutil.rmtree(tmp_path / "full", ignore_errors=True)
     ingest.run(tmp_path / "full", source=str(src), jobs=1)
     pd.testing.assert_frame_equal(raw, pd.read_parquet(tmp_path / "full" / "data" / "raw"))
+
+
+def test_a_daily_update_on_the_dask_executor_equals_a_full_run(tmp_path):
+    """The delta tasks (and a fallback's whole-partition task) run on a dask LocalCluster's worker processes."""
+    src = tmp_path / "src"
+    market = _shared_prefix_market(tmp_path / "market", ["AAB", "AAC", "AB"], seed=9)
+    mds.init(str(market), src, 2)
+    out = tmp_path / "out"
+    ingest.run(out, source=str(src), jobs=1)
+    features.run(out, jobs=1)
+    mds.release(src, "next")
+    edited = sorted((src / "stocks").glob("*.csv"))[0]
+    edited.write_bytes(edited.read_bytes().replace(b"\n", b"\r\n", 2).replace(b"\r\r\n", b"\r\n"))  # not a prefix
+    report = ingest.run(out, source=str(src), jobs=2, executor="dask")
+    assert report["executor"] == "dask" and report["files_appended"] == 2 and report["files_reread"] == 1
+    assert features.run(out, jobs=2, executor="dask")["partitions_appended"] >= 1
+    _assert_same(_datasets(out), _full(src, tmp_path / "full"))

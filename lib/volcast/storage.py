@@ -206,12 +206,21 @@ def sort_by_symbol(table: pa.Table, column: str = "Symbol") -> pa.Table:
     return table.take(order)
 
 
+def read_file(path, columns=None, read_dictionary=None, **kwargs) -> pa.Table:
+    """One Parquet file as a table: ``pyarrow.parquet.read_table``'s result, through ``ParquetFile`` when no
+    other option (``filters``, ``schema``, ...) is given: a small file then costs about half the time
+    (no dataset discovery)."""
+    if kwargs or Path(path).is_dir():
+        return pq.read_table(path, columns=columns, read_dictionary=read_dictionary, **kwargs)
+    return pq.ParquetFile(path, read_dictionary=read_dictionary).read(columns=columns)
+
+
 def read_partition(files, **kwargs) -> pa.Table:
     """A partition read as one table sorted by Symbol then Date: its files (base first, then deltas; a
     path or a list of paths, see ``partition_members``) concatenated and stably sorted by Symbol.
     ``kwargs`` go to ``pyarrow.parquet.read_table``."""
     files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
-    tables = [pq.read_table(f, **kwargs) for f in files]
+    tables = [read_file(f, **kwargs) for f in files]
     if len(tables) == 1:
         return tables[0]
     table = pa.concat_tables(tables, promote_options="permissive")

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import config, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
@@ -126,16 +125,6 @@ def tail_rows(table: pa.Table, back: int) -> pa.Table:
     return table.filter(pa.array(_from_end(table[SYMBOL]) <= back)).cast(TAIL_SCHEMA)
 
 
-def keys_mask(symbols, keys: set[str]) -> np.ndarray:
-    """Which rows' Symbol falls in one of the partitions ``keys``."""
-    column = symbols.combine_chunks() if isinstance(symbols, pa.ChunkedArray) else symbols
-    if not pa.types.is_dictionary(column.type):
-        column = pc.dictionary_encode(column)
-    in_keys = np.array([storage.partition_key(s) in keys for s in column.dictionary.to_pylist()] + [False])
-    codes = column.indices.fill_null(len(column.dictionary)).to_numpy(zero_copy_only=False)
-    return in_keys[codes]
-
-
 def key_ranges(symbols) -> dict[str, tuple[int, int]]:
     """``{partition key: (offset, length)}`` of a table sorted by Symbol (a partition's tickers are
     contiguous there: partition-key order is Symbol order)."""
@@ -153,7 +142,7 @@ def key_ranges(symbols) -> dict[str, tuple[int, int]]:
 
 
 def _read_raw(path: Path) -> pa.Table:
-    table = pq.read_table(path, read_dictionary=list(config.TICKER_COLUMNS))
+    table = storage.read_file(path, read_dictionary=list(config.TICKER_COLUMNS))
     return table.select(list(config.RAW_COLUMNS)).cast(config.RAW_DICTIONARY_SCHEMA)
 
 
@@ -170,7 +159,7 @@ def _new_rows(files: list[Path], last: dict[str, str]) -> pa.Table:
 
 
 class Appended:
-    """What ``append_partitions`` did to one partition: its stats, its tickers' new latest rows, its new tail."""
+    """What ``append_partitions`` did to one partition: its stats, latest rows and tail rows (all its tickers)."""
 
     def __init__(self, stats: dict, latest: pa.Table, tail: pa.Table):
         self.stats, self.latest, self.tail = stats, latest, tail
@@ -225,6 +214,7 @@ def append_partitions(
     both = pa.concat_tables([_plain(new[k]) for k in keys]) if keys else None
     cols = features_of_new_rows(old_tail, both, window, min_periods) if keys else None
     tail_at = key_ranges(old_tail[SYMBOL])
+    latest_at = key_ranges(old_latest[SYMBOL])
 
     def write(i: int) -> Appended:
         key = keys[i]
@@ -253,6 +243,10 @@ def append_partitions(
         latest = rows.take(pa.array(ends)).cast(config.FEATURES_SCHEMA)
         counts = [prev_rows.get(s, 0) + int(n) for s, n in zip(latest[SYMBOL].to_pylist(), _run_lengths(rows))]
         latest = latest.append_column("rows", pa.array(counts, pa.int64()))
+        if key in latest_at:  # the partition's other tickers keep their latest rows
+            kept = old_latest.slice(*latest_at[key])
+            kept = kept.filter(pc.invert(pc.is_in(kept[SYMBOL], value_set=latest[SYMBOL])))
+            latest = storage.sort_by_symbol(pa.concat_tables([kept.cast(latest.schema), latest]))
         old_tail_rows = old_tail.slice(*tail_at[key]) if key in tail_at else TAIL_SCHEMA.empty_table()
         tail = pa.concat_tables([old_tail_rows, tail_rows(rows, back)])
         tail = tail_rows(storage.sort_by_symbol(tail), back)

@@ -43,6 +43,12 @@ def load_features(output_dir, symbol: str | None = None, columns: list[str] | No
 
 def most_rows_symbol(output_dir) -> str:
     """The ticker with the most rows (the alphabetically first on a tie): a good one to chart."""
+    latest = _features_path(output_dir) / LATEST_FILE
+    if latest.exists():  # its row counts: one row per ticker, no pass over the dataset
+        table = pq.read_table(latest, columns=[SYMBOL, "rows"])
+        rows = dict(zip(table[SYMBOL].to_pylist(), table["rows"].to_pylist()))
+        if rows:
+            return min(rows, key=lambda name: (-rows[name], name))
     # Symbol read as dictionary indices and counted: no string per row (x3: 0.45 s -> 0.2 s).
     rows = storage.dictionary_value_counts(
         pq.read_table(_features_path(output_dir), columns=[SYMBOL], read_dictionary=[SYMBOL])[SYMBOL]

@@ -11,14 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .. import config, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
 from ..errors import UserError
 from ..executor import resolve as resolve_executor
-from .append import TAIL_FILE, TAIL_SCHEMA, append_partitions, keys_mask, lookback_rows, tail_rows
+from .append import TAIL_FILE, TAIL_SCHEMA, append_partitions, key_ranges, lookback_rows, tail_rows
 from .columns import _date_ticks, _numeric, sort_order
 from .core import _symbol_key, compute_sorted
 from .read import LATEST_FILE
@@ -186,17 +184,15 @@ def _compute(
     return stats, latest, tails
 
 
-def _merged(old: pa.Table | None, carried: set[str], parts: list[pa.Table], schema: pa.Schema, drop=()) -> pa.Table:
-    """A per-ticker table of the new version: the rows of ``old`` (the current version's) in the
-    ``carried`` partitions, except the tickers in ``drop``, plus ``parts``; sorted by Symbol (stable)."""
-    parts = [p.cast(schema) for p in parts]
-    if old is not None and carried:
-        mask = keys_mask(old[SYMBOL], carried)
-        if len(drop):
-            mask &= ~pc.is_in(old[SYMBOL], value_set=pa.array(list(drop), pa.string())).to_numpy(zero_copy_only=False)
-        parts.insert(0, old.filter(pa.array(mask)).cast(schema))
-    table = pa.concat_tables(parts) if parts else schema.empty_table()
-    return storage.sort_by_symbol(table)
+def _assembled(old: pa.Table | None, kept: set[str], pieces: dict[str, pa.Table], schema: pa.Schema) -> pa.Table:
+    """A per-ticker table of the new version (latest rows, tail rows), sorted by Symbol: each partition's
+    rows from ``pieces``, or for the ``kept`` partitions from ``old`` (the current version's table).
+    Partition-key order is Symbol order, so the pieces are put in key order, not sorted."""
+    ranges = key_ranges(old[SYMBOL]) if old is not None and kept else {}
+    parts = []
+    for key in sorted(set(pieces) | (set(kept) & set(ranges))):
+        parts.append(pieces[key].cast(schema) if key in pieces else old.slice(*ranges[key]).cast(schema))
+    return pa.concat_tables(parts) if parts else schema.empty_table()
 
 
 LATEST_SCHEMA = pa.schema([*config.FEATURES_SCHEMA, pa.field("rows", pa.int64())])
@@ -282,8 +278,8 @@ def run(
                     parsed is not None and parsed[0] not in carried
                 ):
                     item.unlink()
-            old_latest = pq.read_table(staging / LATEST_FILE) if carried else None
-            old_tail = pq.read_table(staging / TAIL_FILE) if carried and (staging / TAIL_FILE).exists() else None
+            old_latest = storage.read_file(staging / LATEST_FILE) if carried else None
+            old_tail = storage.read_file(staging / TAIL_FILE) if carried and (staging / TAIL_FILE).exists() else None
             if append:
                 appended = append_partitions(
                     append, staging, old_latest, old_tail, _FEATURES_WRITE_SCHEMA, spec, spec.min_periods, jobs
@@ -295,11 +291,11 @@ def run(
                 executor,
                 scheduler,
             )
-            new_latest = [a.latest for a in appended.values()]
-            updated = [s for t in new_latest for s in t[SYMBOL].to_pylist()]  # their old latest rows go
-            table = _merged(old_latest, carried, [*new_latest, *latest.values()], LATEST_SCHEMA, updated)
+            table = _assembled(
+                old_latest, set(reuse), {**{k: a.latest for k, a in appended.items()}, **latest}, LATEST_SCHEMA
+            )
             storage.write_parquet(table, staging / LATEST_FILE)
-            tail = _merged(old_tail, set(reuse), [*(a.tail for a in appended.values()), *tails.values()], TAIL_SCHEMA)
+            tail = _assembled(old_tail, set(reuse), {**{k: a.tail for k, a in appended.items()}, **tails}, TAIL_SCHEMA)
             storage.write_parquet(tail, staging / TAIL_FILE)
             stats = {**reuse, **{k: a.stats for k, a in appended.items()}, **computed}
             state = {
