@@ -149,6 +149,27 @@ def _train_phase_at_peak(out: Path, result: dict) -> str | None:
     return "after the stage"
 
 
+def dataset_stats(out: Path) -> dict:
+    """Per dataset: partitions, rows (mean and largest partition), bytes on disk: what sizes the tasks."""
+    import pyarrow.parquet as pq
+
+    from volcast import storage
+
+    stats = {}
+    for name in ("raw", "features"):
+        groups = storage.partition_groups((out / "data" / name).resolve())
+        rows = sorted(sum(pq.ParquetFile(p).metadata.num_rows for p in files) for files in groups.values())
+        size = sum(p.stat().st_size for files in groups.values() for p in files)
+        stats[name] = {
+            "partitions": len(rows),
+            "rows": sum(rows),
+            "rows_per_partition_mean": round(sum(rows) / max(1, len(rows))),
+            "rows_largest_partition": rows[-1] if rows else 0,
+            "bytes": size,
+        }
+    return stats
+
+
 def bench_growth(scales: list[int], work: Path, repeat: int) -> dict:
     """The cost of growth on one machine: each stage as its own ``run_pipeline.py --force`` process (peak
     RSS per stage), the scales interleaved stage by stage, each after warming the stage's input files."""
@@ -175,6 +196,7 @@ def bench_growth(scales: list[int], work: Path, repeat: int) -> dict:
         train = stages.get("train", {})
         train["peak_in"] = min(runs[k]["train"], key=lambda r: r["seconds"]).get("peak_in")
         summary[f"x{k}"] = {
+            "datasets": dataset_stats(work / f"x{k}"),
             "rows": rows.get("totals", rows).get("rows_kept"),
             "stages": stages,
             "whole_seconds": round(sum(r["seconds"] for r in stages.values()), 2),
@@ -263,6 +285,17 @@ def main_growth(scales: list[int], repeat: int) -> int:
         lines.append(
             f"| **{key}** | | **whole run** | **{r['whole_seconds']:.1f}** | **{r['peak_rss_gib']:.2f}** ({r['peak_stage']}) | |"
         )
+    lines += [
+        "",
+        "| scale | dataset | partitions | rows: mean / largest partition | on disk (GiB) |",
+        "|---|---|---:|---|---:|",
+    ]
+    for key, r in summary.items():
+        for name, d in r["datasets"].items():
+            lines.append(
+                f"| {key} | {name} | {d['partitions']} | {d['rows_per_partition_mean']:,} / "
+                f"{d['rows_largest_partition']:,} | {d['bytes'] / 2**30:.2f} |"
+            )
     keys = list(summary)
     if len(keys) == 2:
         a, b = summary[keys[0]], summary[keys[1]]
