@@ -144,7 +144,7 @@ def parse_appended(
             ticker_columns=False,
             max_line_bytes=limits.max_line_bytes,
         )
-        if len(order) > 1
+        if order  # one file too: the joint read is the lighter one for a short tail
         else [None] * len(order)
     )
     done: dict[str, Appended] = {}
