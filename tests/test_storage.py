@@ -153,3 +153,75 @@ def test_code_digest_refuses_a_missing_file(tmp_path):
     assert storage.code_digest(tmp_path / "pkg") == storage.code_digest(tmp_path / "pkg" / "m.py")
     with pytest.raises(FileNotFoundError):
         storage.code_digest(tmp_path / "gone.py")
+
+
+def _write(path, symbols, values):
+    storage.write_parquet(pa.table({"Symbol": symbols, "Date": [f"2020-01-0{v}" for v in values], "v": values}), path)
+
+
+def test_delta_names_parse_and_group_base_first(tmp_path):
+    assert storage.delta_file("4141", 3) == "part-4141~000003.parquet"
+    assert storage.split_partition_name("part-4141~000003.parquet") == ("4141", 3)
+    assert storage.split_partition_name("part-4141.parquet") == ("4141", 0)
+    for bad in ("part-4141~.parquet", "part-4141~000000.parquet", "part-~000001.parquet", "other.parquet"):
+        assert storage.split_partition_name(bad) is None
+    for name in (
+        "part-4142~000002.parquet",
+        "part-4141~000010.parquet",
+        "part-4141.parquet",
+        "part-41.parquet",
+        "part-4141~000002.parquet",
+        "_latest.parquet",
+    ):
+        (tmp_path / name).write_bytes(b"")
+    groups = storage.partition_groups(tmp_path)
+    assert list(groups) == ["41", "4141", "4142"]
+    assert [p.name for p in groups["4141"]] == [
+        "part-4141.parquet",
+        "part-4141~000002.parquet",
+        "part-4141~000010.parquet",
+    ]
+    assert [p.name for p in storage.partition_members(tmp_path / "part-4141.parquet")] == [
+        p.name for p in groups["4141"]
+    ]
+    # A partition with deltas and no base yet: its deltas, named by where the base would be.
+    assert [p.name for p in storage.partition_members(tmp_path / "part-4142.parquet")] == ["part-4142~000002.parquet"]
+
+
+def test_a_partition_read_base_then_delta_is_sorted_by_symbol_then_date(tmp_path):
+    _write(tmp_path / "part-41.parquet", ["A", "A", "AB", "AC"], [1, 2, 1, 1])
+    _write(tmp_path / "part-41~000002.parquet", ["A", "AB", "AB", "AC"], [3, 2, 3, 2])
+    pandas_order = pd.read_parquet(tmp_path)  # path order: the delta's rows after the base's
+    assert pandas_order["Symbol"].tolist() == ["A", "A", "AB", "AC", "A", "AB", "AB", "AC"]
+    table = storage.read_partition(storage.partition_members(tmp_path / "part-41.parquet"))
+    assert list(zip(table["Symbol"].to_pylist(), table["v"].to_pylist())) == [
+        ("A", 1),
+        ("A", 2),
+        ("A", 3),
+        ("AB", 1),
+        ("AB", 2),
+        ("AB", 3),
+        ("AC", 1),
+        ("AC", 2),
+    ]
+    ds = storage.read_dataset(tmp_path, columns=["v"]).to_pandas()
+    expected = pandas_order.sort_values("Symbol", kind="stable")["v"].tolist()
+    assert ds["v"].tolist() == expected == [1, 2, 3, 1, 2, 3, 1, 2]
+
+
+def test_folds_are_staggered_one_in_a_period_per_key():
+    keys = [storage.partition_key(s) for s in ("A", "AA", "AB", "B", "BC", "C", "Z", "ZZ")]
+    period = 4
+    for key in keys:  # each key folds exactly once in any `period` consecutive runs
+        for start in range(1, 9):
+            assert sum(storage.fold_due(key, seq, period) for seq in range(start, start + period)) == 1
+    # on a given run, not every key folds
+    assert any(0 < sum(storage.fold_due(k, seq, period) for k in keys) < len(keys) for seq in range(1, period + 1))
+
+
+def test_partitions_file_round_trip_and_default(tmp_path):
+    assert storage.read_partitions_file(tmp_path) == {"seq": 0, "epochs": {}}
+    assert storage.read_partitions_file(None) == {"seq": 0, "epochs": {}}
+    storage.write_partitions_file(tmp_path, 7, {"41": "7-abc"})
+    assert storage.read_partitions_file(tmp_path) == {"seq": 7, "epochs": {"41": "7-abc"}}
+    assert not (tmp_path / storage.PARTITIONS_FILE).name.startswith("part-")  # not data
