@@ -27,26 +27,8 @@ from volcast.dashboard import Dashboard, output_dir_from_env
 output_dir = output_dir_from_env(output_dir)
 app = Dashboard(output_dir)
 
-# %% [markdown]
-# ## Tomorrow's volume for a ticker: forecast, interval and the inputs it used
-
 # %%
-app.forecast
-
-# %% [markdown]
-# ## Symbol explorer: price, volume, both features, and the out-of-sample forecasts of the test period
-
-# %%
-app.explorer
-
-# %% [markdown]
-# ## Model card: both models against every reference on the same test rows, interval coverage, learning curves
-
-# %%
-app.model_card
-
-# %% [markdown]
-# ## Predict from the two features (the task's `/predict` contract)
-
-# %%
-app.predictor
+# All four panels (ticker forecast, symbol explorer, model card, predictor) as ONE widget output: in Voilà,
+# a page with several widget outputs could lose the later ones under load ("model not found", see
+# volcast/dashboard/app.py).
+app.page

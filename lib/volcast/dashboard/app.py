@@ -62,7 +62,8 @@ def forecast_for(holder: ModelHolder, symbol: str) -> tuple[dict | None, str | N
 
 
 class Dashboard:
-    """The panels for one output dir: ``.forecast``, ``.explorer``, ``.model_card``, ``.predictor``."""
+    """The panels for one output dir: ``.forecast``, ``.explorer``, ``.model_card``, ``.predictor``, and
+    ``.page``: the four under their headings, the one widget the notebook shows."""
 
     def __init__(self, output_dir, holder: ModelHolder | None = None):
         import ipywidgets as w
@@ -130,6 +131,28 @@ class Dashboard:
         self.predictor = w.VBox([self.vol_box, self.price_box, help_text, self.button, self.result])
         if self.holder.current is None:
             self.result.value = render.outcome_html(PredictOutcome(False, NO_MODEL_ERROR))
+
+        # The whole dashboard is ONE widget, displayed by the notebook in one cell. In Voilà each widget
+        # output asks the page's widget manager for its model before the kernel has sent the models, and
+        # ipywidgets 8.1.9 (jupyterlab-manager 5.0.16) polls for it for 2 s of wall-clock time; a main
+        # thread busy longer than that (plotly drawing the explorer on a loaded machine) made the outputs
+        # still polling give up with "model not found" although their models had arrived. With one output
+        # there is one look-up, and nothing draws until it has succeeded.
+        sections = (
+            ("Tomorrow's volume for a ticker: forecast, interval and the inputs it used", self.forecast),
+            (
+                "Symbol explorer: price, volume, both features, and the out-of-sample forecasts of the test period",
+                self.explorer,
+            ),
+            (
+                "Model card: both models against every reference on the same test rows, interval coverage, "
+                "learning curves",
+                self.model_card,
+            ),
+            ("Predict from the two features (the task's <code>/predict</code> contract)", self.predictor),
+        )
+        self.page = w.VBox([part for title, panel in sections for part in (w.HTML(f"<h2>{title}</h2>"), panel)])
+        self.page.add_class("volcast-page")
 
         self.symbol_pick.observe(lambda _: self.render_symbol(), names="value")
         self.period_pick.observe(lambda _: self.render_explorer(), names="value")
