@@ -230,3 +230,107 @@ def test_a_signal_during_a_stage_stops_the_run_and_publishes_nothing_of_that_sta
     ) and time.monotonic() < gone_by:
         time.sleep(0.1)
     assert alive == []
+
+
+# ----------------------------------------------------------------------------- a signal at the worst moments
+# The runner runs under a wrapper that sends it the signal at one exact point, through the same handler a
+# terminal's Ctrl-C reaches; volcast itself is unchanged.
+
+_WRAPPER = """
+import os, runpy, signal, sys, threading
+{patch}
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+# Right after the fork of the stage's kernel, inside Popen: jupyter_client does not know the process yet.
+_AT_KERNEL_FORK = """
+import subprocess
+_execute_child = subprocess.Popen._execute_child
+def _at_fork(self, args, *rest, **kwargs):
+    _execute_child(self, args, *rest, **kwargs)
+    if any("ipykernel_launcher" in str(arg) for arg in args):
+        with open(os.environ["KERNEL_PID_FILE"], "w") as f:
+            f.write(str(self.pid))
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+subprocess.Popen._execute_child = _at_fork
+"""
+
+# As the first cell starts, in code that swallows KeyboardInterrupt (as a careless library could).
+_SWALLOWED_AT_FIRST_CELL = """
+import time
+import nbclient.client
+_execute_cell = nbclient.client.NotebookClient.execute_cell
+def _swallowing(self, *args, **kwargs):
+    if not getattr(self, "_signalled", False):
+        self._signalled = True
+        try:
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            print("swallowed", file=sys.stderr, flush=True)
+    return _execute_cell(self, *args, **kwargs)
+nbclient.client.NotebookClient.execute_cell = _swallowing
+"""
+
+
+def _run_wrapped(out: Path, patch: str, logs: Path) -> tuple[subprocess.Popen, str, str]:
+    """Run the features stage alone (``--force``) under the wrapper; output to files, so that a process left
+    holding the runner's stdout cannot hide when the runner itself exited."""
+    with open(logs / "stdout", "w") as stdout, open(logs / "stderr", "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WRAPPER.format(patch=patch), str(ROOT / "run_pipeline.py")]
+            + ["--output-dir", str(out), "--stages", "features", "--force", "--no-progress"],
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "KERNEL_PID_FILE": str(logs / "kernel.pid")},
+        )
+        try:
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                _kill_all(proc)
+    return proc, (logs / "stdout").read_text(), (logs / "stderr").read_text()
+
+
+def _assert_stopped_cleanly(out: Path, before: dict, proc, stdout: str, stderr: str) -> None:
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr, stderr[-2000:]
+    (run_id,) = [line.split()[2] for line in stdout.splitlines() if line.startswith("volcast run ")]
+    manifest = json.loads((out / "runs" / run_id / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["stages"]["features"]["status"] == "interrupted"
+    after = _published(out)
+    assert after["features"] == before["features"] and after["state"] == before["state"]
+    import filelock
+
+    filelock.FileLock(str(config.Layout.at(out).lock_file)).acquire(timeout=0)
+
+
+def test_a_signal_as_the_stage_kernel_is_forked_leaves_no_kernel_behind(tmp_path, previous_run):
+    import psutil
+
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    shutil.copytree(previous_run, out, symlinks=True)
+    logs.mkdir()
+    before = _published(out)
+    proc, stdout, stderr = _run_wrapped(out, _AT_KERNEL_FORK, logs)
+    kernel = int((logs / "kernel.pid").read_text())
+    try:
+        # Gone (killed and reaped by the runner) when the runner has exited, not left to die on its own.
+        assert not psutil.pid_exists(kernel) or psutil.Process(kernel).status() == psutil.STATUS_ZOMBIE
+    finally:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(kernel).kill()
+    _assert_stopped_cleanly(out, before, proc, stdout, stderr)
+
+
+def test_a_swallowed_interrupt_still_stops_the_run(tmp_path, previous_run):
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    shutil.copytree(previous_run, out, symlinks=True)
+    logs.mkdir()
+    before = _published(out)
+    proc, stdout, stderr = _run_wrapped(out, _SWALLOWED_AT_FIRST_CELL, logs)
+    assert "swallowed" in stderr  # the first raise was lost, as intended
+    _assert_stopped_cleanly(out, before, proc, stdout, stderr)

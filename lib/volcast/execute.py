@@ -49,20 +49,35 @@ def _start_stage_kernel(km, stage: Stage) -> None:
 class Stopper:
     """Turns SIGINT, SIGTERM and SIGHUP into a prompt stop of the run: ``Interrupted``.
 
-    The first signal kills the running stage's kernel and its workers at once (outputs are published
+    A signal kills the running stage's kernel and its workers at once (outputs are published
     atomically: nothing partial is left where readers look, and a stage killed before its publish
     publishes nothing) and raises in the runner, which then records the run as interrupted, releases
     the lock and exits 128 + the signal's number. Raising matters: papermill waits for the kernel's
-    output without a timeout and would never notice the dead kernel. Later signals only kill again,
-    so a repeated Ctrl-C cannot cut the cleanup short.
+    output without a timeout and would never notice the dead kernel. Later signals only kill, so a
+    repeated Ctrl-C cannot cut the cleanup short. Whatever the moment of the signal:
+
+    - While a stage's kernel is being started (``holding``), a signal is only recorded, and raised
+      as the start returns, after its kernel is killed: raised inside ``Popen``, after the fork and
+      before jupyter_client records the process, it would orphan a kernel that nobody kills.
+    - From the first signal until the stage has ended, a watchdog thread kills its kernel again each
+      ``GRACE`` seconds (one started since included) and raises in the runner again when the stage
+      is still there: code on the way (a library's ``except BaseException``, a ``__del__``) may have
+      swallowed the raise, and papermill would then wait on the dead kernel forever.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    GRACE = 1.0  # seconds a stage has to end after a raise before the watchdog raises again
+    CLOSING_GRACE = 5.0  # ... and to shut its killed kernel down (jupyter_client waits up to 5 s for it)
 
     def __init__(self):
         self.signum: int | None = None
         self.km = None  # the running stage's kernel manager
         self._previous: dict[int, Any] = {}
+        self._holding = 0
+        self._stage: str | None = None  # None, "running", or "closing" (shutting its kernel down)
+        self._since = 0.0  # monotonic time of the last raise, or of the stage's closing
+        self._again = False  # the watchdog asks the handler to raise once more
+        self._lock = threading.Lock()  # the watchdog signals only while the handlers are ours
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
@@ -71,25 +86,79 @@ class Stopper:
         return self
 
     def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        with self._lock:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+            self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         first = self.signum is None
         self.signum = self.signum or signum
         self.kill_kernel()
-        if first:
-            raise Interrupted(signum)
+        if first and self._previous:
+            threading.Thread(target=self._watch, name="volcast-stopper", daemon=True).start()
+        again, self._again = self._again and self._stage is not None, False
+        if (first or again) and not self._holding:
+            self._since = time.monotonic()
+            raise Interrupted(self.signum)
 
     def kill_kernel(self) -> None:
-        if self.km is not None:
-            self.km.kill_group()
+        km = self.km
+        if km is not None:
+            km.kill_group()
 
     def check(self) -> None:
-        """Raise if a signal came (and something on the way swallowed the first raise)."""
+        """Raise if a signal came (and something on the way swallowed the first raise, or held it)."""
         if self.signum is not None:
             self.kill_kernel()
+            self._since = time.monotonic()
             raise Interrupted(self.signum)
+
+    @contextlib.contextmanager
+    def holding(self):
+        """A step no raise may cut (a kernel's start): a signal during it raises as it returns."""
+        self._holding += 1
+        try:
+            yield
+        finally:
+            self._holding -= 1
+            self.check()  # also when the step failed: the run was stopped, and says so
+
+    @contextlib.contextmanager
+    def stage(self, km):
+        """A stage's extent: its kernel ``km`` is killed on a signal, and shut down as the stage ends."""
+        self.km, self._stage = km, "running"
+        try:
+            self.check()
+            yield km
+        finally:
+            self._stage, self._since = "closing", time.monotonic()
+            if self.signum is not None:
+                _quiet_event_loop()
+            try:
+                with contextlib.suppress(Exception):  # a kernel the stopper killed may be half gone already
+                    km.shut_down()
+            finally:
+                self.km, self._stage = None, None  # only now: a signal during the shutdown still kills
+        self.check()  # a signal that came as the last cell ended: the run still stops, its state unrecorded
+
+    def _watch(self) -> None:
+        while self._previous:  # until the run's handlers are restored
+            time.sleep(self.GRACE / 4)
+            self.kill_kernel()
+            grace = self.CLOSING_GRACE if self._stage == "closing" else self.GRACE
+            with self._lock:
+                if self._stage and not self._holding and self._previous and time.monotonic() - self._since > grace:
+                    self._again, self._since = True, time.monotonic()
+                    signal.pthread_kill(threading.main_thread().ident, self.signum)
+
+
+def _quiet_event_loop() -> None:
+    """Drop the errors of the client tasks a stop leaves behind on the runner's event loop (jupyter_client's
+    and nbclient's, reading a killed kernel's closed sockets): echoes of the stop, logged as tracebacks."""
+    from jupyter_core.utils import ensure_event_loop
+
+    ensure_event_loop().set_exception_handler(lambda loop, context: None)
 
 
 def execute_stage(
@@ -99,11 +168,9 @@ def execute_stage(
     stopper = stopper or Stopper()
     output = run_dir / stage.notebook
     t0 = time.perf_counter()
-    km = notebooks.kernel_manager(kernel)
-    stopper.km = km
-    try:
-        stopper.check()
-        _start_stage_kernel(km, stage)
+    with stopper.stage(notebooks.kernel_manager(kernel)) as km:
+        with stopper.holding():
+            _start_stage_kernel(km, stage)
         papermill = notebooks.import_papermill()  # meanwhile the kernel starts (a process imports it once)
         stopper.check()
         try:
@@ -125,9 +192,4 @@ def execute_stage(
         except Exception:
             stopper.check()  # the kernel was killed by the stopper: papermill's error is only its echo
             raise
-    finally:
-        with contextlib.suppress(Exception):  # a kernel the stopper killed may be half gone already
-            km.shut_down()
-        stopper.km = None  # only now: a signal during the shutdown still kills the kernel
-    stopper.check()  # a signal that came as the last cell ended: the run still stops, its state unrecorded
     return StageResult(stage.name, "ok", round(time.perf_counter() - t0, 3), str(output))
