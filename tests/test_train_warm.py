@@ -121,6 +121,9 @@ def test_a_warm_start_with_no_new_rows_keeps_the_parent_trees(grown, tmp_path):
     bundle = train.load_bundle(train.latest_model_dir(copy))
     parent = train.load_bundle(config.Layout.at(copy).models_dir / warm["model_id"])
     assert bundle.forecaster.estimator.tree_count_ == parent.forecaster.estimator.tree_count_
+    for name in ("learning_curve.csv", "learning_curve_forecast.csv"):  # the parent's trees, the parent's curves
+        mine = pd.read_csv(train.latest_model_dir(copy) / name)
+        assert len(mine) and mine.equals(pd.read_csv(config.Layout.at(copy).models_dir / warm["model_id"] / name))
     symbol = bundle.symbols[0]
     assert bundle.forecast_one(symbol)["volume"] == parent.forecast_one(symbol)["volume"]
 

@@ -163,6 +163,32 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return np.unique(values)
 
 
+def chrono_split(distinct: np.ndarray, test_fraction: float, validation_fraction: float, seed: int):
+    """``(split_info, valid_info, test_start, valid_start)`` of the chronological split of the sorted distinct
+    usable days: the test set from all dates, the validation slice from the train dates (``split_mask``)."""
+    _, split_info = split_mask(distinct, "chronological", test_fraction, seed)
+    test_start = split_info["test_start"]
+    train_days = distinct[distinct < test_start]
+    valid_info = {"test_start": None}
+    valid_start = test_start
+    if len(train_days) >= 2:
+        _, valid_info = split_mask(train_days, "chronological", validation_fraction, seed + 1)
+        valid_start = valid_info["test_start"]
+    split_info["test_start"] = _iso(test_start)
+    return split_info, valid_info, test_start, valid_start
+
+
+def day_counts(days: list) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct days, rows on each) of arrays of int days, counted rather than sorted."""
+    days = [d for d in days if len(d)]
+    if not days:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    low = min(int(d.min()) for d in days)
+    counts = sum(np.bincount(d - low, minlength=max(int(d.max()) for d in days) - low + 1) for d in days)
+    at = np.flatnonzero(counts)
+    return at + low, counts[at]
+
+
 def split_frame(
     df: pd.DataFrame, kind: str = "chronological", test_fraction: float = 0.2, seed: int = 42
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:

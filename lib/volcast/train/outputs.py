@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import config, storage
@@ -19,19 +20,30 @@ from .rows import TEST_FORECAST_DATES, market_at
 from .task_model import TEST_SAMPLE_FILE
 
 
-def _test_forecasts(data, forecaster) -> pd.DataFrame:
+def _test_forecasts(data, forecaster) -> pd.DataFrame | pa.Table:
     """Each ticker's last TEST_FORECAST_DATES test rows with their forecasts and the actual next-day Volume.
 
     A warm start from a row store (``data.band_from``) forecasts only the rows added since its parent: the
-    parent's forecasts of the test dates it scored (out of sample for it) are kept."""
+    parent's forecasts of the test dates it scored (out of sample for it) are kept. That table is merged in
+    Arrow (millions of rows at x3), in Symbol then Date order as the parent's."""
     new = _band_frame(data, forecaster)
     if data.band_from is None:
         return new
-    old = pd.read_parquet(data.band_from)
-    old = old[old[DATE] >= np.datetime64(data.split_info["test_start"])]
-    both = pd.concat([old, new], ignore_index=True).sort_values([SYMBOL, DATE], kind="stable")
-    both = both.groupby(SYMBOL, sort=False).tail(TEST_FORECAST_DATES)
-    return both.reset_index(drop=True)
+    old = pq.read_table(data.band_from)
+    new = pa.Table.from_pandas(new, preserve_index=False).cast(old.schema)
+    start = pa.scalar(pd.Timestamp(data.split_info["test_start"]), old[DATE].type)
+    old = old.filter(pc.greater_equal(old[DATE], start))
+    both = pa.concat_tables([old, new]).combine_chunks()
+    names = both[SYMBOL].combine_chunks().dictionary_encode()
+    rank = np.empty(len(names.dictionary), np.int64)
+    rank[pc.sort_indices(names.dictionary).to_numpy()] = np.arange(len(names.dictionary))
+    ticker = rank[names.indices.to_numpy(zero_copy_only=False)]
+    days = _days_of(both[DATE])
+    order = np.lexsort((days, ticker))
+    ticker = ticker[order]
+    ends = np.append(np.flatnonzero(ticker[1:] != ticker[:-1]) + 1, len(ticker))
+    from_end = np.repeat(ends, np.diff(np.append(0, ends))) - np.arange(len(ticker))
+    return both.take(pa.array(order[from_end <= TEST_FORECAST_DATES]))
 
 
 def _band_frame(data, forecaster) -> pd.DataFrame:

@@ -34,10 +34,10 @@ import numpy as np
 from .. import storage
 from ..config import SYMBOL, VOLUME
 from ..features.stage import STATE_FILE as FEATURES_STATE_FILE
-from .data import _iso, feature_groups
+from .data import _iso, chrono_split, day_counts, feature_groups
 from .forecast import TEST_FORECASTS_FILE
 from .params import FEATURES, MARKET_INPUT
-from .rows import _SCAN_COLUMNS, TrainRows, _day_numbers, _read_group, chrono_split, day_counts, market_at, market_ratio
+from .rows import _SCAN_COLUMNS, TrainRows, _day_numbers, _read_group, market_at, market_ratio
 
 CACHE_DIR = ".warm_cache"
 VERSION = 1
@@ -113,7 +113,7 @@ def save(models_dir, model_id: str, data: TrainRows, params: dict, digests: dict
         "params": params,
         "files": digests,
         "counts": data.counts,
-        "epochs": data.store.get("epochs", {}),
+        "features": data.store.get("features", {}),
         "ahead_to": data.store["ahead_to"],
         "test_rate": data.store["test_rate"],
         "segments": [p.name for p in parents] + [f"rows-{model_id}.npz"],
@@ -149,22 +149,25 @@ def _stat(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def epochs_of(features_dir) -> dict:
-    """Each features partition's epoch (``storage.PARTITIONS_FILE``: it changes whenever the partition's rows may
-    have changed other than by rows appended after them), as the features stage records it."""
+def features_state(features_dir) -> dict:
+    """What the features stage records of its dataset: each partition's epoch (``storage.PARTITIONS_FILE``: it
+    changes whenever the partition's rows may have changed other than by rows appended after them) and the
+    stage's parameters and code (a change recomputes every row)."""
     state = storage.read_json(Path(features_dir).resolve() / FEATURES_STATE_FILE, default=None)
     parts = state.get("partitions") if isinstance(state, dict) else None
-    return {k: (v or {}).get("epoch") for k, v in parts.items()} if isinstance(parts, dict) else {}
+    epochs = {k: (v or {}).get("epoch") for k, v in parts.items()} if isinstance(parts, dict) else {}
+    return json_params(epochs=epochs, params=state.get("params") if isinstance(state, dict) else None)
 
 
-def _plan(meta: dict, groups: dict, epochs: dict) -> tuple[list, str]:
+def _plan(meta: dict, groups: dict, current: dict) -> tuple[list, str]:
     """The files to read per partition (whose rows after each ticker's stored last date are new), or a reason
     why the store does not apply.
 
     A partition whose stored files are all unchanged has only gained files; one whose files changed (a daily
     delta rewritten with the day added, a base folded with its delta) keeps its stored rows while its epoch is
     the stored one (it only grew): its changed files are read. Any other change means a full read."""
-    stored, stored_epochs = meta["files"], meta.get("epochs", {})
+    stored, stored_epochs = meta["files"], (meta.get("features") or {}).get("epochs", {})
+    epochs = current["epochs"] if (meta.get("features") or {}).get("params") == current["params"] else {}
     keys = {storage.split_partition_name(name)[0] for name in stored}
     gone = sorted(keys - set(groups))
     if gone:
@@ -176,7 +179,8 @@ def _plan(meta: dict, groups: dict, epochs: dict) -> tuple[list, str]:
         added_only = key not in keys or all(n in kept for n in stored if storage.split_partition_name(n)[0] == key)
         if not added_only and (stored_epochs.get(key) is None or epochs.get(key) != stored_epochs.get(key)):
             changed = next((p.name for p, ok in zip(paths, same) if not ok), key)
-            return [], f"features file {changed} changed since the parent read it (partition {key} rewritten)"
+            why = "rewritten" if epochs else "the features stage's parameters or code changed"
+            return [], f"features file {changed} changed since the parent read it (partition {key}: {why})"
         fresh = [p for p, ok in zip(paths, same) if not ok]
         if fresh:  # files only added: none of their rows may be stored already; else the stored ones are skipped
             todo.append((fresh, not added_only))
@@ -246,7 +250,8 @@ def load_warm(
     if meta.get("version") != VERSION or meta.get("params") != params:
         return None, "the parent's row store was made with other parameters or code", {}
     groups = feature_groups(Path(features_dir))
-    groups_new, reason = _plan(meta, groups, epochs_of(features_dir))
+    state = features_state(features_dir)
+    groups_new, reason = _plan(meta, groups, state)
     if reason:
         return None, reason, {}
     home = cache_root(models_dir) / parent_id
@@ -423,7 +428,7 @@ def load_warm(
             "test_rate": rate,
             "segments": segments,
             "new_from": len(s_take),
-            "epochs": epochs_of(features_dir),
+            "features": state,
         },
         band_from=Path(models_dir) / parent_id / TEST_FORECASTS_FILE,
     )

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
 from ..errors import UserError
 from ..features.inputs import BASE_WINDOW, market_ratio_by_day
-from .data import _distinct, _iso, _sample, feature_groups, split_mask
+from .data import _distinct, _iso, _sample, chrono_split, day_counts, feature_groups
 from .params import (
     DEFAULT_MAX_TEST_ROWS,
     FEATURES,
@@ -120,11 +120,11 @@ def _read_group(paths: list[Path], columns, read_dictionary=None) -> pa.Table:
     """One partition's rows: its files (base, then deltas) read and concatenated in path order."""
     tables = []
     for path in paths:
-        table = pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary)
-        missing = [c for c in columns if c not in table.column_names]
+        names = set(pq.read_schema(path).names)
+        missing = [c for c in columns if c not in names]
         if missing:
             raise UserError(f"{path} lacks column(s) {', '.join(missing)}; re-run the features stage")
-        tables.append(table)
+        tables.append(pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary))
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 
@@ -211,32 +211,6 @@ def _scan(paths: list[Path], shift: int) -> _File:
         mvol,
         tails,
     )
-
-
-def chrono_split(distinct: np.ndarray, test_fraction: float, validation_fraction: float, seed: int):
-    """``(split_info, valid_info, test_start, valid_start)`` of the chronological split of the sorted distinct
-    usable days: the test set from all dates, the validation slice from the train dates (``split_mask``)."""
-    _, split_info = split_mask(distinct, "chronological", test_fraction, seed)
-    test_start = split_info["test_start"]
-    train_days = distinct[distinct < test_start]
-    valid_info = {"test_start": None}
-    valid_start = test_start
-    if len(train_days) >= 2:
-        _, valid_info = split_mask(train_days, "chronological", validation_fraction, seed + 1)
-        valid_start = valid_info["test_start"]
-    split_info["test_start"] = _iso(test_start)
-    return split_info, valid_info, test_start, valid_start
-
-
-def day_counts(days: list) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct days, rows on each) of arrays of int days, counted rather than sorted."""
-    days = [d for d in days if len(d)]
-    if not days:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    low = min(int(d.min()) for d in days)
-    counts = sum(np.bincount(d - low, minlength=max(int(d.max()) for d in days) - low + 1) for d in days)
-    at = np.flatnonzero(counts)
-    return at + low, counts[at]
 
 
 def market_ratio(days: np.ndarray, totals: np.ndarray, window: int = MARKET_WINDOW) -> tuple[np.ndarray, np.ndarray]:

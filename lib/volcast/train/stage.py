@@ -10,6 +10,7 @@ as one (``volcast.train.forecast``); separate DAG stages would read the features
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
@@ -84,12 +85,15 @@ class Evaluation(NamedTuple):
     by_year: pd.DataFrame
     by_decile: pd.DataFrame
     deciles: pd.DataFrame
-    test_forecasts: pd.DataFrame
+    test_forecasts: pd.DataFrame | pa.Table
     test_sample: pd.DataFrame
 
 
-def _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed) -> Evaluation:
-    """Score every predictor on the test rows; the tables, the test forecasts and the chart sample."""
+def _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1) -> Evaluation:
+    """Score every predictor on the test rows; the tables, the test forecasts and the chart sample.
+
+    The tables are independent of one another and numpy releases the GIL in them: they run side by side on
+    ``threads`` threads (the same numbers)."""
     y = data.target[test_rows]
     vol_test = data.vol[test_rows]
     x_test = data.x[test_rows]
@@ -101,19 +105,25 @@ def _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed) -> Evalu
         **M.baseline_predictions(data.volume[test_rows], vol_test),
     }
     del x_test
-    all_metrics = {name: M.metrics(y, preds[name]) for name in PREDICTORS}
+    years = (np.datetime64("1970-01-01") + data.day[test_rows].astype("timedelta64[D]")).astype("datetime64[Y]")
+    years = years.astype(int) + 1970
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        jobs = {name: pool.submit(M.metrics, y, preds[name]) for name in PREDICTORS}
+        jobs["by_year"] = pool.submit(M.table_by, years, y, preds, "year")
+        y_order = np.argsort(y, kind="stable")
+        jobs["deciles"] = pool.submit(M.error_by_decile, y, preds["model"], vol_test, order=y_order)
+        jobs["by_decile"] = pool.submit(M.table_by, M.deciles(y, order=y_order), y, preds, "decile")
+        test_forecasts = _test_forecasts(data, forecaster)
+        done = {name: job.result() for name, job in jobs.items()}
+    all_metrics = {name: done[name] for name in PREDICTORS}
     base = all_metrics["baseline_vol_moving_avg"]
     ratios_all = {
         name: {k: (m[k] / base[k] if base[k] else None) for k in ("mae", "medape")} for name, m in all_metrics.items()
     }
     test_coverage = M.coverage(y, p10, p90)
-    years = (np.datetime64("1970-01-01") + data.day[test_rows].astype("timedelta64[D]")).astype("datetime64[Y]")
-    by_year = M.table_by(years.astype(int) + 1970, y, preds, "year")
-    cover_year = pd.Series((y >= p10) & (y <= p90)).groupby(years.astype(int) + 1970).mean()
+    by_year, by_decile, deciles = done["by_year"], done["by_decile"], done["deciles"]
+    cover_year = pd.Series((y >= p10) & (y <= p90)).groupby(years).mean()
     by_year["coverage_p10_p90"] = by_year["year"].map(cover_year)
-    by_decile = M.table_by(M.deciles(y), y, preds, "decile")
-    deciles = M.error_by_decile(y, preds["model"], vol_test)
-    test_forecasts = _test_forecasts(data, forecaster)
     sample = _sample(len(test_rows), TEST_SAMPLE_ROWS, np.random.default_rng(seed))
     s_rows = test_rows[sample]
     test_sample = pd.DataFrame(
@@ -294,9 +304,14 @@ def run(
                 rows_warm, W.WARM_ITERATIONS, W.WARM_ITERATIONS, *rates, parent.task, parent.forecaster
             )
         else:  # nothing new: the parent's models, re-evaluated
-            empty = pd.DataFrame(columns=["iteration", "train_loss", "validation_loss", "metric"])
-            wfc, wcurve = parent.forecaster, empty
-            wfit = FitResult(parent.task, empty, parent.card.get("estimator_params", {}), 0.0)
+
+            def curve(name):  # the parent's: its trees are the model's (empty if it has none)
+                path = parent.model_dir / name
+                columns = ["iteration", "train_loss", "validation_loss", "metric"]
+                return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=columns)
+
+            wfc, wcurve = parent.forecaster, curve("learning_curve_forecast.csv")
+            wfit = FitResult(parent.task, curve("learning_curve.csv"), parent.card.get("estimator_params", {}), 0.0)
             winfo = {
                 "params": parent.card["models"]["forecast"]["params"],
                 "fit_seconds": 0.0,
@@ -335,7 +350,7 @@ def run(
         warm_entry = {"requested": True, "note": parent.reason}
 
     t0 = time.perf_counter()
-    ev = _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed)
+    ev = _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads)
     seconds["evaluate"] = time.perf_counter() - t0
 
     rows = {
@@ -360,7 +375,7 @@ def run(
     t0 = time.perf_counter()
     known = (RS.load_meta(layout.models_dir, latest.name) or {}).get("files") if latest is not None else None
     digests = digests or RS.file_digests(files, known)
-    data.store.setdefault("epochs", RS.epochs_of(layout.features_dir))
+    data.store.setdefault("features", RS.features_state(layout.features_dir))
     RS.save(layout.models_dir, model_id, data, row_params, digests)
     seconds["row_store"] = time.perf_counter() - t0
     data = None  # the rows are not needed any more: free them before publishing
@@ -420,7 +435,10 @@ def run(
         "learning_curve_forecast.csv": write_curve,
         LATEST_FILE: write_latest,
         TEST_FORECASTS_FILE: lambda path: storage.write_parquet(
-            pa.Table.from_pandas(ev.test_forecasts, preserve_index=False), path
+            ev.test_forecasts
+            if isinstance(ev.test_forecasts, pa.Table)
+            else pa.Table.from_pandas(ev.test_forecasts, preserve_index=False),
+            path,
         ),
     }
     model_dir = save_model(
