@@ -557,6 +557,23 @@ def render(results: dict) -> str:
                 f"| {r['setting']} | {r['wall']} | {r['cpu']} | {r['mae']:.4f} | {r['medape']:.4f} |"
                 for r in sp["task"]
             ]
+    tc = results.get("target_choice")
+    if tc:
+        lines += [
+            "",
+            "## Second round: the target's base, more inputs, capacity (validation slice only)",
+            "",
+            tc["how"],
+            "",
+            "| setting | loss | fit CPU s | MAE / vma | median APE / vma | raw P10-P90 coverage |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in tc["table"]:
+            cov = f"{100 * r['cov']:.1f} %" if r.get("cov") is not None else "–"
+            name = f"**{r['setting']}**" if r.get("chosen") else r["setting"]
+            lines.append(f"| {name} | {r['loss']} | {r['cpu']} | {r['mae']:.4f} | {r['medape']:.4f} | {cov} |")
+        if tc.get("after"):
+            lines += ["", tc["after"]]
     s = results.get("scale")
     if s:
         sec = s["seconds"]
