@@ -20,7 +20,7 @@
 # - **Target**: the Volume of the next trading day of the same ticker (`target_shift=1`; 0 = the task's same-day setup, where `vol_moving_avg` already contains the answer).
 # - **Split**: chronological, the last 20 % of dates are the test set; the last 10 % of the remaining dates are a validation slice (the learning curve), held out of fitting.
 # - **Task model** (`/predict`): CatBoost on the ratio *next Volume / vol_moving_avg* with an absolute-error (MAE) loss, i.e. its conditional median, scaled back by `vol_moving_avg`. Inputs are only `vol_moving_avg` and `adj_close_rolling_med`.
-# - **Forecast model** (`/forecast`): CatBoost `MultiQuantile` (P10, P50, P90) of *log1p(next Volume) - log_vol_mean30* on every forecasting input; the P10-P90 interval is scaled so that 80 % of the validation slice falls inside.
+# - **Forecast model** (`/forecast`): CatBoost `MultiQuantile` (P10, P50, P90) of *log1p(next Volume)* minus the 30-day median of log1p(Volume) (*log_vol_mean30 + vol_med30_lr*) on every forecasting input; the P10-P90 interval is scaled so that 80 % of the validation slice falls inside.
 # - **Warm start** (`warm_start=True`): continue the current model (`models/LATEST`) on the train rows added since it was trained, and compare it with a full retrain on the same data (`volcast.train.warm`).
 # - **References** on the same test rows: predict `vol_moving_avg`; predict today's Volume; HAR (log volume on its log 1/5/22-day means, least squares on the fitted train rows).
 
