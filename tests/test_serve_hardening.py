@@ -93,6 +93,62 @@ def test_a_body_at_the_limit_is_read_and_one_byte_more_is_refused(api, tiny_outp
     assert status == 413 and "split it" in body["error"]
 
 
+def chunked(body: bytes, size: int) -> bytes:
+    """``body`` in the chunked transfer coding, in chunks of ``size`` bytes."""
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+CHUNKED_HEAD = b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_a_chunked_body_growing_past_the_limit_gets_the_same_json_413(api, tiny_output, monkeypatch):
+    from volcast.serve import http as api_http
+
+    received = []  # the body bytes the server held for each request
+    real = api_http._Request.data_received
+    monkeypatch.setattr(
+        api_http._Request, "data_received", lambda self, chunk: received.append(len(chunk)) or real(self, chunk)
+    )
+    # At the limit, in chunks: read and answered.
+    obj = json.dumps({VOL: 12345, PRICE: 25}).encode()
+    padded = obj + b" " * (MAX_BODY_BYTES - len(obj))
+    status, body, _ = raw_exchange(api.port, CHUNKED_HEAD + chunked(padded, 100_000))
+    assert status == 200 and body["volume"] == expected_volumes(tiny_output, [12345], [25])[0]
+    assert sum(received) == MAX_BODY_BYTES
+    # One byte more, and a 16 MB body in 64 KiB chunks: refused as a declared length is, and what was held
+    # never exceeds the limit (the chunk that would cross it is not read).
+    for size, piece in ((MAX_BODY_BYTES + 1, 100_000), (16 * 1024 * 1024, 65536)):
+        received.clear()
+        status, body, head_text = raw_exchange(api.port, CHUNKED_HEAD + chunked(b"[]," * (size // 3 + 1), piece))
+        assert status == 413, body
+        assert body["error"] == (
+            f"the chunked body grows past {MAX_BODY_BYTES:,} bytes; the most is {MAX_BODY_BYTES:,} "
+            "(a full batch of 10,000 objects needs far less); split it"
+        )
+        assert b"content-type: application/json" in head_text.lower()
+        assert sum(received) <= MAX_BODY_BYTES
+    # One chunk that declares 1 GiB: refused before a byte of it is read.
+    received.clear()
+    status, body, _ = raw_exchange(api.port, CHUNKED_HEAD + b"40000000\r\n" + b"[]," * 1000)
+    assert status == 413 and "split it" in body["error"] and sum(received) == 0
+    # A malformed chunked body is still a plain 400, and the worker is free.
+    status, _ = _status_of(api.port, CHUNKED_HEAD + b"zz\r\n[]\r\n0\r\n\r\n")
+    assert status == 400
+    c = Client(api.url)
+    assert c.get("/health")[0] == 200
+    c.close()
+
+
+def _status_of(port: int, request: bytes) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data
+
+
 def test_long_url_is_414_and_long_headers_are_431_as_json(api):
     long_url = b"GET /predict?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     status, body, head_text = raw_exchange(api.port, long_url)

@@ -9,6 +9,7 @@ read ``holder.current`` exactly once per answer, so a hot swap never mixes two m
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -17,7 +18,13 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from tornado.httpserver import HTTPServer
-from tornado.httputil import HTTPHeaders, HTTPMessageDelegate, HTTPServerConnectionDelegate, ResponseStartLine
+from tornado.httputil import (
+    HTTPHeaders,
+    HTTPInputError,
+    HTTPMessageDelegate,
+    HTTPServerConnectionDelegate,
+    ResponseStartLine,
+)
 from tornado.iostream import IOStream, StreamClosedError, UnsatisfiableReadError
 
 from .model import ForecastRefused, ModelHolder
@@ -140,11 +147,12 @@ class _ApiStream(IOStream):
 class _Request(HTTPMessageDelegate):
     """The tornado message delegate for one request: collects it, then hands it to the app."""
 
-    __slots__ = ("app", "conn", "method", "target", "chunks")
+    __slots__ = ("app", "conn", "method", "target", "chunks", "refused")
 
     def __init__(self, app: ApiApplication, conn):
         self.app, self.conn = app, conn
         self.chunks: list[bytes] = []  # the body; tornado enforces max_body_size
+        self.refused = False  # answered 413 on a detached stream: nothing more to do
 
     # tornado.httputil.HTTPMessageDelegate interface
     def headers_received(self, start_line, headers):
@@ -152,16 +160,34 @@ class _Request(HTTPMessageDelegate):
         length = headers.get("Content-Length")
         if length is not None and (_declared_length(length) or 0) > MAX_BODY_BYTES:
             # Refused from the header, before a byte of the body is read (no 100-continue is sent).
-            message = (
-                f"the body is {_declared_length(length):,} bytes; the most is {MAX_BODY_BYTES:,} "
-                f"(a full batch of {MAX_BATCH:,} objects needs far less); split it"
-            )
-            asyncio.ensure_future(_answer_and_linger(self.conn.detach(), _closing_response(413, message)))
+            self._refuse(f"the body is {_declared_length(length):,} bytes")
+        elif "chunked" in headers.get("Transfer-Encoding", "").lower():
+            self.conn._read_chunked_body = functools.partial(self._read_chunked, self.conn._read_chunked_body)
+
+    async def _read_chunked(self, read_chunked, delegate) -> None:
+        """tornado's reader of a chunked body, whose refusal of a body growing past ``max_body_size`` (made
+        before it reads the chunk that would cross the limit) becomes the same JSON 413 as a declared length's,
+        instead of a bare 400."""
+        try:
+            await read_chunked(delegate)
+        except HTTPInputError as err:
+            if "too large" not in str(err) or self.conn.stream is None:
+                raise
+            self._refuse(f"the chunked body grows past {MAX_BODY_BYTES:,} bytes")
+
+    def _refuse(self, size: str) -> None:
+        self.refused = True
+        message = (
+            f"{size}; the most is {MAX_BODY_BYTES:,} (a full batch of {MAX_BATCH:,} objects needs far less); split it"
+        )
+        asyncio.ensure_future(_answer_and_linger(self.conn.detach(), _closing_response(413, message)))
 
     def data_received(self, chunk):
         self.chunks.append(chunk)
 
     def finish(self):
+        if self.refused:  # tornado calls it once the (refused) body's reading has returned
+            return
         try:
             self.app.handle(self)
         except Exception:  # never leave a connection hanging; a bug is a 500, logged
