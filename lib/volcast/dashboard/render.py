@@ -96,6 +96,8 @@ def _describe_input(name: str) -> str:
         return "today's Volume" if k == 0 else f"Volume {k} trading day{'s' if k > 1 else ''} back"
     if m := re.fullmatch(r"vol_mean(\d+)_lr", name):
         return f"mean Volume of the last {m.group(1)} days"
+    if m := re.fullmatch(r"vol_med(\d+)_lr", name):
+        return f"median Volume of the last {m.group(1)} days"
     if m := re.fullmatch(r"vol_std(\d+)", name):
         return f"std. dev. of log Volume over the last {m.group(1)} days"
     return {
@@ -117,7 +119,7 @@ def _describe_input(name: str) -> str:
 
 
 def _is_volume_ratio(name: str) -> bool:
-    return bool(re.fullmatch(r"vol_lr_\d+|vol_mean\d+_lr", name))
+    return bool(re.fullmatch(r"vol_lr_\d+|vol_mean\d+_lr|vol_med\d+_lr", name))
 
 
 def inputs_frame(row: dict, inputs) -> pd.DataFrame:
