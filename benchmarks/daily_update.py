@@ -67,12 +67,14 @@ def run_stages(src: Path, out: Path, stages: str, jobs: int, extra: list[str] = 
         *extra,
     ]
     t0 = time.perf_counter()
+    c0 = _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    cpu = _children_cpu() - c0
     if proc.returncode:
         raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     manifest = json.loads(max((out / "runs").glob("*/manifest.json")).read_text())
-    row = {"wall": round(wall, 2)}
+    row = {"wall": round(wall, 2), "cpu": round(cpu, 2)}
     for name, stage in manifest["stages"].items():
         row[f"{name}_manifest"] = stage["seconds"]
         row[f"{name}_status"] = stage["status"]
@@ -84,6 +86,15 @@ def run_stages(src: Path, out: Path, stages: str, jobs: int, extra: list[str] = 
         if name == "train":
             row["train_warm"] = report.get("warm_start") is not None and bool(report.get("warm_start"))
     return row
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes so far: the run's processes, notebook
+    kernels and workers included. On a shared machine it moves much less with the load than wall time."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def read_seconds(path: Path) -> float:
@@ -120,7 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         help="on the first days, also a full re-run (--force) of the same tree, interleaved",
     )
     p.add_argument("--name", default="", help="results file name (default daily_update[_xK])")
+    p.add_argument(
+        "--recompare", action="store_true", help="only compare WORK/out with WORK/full again, into the results file"
+    )
     args = p.parse_args(argv)
+    if args.recompare:
+        name = args.name or "daily_update" + ("" if args.scale == 1 else f"_x{args.scale}")
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        result["equal_to_full_run"] = compare(args.work / "out", args.work / "full")
+        return _write(result, args.scale, name)
     mds = _module("make_daily_source")
     work = args.work
     src, out, full, ref = work / "src", work / "out", work / "full", work / "ref"
@@ -178,15 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     load = wait_for_load(args.max_load, args.max_wait)
     fresh = {"load": load, **run_stages(src, full, "ingest,features", args.jobs)}
     print("fresh full run:", fresh, flush=True)
-    import pandas as pd
 
-    equal = {}
-    for name in ("raw", "features"):
-        try:
-            pd.testing.assert_frame_equal(pd.read_parquet(out / "data" / name), pd.read_parquet(full / "data" / name))
-            equal[name] = True
-        except AssertionError as exc:
-            equal[name] = f"differs: {str(exc)[:200]}"
+    equal = compare(out, full)
     wait_for_load(args.max_load, args.max_wait)
     reads = {"updated": [], "fresh": []}
     for _ in range(args.repeat):
@@ -209,6 +221,26 @@ def main(argv: list[str] | None = None) -> int:
         "read_all": {k: [round(x, 3) for x in v] for k, v in reads.items()},
     }
     return _write(result, args.scale, args.name)
+
+
+def compare(out: Path, full: Path) -> dict:
+    """The updated datasets against the fresh ones, row for row after sorting by Symbol then Date (a daily
+    update's rows sit in delta files, read after their partition's base: README, Daily updates)."""
+    import pandas as pd
+
+    equal = {}
+    for name in ("raw", "features"):
+        frames = [
+            pd.read_parquet(d / "data" / name).sort_values(["Symbol", "Date"], kind="stable").reset_index(drop=True)
+            for d in (out, full)
+        ]
+        try:
+            pd.testing.assert_frame_equal(*frames)
+            equal[name] = True
+        except AssertionError as exc:
+            equal[name] = f"differs: {str(exc)[:200]}"
+        del frames
+    return equal
 
 
 def _write(result: dict, scale: int, name: str = "") -> int:
@@ -300,14 +332,14 @@ def markdown(r: dict) -> str:
         "",
         "Per day (manifest seconds; own seconds in brackets):",
         "",
-        "| day | load | ingest | features | files appended / re-read / unchanged |",
-        "|---|---|---|---|---|",
+        "| day | load | ingest | features | files appended / re-read / unchanged | run CPU s (all processes) |",
+        "|---|---|---|---|---|---|",
     ]
     for d in days:
         lines.append(
             f"| {d['day']} | {d['load']} | {d['ingest_manifest']} ({d['ingest_own']}) | "
             f"{d['features_manifest']} ({d['features_own']}) | "
-            f"{d.get('files_appended')} / {d.get('files_reread')} / {d.get('files_unchanged')} |"
+            f"{d.get('files_appended')} / {d.get('files_reread')} / {d.get('files_unchanged')} | {d.get('cpu', '')} |"
         )
     return "\n".join(lines) + "\n"
 
