@@ -5,7 +5,7 @@ Every run leaves ``DIR/runs/<run_id>/`` with the executed notebooks (the log of 
 skipped when its inputs, parameters and code are unchanged since its last successful run.
 
 Two kinds of state, for two decisions:
-- ``DIR/runs/state.json`` (here): run the stage at all? Whole-stage fingerprints; a skip starts no kernel.
+- ``DIR/runs/state.json`` (``volcast.record``): run the stage at all? Whole-stage fingerprints; a skip starts no kernel.
 - ``_ingest_state.json`` / ``_features_state.json`` (inside each published dataset version, owned by the
   stage): when the stage runs, which files or partitions can be carried over unchanged.
 """
@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
-import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from . import config, notebooks, retention, storage
 from .config import Layout
-from .errors import Interrupted, UserError
+from .errors import UserError
 from .execute import StageResult
 
 # Kept importable from here: notebooks, tests and benchmarks use these names.
@@ -34,11 +31,21 @@ from .execute import start_kernel as _start_kernel  # noqa: F401
 from .executor import RunCluster
 from .notebooks import KERNEL_NAME, ensure_kernel, refresh_notebooks, sync_notebooks  # noqa: F401
 from .notebooks import import_papermill as _import_papermill  # noqa: F401
+from .record import (  # noqa: F401
+    RUN_ONLY_PARAMS,
+    StageFailed,
+    code_fingerprint,
+    input_fingerprints,
+    output_fingerprints,
+    run_stage,
+    up_to_date_reason,
+)
+from .record import state_path as _state_path  # noqa: F401
 from .remote import RunTarget
-from .runs import git_commit, library_versions, new_run_id
+from .runs import git_commit, library_versions, new_manifest, new_run_id  # noqa: F401
 from .runs import now as _now
 from .runs import summary as _summary
-from .storage import fingerprint_path
+from .storage import fingerprint_path  # noqa: F401
 
 LIBRARY_DIR = Path(__file__).resolve().parent
 COMMON_CODE = ("config", "storage", "errors", "__init__")
@@ -163,65 +170,10 @@ def parse_stages(text: str | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fingerprints
-
-
-def code_fingerprint(stage: Stage) -> str:
-    return storage.code_digest(*stage.code_paths, stage.notebook_path)
-
-
-def input_fingerprints(stage: Stage, layout: Layout, params: dict[str, Any]) -> dict[str, str | None]:
-    result = {}
-    for name in stage.inputs:
-        if name == "source":
-            source = params.get("source")
-            if source in ("demo", "kaggle") or source is None:
-                # demo is a pure function of its parameters; kaggle is refreshed on every run.
-                result["source"] = f"{source}" if source == "demo" else f"{source}:{uuid.uuid4().hex}"
-            else:
-                result["source"] = fingerprint_path(Path(source))
-        else:
-            result[name] = fingerprint_path(getattr(layout, name))
-    return result
-
-
-def output_fingerprints(stage: Stage, layout: Layout) -> dict[str, str | None]:
-    return {name: fingerprint_path(getattr(layout, name)) for name in stage.outputs}
-
-
-# ---------------------------------------------------------------------------------------------
 # Running
 
 
-class StageFailed(Exception):
-    def __init__(self, stage: str, error: str, notebook: Path | None, user_error: bool = False):
-        super().__init__(f"stage {stage} failed: {error}")
-        self.stage, self.error, self.notebook, self.user_error = stage, error, notebook, user_error
-
-
-def _state_path(layout: Layout) -> Path:
-    """Stage-level skip state (see the module docstring for the datasets' own per-partition state)."""
-    return layout.runs_dir / "state.json"
-
-
-# Parameters that change how a stage runs, not what it writes: not part of its up-to-date check.
-RUN_ONLY_PARAMS = ("output_dir", "incremental", "executor", "scheduler")
-
-
-def up_to_date_reason(stage: Stage, layout: Layout, record: dict | None, fingerprint: dict) -> str | None:
-    """Why the stage can be skipped (None when it must run)."""
-    if not record:
-        return None
-    if record.get("fingerprint") != fingerprint:
-        return None
-    if record.get("outputs") != output_fingerprints(stage, layout):
-        return None  # someone changed or removed the outputs since
-    if any(value is None for value in record.get("outputs", {}).values()):
-        return None
-    return f"inputs, parameters and code unchanged since run {record.get('run_id')}"
-
-
-def _stage_params(
+def stage_parameters(
     stage: str,
     layout: Layout,
     source: str | None,
@@ -229,6 +181,7 @@ def _stage_params(
     overrides: dict[str, dict[str, Any]],
     force: bool = False,
 ) -> dict[str, Any]:
+    """The parameters injected into ``stage``'s notebook for a run's options (``overrides`` from ``parse_params``)."""
     declared = notebook_parameters(stage)
     params: dict[str, Any] = {"output_dir": str(layout.output_dir)}
     if force and "incremental" in declared:
@@ -239,6 +192,9 @@ def _stage_params(
         params["jobs"] = jobs
     params.update(overrides.get(stage, {}))
     return params
+
+
+_stage_params = stage_parameters  # its earlier name
 
 
 def resolve_source(source: str | None, say: Callable[[str], None] = print) -> str:
@@ -326,26 +282,8 @@ def _run_locked(
     run_dir = layout.runs_dir / run_id
     run_dir.mkdir(parents=True)
     kernel = ensure_kernel(layout)
-    state = storage.read_json(_state_path(layout), default={}) or {}
-    manifest: dict[str, Any] = {
-        "run_id": run_id,
-        "status": "running",
-        "started": _now(),
-        "ended": None,
-        "seconds": None,
-        "output_dir": (target and target.label) or str(layout.output_dir),
-        "source": source,
-        "stages_requested": selected,
-        "force": force,
-        "parameters": {},
-        "input_fingerprints": {},
-        "code_fingerprints": {},
-        "stages": {},
-        "git_commit": git_commit(),
-        "library_versions": library_versions(),
-        "python": sys.executable,
-        "host": platform.node(),
-    }
+    label = (target and target.label) or str(layout.output_dir)
+    manifest = new_manifest(run_id, label, source, selected, force)
     manifest_path = run_dir / "manifest.json"
     storage.atomic_write_json(manifest_path, manifest)
     say(f"volcast run {run_id} -> {layout.output_dir}")
@@ -353,49 +291,16 @@ def _run_locked(
     try:
         for name in selected:
             stage = STAGES[name]
-            stage_params = _stage_params(name, layout, source, jobs, overrides, force)
-            fingerprint = {
-                "inputs": input_fingerprints(stage, layout, stage_params),
-                "parameters": {k: v for k, v in stage_params.items() if k not in RUN_ONLY_PARAMS},
-                "code": code_fingerprint(stage),
-            }
-            manifest["parameters"][name] = stage_params
-            manifest["input_fingerprints"][name] = fingerprint["inputs"]
-            manifest["code_fingerprints"][name] = fingerprint["code"]
-            # No "upstream ran, so run": an upstream stage that changed nothing leaves the input
-            # fingerprints as they were, and this stage is rightly skipped.
-            reason = None if force else up_to_date_reason(stage, layout, state.get(name), fingerprint)
-            if reason:
-                say(f"- {name}: skipped ({reason}); --force re-runs it")
-                manifest["stages"][name] = dataclasses.asdict(StageResult(name, "skipped", 0.0, reason=reason))
-                storage.atomic_write_json(manifest_path, manifest)
+
+            def execute(params: dict[str, Any], stage: Stage = stage) -> StageResult:
+                if cluster is not None and "executor" in notebook_parameters(stage.name):
+                    params.update(cluster.params())  # dask: the LocalCluster starts with the first such stage
+                return _execute_stage(stage, params, run_dir, kernel, progress, stopper)
+
+            params = stage_parameters(name, layout, source, jobs, overrides, force)
+            result = run_stage(stage, layout, run_dir, params, manifest, execute, force, say)
+            if result.status == "skipped":
                 continue
-            if cluster is not None and "executor" in notebook_parameters(name):
-                stage_params.update(cluster.params())  # dask: the LocalCluster starts with the first such stage
-                manifest["parameters"][name] = stage_params
-            say(f"> {name}: running {stage.notebook}")
-            manifest["stages"][name] = dataclasses.asdict(
-                StageResult(name, "running", 0.0, str(run_dir / stage.notebook))
-            )
-            storage.atomic_write_json(manifest_path, manifest)
-            try:
-                result = _execute_stage(stage, stage_params, run_dir, kernel, progress, stopper)
-            except Interrupted:
-                manifest["stages"][name].update(status="interrupted", reason="interrupted")
-                raise
-            manifest["stages"][name] = dataclasses.asdict(result)
-            storage.atomic_write_json(manifest_path, manifest)
-            if result.status != "ok":
-                raise StageFailed(
-                    name, result.error or "failed", run_dir / stage.notebook, user_error=(result.reason == "user-error")
-                )
-            state[name] = {
-                "run_id": run_id,
-                "fingerprint": fingerprint,
-                "outputs": output_fingerprints(stage, layout),
-                "finished": _now(),
-            }
-            storage.atomic_write_json(_state_path(layout), state)
             if target is not None:
                 target.stage_done(stage.outputs)  # a store: files first, then the pointers
             say(f"  {name}: ok in {result.seconds:.1f} s{_summary(name, layout)}")

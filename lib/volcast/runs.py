@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import subprocess
+import sys
 import uuid
 from importlib import metadata
 from pathlib import Path
@@ -88,6 +89,30 @@ def new_run_id(runs_dir: Path | None = None, now: dt.datetime | None = None) -> 
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def new_manifest(run_id: str, output_dir: str, source: str | None, stages: list[str], force: bool) -> dict:
+    """A run's ``manifest.json`` as it starts: what was asked, where, and the environment; each stage adds
+    its parameters, fingerprints and result as it runs (``pipeline.run_stage``)."""
+    return {
+        "run_id": run_id,
+        "status": "running",
+        "started": now(),
+        "ended": None,
+        "seconds": None,
+        "output_dir": output_dir,
+        "source": source,
+        "stages_requested": list(stages),
+        "force": force,
+        "parameters": {},
+        "input_fingerprints": {},
+        "code_fingerprints": {},
+        "stages": {},
+        "git_commit": git_commit(),
+        "library_versions": library_versions(),
+        "python": sys.executable,
+        "host": platform.node(),
+    }
 
 
 def summary(stage: str, layout: Layout) -> str:
