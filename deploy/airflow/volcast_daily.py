@@ -5,17 +5,18 @@ Put this file (or a symlink to it) in Airflow's dags folder, in an environment w
 
 Each task runs its stage's notebook with papermill, exactly as ``run_pipeline.py`` does:
 
-- the parameters are built by volcast's own function (``volcast.pipeline._stage_params``), from the same
-  inputs as the command line: output dir, source, ``STAGE.NAME=VALUE`` overrides (checked against the
+- the parameters are built by volcast's own function (``volcast.pipeline.stage_parameters``), from the
+  same inputs as the command line: output dir, source, ``STAGE.NAME=VALUE`` overrides (checked against the
   notebook's ``parameters`` cell by ``volcast.pipeline.parse_params``), jobs, force;
 - the executed notebook goes to ``DIR/runs/<run_id>/<notebook>.ipynb`` with a ``manifest.json`` beside it;
   ``<run_id>`` is the Airflow run's logical date in volcast's run-id form plus ``-airflow``, so the three
   tasks of one Airflow run share one run directory and runs sort by time with ``run_pipeline.py``'s;
 - each task holds volcast's output-dir lock (``DIR/.volcast.lock``) while it runs: a ``run_pipeline.py``
   on the same directory at that moment makes the task fail with a clear message (Airflow retries it);
-- a stage whose inputs, parameters and code are unchanged since its last successful run (by either
-  Airflow or ``run_pipeline.py``: both keep ``DIR/runs/state.json``) is skipped, as on the command line,
-  and the task succeeds without running its notebook.
+- the skip and the bookkeeping are volcast's own (``volcast.pipeline.run_stage``, which ``run_pipeline.py``
+  runs too): a stage whose inputs, parameters and code are unchanged since its last successful run (by
+  either Airflow or ``run_pipeline.py``: both keep ``DIR/runs/state.json``) is skipped, and the task
+  succeeds without running its notebook.
 
 Configuration: each Airflow run's params (the trigger form, ``airflow dags trigger --conf``, or
 ``dag.test(run_conf=...)``), whose defaults come from these environment variables when the DAG is parsed:
@@ -31,7 +32,6 @@ import datetime as dt
 import logging
 import os
 import shlex
-import sys
 import time
 from typing import Any
 
@@ -63,32 +63,14 @@ def stage_parameters(
     param: list[str] | tuple[str, ...] = (),
     force: bool = False,
 ) -> dict[str, Any]:
-    """The parameters ``run_pipeline.py`` would inject into ``stage``'s notebook for the same options.
-
-    ``volcast.pipeline._stage_params`` builds them, so the DAG and the command line cannot drift; if a
-    later volcast renames it, the same rule is applied here (and a warning says so).
-    """
+    """The parameters ``run_pipeline.py`` would inject into ``stage``'s notebook for the same options."""
     from volcast import pipeline
     from volcast.config import Layout
 
-    layout = Layout.at(output_dir)
     overrides = pipeline.parse_params(list(param))
     if stage == "ingest":
         source = pipeline.resolve_source(source, say=log.info)
-    build = getattr(pipeline, "_stage_params", None)
-    if build is not None:
-        return build(stage, layout, source, jobs, overrides, force)
-    log.warning("volcast.pipeline._stage_params is gone: building %s's parameters with the DAG's own copy", stage)
-    declared = pipeline.notebook_parameters(stage)
-    params: dict[str, Any] = {"output_dir": str(layout.output_dir)}
-    if force and "incremental" in declared:
-        params["incremental"] = False
-    if stage == "ingest" and source is not None:
-        params["source"] = source
-    if jobs is not None and "jobs" in declared:
-        params["jobs"] = jobs
-    params.update(overrides.get(stage, {}))
-    return params
+    return pipeline.stage_parameters(stage, Layout.at(output_dir), source, jobs, overrides, force)
 
 
 class VolcastStageOperator(PapermillOperator):
@@ -128,101 +110,63 @@ class VolcastStageOperator(PapermillOperator):
             lock.release()
 
     def _run_locked(self, context, layout, run_id, conf, pipeline, storage) -> None:
-        stage = pipeline.STAGES[self.stage]
+        force = bool(conf.get("force"))
         params = stage_parameters(
             self.stage,
             str(layout.output_dir),
             conf.get("source") or None,
             conf.get("jobs"),
             conf.get("param") or (),
-            bool(conf.get("force")),
+            force,
         )
         run_dir = layout.runs_dir / run_id
         run_dir.mkdir(parents=True, exist_ok=True)
         manifest_path = run_dir / "manifest.json"
-        manifest = storage.read_json(manifest_path, default=None) or {
-            "run_id": run_id,
-            "status": "running",
-            "started": _now(),
-            "ended": None,
-            "seconds": None,
-            "output_dir": str(layout.output_dir),
-            "source": None,
-            "stages_requested": list(STAGES),
-            "force": bool(conf.get("force")),
-            "parameters": {},
-            "input_fingerprints": {},
-            "code_fingerprints": {},
-            "stages": {},
-            "git_commit": pipeline.git_commit(),
-            "library_versions": pipeline.library_versions(),
-            "python": sys.executable,
-            "host": os.uname().nodename,
-            "orchestrator": {"airflow_dag": context["dag"].dag_id, "airflow_run_id": context["run_id"]},
-        }
+        manifest = storage.read_json(manifest_path, default=None) or pipeline.new_manifest(
+            run_id, str(layout.output_dir), None, list(STAGES), force
+        )
+        manifest["orchestrator"] = {"airflow_dag": context["dag"].dag_id, "airflow_run_id": context["run_id"]}
         manifest["status"] = "running"  # again, when a failed run is retried
         if self.stage == "ingest":
             manifest["source"] = params.get("source")
-        state_path = layout.runs_dir / "state.json"
-        state = storage.read_json(state_path, default={}) or {}
-        # the same up-to-date record as run_pipeline's (volcast.pipeline._run_locked), so either may skip
-        run_only = getattr(pipeline, "RUN_ONLY_PARAMS", ("output_dir", "incremental"))
-        fingerprint = {
-            "inputs": pipeline.input_fingerprints(stage, layout, params),
-            "parameters": {k: v for k, v in params.items() if k not in run_only},
-            "code": pipeline.code_fingerprint(stage),
-        }
-        manifest["parameters"][self.stage] = params
-        manifest["input_fingerprints"][self.stage] = fingerprint["inputs"]
-        manifest["code_fingerprints"][self.stage] = fingerprint["code"]
-        record = state.get(self.stage)
-        reason = None if conf.get("force") else pipeline.up_to_date_reason(stage, layout, record, fingerprint)
-        t0 = time.perf_counter()
-        if reason:
-            log.info("%s: skipped (%s)", self.stage, reason)
-            manifest["stages"][self.stage] = {
-                "name": self.stage,
-                "status": "skipped",
-                "seconds": 0.0,
-                "notebook": None,
-                "reason": reason,
-                "error": None,
-            }
-            self._finish(manifest, manifest_path, storage)
-            return
-        output = run_dir / stage.notebook
-        self.input_nb, self.output_nb, self.parameters = str(stage.notebook_path), str(output), params
-        self.kernel_name = os.environ.get("VOLCAST_KERNEL") or pipeline.ensure_kernel(layout)
+        stage = pipeline.STAGES[self.stage]
         try:
-            super().execute(context)
-        except BaseException as exc:
-            manifest["stages"][self.stage] = {
-                "name": self.stage,
-                "status": "failed",
-                "seconds": round(time.perf_counter() - t0, 3),
-                "notebook": str(output),
-                "reason": "cell-error",
-                "error": f"{type(exc).__name__}: {exc}"[:500],
-            }
+            pipeline.run_stage(
+                stage,
+                layout,
+                run_dir,
+                params,
+                manifest,
+                self._papermill(context, stage, run_dir, layout),
+                force,
+                log.info,
+            )
+        except BaseException:
             manifest["status"] = "failed"
             self._finish(manifest, manifest_path, storage, final=True)
             raise
-        manifest["stages"][self.stage] = {
-            "name": self.stage,
-            "status": "ok",
-            "seconds": round(time.perf_counter() - t0, 3),
-            "notebook": str(output),
-            "reason": None,
-            "error": None,
-        }
-        state[self.stage] = {
-            "run_id": run_id,
-            "fingerprint": fingerprint,
-            "outputs": pipeline.output_fingerprints(stage, layout),
-            "finished": _now(),
-        }
-        storage.atomic_write_json(state_path, state)
         self._finish(manifest, manifest_path, storage)
+
+    def _papermill(self, context, stage, run_dir, layout):
+        """``execute`` for ``run_stage``: this operator's PapermillOperator run of the stage's notebook."""
+        from volcast import pipeline
+        from volcast.execute import StageResult
+
+        def execute(params: dict[str, Any]) -> StageResult:
+            output = str(run_dir / stage.notebook)
+            self.input_nb, self.output_nb, self.parameters = str(stage.notebook_path), output, params
+            self.kernel_name = os.environ.get("VOLCAST_KERNEL") or pipeline.ensure_kernel(layout)
+            t0 = time.perf_counter()
+            try:
+                super(VolcastStageOperator, self).execute(context)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"[:500]
+                return StageResult(
+                    stage.name, "failed", round(time.perf_counter() - t0, 3), output, "cell-error", error
+                )
+            return StageResult(stage.name, "ok", round(time.perf_counter() - t0, 3), output)
+
+        return execute
 
     def _finish(self, manifest, path, storage, final: bool = False) -> None:
         if final or self.stage == STAGES[-1]:
