@@ -25,8 +25,9 @@ import pyarrow.compute as pc
 
 from .. import config, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
+from .columns import _numeric
 from .core import add_features
-from .inputs import _PATTERNS, BASE_WINDOW, YEAR_ROWS, check_names
+from .inputs import _PATTERNS, BASE_WINDOW, YEAR_ROWS, check_names, forecast_inputs
 from .window import parse_window
 
 _DAY_NS = 86_400_000_000_000
@@ -98,10 +99,37 @@ def features_of_new_rows(
     out = computed(short_lookback_rows(window, min_periods, inputs), tuple(n for n in inputs if n not in year))
     columns = {n: out[n] for n in out.column_names}
     if year:
-        long = computed(lookback_rows(window, min_periods, inputs), year)
-        columns.update({n: long[n] for n in year})
+        tail = previous.filter(pa.array(wanted & (from_end <= lookback_rows(window, min_periods, inputs))))
+        columns.update({n: pa.array(v) for n, v in _year_columns(tail, new, year).items()})
     names = [config.VOL_FEATURE, config.PRICE_FEATURE, *inputs]
     return pa.table({n: columns[n] for n in names})
+
+
+def _year_columns(tail: pa.Table, new: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The 52-week inputs of ``new``'s rows (in its order), from ``tail`` (the stored rows they read, sorted by
+    Symbol then Date): the kernels ``add_features`` runs (``inputs.forecast_inputs``), on the rows grouped by
+    ticker with a stable sort of integer codes instead of a sort by Symbol and Date, and nothing else computed."""
+    new_order = pc.sort_indices(new, sort_keys=[(SYMBOL, "ascending"), (DATE, "ascending")])
+
+    def joined(name: str) -> pa.Array:
+        return pa.concat_arrays([tail[name].combine_chunks(), new[name].combine_chunks().take(new_order)])
+
+    codes = pc.dictionary_encode(joined(SYMBOL)).indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")  # a ticker's tail rows, then its new rows (dated after them)
+    grouped = codes[order]
+    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if len(order) else np.zeros(0, np.int64)
+    volume = _numeric(joined(VOLUME), VOLUME)[order]
+    adj_close = _numeric(joined(ADJ_CLOSE), ADJ_CLOSE)[order]
+    out = forecast_inputs(starts, np.zeros(len(order), np.int64), volume, adj_close, names=names)
+    position = np.empty(len(order), np.int64)
+    position[order] = np.arange(len(order))
+    at = position[tail.num_rows :]  # the new rows, in new_order
+    result = {}
+    for name in names:
+        values = np.empty(new.num_rows)
+        values[new_order.to_numpy()] = out[name][at]
+        result[name] = values
+    return result
 
 
 def _from_end(symbols: pa.ChunkedArray | pa.Array) -> np.ndarray:
