@@ -291,3 +291,44 @@ def test_a_daily_update_on_the_dask_executor_equals_a_full_run(tmp_path):
     assert report["executor"] == "dask" and report["files_appended"] == 2 and report["files_reread"] == 1
     assert features.run(out, jobs=2, executor="dask")["partitions_appended"] >= 1
     _assert_same(_datasets(out), _full(src, tmp_path / "full"))
+
+
+def test_daily_updates_to_an_object_store_equal_a_full_run(tmp_path):
+    """``--output-dir s3://``: the delta files go up as new objects of the new version (the base files are
+    copied on the store), and a reader of the store sees a dataset equal to a full run."""
+    import os
+    import subprocess
+    import sys
+
+    import fsspec
+
+    from s3_helpers import moto_endpoint, new_bucket
+
+    src = tmp_path / "src"
+    market = _shared_prefix_market(tmp_path / "market", ["AAB", "AAC", "AB"], seed=12)
+    mds.init(str(market), src, 2)
+    with moto_endpoint() as (endpoint, _server):
+        url = f"s3://{new_bucket()}/daily"
+        env = {**os.environ, "VOLCAST_CACHE": str(tmp_path / "cache")}
+
+        def run() -> None:
+            cmd = [sys.executable, str(REPO_ROOT / "run_pipeline.py"), "--source", str(src), "--output-dir", url]
+            cmd += ["--stages", "ingest,features", "--jobs", "1", "--no-progress"]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=900)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+
+        run()
+        for _ in range(2):
+            mds.release(src, "next")
+            run()
+        fs = fsspec.filesystem("s3", endpoint_url=endpoint, skip_instance_cache=True)
+        stored = {}
+        for name in ("raw", "features"):
+            version = fs.cat_file(f"{url[5:]}/data/{name}.current").decode().strip()
+            files = fs.ls(f"{url[5:]}/data/{version}", detail=False)
+            assert any("~" in f for f in files)  # the updates' delta files are on the store
+            frame = pd.read_parquet(f"{url}/data/{version}", storage_options={"endpoint_url": endpoint})
+            stored[name] = _by_symbol_date(frame)
+    raw, _, feats = _full(src, tmp_path / "full")
+    pd.testing.assert_frame_equal(stored["raw"], raw)
+    pd.testing.assert_frame_equal(stored["features"], feats)
