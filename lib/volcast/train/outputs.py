@@ -29,21 +29,47 @@ def _test_forecasts(data, forecaster) -> pd.DataFrame | pa.Table:
     new = _band_frame(data, forecaster)
     if data.band_from is None:
         return new
-    old = pq.read_table(data.band_from)
-    new = pa.Table.from_pandas(new, preserve_index=False).cast(old.schema)
+    old = pq.read_table(data.band_from, read_dictionary=[SYMBOL])  # Symbol as codes: no string per row
     start = pa.scalar(pd.Timestamp(data.split_info["test_start"]), old[DATE].type)
-    old = old.filter(pc.greater_equal(old[DATE], start))
-    both = pa.concat_tables([old, new]).combine_chunks()
-    names = both[SYMBOL].combine_chunks().dictionary_encode()
-    rank = np.empty(len(names.dictionary), np.int64)
-    rank[pc.sort_indices(names.dictionary).to_numpy()] = np.arange(len(names.dictionary))
-    ticker = rank[names.indices.to_numpy(zero_copy_only=False)]
-    days = _days_of(both[DATE])
-    order = np.lexsort((days, ticker))
-    ticker = ticker[order]
+    old = old.filter(pc.greater_equal(old[DATE], start)).combine_chunks()
+    codes = old[SYMBOL].chunk(0) if old.num_rows else pa.array([], old.schema.field(SYMBOL).type)
+    names = np.union1d(np.asarray(codes.dictionary.to_pylist(), dtype=str), np.asarray(new[SYMBOL], dtype=str))
+    old_rank = np.searchsorted(names, np.asarray(codes.dictionary.to_pylist(), dtype=str))[
+        codes.indices.to_numpy(zero_copy_only=False)
+    ]
+    new_rank = np.searchsorted(names, np.asarray(new[SYMBOL], dtype=str))
+    old_day, new_day = _days_of(old[DATE]), _days_of(pa.array(new[DATE]))
+    # The parent's rows are in Symbol, Date order and a ticker's new rows date after its old ones: each new
+    # row goes in after its ticker's old rows (checked; anything else is sorted).
+    at = np.searchsorted(old_rank, new_rank, side="right")
+    prev = np.clip(at - 1, 0, None)
+    in_order = bool(np.all(old_rank[1:] >= old_rank[:-1])) and not bool(
+        np.any((at > 0) & (old_rank[prev] == new_rank) & (old_day[prev] >= new_day))
+    )
+    n_old, n = len(old_rank), len(old_rank) + len(new_rank)
+    rank, day = np.concatenate([old_rank, new_rank]), np.concatenate([old_day, new_day])
+    if in_order and bool(np.all(np.diff(new_rank) >= 0)):
+        is_new = np.zeros(n, bool)
+        is_new[at + np.arange(len(new_rank))] = True
+        order = np.empty(n, np.int64)
+        order[~is_new], order[is_new] = np.arange(n_old), n_old + np.arange(len(new_rank))
+    else:
+        order = np.lexsort((day, rank))
+    ticker = rank[order]
     ends = np.append(np.flatnonzero(ticker[1:] != ticker[:-1]) + 1, len(ticker))
     from_end = np.repeat(ends, np.diff(np.append(0, ends))) - np.arange(len(ticker))
-    return both.take(pa.array(order[from_end <= TEST_FORECAST_DATES]))
+    take = order[from_end <= TEST_FORECAST_DATES]
+    # Symbol from the codes (a string per row only at the end); the other columns taken as numbers.
+    schema = pq.read_schema(data.band_from)  # the parent's, Symbol's string type included
+    symbol = pa.DictionaryArray.from_arrays(pa.array(rank[take].astype(np.int32)), pa.array(names))
+    symbol = symbol.cast(schema.field(SYMBOL).type)
+    new = pa.Table.from_pandas(new, preserve_index=False)
+    columns = {SYMBOL: symbol}
+    for name in old.column_names:
+        if name != SYMBOL:
+            both = pa.chunked_array([old[name].combine_chunks(), new[name].cast(old[name].type).combine_chunks()])
+            columns[name] = both.take(pa.array(take))
+    return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
 def _band_frame(data, forecaster) -> pd.DataFrame:
