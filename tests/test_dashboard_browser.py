@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboard_helpers import HOSTILE_NAME, HOSTILE_SYMBOL, build_hostile_output
-from serve_helpers import Client, ServeProcess, tiny_output  # noqa: F401
+from dashboard_helpers import HOSTILE_NAME, HOSTILE_SYMBOL, build_hostile_output, kernel_id, wait_for_kernels
+from serve_helpers import Client, ServeProcess, build_output, copy_output, latest_id, publish_models_from, tiny_output  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
@@ -224,6 +224,38 @@ def test_dashboard_forecasts_a_picked_ticker_like_the_api(served, browser, tiny_
         assert time.monotonic() < deadline, "no hover label on the explorer chart"
         time.sleep(0.3)
     assert "Volume" in browser.execute_script(hover)
+
+
+def test_a_pre_heated_kernel_never_opens_a_page_on_a_replaced_model(tmp_path, tiny_output, browser):
+    """serve() heats a kernel at start, while LATEST names model A; LATEST then names model B. The page
+    opened next shows B, and from another kernel: the one heated on A was dropped, not served (whether
+    it had finished running the notebook or not: that is what the kernel id checks)."""
+    out = copy_output(tiny_output, tmp_path / "out")
+    other = build_output(tmp_path / "other", seed=5)
+    old = latest_id(out)
+    sp = ServeProcess(out, dashboard=True)
+    try:
+        pooled = wait_for_kernels(sp, 1)  # the pool's kernel, heated on A from the start
+        assert len(pooled) == 1
+        heated_on_old = kernel_id(pooled[0])
+        new = publish_models_from(other, out)
+        assert new != old
+        browser.get(sp.dashboard_url + "/")
+        card = _wait(browser, ".volcast-card", text=True).text
+        assert new in card and old not in card
+        # B was trained on another generated market: the forecast panel names B, forecasting or refusing.
+        forecast = _wait(browser, ".volcast-forecast-output", text=True).text
+        assert new in forecast and old not in forecast
+        given = browser.execute_script(
+            "return JSON.parse(document.getElementById('jupyter-config-data').textContent).kernelId"
+        )
+        assert given != heated_on_old
+        api = Client(sp.api_url)
+        assert api.get("/health")[1]["model_id"] == new
+        api.close()
+    finally:
+        browser.get("about:blank")
+        assert sp.stop() == 0, "".join(sp.log)
 
 
 def _screenshot(driver) -> bytes:

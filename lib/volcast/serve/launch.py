@@ -156,12 +156,14 @@ def start_api_workers(output_dir: Path, host: str, port: int, workers: int) -> t
     return procs, port
 
 
-# Each dashboard page load starts a kernel (~250 MB). One whose page is closed (no websocket left) is
+# Each dashboard page gets its own kernel (~250 MB). One whose page is closed (no websocket left) is
 # shut down after this many idle seconds, checked every DASHBOARD_CULL_INTERVAL; an open page keeps its
-# kernel however long it idles. No pre-heated pool: a pooled kernel would show the model card of the
-# model serving when it was heated, not of the one serving when the page is opened.
+# kernel however long it idles. DASHBOARD_POOL kernels wait pre-heated (the notebook already run), so a
+# page opens without a kernel start; voila_app.FreshPool replaces one heated on a model LATEST no longer
+# names. Pooled kernels are never culled: they are the pool.
 DASHBOARD_KERNEL_IDLE = 180
 DASHBOARD_CULL_INTERVAL = 30
+DASHBOARD_POOL = 1
 
 
 def voila_command(
@@ -171,6 +173,7 @@ def voila_command(
     *,
     kernel_idle: int = DASHBOARD_KERNEL_IDLE,
     cull_interval: int = DASHBOARD_CULL_INTERVAL,
+    pool: int = DASHBOARD_POOL,
 ) -> list[str]:
     notebook = notebook or NOTEBOOKS_DIR / DASHBOARD_NOTEBOOK
     return [
@@ -188,7 +191,8 @@ def voila_command(
         f"--MappingKernelManager.cull_idle_timeout={int(kernel_idle)}",
         f"--MappingKernelManager.cull_interval={int(cull_interval)}",
         "--MappingKernelManager.cull_connected=False",  # never cull a kernel whose page is open
-        "--VoilaConfiguration.preheat_kernel=False",
+        f"--VoilaConfiguration.preheat_kernel={pool > 0}",
+        f"--VoilaConfiguration.default_pool_size={max(int(pool), 0)}",
     ]
 
 
@@ -214,8 +218,9 @@ def start_dashboard(
     *,
     kernel_idle: int = DASHBOARD_KERNEL_IDLE,
     cull_interval: int = DASHBOARD_CULL_INTERVAL,
+    pool: int = DASHBOARD_POOL,
 ) -> subprocess.Popen:
-    command = voila_command(port, host, kernel_idle=kernel_idle, cull_interval=cull_interval)
+    command = voila_command(port, host, kernel_idle=kernel_idle, cull_interval=cull_interval, pool=pool)
     return subprocess.Popen(
         [command[0], "-c", _VOILA_GUARD, str(os.getpid()), *command[1:]],
         cwd=str(NOTEBOOKS_DIR),
@@ -272,13 +277,15 @@ def serve(
     startup_timeout: float = 120.0,
     dashboard_kernel_idle: int = DASHBOARD_KERNEL_IDLE,
     dashboard_cull_interval: int = DASHBOARD_CULL_INTERVAL,
+    dashboard_pool: int = DASHBOARD_POOL,
 ) -> int:
     """Run the JSON API (``api_workers`` processes; 0 = one per core) and the Voilà dashboard.
 
     Prints both URLs, then waits; Ctrl-C, SIGTERM or SIGHUP (the terminal closed) stops both and
     returns 0. If a child dies on its own, the rest are stopped and 1 is returned. Port 0 picks a free
     port (printed). A dashboard kernel whose page is closed is shut down after ``dashboard_kernel_idle``
-    idle seconds (checked every ``dashboard_cull_interval``).
+    idle seconds (checked every ``dashboard_cull_interval``); ``dashboard_pool`` kernels wait pre-heated
+    (0: none, every page starts its own).
     """
     from volcast import remote
 
@@ -317,6 +324,7 @@ def serve(
                         dashboard_port,
                         kernel_idle=dashboard_kernel_idle,
                         cull_interval=dashboard_cull_interval,
+                        pool=dashboard_pool,
                     ),
                 )
             )
