@@ -3,7 +3,9 @@
 ``supervised_rows`` is the rule (``make_supervised`` applies it to one frame; the stage's reader,
 ``rows.load_rows``, applies the same to each partition in Arrow). ``split_mask`` is the split rule;
 ``plan_rows`` applies it to one array of days (test from all dates, validation from the train dates) and
-samples the fitted rows; ``split_frame`` applies it to one frame.
+samples the fitted rows; ``split_frame`` applies it to one frame; ``chrono_split`` applies it to the distinct
+usable days (the stage's readers). The features dataset's partitions are read here too: ``feature_groups``
+(each partition's base file, then its delta files) and ``_read_group`` (one partition as one table).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .. import storage
 from ..config import DATE, SYMBOL, VOLUME
@@ -218,6 +221,48 @@ def feature_groups(features_dir: Path) -> dict[str, list[Path]]:
     if not groups:
         raise UserError(f"{features_dir} holds no {storage.PARTITION_PREFIX}*.parquet files; re-run the features stage")
     return groups
+
+
+def _day_numbers(dates: pa.Array) -> np.ndarray:
+    """Days since 1970-01-01 of a dictionary-encoded (or plain) Date column, parsing each distinct value once."""
+    if pa.types.is_dictionary(dates.type):
+        values = dates.dictionary
+        if not pa.types.is_date32(values.type):
+            values = values.cast(pa.date32())
+        table = values.cast(pa.int32()).to_numpy(zero_copy_only=False)
+        return table[dates.indices.fill_null(0).to_numpy(zero_copy_only=False)].astype(np.int32)
+    if not pa.types.is_date32(dates.type):
+        dates = dates.cast(pa.date32())
+    return dates.cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+def _read_group(paths: list[Path], columns, read_dictionary=None) -> pa.Table:
+    """One partition's rows: its files (base, then deltas) read and concatenated in path order."""
+    tables = []
+    for path in paths:
+        names = set(pq.read_schema(path).names)
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise UserError(f"{path} lacks column(s) {', '.join(missing)}; re-run the features stage")
+        tables.append(pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary))
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+
+
+def _order(codes: np.ndarray, day: np.ndarray, dictionary: pa.Array) -> np.ndarray | None:
+    """None when rows are in Symbol, Date order (each ticker one run, runs by name, dates increasing), else
+    the row order that puts them so (a partition read as base + deltas: a stable sort by Symbol suffices)."""
+    n = len(codes)
+    if n < 2:
+        return None
+    new_run = codes[1:] != codes[:-1]
+    if bool(np.all(day[1:][~new_run] > day[:-1][~new_run])):
+        starts = codes[np.concatenate([[0], np.flatnonzero(new_run) + 1])]
+        names = dictionary.take(pa.array(starts))
+        if len(names) < 2 or bool(pc.all(pc.greater(names[1:], names[:-1])).as_py()):
+            return None
+    rank = np.empty(len(dictionary), np.int64)
+    rank[pc.sort_indices(dictionary).to_numpy()] = np.arange(len(dictionary))
+    return np.lexsort((day, rank[codes]))
 
 
 @dataclass

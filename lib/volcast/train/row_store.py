@@ -34,10 +34,10 @@ import numpy as np
 from .. import storage
 from ..config import SYMBOL, VOLUME
 from ..features.stage import STATE_FILE as FEATURES_STATE_FILE
-from .data import _iso, chrono_split, day_counts, feature_groups
+from .data import _day_numbers, _iso, _read_group, chrono_split, day_counts, feature_groups
 from .forecast import TEST_FORECASTS_FILE
 from .params import FEATURES, MARKET_INPUT
-from .rows import _SCAN_COLUMNS, TrainRows, _day_numbers, _read_group, market_at, market_ratio
+from .rows import _SCAN_COLUMNS, TrainRows, market_at, market_ratio
 
 CACHE_DIR = ".warm_cache"
 VERSION = 1

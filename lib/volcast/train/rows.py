@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from ..config import DATE, LOG_VOL_MEAN30, SYMBOL, VOLUME
 from ..errors import UserError
 from ..features.inputs import BASE_WINDOW, market_ratio_by_day
-from .data import _distinct, _iso, _sample, chrono_split, day_counts, feature_groups
+from .data import _day_numbers, _distinct, _iso, _order, _read_group, _sample, chrono_split, day_counts, feature_groups
 from .params import (
     DEFAULT_MAX_TEST_ROWS,
     FEATURES,
@@ -99,50 +97,8 @@ class TrainRows:
         return self.x[:, [self.inputs.index(n) for n in names]]
 
 
-def _day_numbers(dates: pa.Array) -> np.ndarray:
-    """Days since 1970-01-01 of a dictionary-encoded (or plain) Date column, parsing each distinct value once."""
-    if pa.types.is_dictionary(dates.type):
-        values = dates.dictionary
-        if not pa.types.is_date32(values.type):
-            values = values.cast(pa.date32())
-        table = values.cast(pa.int32()).to_numpy(zero_copy_only=False)
-        return table[dates.indices.fill_null(0).to_numpy(zero_copy_only=False)].astype(np.int32)
-    if not pa.types.is_date32(dates.type):
-        dates = dates.cast(pa.date32())
-    return dates.cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int32)
-
-
 def _float(column) -> np.ndarray:
     return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-def _read_group(paths: list[Path], columns, read_dictionary=None) -> pa.Table:
-    """One partition's rows: its files (base, then deltas) read and concatenated in path order."""
-    tables = []
-    for path in paths:
-        names = set(pq.read_schema(path).names)
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise UserError(f"{path} lacks column(s) {', '.join(missing)}; re-run the features stage")
-        tables.append(pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary))
-    return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-
-
-def _order(codes: np.ndarray, day: np.ndarray, dictionary: pa.Array) -> np.ndarray | None:
-    """None when rows are in Symbol, Date order (each ticker one run, runs by name, dates increasing), else
-    the row order that puts them so (a partition read as base + deltas: a stable sort by Symbol suffices)."""
-    n = len(codes)
-    if n < 2:
-        return None
-    new_run = codes[1:] != codes[:-1]
-    if bool(np.all(day[1:][~new_run] > day[:-1][~new_run])):
-        starts = codes[np.concatenate([[0], np.flatnonzero(new_run) + 1])]
-        names = dictionary.take(pa.array(starts))
-        if len(names) < 2 or bool(pc.all(pc.greater(names[1:], names[:-1])).as_py()):
-            return None
-    rank = np.empty(len(dictionary), np.int64)
-    rank[pc.sort_indices(dictionary).to_numpy()] = np.arange(len(dictionary))
-    return np.lexsort((day, rank[codes]))
 
 
 def _scan(paths: list[Path], shift: int) -> _File:

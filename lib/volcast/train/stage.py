@@ -204,7 +204,11 @@ def run(
     inputs = list(FORECAST_MODEL_INPUTS)
     parent = W.find_parent(layout.output_dir, model, target_shift, inputs) if warm_start else None
     warm = parent is not None and parent.ok
-    row_params = RS.json_params(
+    data, read_note, digests, row_params = W.read_rows(
+        layout,
+        parent if warm else None,
+        inputs,
+        warm_compare=warm_compare,
         target_shift=target_shift,
         split=split,
         test_fraction=test_fraction,
@@ -212,38 +216,8 @@ def run(
         max_train_rows=max_train_rows,
         max_test_rows=max_test_rows,
         seed=seed,
-        inputs=inputs,
+        threads=threads,
     )
-    data, read_note, digests = None, "every row of the features", {}
-    if warm and not warm_compare and split == "chronological":
-        # Only what was written since the parent's run is read; the rest comes from its row store.
-        data, note, digests = RS.load_warm(
-            layout.features_dir,
-            layout.models_dir,
-            parent.card["model_id"],
-            inputs,
-            row_params,
-            shift=target_shift,
-            test_fraction=test_fraction,
-            validation_fraction=validation_fraction,
-            seed=seed,
-            added_after_day=parent.train_end,
-        )
-        read_note = note if data is not None else f"every row of the features ({note})"
-    if data is None:
-        data = load_rows(
-            layout.features_dir,
-            inputs,
-            target_shift=target_shift,
-            split=split,
-            test_fraction=test_fraction,
-            validation_fraction=validation_fraction,
-            max_train_rows=max_train_rows,
-            max_test_rows=max_test_rows,
-            seed=seed,
-            threads=threads,
-            added_after_day=parent.train_end if warm else None,
-        )
     fit_rows, valid_rows, test_rows = data.fit, data.valid, data.test
     task_rows = fit_rows
     if model == "random_forest" and len(fit_rows) > RF_MAX_ROWS:

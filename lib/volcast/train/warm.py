@@ -14,6 +14,9 @@ The report compares the continued models with a full retrain on the same data (`
 on: it costs a full fit) and says when a full retrain is due: when either continued model's test MAE is more
 than 1 % above the full retrain's, after ``MAX_CHAIN`` warm starts in a row, or when the rows added
 since the last full retrain exceed ``MAX_ADDED_SHARE`` of the rows that retrain could sample from.
+
+``read_rows`` decides what the stage reads: with ``warm_compare`` off, a warm start reads only the features
+written since its parent's run and takes the rest from the parent's row store (``volcast.train.row_store``).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import row_store as RS
 from .forecast_model import ForecastModel
+from .rows import TrainRows, load_rows
 from .task_model import VolumeModel, latest_model_dir, load_model
 
 WARM_ITERATIONS = 30
@@ -123,3 +128,64 @@ def card_entry(parent: Parent, rows_added: int, added_dates: list, fit_pool: int
         if reasons
         else "continued model within 1 % of a full retrain's MAE; no full retrain due yet",
     }
+
+
+def read_rows(
+    layout,
+    parent: Parent | None,
+    inputs,
+    *,
+    warm_compare: bool,
+    target_shift: int,
+    split: str,
+    test_fraction: float,
+    validation_fraction: float,
+    max_train_rows: int,
+    max_test_rows: int,
+    seed: int,
+    threads: int,
+) -> tuple[TrainRows, str, dict, dict]:
+    """The stage's rows: ``(rows, what was read, file digests known so far, the row parameters)``.
+
+    A warm start (``parent``) without ``warm_compare`` reads only what was written since its parent's run and
+    takes the rest from the parent's row store (``volcast.train.row_store``); anything else reads every row."""
+    row_params = RS.json_params(
+        target_shift=target_shift,
+        split=split,
+        test_fraction=test_fraction,
+        validation_fraction=validation_fraction,
+        max_train_rows=max_train_rows,
+        max_test_rows=max_test_rows,
+        seed=seed,
+        inputs=list(inputs),
+    )
+    data, note, digests = None, "every row of the features", {}
+    if parent is not None and not warm_compare and split == "chronological":
+        data, why, digests = RS.load_warm(
+            layout.features_dir,
+            layout.models_dir,
+            parent.card["model_id"],
+            inputs,
+            row_params,
+            shift=target_shift,
+            test_fraction=test_fraction,
+            validation_fraction=validation_fraction,
+            seed=seed,
+            added_after_day=parent.train_end,
+        )
+        note = why if data is not None else f"every row of the features ({why})"
+    if data is None:
+        data = load_rows(
+            layout.features_dir,
+            inputs,
+            target_shift=target_shift,
+            split=split,
+            test_fraction=test_fraction,
+            validation_fraction=validation_fraction,
+            max_train_rows=max_train_rows,
+            max_test_rows=max_test_rows,
+            seed=seed,
+            threads=threads,
+            added_after_day=parent.train_end if parent is not None else None,
+        )
+    return data, note, digests, row_params
