@@ -329,3 +329,15 @@ def test_a_rewritten_features_file_means_a_full_read(daily_versions, tmp_path):
     report = train.run(out, warm_start=True, warm_compare=False, **SMALL)
     assert report["warm_start"]["rows_read"].startswith("every row of the features")
     assert base.name in report["warm_start"]["rows_read"]
+
+
+def test_a_parent_without_its_test_forecasts_means_a_full_read(daily_versions, tmp_path):
+    out = tmp_path / "out"
+    _point(out, daily_versions[0])
+    train.run(out, **SMALL)
+    (train.latest_model_dir(out) / "test_forecasts.parquet").unlink()  # e.g. a copy that lost it
+    _point(out, daily_versions[1])
+    report = train.run(out, warm_start=True, warm_compare=False, **SMALL)
+    assert report["warm_start"]["rows_read"].startswith("every row of the features")
+    assert "test_forecasts.parquet" in report["warm_start"]["rows_read"]
+    assert len(train.load_test_forecasts(train.latest_model_dir(out))) > 0

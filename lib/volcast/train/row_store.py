@@ -254,6 +254,8 @@ def load_warm(
     groups_new, reason = _plan(meta, groups, state)
     if reason:
         return None, reason, {}
+    if not (Path(models_dir) / parent_id / TEST_FORECASTS_FILE).exists():
+        return None, f"the parent's {TEST_FORECASTS_FILE} is missing", {}
     home = cache_root(models_dir) / parent_id
     with np.load(home / "state.npz", allow_pickle=False) as z:
         st = {k: z[k] for k in z.files}
