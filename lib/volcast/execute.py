@@ -60,14 +60,17 @@ class Stopper:
       as the start returns, after its kernel is killed: raised inside ``Popen``, after the fork and
       before jupyter_client records the process, it would orphan a kernel that nobody kills.
     - From the first signal until the stage has ended, a watchdog thread kills its kernel again each
-      ``GRACE`` seconds (one started since included) and raises in the runner again when the stage
-      is still there: code on the way (a library's ``except BaseException``, a ``__del__``) may have
-      swallowed the raise, and papermill would then wait on the dead kernel forever.
+      ``GRACE`` seconds (one started since included) and signals the runner again when the stage is
+      still there: code on the way (a library's ``except BaseException``, a ``__del__``) may have
+      swallowed the raise, and papermill would then wait on the dead kernel forever; or the kernel's
+      shutdown is stuck in zmq (``CLOSING_GRACE``).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     GRACE = 1.0  # seconds a stage has to end after a raise before the watchdog raises again
-    CLOSING_GRACE = 5.0  # ... and to shut its killed kernel down (jupyter_client waits up to 5 s for it)
+    # ... and to shut its killed kernel down: zmq's context term can block for good on a socket a raise left
+    # half made; the signal's EINTR ends it (pyzmq then treats the context as closed)
+    CLOSING_GRACE = 1.5
 
     def __init__(self):
         self.signum: int | None = None
