@@ -291,9 +291,9 @@ def main_growth(scales: list[int], repeat: int) -> int:
         "|---|---|---:|---|---:|",
     ]
     for key, r in summary.items():
-        for name, d in r["datasets"].items():
+        for dataset, d in r["datasets"].items():
             lines.append(
-                f"| {key} | {name} | {d['partitions']} | {d['rows_per_partition_mean']:,} / "
+                f"| {key} | {dataset} | {d['partitions']} | {d['rows_per_partition_mean']:,} / "
                 f"{d['rows_largest_partition']:,} | {d['bytes'] / 2**30:.2f} |"
             )
     keys = list(summary)
