@@ -4,7 +4,8 @@
 - ``forecast``: next-day Volume with a P10-P90 interval from every forecasting input: ``forecast_model``.
 
 Files: ``params`` (defaults and checks), ``data`` (target and split rules), ``rows`` (reading the chosen
-rows of the features in one pass per column set), ``warm`` (warm start), ``scoring``
+rows of the features in one pass per column set), ``warm`` (warm start), ``row_store`` (what a warm start
+reads instead of every row: the parent's rows and per-date totals, kept beside the models), ``scoring``
 (metrics, references, tables, coverage), ``task_model``, ``forecast_model``, ``stage`` (``run``: fit,
 evaluate, publish), ``forecast`` (``load_bundle``: what the server loads from a model directory).
 """
