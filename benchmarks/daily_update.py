@@ -181,17 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         days.append(row)
         print(row, flush=True)
 
+    result = {
+        "scale": args.scale,
+        "updates": args.updates,
+        "jobs": args.jobs,
+        "init_seconds": init_seconds,
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "version0": first,
+        "days": days,
+    }
     if args.days_only:
-        result = {
-            "scale": args.scale,
-            "updates": args.updates,
-            "jobs": args.jobs,
-            "init_seconds": init_seconds,
-            "host": platform.node(),
-            "cpus": os.cpu_count(),
-            "version0": first,
-            "days": days,
-        }
         return _write(result, args.scale, args.name)
     # The final tree, fresh: datasets equal, and the read time of the features dataset.
     load = wait_for_load(args.max_load, args.max_wait)
@@ -205,21 +205,13 @@ def main(argv: list[str] | None = None) -> int:
         reads["updated"].append(read_seconds(out / "data" / "features"))
         reads["fresh"].append(read_seconds(full / "data" / "features"))
     files = {name: len(list((out / "data" / name).glob("part-*"))) for name in ("raw", "features")}
-    result = {
-        "scale": args.scale,
-        "updates": args.updates,
-        "jobs": args.jobs,
-        "init_seconds": init_seconds,
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "version0": first,
-        "days": days,
-        "fresh": fresh,
-        "equal_to_full_run": equal,
-        "features_files": files,
-        "read_seconds": {k: round(statistics.median(v), 3) for k, v in reads.items()},
-        "read_all": {k: [round(x, 3) for x in v] for k, v in reads.items()},
-    }
+    result.update(
+        fresh=fresh,
+        equal_to_full_run=equal,
+        features_files=files,
+        read_seconds={k: round(statistics.median(v), 3) for k, v in reads.items()},
+        read_all={k: [round(x, 3) for x in v] for k, v in reads.items()},
+    )
     return _write(result, args.scale, args.name)
 
 
