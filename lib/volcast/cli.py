@@ -12,6 +12,17 @@ from .errors import Interrupted, UserError
 SUBCOMMANDS = ("run", "serve", "dag", "sync-notebooks", "refresh-notebooks")
 
 
+def _add_endpoint_option(parser: argparse.ArgumentParser) -> None:
+    """``--endpoint-url``: the same option for a run and for serve."""
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        metavar="URL",
+        help="S3-compatible endpoint for an s3:// --output-dir, e.g. http://minio:9000 (default "
+        "$AWS_ENDPOINT_URL; credentials come from the AWS variables or files, never from this URL)",
+    )
+
+
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="run_pipeline.py",
@@ -57,13 +68,7 @@ def _run_parser() -> argparse.ArgumentParser:
         help="dask scheduler address, e.g. tcp://HOST:8786 (default $VOLCAST_DASK_SCHEDULER; "
         "none: --executor dask starts a LocalCluster of --jobs worker processes)",
     )
-    parser.add_argument(
-        "--endpoint-url",
-        default=None,
-        metavar="URL",
-        help="S3-compatible endpoint for an s3:// --output-dir, e.g. http://minio:9000 (default "
-        "$AWS_ENDPOINT_URL; credentials come from the AWS variables or files, never from this URL)",
-    )
+    _add_endpoint_option(parser)
     return parser
 
 
@@ -78,13 +83,7 @@ def _serve_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--api-workers", type=int, default=0, help="API processes sharing the port (default: one per core)"
     )
-    parser.add_argument(
-        "--endpoint-url",
-        default=None,
-        metavar="URL",
-        help="S3-compatible endpoint for an s3:// --output-dir, e.g. http://minio:9000 (default "
-        "$AWS_ENDPOINT_URL; credentials come from the AWS variables or files, never from this URL)",
-    )
+    _add_endpoint_option(parser)
     return parser
 
 
