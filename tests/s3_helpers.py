@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from contextlib import contextmanager
 
 import pytest
+
+from serve_helpers import free_port
 
 # Fake credentials for the fake store (moto accepts any); set only while a server runs.
 S3_ENV = {
@@ -18,18 +19,12 @@ S3_ENV = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def moto_endpoint():
     """Start moto's S3 server; yield its URL with the AWS variables pointing at it; stop it after."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -170,6 +170,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
+    """``predicate()``'s first truthy value, polled until ``timeout``; an AssertionError if it never comes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not reached within {timeout} s")
+
+
 def hammer(
     base_url: str, stop: threading.Event, seed: int, last_model: dict | None = None
 ) -> list[tuple[int, object, tuple]]:

@@ -8,19 +8,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from s3_helpers import moto_endpoint, new_bucket
-from serve_helpers import Client, check_swap, copy_output, hammer, latest_id, tiny_output  # noqa: F401
+from serve_helpers import Client, check_swap, copy_output, hammer, latest_id, tiny_output, wait_for  # noqa: F401
 from volcast import remote, train
 from volcast.serve import ApiServer
-
-
-def _wait(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_model_swap_over_s3_under_concurrent_requests(tiny_output, tmp_path):
@@ -45,7 +35,7 @@ def test_model_swap_over_s3_under_concurrent_requests(tiny_output, tmp_path):
                 new = latest_id(out)
                 assert new != old
                 assert trainer.push(["models_dir"]) == ["models/LATEST"]  # model files first, LATEST last
-                _wait(lambda: all(last_model.get(i) == new for i in range(threads)))
+                wait_for(lambda: all(last_model.get(i) == new for i in range(threads)))
                 time.sleep(1.0)
                 stop.set()
                 results = [f.result() for f in futures]
@@ -64,7 +54,7 @@ def test_unreachable_storage_keeps_the_loaded_model_serving(tiny_output, tmp_pat
             client = Client(api.url)
             assert client.get("/health")[0] == 200
             server_s3.stop()  # the store goes away
-            status, body = _wait(
+            status, body = wait_for(
                 lambda: (lambda r: r if r[1].get("status") == "degraded" else None)(client.get("/health")), timeout=60
             )
             assert status == 200 and body["model_id"] == model_id

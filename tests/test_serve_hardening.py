@@ -7,12 +7,11 @@ import json
 import shutil
 import socket
 import threading
-import time
 
 import numpy as np
 import pytest
 
-from serve_helpers import Client, copy_output, expected_volumes, latest_id, tiny_output  # noqa: F401
+from serve_helpers import Client, copy_output, expected_volumes, latest_id, tiny_output, wait_for  # noqa: F401
 from volcast.config import Layout
 from volcast.serve import MAX_BODY_BYTES, ApiServer
 from volcast.storage import atomic_write_json, atomic_write_text
@@ -169,16 +168,6 @@ def test_long_url_is_414_and_long_headers_are_431_as_json(api):
 
 # ---------------------------------------------------------------------------------------------
 # Models: probe before swap; /health says "degraded" while LATEST is unusable
-
-
-def wait_for(predicate, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not reached within the timeout")
 
 
 def seven_input_model(good_dir, dest):
