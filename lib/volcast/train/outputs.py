@@ -73,8 +73,10 @@ def _test_forecasts(data, forecaster) -> pd.DataFrame | pa.Table:
 
 
 def _band_frame(data, forecaster) -> pd.DataFrame:
+    from .evaluation import forecast_rows
+
     rows = data.band
-    p10, p50, p90 = forecaster.predict(data.x[rows])
+    p10, p50, p90 = forecast_rows(forecaster, data.x, rows)
     epoch = np.datetime64("1970-01-01")
     nxt = data.next_day[rows]
     return pd.DataFrame(

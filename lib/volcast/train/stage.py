@@ -10,21 +10,26 @@ as one (``volcast.train.forecast``); separate DAG stages would read the features
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from .. import config, storage
-from ..config import DATE, LOG_VOL_MEAN30, VOLUME
 from ..errors import UserError
 from . import row_store as RS
 from . import scoring as M
 from . import warm as W
 from .card import TARGET_TEXT, _library_versions, build_card, build_report  # noqa: F401 (re-exported)
 from .data import _sample
+from .evaluation import (  # noqa: F401 (re-exported)
+    PREDICTORS,
+    TEST_SAMPLE_ROWS,
+    Evaluation,
+    _har_inputs,
+    forecast_rows,
+)
+from .evaluation import evaluate as _evaluate
 from .forecast import LATEST_FILE, TEST_FORECASTS_FILE
 from .forecast_model import MODEL_FILE as FORECAST_FILE
 from .forecast_model import fit_forecast
@@ -52,7 +57,6 @@ from .params import (
     MODELS,
     RF_MAX_ROWS,
     STAGE,
-    TARGET,
     _check_fraction,
     _check_target_shift,
     _positive_int,
@@ -66,82 +70,6 @@ from .task_model import (
     resolve_formulation,
     save_model,
 )
-
-TEST_SAMPLE_ROWS = 5000  # enough points for a predicted-vs-actual chart
-PREDICTORS = ("model", "forecast", "har", "baseline_vol_moving_avg", "baseline_today_volume")
-
-
-def _har_inputs(x: np.ndarray, names: list) -> tuple:
-    base = x[:, names.index(LOG_VOL_MEAN30)].astype(np.float64)
-    return tuple(base + x[:, names.index(n)].astype(np.float64) for n in ("vol_lr_0", "vol_mean5_lr", "vol_mean22_lr"))
-
-
-class Evaluation(NamedTuple):
-    """The test evaluation: what the card, the report and the model directory are built from."""
-
-    all_metrics: dict
-    ratios_all: dict
-    test_coverage: object
-    by_year: pd.DataFrame
-    by_decile: pd.DataFrame
-    deciles: pd.DataFrame
-    test_forecasts: pd.DataFrame | pa.Table
-    test_sample: pd.DataFrame
-
-
-def _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1) -> Evaluation:
-    """Score every predictor on the test rows; the tables, the test forecasts and the chart sample.
-
-    The tables are independent of one another and numpy releases the GIL in them: they run side by side on
-    ``threads`` threads (the same numbers)."""
-    y = data.target[test_rows]
-    vol_test = data.vol[test_rows]
-    x_test = data.x[test_rows]
-    p10, p50, p90 = forecaster.predict(x_test)
-    preds = {
-        "model": fit.model.predict(vol_test, data.price[test_rows]),
-        "forecast": p50,
-        "har": M.predict_har(har_coef, *_har_inputs(x_test, inputs), fallback=vol_test),
-        **M.baseline_predictions(data.volume[test_rows], vol_test),
-    }
-    del x_test
-    years = (np.datetime64("1970-01-01") + data.day[test_rows].astype("timedelta64[D]")).astype("datetime64[Y]")
-    years = years.astype(int) + 1970
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        jobs = {name: pool.submit(M.metrics, y, preds[name]) for name in PREDICTORS}
-        jobs["by_year"] = pool.submit(M.table_by, years, y, preds, "year")
-        y_order = np.argsort(y, kind="stable")
-        jobs["deciles"] = pool.submit(M.error_by_decile, y, preds["model"], vol_test, order=y_order)
-        jobs["by_decile"] = pool.submit(M.table_by, M.deciles(y, order=y_order), y, preds, "decile")
-        test_forecasts = _test_forecasts(data, forecaster)
-        done = {name: job.result() for name, job in jobs.items()}
-    all_metrics = {name: done[name] for name in PREDICTORS}
-    base = all_metrics["baseline_vol_moving_avg"]
-    ratios_all = {
-        name: {k: (m[k] / base[k] if base[k] else None) for k in ("mae", "medape")} for name, m in all_metrics.items()
-    }
-    test_coverage = M.coverage(y, p10, p90)
-    by_year, by_decile, deciles = done["by_year"], done["by_decile"], done["deciles"]
-    cover_year = pd.Series((y >= p10) & (y <= p90)).groupby(years).mean()
-    by_year["coverage_p10_p90"] = by_year["year"].map(cover_year)
-    sample = _sample(len(test_rows), TEST_SAMPLE_ROWS, np.random.default_rng(seed))
-    s_rows = test_rows[sample]
-    test_sample = pd.DataFrame(
-        {
-            DATE: np.datetime64("1970-01-01") + data.day[s_rows].astype("timedelta64[D]"),
-            VOLUME: data.volume[s_rows],
-            FEATURES[0]: data.vol[s_rows],
-            FEATURES[1]: data.price[s_rows],
-            TARGET: y[sample],
-            "prediction": preds["model"][sample],
-            "baseline": vol_test[sample],
-            "forecast": p50[sample],
-            "forecast_low": p10[sample],
-            "forecast_high": p90[sample],
-            "har": preds["har"][sample],
-        }
-    )
-    return Evaluation(all_metrics, ratios_all, test_coverage, by_year, by_decile, deciles, test_forecasts, test_sample)
 
 
 def run(
@@ -294,9 +222,9 @@ def run(
             }
         maes = None
         if warm_compare:
-            y_t, v_t, p_t, x_t = (data.target[test_rows], data.vol[test_rows], data.price[test_rows], data.x[test_rows])
-            full_f = M.metrics(y_t, forecaster.predict(x_t)[1])["mae"]
-            warm_f = M.metrics(y_t, wfc.predict(x_t)[1])["mae"]
+            y_t, v_t, p_t = data.target[test_rows], data.vol[test_rows], data.price[test_rows]
+            full_f = M.metrics(y_t, forecast_rows(forecaster, data.x, test_rows)[1])["mae"]
+            warm_f = M.metrics(y_t, forecast_rows(wfc, data.x, test_rows)[1])["mae"]
             full_t = M.metrics(y_t, fit.model.predict(v_t, p_t))["mae"]
             warm_t = M.metrics(y_t, wfit.model.predict(v_t, p_t))["mae"]
             maes = {
@@ -308,7 +236,6 @@ def run(
                 "task_ratio": warm_t / full_t if full_t else None,
                 "full_fit_seconds": round(fit.seconds + finfo["fit_seconds"], 2),
             }
-            del x_t
         warm_entry = W.card_entry(parent, data.rows["added"], data.dates["added"], data.rows["fit_pool"], maes)
         warm_entry["rows_read"] = read_note
         if data.band_from is not None:

@@ -1,0 +1,120 @@
+"""The train stage's test evaluation: every predictor scored on the same test rows, the tables by year and
+volume decile, the interval's coverage, the explorer's band of test forecasts and the chart sample.
+
+Rows are predicted ``PREDICT_CHUNK`` at a time from the stage's rows (``rows.TrainRows``): no full copy of the
+test rows' inputs is made, and what stays per test row is what the metrics need (the actual value, each
+predictor's prediction and the interval, float64: the same numbers as predicting all rows at once, since every
+predictor is row by row). The test rows are at most ``max_test_rows``, so this part is bounded by that setting.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from ..config import DATE, LOG_VOL_MEAN30, VOLUME
+from . import scoring as M
+from .data import _sample
+from .params import FEATURES, TARGET
+
+TEST_SAMPLE_ROWS = 5000  # enough points for a predicted-vs-actual chart
+PREDICTORS = ("model", "forecast", "har", "baseline_vol_moving_avg", "baseline_today_volume")
+PREDICT_CHUNK = 1 << 18  # rows whose inputs are copied out for one prediction call
+
+
+def _har_inputs(x: np.ndarray, names: list) -> tuple:
+    base = x[:, names.index(LOG_VOL_MEAN30)].astype(np.float64)
+    return tuple(base + x[:, names.index(n)].astype(np.float64) for n in ("vol_lr_0", "vol_mean5_lr", "vol_mean22_lr"))
+
+
+def forecast_rows(forecaster, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``forecaster.predict(x[rows])`` (P10, P50, P90), a chunk of rows at a time."""
+    out = tuple(np.empty(len(rows)) for _ in range(3))
+    for lo in range(0, len(rows), PREDICT_CHUNK):
+        part = forecaster.predict(x[rows[lo : lo + PREDICT_CHUNK]])
+        for whole, chunk in zip(out, part):
+            whole[lo : lo + len(chunk)] = chunk
+    return out
+
+
+def predict_test(data, rows, fit, forecaster, har_coef, inputs) -> dict:
+    """Every predictor's predictions of ``rows`` (and the interval: ``p10``, ``p90``), chunk by chunk."""
+    n = len(rows)
+    preds = {name: np.empty(n) for name in ("model", "forecast", "har", "p10", "p90")}
+    for lo in range(0, n, PREDICT_CHUNK):
+        r = rows[lo : lo + PREDICT_CHUNK]
+        hi = lo + len(r)
+        x = data.x[r]
+        preds["p10"][lo:hi], preds["forecast"][lo:hi], preds["p90"][lo:hi] = forecaster.predict(x)
+        preds["har"][lo:hi] = M.predict_har(har_coef, *_har_inputs(x, inputs), fallback=data.vol[r])
+        del x
+    preds["model"][:] = fit.model.predict(data.vol[rows], data.price[rows])
+    preds.update(M.baseline_predictions(data.volume[rows], data.vol[rows]))
+    return preds
+
+
+class Evaluation(NamedTuple):
+    """The test evaluation: what the card, the report and the model directory are built from."""
+
+    all_metrics: dict
+    ratios_all: dict
+    test_coverage: object
+    by_year: pd.DataFrame
+    by_decile: pd.DataFrame
+    deciles: pd.DataFrame
+    test_forecasts: pd.DataFrame | pa.Table
+    test_sample: pd.DataFrame
+
+
+def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1) -> Evaluation:
+    """Score every predictor on the test rows; the tables, the test forecasts and the chart sample.
+
+    The tables are independent of one another and numpy releases the GIL in them: they run side by side on
+    ``threads`` threads (the same numbers)."""
+    from .outputs import _test_forecasts
+
+    y = data.target[test_rows]
+    vol_test = data.vol[test_rows]
+    preds = predict_test(data, test_rows, fit, forecaster, har_coef, inputs)
+    p10, p50, p90 = preds.pop("p10"), preds["forecast"], preds.pop("p90")
+    years = (np.datetime64("1970-01-01") + data.day[test_rows].astype("timedelta64[D]")).astype("datetime64[Y]")
+    years = years.astype(int) + 1970
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        jobs = {name: pool.submit(M.metrics, y, preds[name]) for name in PREDICTORS}
+        jobs["by_year"] = pool.submit(M.table_by, years, y, preds, "year")
+        y_order = np.argsort(y, kind="stable")
+        jobs["deciles"] = pool.submit(M.error_by_decile, y, preds["model"], vol_test, order=y_order)
+        jobs["by_decile"] = pool.submit(M.table_by, M.deciles(y, order=y_order), y, preds, "decile")
+        test_forecasts = _test_forecasts(data, forecaster)
+        done = {name: job.result() for name, job in jobs.items()}
+    all_metrics = {name: done[name] for name in PREDICTORS}
+    base = all_metrics["baseline_vol_moving_avg"]
+    ratios_all = {
+        name: {k: (m[k] / base[k] if base[k] else None) for k in ("mae", "medape")} for name, m in all_metrics.items()
+    }
+    test_coverage = M.coverage(y, p10, p90)
+    by_year, by_decile, deciles = done["by_year"], done["by_decile"], done["deciles"]
+    cover_year = pd.Series((y >= p10) & (y <= p90)).groupby(years).mean()
+    by_year["coverage_p10_p90"] = by_year["year"].map(cover_year)
+    sample = _sample(len(test_rows), TEST_SAMPLE_ROWS, np.random.default_rng(seed))
+    s_rows = test_rows[sample]
+    test_sample = pd.DataFrame(
+        {
+            DATE: np.datetime64("1970-01-01") + data.day[s_rows].astype("timedelta64[D]"),
+            VOLUME: data.volume[s_rows],
+            FEATURES[0]: data.vol[s_rows],
+            FEATURES[1]: data.price[s_rows],
+            TARGET: y[sample],
+            "prediction": preds["model"][sample],
+            "baseline": vol_test[sample],
+            "forecast": p50[sample],
+            "forecast_low": p10[sample],
+            "forecast_high": p90[sample],
+            "har": preds["har"][sample],
+        }
+    )
+    return Evaluation(all_metrics, ratios_all, test_coverage, by_year, by_decile, deciles, test_forecasts, test_sample)
