@@ -13,9 +13,10 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
-from volcast import features, ingest, storage
+from volcast import features, ingest, partitions, storage
 from volcast.ingest import load_quarantine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -169,15 +170,23 @@ def _shared_prefix_market(path: Path, names: list[str], seed: int) -> Path:
 
 
 def _files_by_key(directory: Path) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {}
-    for p in sorted(directory.glob("part-*")):
-        key, _ = storage.split_partition_name(p.name)
-        groups.setdefault(key, []).append(p.name)
-    return groups
+    """Each partition's members by name (its base, then the shared delta file for its rows there)."""
+    return {key: [Path(m).name for m in members] for key, members in storage.partition_groups(directory).items()}
 
 
-def test_twenty_updates_equal_a_full_run_and_compaction_bounds_the_files(tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "FOLD_PERIOD", 4)  # each partition folded every 4th update
+def _delta_rows(directory: Path) -> dict[str, int]:
+    """Rows per partition in the shared delta, counted from the file's row groups (not from its map)."""
+    files = sorted(directory.glob("part-~*.parquet"))
+    assert len(files) <= 1  # one delta file per dataset version
+    if not files:
+        return {}
+    table = pq.read_table(files[0], columns=["Symbol"])
+    keys = [storage.partition_key(s) for s in table["Symbol"].to_pylist()]
+    return {k: keys.count(k) for k in dict.fromkeys(keys)}
+
+
+def test_twenty_updates_equal_a_full_run_and_compaction_bounds_the_delta(tmp_path, monkeypatch):
+    monkeypatch.setattr(partitions, "DELTA_FRACTION", 0.01)  # the delta may carry 1 % of the rows: folds often
     src = tmp_path / "src"
     market = _shared_prefix_market(tmp_path / "market", ["AAB", "AAC", "AB", "ABD", "BC"], seed=21)
     mds.init(str(market), src, 20)
@@ -189,19 +198,28 @@ def test_twenty_updates_equal_a_full_run_and_compaction_bounds_the_files(tmp_pat
     inodes = {k: (out / "data" / "raw" / storage.partition_file(k)).stat().st_ino for k in keys}
     folded, with_delta, appended = set(), set(), 0
     for _ in range(20):
+        before = len(pd.read_parquet(out / "data" / "raw"))
         mds.release(src, "next")
         report = _update(src, out)
         appended += report["files_appended"]
         raw, feats = _files_by_key(out / "data" / "raw"), _files_by_key(out / "data" / "features")
-        assert raw == feats  # the features files mirror the raw ones, delta for delta
-        assert set(raw) == keys and all(len(files) <= 2 for files in raw.values())
-        with_delta |= {k for k, files in raw.items() if len(files) == 2}
+        assert raw == feats  # the features files mirror the raw ones: its bases, the same delta file
+        names = sorted(p.name for p in (out / "data" / "raw").glob("part-*"))
+        assert names[: len(keys)] == sorted(storage.partition_file(k) for k in keys)  # one base per partition
+        assert len(names) <= len(keys) + 1  # and at most one delta file, whatever the number of partitions
+        rows = _delta_rows(out / "data" / "raw")
+        assert rows == _delta_rows(out / "data" / "features")
+        # The fold decision sees the delta before the day's rows: at most 1 % of the rows then, + one day.
+        assert sum(rows.values()) <= 0.01 * before + 5
+        with_delta |= set(rows)
         for k in keys:
             ino = (out / "data" / "raw" / storage.partition_file(k)).stat().st_ino
-            folded |= {k} if ino != inodes[k] else set()
+            if ino != inodes[k]:
+                folded.add(k)
+                assert k not in rows  # a folded partition's rows left the delta
             inodes[k] = ino
     assert appended == 5 * 20
-    assert folded == keys and with_delta == keys  # every partition had a delta, and had it folded
+    assert folded == keys and with_delta == keys  # every partition had delta rows, and had them folded
     mine = _datasets(out)
     _assert_same(mine, _full(src, tmp_path / "full"))
     # The serve table: each ticker's last features row, with its row count.
@@ -212,8 +230,31 @@ def test_twenty_updates_equal_a_full_run_and_compaction_bounds_the_files(tmp_pat
     pd.testing.assert_frame_equal(latest, features.load_latest(tmp_path / "full"))
 
 
+def test_a_fold_moves_a_partitions_rows_from_the_delta_into_its_base(tmp_path, monkeypatch):
+    monkeypatch.setattr(partitions, "DELTA_FRACTION", 1.0)  # no fold by size
+    src = tmp_path / "src"
+    market = _shared_prefix_market(tmp_path / "market", ["AAB", "AAC", "AB", "BC"], seed=5)
+    mds.init(str(market), src, 4)
+    out = tmp_path / "out"
+    _update(src, out)
+    for _ in range(2):
+        mds.release(src, "next")
+        _update(src, out)
+    assert _delta_rows(out / "data" / "raw") == {"4141": 4, "4142": 2, "4243": 2}
+    base_rows = pq.read_metadata(out / "data" / "raw" / "part-4141.parquet").num_rows
+    monkeypatch.setattr(partitions, "DELTA_FRACTION", 0.0)  # fold everything now in the delta
+    mds.release(src, "next")
+    _update(src, out)
+    for name in ("raw", "features"):
+        directory = out / "data" / name
+        assert _delta_rows(directory) == {}  # the day's rows went with their partitions into new bases
+        assert not list(directory.glob("part-~*"))
+        assert pq.read_metadata(directory / "part-4141.parquet").num_rows == base_rows + 4 + 2
+    _assert_same(_datasets(out), _full(src, tmp_path / "full"))
+
+
 def test_delta_files_read_back_in_per_ticker_date_order(tmp_path, monkeypatch):
-    monkeypatch.setattr(storage, "FOLD_PERIOD", 1000)  # no fold in these few updates
+    monkeypatch.setattr(partitions, "DELTA_FRACTION", 1.0)  # no fold in these few updates
     src = tmp_path / "src"
     market = _shared_prefix_market(tmp_path / "market", ["AAB", "AAC", "AAD", "AB"], seed=4)
     mds.init(str(market), src, 3)
@@ -228,10 +269,17 @@ def test_delta_files_read_back_in_per_ticker_date_order(tmp_path, monkeypatch):
     features.run(full, jobs=1)
     for name in ("raw", "features"):
         groups = _files_by_key(out / "data" / name)
-        # Runs are numbered from the one that wrote version 0 (1): the third update is run 4.
-        assert groups["4141"] == ["part-4141.parquet", storage.delta_file("4141", 4)]
-        mine = pd.read_parquet(out / "data" / name)  # the files in path order: base, then its delta
-        assert not mine["Symbol"].is_monotonic_increasing  # the delta's rows follow the base's other tickers
+        # Runs are numbered from the one that wrote version 0 (1): the third update is run 4. Its delta holds
+        # the three days' rows of both partitions, one row group each.
+        assert groups == {k: [storage.partition_file(k), storage.shared_delta_file(4)] for k in ("4141", "4142")}
+        delta = pq.ParquetFile(out / "data" / name / storage.shared_delta_file(4))
+        assert delta.metadata.num_row_groups == 2
+        assert [delta.read_row_group(i)["Symbol"].to_pylist() for i in range(2)] == [
+            ["AAB"] * 3 + ["AAC"] * 3 + ["AAD"] * 3,
+            ["AB"] * 3,
+        ]
+        mine = pd.read_parquet(out / "data" / name)  # the files in path order: the bases, then the delta
+        assert not mine["Symbol"].is_monotonic_increasing  # the delta's rows follow every base's
         for _, rows in mine.groupby("Symbol", sort=False):
             assert rows["Date"].is_monotonic_increasing and rows["Date"].is_unique
         # A stable sort by Symbol alone gives the freshly written dataset, row for row.
@@ -270,7 +318,7 @@ def test_a_failed_append_publishes_nothing_and_the_next_run_appends(tmp_path, mo
     monkeypatch.undo()
     report = ingest.run(out, source=str(src), jobs=1)
     assert report["files_appended"] == len(_sizes(src))
-    raw = pd.read_parquet(out / "data" / "raw")
+    raw = pd.read_parquet(out / "data" / "raw").sort_values("Symbol", kind="stable").reset_index(drop=True)
     shutil.rmtree(tmp_path / "full", ignore_errors=True)
     ingest.run(tmp_path / "full", source=str(src), jobs=1)
     pd.testing.assert_frame_equal(raw, pd.read_parquet(tmp_path / "full" / "data" / "raw"))

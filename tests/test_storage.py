@@ -1,9 +1,11 @@
 """Crash-safe publishing and partition naming."""
 
 import os
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from volcast import storage
@@ -209,14 +211,103 @@ def test_a_partition_read_base_then_delta_is_sorted_by_symbol_then_date(tmp_path
     assert ds["v"].tolist() == expected == [1, 2, 3, 1, 2, 3, 1, 2]
 
 
-def test_folds_are_staggered_one_in_a_period_per_key():
-    keys = [storage.partition_key(s) for s in ("A", "AA", "AB", "B", "BC", "C", "Z", "ZZ")]
-    period = 4
-    for key in keys:  # each key folds exactly once in any `period` consecutive runs
-        for start in range(1, 9):
-            assert sum(storage.fold_due(key, seq, period) for seq in range(start, start + period)) == 1
-    # on a given run, not every key folds
-    assert any(0 < sum(storage.fold_due(k, seq, period) for k in keys) < len(keys) for seq in range(1, period + 1))
+def test_folding_by_size_takes_the_largest_delta_groups_until_the_delta_fits():
+    # 1,000 rows in the dataset, a 2 % bound: 20 rows may stay in the delta.
+    rows = {"41": 12, "42": 3, "43": 9, "44": 5}  # 29 rows in the delta
+    assert storage.keys_to_fold(rows, 1000, 0.02) == {"41"}  # 29 - 12 = 17 <= 20
+    assert storage.keys_to_fold(rows, 1000, 0.01) == {"41", "43"}  # 29 - 12 - 9 = 8 <= 10
+    assert storage.keys_to_fold(rows, 1000, 0.05) == set()  # 29 <= 50
+    assert storage.keys_to_fold(rows, 0, 0.02) == set(rows)  # an empty dataset keeps no delta
+    assert storage.keys_to_fold({}, 1000, 0.02) == set()
+
+
+def _shared_delta(directory, seq, groups: dict[str, tuple[list, list]]):
+    """A shared delta written the way the stages write it: one row group per key, in key order."""
+    writer = storage.DeltaWriter(directory / storage.shared_delta_file(seq), _SCHEMA)
+    for key, (symbols, values) in groups.items():
+        writer.add(key, _table(symbols, values), f"{seq}-{key}")
+    return writer.close()
+
+
+_SCHEMA = pa.schema([("Symbol", pa.string()), ("Date", pa.string()), ("v", pa.int64())])
+
+
+def _table(symbols, values):
+    return pa.table({"Symbol": symbols, "Date": [f"2020-01-{v:02d}" for v in values], "v": values}, schema=_SCHEMA)
+
+
+def test_the_shared_delta_sorts_after_every_base_and_holds_one_row_group_per_partition(tmp_path):
+    assert storage.shared_delta_file(7) == "part-~000007.parquet"
+    assert storage.split_delta_name("part-~000007.parquet") == 7
+    assert storage.split_partition_name("part-~000007.parquet") is None  # not a partition's own file
+    # '~' sorts after every hex digit (and '.'), so the delta comes after every base in path order.
+    bases = [storage.partition_file(storage.partition_key(s)) for s in ("A", "AZ", "Zz", "zz", "\u00e9t\u00e9")]
+    assert sorted([*bases, storage.shared_delta_file(1)])[-1] == storage.shared_delta_file(1)
+    storage.write_parquet(_table(["A", "A", "AB"], [1, 2, 1]), tmp_path / "part-41.parquet")
+    storage.write_parquet(_table(["B"], [1]), tmp_path / "part-42.parquet")
+    storage.write_parquet(_table(["C", "CD"], [1, 1]), tmp_path / "part-43.parquet")
+    _shared_delta(tmp_path, 3, {"41": (["A", "AB", "AB"], [3, 2, 3]), "43": (["C"], [2])})
+    md = pq.read_metadata(tmp_path / "part-~000003.parquet")
+    assert md.num_row_groups == 2 and [md.row_group(i).num_rows for i in range(2)] == [3, 1]
+    groups = storage.partition_groups(tmp_path)
+    assert list(groups) == ["41", "42", "43"]
+    part = groups["41"][-1]
+    assert isinstance(part, storage.DeltaPart) and (part.key, part.row_groups, part.rows) == ("41", (0,), 3)
+    assert [Path(m).name for m in groups["43"]] == ["part-43.parquet", "part-~000003.parquet"]
+    assert groups["42"] == [tmp_path / "part-42.parquet"]
+    assert storage.partition_members(tmp_path / "part-43.parquet") == groups["43"]
+    # Every reader of a directory sees the delta last: each ticker's rows in Date order.
+    for frame in (pd.read_parquet(tmp_path), pq.read_table(tmp_path).to_pandas()):
+        assert frame["Symbol"].tolist() == ["A", "A", "AB", "B", "C", "CD", "A", "AB", "AB", "C"]
+        assert frame["v"].tolist() == [1, 2, 1, 1, 1, 1, 3, 2, 3, 2]
+    # volcast's readers: Symbol then Date.
+    table = storage.read_partition(groups["41"])
+    assert list(zip(table["Symbol"].to_pylist(), table["v"].to_pylist())) == [
+        ("A", 1), ("A", 2), ("A", 3), ("AB", 1), ("AB", 2), ("AB", 3)
+    ]  # fmt: skip
+    whole = storage.read_dataset(tmp_path).to_pandas()
+    assert whole["Symbol"].tolist() == ["A", "A", "A", "AB", "AB", "AB", "B", "C", "C", "CD"]
+    assert whole["v"].tolist() == [1, 2, 3, 1, 2, 3, 1, 1, 2, 1]
+    one = storage.read_partition(groups["43"], filters=[("Symbol", "==", "C")], columns=["v"])
+    assert one["v"].to_pylist() == [1, 2]
+
+
+def test_a_partition_read_takes_only_its_row_groups_of_the_delta(tmp_path, monkeypatch):
+    storage.write_parquet(_table(["A"], [1]), tmp_path / "part-41.parquet")
+    storage.write_parquet(_table(["B"], [1]), tmp_path / "part-42.parquet")
+    storage.write_parquet(_table(["C"], [1]), tmp_path / "part-43.parquet")
+    _shared_delta(
+        tmp_path, 2, {"41": (["A"] * 5, [2, 3, 4, 5, 6]), "42": (["B"] * 7, list(range(2, 9))), "43": (["C"], [2])}
+    )
+    read = []
+    original = pq.ParquetFile.read_row_groups
+
+    def spy(self, row_groups, *args, **kwargs):
+        table = original(self, row_groups, *args, **kwargs)
+        read.append((list(row_groups), table.num_rows))
+        return table
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    monkeypatch.setattr(pq.ParquetFile, "read", lambda *a, **k: pytest.fail("the whole delta was read"))
+    members = storage.partition_groups(tmp_path)["42"]
+    table = storage.read_partition([m for m in members if isinstance(m, storage.DeltaPart)])
+    assert read == [([1], 7)]  # the second row group only: partition 42's 7 rows
+    assert table["v"].to_pylist() == list(range(2, 9))
+
+
+def test_an_old_layout_dataset_with_per_partition_deltas_and_a_shared_delta_reads_in_order(tmp_path):
+    # Written before the shared delta: a legacy delta beside its base; then one shared delta after it.
+    storage.write_parquet(_table(["A", "AB"], [1, 1]), tmp_path / "part-41.parquet")
+    storage.write_parquet(_table(["A", "AB"], [2, 2]), tmp_path / storage.delta_file("41", 2))
+    storage.write_parquet(_table(["B"], [1]), tmp_path / "part-42.parquet")
+    _shared_delta(tmp_path, 3, {"41": (["AB"], [3])})
+    groups = storage.partition_groups(tmp_path)
+    assert [Path(m).name for m in groups["41"]] == ["part-41.parquet", "part-41~000002.parquet", "part-~000003.parquet"]
+    whole = storage.read_dataset(tmp_path).to_pandas()
+    assert list(zip(whole["Symbol"], whole["v"])) == [("A", 1), ("A", 2), ("AB", 1), ("AB", 2), ("AB", 3), ("B", 1)]
+    plain = pd.read_parquet(tmp_path)
+    for _, rows in plain.groupby("Symbol"):
+        assert rows["v"].is_monotonic_increasing
 
 
 def test_partitions_file_round_trip_and_default(tmp_path):

@@ -282,11 +282,14 @@ def test_rows_from_the_store_equal_a_full_read_day_after_day(daily_versions, tmp
 
 
 def test_the_store_follows_the_daily_pipeline_deltas_and_folds(tmp_path, monkeypatch):
-    """The real daily layout: ingest + features write each day as a delta file holding every row since the
-    base (the previous delta replaced), and now and then fold it into the base (here every 2nd update)."""
-    from volcast import storage
+    """The real daily layout: ingest + features write each day into the dataset's one delta file (every row since
+    each partition's base, the previous delta replaced), and fold partitions into their bases once the delta
+    carries more than a share of the rows (here 0.15 %: about one day of these 12 tickers)."""
+    import pyarrow.parquet as pq
 
-    monkeypatch.setattr(storage, "FOLD_PERIOD", 2)
+    from volcast import partitions
+
+    monkeypatch.setattr(partitions, "DELTA_FRACTION", 0.0015)
     mds = _daily_source_module()
     tree = ingest.generate_demo_market(tmp_path / "full", n_tickers=12, years=3, seed=5)
     src, out = tmp_path / "src", tmp_path / "out"
@@ -295,18 +298,21 @@ def test_the_store_follows_the_daily_pipeline_deltas_and_folds(tmp_path, monkeyp
     features.run(out)
     kw = dict(SMALL, max_test_rows=10**9)
     train.run(out, **kw)
-    layouts = set()
+    layouts, delta_rows = set(), []
     for _ in range(3):
         assert mds.main(["release", str(src), "next"]) == 0
         ingest.run(out, source=str(src))
         features.run(out)
         names = [p.name for p in config.Layout.at(out).features_dir.resolve().glob("part-*.parquet")]
         layouts.add(any("~" in n for n in names))
+        deltas = list(config.Layout.at(out).features_dir.resolve().glob("part-~*.parquet"))
+        delta_rows.append(sum(pq.read_metadata(p).num_rows for p in deltas))
         full = _store_equals_full_read(out, 10**9)
         report = train.run(out, warm_start=True, warm_compare=False, **kw)
         assert report["warm_start"]["rows_read"].startswith("the parent's row store"), report["warm_start"]
         assert report["test_rows"] == full.rows["test"] and report["dropped_rows"] == full.counts
     assert True in layouts  # delta files were read
+    assert delta_rows[1] > delta_rows[0] and delta_rows[2] < delta_rows[1]  # a day added, then folds
     _band_as_a_full_read_chooses_it(out, full)
 
 

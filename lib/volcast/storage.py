@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,8 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-PARTITION_PREFIX = "part-"
 POINTER_SUFFIX = ".current"
+
+# The partition layout (names, the shared delta, reading a partition) lives in volcast.partitions; its names
+# are volcast.storage's too.
+from .partitions import *  # noqa: E402, F401, F403
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -126,157 +128,6 @@ def fingerprint_path(path: str | os.PathLike, *, content: bool = False) -> str |
         return fingerprint_files([path], content=content)
     entries = list(_data_files(path.resolve()))
     return fingerprint_files([file for _, file in entries], content=content, names=[name for name, _ in entries])
-
-
-def partition_key(symbol: str) -> str:
-    """The partition a ticker's rows live in: its first two bytes, hex-encoded.
-
-    Hex keeps file-name order equal to Symbol order (pyarrow reads a dataset's files in sorted path
-    order; a one-letter ticker's ``part-41.`` sorts before ``part-41xx`` because '.' < any hex digit),
-    so the dataset reads back sorted by Symbol then Date. Two letters rather than one: the real data
-    on hand only spans A-D, and a change to one ticker should rewrite a few dozen tickers' rows, not
-    a quarter of the dataset; it also gives the worker pool enough pieces to balance.
-    """
-    return symbol.encode("utf-8")[:2].hex() or "00"
-
-
-def partition_file(key: str) -> str:
-    return f"{PARTITION_PREFIX}{key}.parquet"
-
-
-# A daily update appends a partition's new rows as a delta file beside its base file instead of
-# rewriting it: ``part-<key>~<seq>.parquet``, seq a zero-padded increasing number. '~' sorts after every
-# character of a base name, so in path order (the order pandas/pyarrow read a dataset in) a partition's
-# deltas come after its base file and after one another: each ticker's rows stay in Date order, while the
-# dataset as a whole is sorted by Symbol only once a stable sort by Symbol is applied (or after compaction,
-# which folds a partition's deltas back into its base file).
-DELTA_MARK = "~"
-DELTA_DIGITS = 6
-
-
-def delta_file(key: str, seq: int) -> str:
-    return f"{PARTITION_PREFIX}{key}{DELTA_MARK}{seq:0{DELTA_DIGITS}d}.parquet"
-
-
-def split_partition_name(name: str) -> tuple[str, int] | None:
-    """``part-4141.parquet`` -> ("4141", 0); ``part-4141~000003.parquet`` -> ("4141", 3); anything else None."""
-    if not (name.startswith(PARTITION_PREFIX) and name.endswith(".parquet")):
-        return None
-    stem = name[len(PARTITION_PREFIX) : -len(".parquet")]
-    key, mark, seq = stem.partition(DELTA_MARK)
-    if not key or (mark and not (seq.isdigit() and seq.isascii() and int(seq) > 0)):
-        return None
-    return key, int(seq) if mark else 0
-
-
-def partition_groups(version_dir: str | os.PathLike) -> dict[str, list[Path]]:
-    """A dataset version's files by partition key, sorted by key: each key's base file (if any) first,
-    then its delta files in sequence order. Read a partition as the concatenation of its files."""
-    groups: dict[str, list[tuple[int, Path]]] = {}
-    for path in Path(version_dir).iterdir():
-        parsed = split_partition_name(path.name)
-        if parsed is not None and path.is_file():
-            groups.setdefault(parsed[0], []).append((parsed[1], path))
-    return {key: [p for _, p in sorted(files)] for key, files in sorted(groups.items())}
-
-
-def partition_members(base: str | os.PathLike) -> list[Path]:
-    """A partition's files in read order, named by its base file's path: the base (if it exists), then
-    its delta files in sequence order."""
-    base = Path(base)
-    parsed = split_partition_name(base.name)
-    if parsed is None or not base.parent.is_dir():
-        return []
-    deltas = sorted(base.parent.glob(f"{PARTITION_PREFIX}{parsed[0]}{DELTA_MARK}*.parquet"))
-    deltas = [d for d in deltas if (split_partition_name(d.name) or ("", 0))[0] == parsed[0]]
-    return ([base] if base.is_file() else []) + deltas
-
-
-def sort_by_symbol(table: pa.Table, column: str = "Symbol") -> pa.Table:
-    """``table`` stably sorted by ``column`` (plain or dictionary strings): each ticker's rows keep their
-    order, so a partition read base-then-deltas comes out sorted by Symbol then Date."""
-    if not table.num_rows:
-        return table
-    keys = table[column]
-    if pa.types.is_dictionary(keys.type):
-        keys = keys.cast(pa.string())
-    order = pc.sort_indices(keys)  # Arrow's sort is stable
-    if np.array_equal(order.to_numpy(), np.arange(table.num_rows)):
-        return table
-    return table.take(order)
-
-
-def read_file(path, columns=None, read_dictionary=None, **kwargs) -> pa.Table:
-    """One Parquet file as a table: ``pyarrow.parquet.read_table``'s result, through ``ParquetFile`` when no
-    other option (``filters``, ``schema``, ...) is given: a small file then costs about half the time
-    (no dataset discovery)."""
-    if kwargs or Path(path).is_dir():
-        return pq.read_table(path, columns=columns, read_dictionary=read_dictionary, **kwargs)
-    return pq.ParquetFile(path, read_dictionary=read_dictionary).read(columns=columns)
-
-
-def read_partition(files, **kwargs) -> pa.Table:
-    """A partition read as one table sorted by Symbol then Date: its files (base first, then deltas; a
-    path or a list of paths, see ``partition_members``) concatenated and stably sorted by Symbol.
-    ``kwargs`` go to ``pyarrow.parquet.read_table``."""
-    files = [files] if isinstance(files, (str, os.PathLike)) else list(files)
-    tables = [read_file(f, **kwargs) for f in files]
-    if len(tables) == 1:
-        return tables[0]
-    table = pa.concat_tables(tables, promote_options="permissive")
-    if "Symbol" not in table.column_names:
-        return table
-    if pa.types.is_dictionary(table["Symbol"].type):
-        table = table.unify_dictionaries()
-    return sort_by_symbol(table)
-
-
-def read_dataset(version_dir: str | os.PathLike, columns: list[str] | None = None, **kwargs) -> pa.Table:
-    """A dataset version read in the contract order, sorted by Symbol then Date: as ``pyarrow.parquet.read_table``
-    of the directory when no partition has delta files, else partition by partition (``read_partition``).
-    ``kwargs`` (``filters``, ``schema``, ...) go to ``read_table``."""
-    groups = partition_groups(version_dir)
-    if all(len(files) == 1 for files in groups.values()):
-        return pq.read_table(version_dir, columns=columns, **kwargs)
-    from concurrent.futures import ThreadPoolExecutor
-
-    wanted = None if columns is None else list(dict.fromkeys([*columns, "Symbol"]))
-    with ThreadPoolExecutor(max_workers=2) as pool:  # Arrow releases the GIL while decoding
-        parts = list(pool.map(lambda files: read_partition(files, columns=wanted, **kwargs), groups.values()))
-    table = pa.concat_tables(parts)
-    return table if columns is None else table.select(columns)
-
-
-# Compaction. A daily update writes each partition ONE delta file that holds every row appended since the
-# partition's base was last written (the previous delta's rows, then the new ones), so a partition is at most
-# two files and a dataset read never opens more than twice the fresh number of files. Now and then the delta
-# is folded into the base: staggered by the partition key and the update's sequence number, so each run
-# folds about 1/FOLD_PERIOD of the partitions and none is more than FOLD_PERIOD updates old.
-FOLD_PERIOD = 32
-
-
-def fold_due(key: str, seq: int, period: int | None = None) -> bool:
-    """Whether update ``seq`` folds partition ``key``'s delta into its base (1 in ``period`` runs per key,
-    by default ``FOLD_PERIOD``)."""
-    return (zlib.crc32(key.encode()) + seq) % max(int(period or FOLD_PERIOD), 1) == 0
-
-
-# A raw dataset version's partition record, written by ingest: the version's sequence number (each run that
-# writes raw adds one: it names delta files and staggers folds) and each partition's "epoch", which changes
-# whenever the partition's stored rows may have changed other than by rows appended after them.
-PARTITIONS_FILE = "_partitions.json"
-
-
-def read_partitions_file(version_dir: str | os.PathLike | None) -> dict:
-    """``{"seq": int, "epochs": {key: str}}`` of a dataset version (``seq`` 0 and no epochs when absent)."""
-    data = read_json(Path(version_dir) / PARTITIONS_FILE, default=None) if version_dir else None
-    if not isinstance(data, dict):
-        return {"seq": 0, "epochs": {}}
-    return {"seq": int(data.get("seq", 0)), "epochs": dict(data.get("epochs", {}))}
-
-
-def write_partitions_file(version_dir: str | os.PathLike, seq: int, epochs: dict[str, str]) -> None:
-    atomic_write_text(Path(version_dir) / PARTITIONS_FILE, json.dumps({"seq": seq, "epochs": epochs}) + "\n")
 
 
 # Columns whose values repeat row after row (a ticker's name on each of its rows; quarantine's file):

@@ -10,8 +10,9 @@ computed on the stored rows' tail therefore equal those of a full recompute (tes
 The stage uses it for a partition whose raw rows only grew (same raw "epoch", ``storage.PARTITIONS_FILE``):
 ``append_partitions`` finds the new raw rows (dated after each ticker's last features row), computes their
 features from the tail table (``TAIL_FILE``: each ticker's last ``lookback_rows`` raw rows, kept in the
-features dataset so no partition is read for them) and writes them as the partition's delta file, named as
-the raw partition's delta; when the raw partition has no delta (ingest folded it), into a new base file.
+features dataset so no partition is read for them) and adds them to the partition's rows in the features
+delta (the stage writes it: ``stage._write_delta``, one row group per partition, named as the raw delta); when
+the raw partition has no delta rows (ingest folded it), into a new base file.
 """
 
 from __future__ import annotations
@@ -170,13 +171,17 @@ def key_ranges(symbols) -> dict[str, tuple[int, int]]:
 
 
 def _read_raw(path: Path) -> pa.Table:
-    table = storage.read_file(path, read_dictionary=list(config.TICKER_COLUMNS))
+    return _raw_columns(storage.read_file(path, read_dictionary=list(config.TICKER_COLUMNS)))
+
+
+def _raw_columns(table: pa.Table) -> pa.Table:
     return table.select(list(config.RAW_COLUMNS)).cast(config.RAW_DICTIONARY_SCHEMA)
 
 
-def _new_rows(files: list[Path], last: dict[str, str]) -> pa.Table:
-    """The rows of ``files`` dated after their ticker's ``last`` date (all rows of a ticker not in it)."""
-    tables = [_read_raw(p) for p in files]
+def _new_rows(files: list, last: dict[str, str], parts: dict) -> pa.Table:
+    """The rows of ``files`` (files, or ``DeltaPart``s read already: ``parts``) dated after their ticker's
+    ``last`` date (all rows of a ticker not in it)."""
+    tables = [_raw_columns(parts[p]) if p in parts else _read_raw(p) for p in files]
     table = pa.concat_tables(tables).unify_dictionaries() if len(tables) > 1 else tables[0]
     if not table.num_rows:
         return table
@@ -189,8 +194,9 @@ def _new_rows(files: list[Path], last: dict[str, str]) -> pa.Table:
 class Appended:
     """What ``append_partitions`` did to one partition: its stats, latest rows and tail rows (all its tickers)."""
 
-    def __init__(self, stats: dict, latest: pa.Table, tail: pa.Table):
+    def __init__(self, stats: dict, latest: pa.Table, tail: pa.Table, delta: pa.Table | None = None):
         self.stats, self.latest, self.tail = stats, latest, tail
+        self.delta = delta  # the partition's rows for the features delta (None: it was folded into its base)
 
 
 def _stats(old: dict, new: pa.Table, prev_rows: dict[str, int], window_rows: int) -> dict:
@@ -224,20 +230,32 @@ def append_partitions(
     window,
     min_periods,
     jobs: int = 1,
+    old_members: dict | None = None,
 ) -> dict[str, Appended]:
     """Append each partition's new raw rows to the features dataset being staged.
 
     ``todo``: ``{key: (changed raw files, the raw partition's files, its stats at the last run)}``;
     ``staging`` holds the current features files (hard links); ``old_latest`` / ``old_tail``: the latest-row
-    and tail tables of the current version. Only a row-count window (``spec.rows``) takes this path.
+    and tail tables of the current version; ``old_members``: each partition's features members in the current
+    version (``storage.partition_groups``). Only a row-count window (``spec.rows``) takes this path.
     """
     spec = parse_window(window, min_periods)
     back = lookback_rows(window, min_periods)
     last = dict(zip(old_latest[SYMBOL].to_pylist(), old_latest[DATE].to_pylist()))
     prev_rows = dict(zip(old_latest[SYMBOL].to_pylist(), old_latest["rows"].to_pylist()))
     keys = sorted(todo)
+    old_members = old_members or {}
+    # The delta files' parts, each file's footer parsed once (not once per partition).
+    raw_parts = storage.read_parts(
+        [p for k in keys for p in todo[k][0] if isinstance(p, storage.DeltaPart)],
+        read_dictionary=list(config.TICKER_COLUMNS),
+    )
+    mine_parts = storage.read_parts(
+        [p for k in keys for p in old_members.get(k, []) if isinstance(p, storage.DeltaPart)],
+        read_dictionary=list(config.TICKER_COLUMNS),
+    )
     with ThreadPoolExecutor(max_workers=max(jobs, 1), thread_name_prefix="features-append") as pool:
-        new = dict(zip(keys, pool.map(lambda k: _new_rows(todo[k][0], last), keys)))
+        new = dict(zip(keys, pool.map(lambda k: _new_rows(todo[k][0], last, raw_parts), keys)))
     sizes = [new[k].num_rows for k in keys]
     both = pa.concat_tables([_plain(new[k]) for k in keys]) if keys else None
     cols = features_of_new_rows(old_tail, both, window, min_periods) if keys else None
@@ -251,22 +269,28 @@ def append_partitions(
         for name in cols.column_names:
             rows = rows.append_column(name, cols[name].slice(start, sizes[i]))
         rows = rows.cast(write_schema)
-        raw_files = todo[key][1]
-        raw_deltas = [p.name for p in raw_files if p.name != storage.partition_file(key)]
         base = staging / storage.partition_file(key)
-        mine = storage.partition_members(base)
-        # Mirror the raw partition: a delta beside the base while it has one, else a new base (folded).
-        out = staging / (raw_deltas[-1] if raw_deltas else base.name)
-        carried = [p for p in mine if p != base] if raw_deltas else mine
+        mine = old_members.get(key) or storage.partition_members(base)
+        # A partition with raw delta rows keeps its features delta rows (the current ones + the new); one that
+        # ingest folded (no raw delta rows) is folded here too: base + delta rows + new rows, a new base.
+        raw_in_delta = any(isinstance(p, storage.DeltaPart) for p in todo[key][1])
+        carried = [p for p in mine if Path(p).name != base.name] if raw_in_delta else mine
         if carried:
-            old = storage.read_partition(carried, read_dictionary=list(config.TICKER_COLUMNS)).cast(write_schema)
+            old = [
+                mine_parts[p] if p in mine_parts else storage.read_file(p, read_dictionary=list(config.TICKER_COLUMNS))
+                for p in carried
+            ]
+            old = pa.concat_tables([t.cast(write_schema) for t in old]) if len(old) > 1 else old[0].cast(write_schema)
             table = storage.sort_by_symbol(pa.concat_tables([old, rows]).unify_dictionaries())
         else:
             table = rows
-        storage.write_parquet(table, out, arrow_schema=False)
-        for p in mine:
-            if p != out and p != base:
-                p.unlink()
+        delta = None
+        if raw_in_delta:
+            delta = table
+        else:
+            storage.write_parquet(table, base, arrow_schema=False)
+        for p in storage.legacy_deltas(base):  # legacy per-partition deltas: their rows are in the table
+            p.unlink()
         ends = np.flatnonzero(_from_end(rows[SYMBOL]) == 1)
         latest = rows.take(pa.array(ends)).cast(config.FEATURES_SCHEMA)
         counts = [prev_rows.get(s, 0) + int(n) for s, n in zip(latest[SYMBOL].to_pylist(), _run_lengths(rows))]
@@ -278,7 +302,7 @@ def append_partitions(
         old_tail_rows = old_tail.slice(*tail_at[key]) if key in tail_at else TAIL_SCHEMA.empty_table()
         tail = pa.concat_tables([old_tail_rows, tail_rows(rows, back)])
         tail = tail_rows(storage.sort_by_symbol(tail), back)
-        return Appended(_stats(todo[key][2], rows, prev_rows, spec.rows), latest, tail)
+        return Appended(_stats(todo[key][2], rows, prev_rows, spec.rows), latest, tail, delta)
 
     with ThreadPoolExecutor(max_workers=max(jobs, 1), thread_name_prefix="features-append") as pool:
         return dict(zip(keys, pool.map(write, range(len(keys)))))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .. import config, storage
+from .. import config, partitions, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
 from ..errors import UserError
 from ..executor import resolve as resolve_executor
@@ -25,14 +25,14 @@ from .window import WindowSpec, parse_window
 STAGE = "features"
 # Inside the published features dataset (see read.LATEST_FILE).
 STATE_FILE = "_features_state.json"
-STATE_VERSION = 2  # partitions by key, with their raw files' fingerprints and the raw epoch last seen
+STATE_VERSION = 3  # partitions by key, with their raw members' fingerprints and the raw epoch last seen
 
 
 def _code_version() -> str:
     """This package's source: a partition computed by other code is never reused."""
-    # storage.py holds the partitioning scheme.
+    # partitions.py holds the partitioning scheme.
     files = sorted(Path(__file__).parent.glob("*.py"))
-    return storage.code_digest(*files, storage.__file__, extra=(config.FEATURES_SCHEMA,))
+    return storage.code_digest(*files, storage.__file__, partitions.__file__, extra=(config.FEATURES_SCHEMA,))
 
 
 def _partition_stats(
@@ -198,12 +198,36 @@ def _assembled(old: pa.Table | None, kept: set[str], pieces: dict[str, pa.Table]
 LATEST_SCHEMA = pa.schema([*config.FEATURES_SCHEMA, pa.field("rows", pa.int64())])
 
 
+def _write_delta(staging: Path, groups: dict, mine: dict, reuse: dict, appended: dict) -> None:
+    """The features dataset's shared delta, named as the raw one: for each partition with raw delta rows, its
+    features delta rows: carried over from the current delta (a reused partition) or as ``append_partitions``
+    left them (an appended one). A recomputed partition has none (all its rows are in its new base)."""
+    raw_parts = {k: m for k, members in groups.items() for m in members if isinstance(m, storage.DeltaPart)}
+    if not raw_parts:
+        return
+    old = {k: m for k in reuse for m in mine.get(k, []) if isinstance(m, storage.DeltaPart)}
+    writer = storage.DeltaWriter(
+        staging / next(iter(raw_parts.values())).name,
+        _FEATURES_WRITE_SCHEMA,
+        arrow_schema=False,
+        options=storage.parquet_options(config.FEATURES_SCHEMA),
+    )
+    carried = storage.read_parts(old.values(), read_dictionary=list(config.TICKER_COLUMNS))
+    for key in sorted(raw_parts):
+        if key in old:
+            writer.add(key, carried[old[key]].cast(_FEATURES_WRITE_SCHEMA), old[key].stamp)
+        elif key in appended and appended[key].delta is not None:
+            writer.add(key, appended[key].delta, raw_parts[key].stamp)
+    writer.close()
+
+
 def _plan(layout, raw: Path, spec: WindowSpec, incremental: bool) -> dict:
     """Per raw partition: reuse its features files, append to them, or compute them (``todo``)."""
     groups = storage.partition_groups(raw)
     # Ingest hard-links unchanged files into each new raw version and writes changed ones anew, so a file's
-    # stat fingerprint (size, mtime) changes exactly when its content may have.
-    fingerprints = {key: {p.name: storage.fingerprint_path(p) for p in files} for key, files in groups.items()}
+    # stat fingerprint (size, mtime) changes exactly when its content may have; a partition's rows in the
+    # shared delta carry a stamp that changes whenever rows are added to them (``storage.member_id``).
+    fingerprints = {key: dict(storage.member_id(p) for p in files) for key, files in groups.items()}
     epochs = storage.read_partitions_file(raw)["epochs"]
     params = {**spec.state(), "code": _code_version()}
     current = storage.current_version(layout.features_dir)
@@ -226,7 +250,7 @@ def _plan(layout, raw: Path, spec: WindowSpec, incremental: bool) -> dict:
         if entry and key in mine and entry["raw"] == fingerprints[key]:
             reuse[key] = entry["stats"]
         elif can_append and entry and key in mine and epochs.get(key) and epochs.get(key) == entry.get("epoch"):
-            changed = [p for p in groups[key] if entry["raw"].get(p.name) != fingerprints[key][p.name]]
+            changed = [p for p in groups[key] if entry["raw"].get(storage.member_id(p)[0]) != storage.member_id(p)[1]]
             append[key] = (changed, groups[key], entry["stats"])
         else:
             todo.append(key)
@@ -236,6 +260,7 @@ def _plan(layout, raw: Path, spec: WindowSpec, incremental: bool) -> dict:
         "epochs": epochs,
         "params": params,
         "current": current,
+        "mine": mine,
         "reuse": reuse,
         "append": append,
         "todo": todo,
@@ -272,7 +297,7 @@ def run(
     if todo or append or plan["stale"] or current is None:
         carried = set(reuse) | set(append)
         with storage.publish_dir(layout.features_dir, seed_from_current=bool(carried)) as staging:
-            for item in staging.iterdir():  # seeded: drop what is not carried over
+            for item in staging.iterdir():  # seeded: drop what is not carried over, and the delta (written anew)
                 parsed = storage.split_partition_name(item.name)
                 if (parsed is None and item.name not in (LATEST_FILE, TAIL_FILE)) or (
                     parsed is not None and parsed[0] not in carried
@@ -282,7 +307,15 @@ def run(
             old_tail = storage.read_file(staging / TAIL_FILE) if carried and (staging / TAIL_FILE).exists() else None
             if append:
                 appended = append_partitions(
-                    append, staging, old_latest, old_tail, _FEATURES_WRITE_SCHEMA, spec, spec.min_periods, jobs
+                    append,
+                    staging,
+                    old_latest,
+                    old_tail,
+                    _FEATURES_WRITE_SCHEMA,
+                    spec,
+                    spec.min_periods,
+                    jobs,
+                    {k: plan["mine"].get(k, []) for k in append},
                 )
             computed, latest, tails = _compute(
                 [(key, groups[key], staging / storage.partition_file(key)) for key in todo],
@@ -291,6 +324,7 @@ def run(
                 executor,
                 scheduler,
             )
+            _write_delta(staging, groups, plan["mine"], reuse, appended)
             table = _assembled(
                 old_latest, set(reuse), {**{k: a.latest for k, a in appended.items()}, **latest}, LATEST_SCHEMA
             )

@@ -1,12 +1,15 @@
-"""Daily appends written as delta files (issue 16): a partition whose files only grew by appended lines (or
-gained new ticker files) gets its new rows in one delta file beside its base file, instead of a rewrite.
+"""Daily appends (issue 16): a partition whose files only grew by appended lines (or gained new ticker files)
+gets its new rows added to the dataset's ONE shared delta file (``storage.shared_delta_file``: one row group
+per partition key) instead of a rewrite.
 
-The delta written holds every row appended since the base was last written: the previous delta's rows, then
-this run's (a partition is at most two files). When ``storage.fold_due`` says so (staggered by key and the
-run's sequence number), or when there is no base yet, the rows go into a new base file instead (compaction).
-Rows are checked against each ticker's last stored Date, read from the partition files' footers, not from
-their rows. An appended file that cannot be appended (``append.parse_appended``'s fallbacks) makes the task
-rewrite its partition whole (``task._partition_task``: base and deltas folded into a new base).
+A task (in a worker) parses the appended lines and returns the new rows; the stage writes the delta
+(``write_delta``): for each partition, its rows already in the previous delta, then the new ones. A partition
+chosen to fold (``storage.keys_to_fold``: the delta would carry more than ``storage.DELTA_FRACTION`` of the
+dataset's rows; or it has no base yet, or legacy per-partition delta files) gets its base, delta rows and new
+rows written as a new base by the task instead (compaction). Rows are checked against each ticker's last
+stored Date, read from the footers (the bases' and the delta's), not from the rows. An appended file that
+cannot be appended (``append.parse_appended``'s fallbacks) makes the task rewrite its partition whole
+(``task._partition_task``: base and delta rows folded into a new base).
 
 Each partition's "epoch" (in ``storage.PARTITIONS_FILE``) changes whenever its stored rows may have changed other
 than by appended rows; the features stage appends to a partition whose epoch it has seen, and recomputes it
@@ -17,10 +20,10 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (ISA-L)
@@ -44,12 +47,13 @@ class _DeltaTask(NamedTuple):
     new_files: tuple[tuple[str, str, str | None], ...]  # (rel, symbol, security name): files not seen before
     raw_dir: str  # the staging directories written to
     quarantine_dir: str
-    seq: int  # this run's sequence number (the delta file's)
-    fold: bool  # write a new base (base + delta + new rows) instead of a delta
+    seq: int  # this run's sequence number
+    fold: bool  # write a new base (base + delta rows + new rows) instead of returning the new rows
+    delta_last: dict  # {symbol: last Date} of the partition's tickers in the shared delta (its footer)
 
 
 def new_epoch(seq: int) -> str:
-    return f"{seq}-{uuid.uuid4().hex[:8]}"
+    return storage.new_stamp(seq)
 
 
 def last_dates(files: list[Path]) -> dict[str, str]:
@@ -57,6 +61,8 @@ def last_dates(files: list[Path]) -> dict[str, str]:
     from the footers ``write._RawParquet`` writes; a file without one has its Symbol and Date read."""
     last: dict[str, str] = {}
     for path in files:
+        if isinstance(path, storage.DeltaPart):
+            raise TypeError("last_dates reads files; a delta part's dates come from the delta's footer")
         meta = (pq.read_metadata(path).metadata or {}).get(SUMMARY_KEY.encode())
         summary = json.loads(meta) if meta else {}
         if isinstance(summary.get("last_date"), dict):
@@ -102,60 +108,69 @@ def _old_rows(files: list[Path], column: str, **kwargs) -> tuple[pa.Table | None
     return table, _symbol_bounds(table, column)
 
 
-def delta_task(t: _DeltaTask) -> tuple[str, str, list[dict]]:
-    """Write partition ``t.whole.key``'s new rows as its delta (or new base); ``(key, mode, entries)``."""
+def delta_task(t: _DeltaTask) -> tuple[str, str, list[dict], tuple | None]:
+    """Parse partition ``t.whole.key``'s new rows: ``(key, mode, entries, new rows)``. The new rows are
+    ``([(symbol, security name, rows)], [quarantined rows])`` for the shared delta, or None when the task wrote
+    the partition's new base itself (a fold, or a rewrite: mode REWRITE)."""
     task = t.whole
-    old_raw_files = storage.partition_members(task.previous_raw) if task.previous_raw else []
-    old_q_files = storage.partition_members(task.previous_quarantine) if task.previous_quarantine else []
-    last = last_dates(old_raw_files)
+    old_raw_files = list(task.old_raw or ())
+    old_q_files = list(task.old_q or ())
+    last = last_dates([p for p in old_raw_files if not isinstance(p, storage.DeltaPart)])
+    last.update(t.delta_last)
     appended, fallback = parse_appended(list(task.append), task.source_path, task.root, last, task.limits)
     if fallback:
-        return task.key, REWRITE, _partition_task(task)
+        return task.key, REWRITE, _partition_task(task), None
     new = {symbol: (name, *_parse_whole(task, rel, symbol, name)) for rel, symbol, name in t.new_files}
     names = {c.symbol: c.name for c in task.append}
-
-    # The rows the written file carries over: the previous delta (base + delta when folding).
-    base_name = storage.partition_file(task.key)
-    if t.fold:
-        out_name, raw_from, q_from = base_name, old_raw_files, old_q_files
-    else:
-        out_name = storage.delta_file(task.key, t.seq)
-        raw_from = [p for p in old_raw_files if p.name != base_name]
-        q_from = [p for p in old_q_files if p.name != base_name]
-    old_raw, bounds = _old_rows(raw_from, "Symbol", read_dictionary=list(TICKER_COLUMNS))
-    old_q, q_bounds = _old_rows(q_from, "symbol", schema=QUARANTINE_SCHEMA)
-
-    raw_out = _RawParquet(Path(t.raw_dir) / out_name)
-    q_out = _BufferedParquet(Path(t.quarantine_dir) / out_name, QUARANTINE_SCHEMA)
-    entries = []
-    for symbol in sorted(set(bounds) | set(q_bounds) | set(appended) | set(new)):
-        if symbol in bounds:
-            rows = old_raw.slice(*bounds[symbol])
-            raw_out.add(rows, symbol, rows["Security Name"][0].as_py())  # as last written
-        if symbol in q_bounds:
-            q_out.add(old_q.slice(*q_bounds[symbol]))
+    entries, pieces, q_pieces = [], [], []
+    for symbol in sorted(set(appended) | set(new)):
         if symbol in appended:
             done = appended[symbol]
-            raw_out.add(done.table, symbol, names[symbol])
-            q_out.add(done.quarantine)
+            pieces.append((symbol, names[symbol], done.table))
+            q_pieces.append(done.quarantine)
             entries.append({**done.entry, "update": "appended", "rows_parsed": done.rows_read})
         if symbol in new:
             name, entry, parsed = new[symbol]
-            raw_out.add(parsed.table, symbol, name)
-            q_out.add(parsed.quarantine)
+            pieces.append((symbol, name, parsed.table))
+            q_pieces.append(parsed.quarantine)
             entries.append(entry)
+    q_pieces = [q for q in q_pieces if q is not None and q.num_rows]
+    if not t.fold:
+        return task.key, DELTA, entries, (pieces, q_pieces)
+
+    # Fold: the partition's stored rows (base, legacy deltas, its delta rows) and the new ones, as a new base.
+    out_name = storage.partition_file(task.key)
+    old_raw, bounds = _old_rows(old_raw_files, "Symbol", read_dictionary=list(TICKER_COLUMNS))
+    old_q, q_bounds = _old_rows(old_q_files, "symbol", schema=QUARANTINE_SCHEMA)
+    new_by_symbol: dict[str, list] = {}
+    for symbol, name, table in pieces:
+        new_by_symbol.setdefault(symbol, []).append((name, table))
+    q_new = storage.sort_by_symbol(pa.concat_tables(q_pieces), "symbol") if q_pieces else None
+    q_new_bounds = _symbol_bounds(q_new, "symbol")
+    raw_out = _RawParquet(Path(t.raw_dir) / out_name)
+    q_out = _BufferedParquet(Path(t.quarantine_dir) / out_name, QUARANTINE_SCHEMA)
+    for symbol in sorted(set(bounds) | set(q_bounds) | set(new_by_symbol) | set(q_new_bounds)):
+        if symbol in bounds:
+            rows = old_raw.slice(*bounds[symbol])
+            raw_out.add(rows, symbol, rows["Security Name"][0].as_py())  # as last written
+        for name, table in new_by_symbol.get(symbol, ()):
+            raw_out.add(table, symbol, name)
+        if symbol in q_bounds:
+            q_out.add(old_q.slice(*q_bounds[symbol]))
+        if symbol in q_new_bounds:
+            q_out.add(q_new.slice(*q_new_bounds[symbol]))
     raw_out.close()
     q_out.close()
-    return task.key, DELTA, entries
+    return task.key, DELTA, entries, None
 
 
-def _run_one(item) -> tuple[str, str, list[dict]]:
+def _run_one(item) -> tuple[str, str, list[dict], tuple | None]:
     if isinstance(item, _DeltaTask):
         return delta_task(item)
-    return item.key, REWRITE, _partition_task(item)
+    return item.key, REWRITE, _partition_task(item), None
 
 
-def run_tasks(items: list, jobs: int, executor: str, scheduler: str) -> list[tuple[str, str, list[dict]]]:
+def run_tasks(items: list, jobs: int, executor: str, scheduler: str) -> list[tuple]:
     """Delta tasks and whole-partition tasks, on the stage's worker processes (or the dask cluster)."""
     from ..executor import map_tasks
     from .workers import _init_worker, start_worker_server
@@ -194,3 +209,72 @@ def eligible_keys(plan: dict, catalog, previous: dict, incremental_folder: bool)
             else:
                 keys[key].append(f)
     return {k: v for k, v in keys.items() if k not in blocked}
+
+
+def write_delta(
+    raw_dir: Path,
+    q_dir: Path,
+    seq: int,
+    previous_raw: dict,
+    previous_q: dict,
+    dropped: set[str],
+    new_rows: dict[str, tuple],
+) -> None:
+    """Write this version's shared delta files (raw and quarantine) into the staging directories.
+
+    ``previous_raw`` / ``previous_q``: ``{key: DeltaPart}`` of the previous version's deltas; ``dropped``: the keys
+    whose delta rows went into a new base (rewritten or folded); ``new_rows``: ``{key: (pieces, q pieces)}`` from
+    the delta tasks. Each key's group: its previous delta rows, then its new rows (per ticker: old, then new)."""
+    name = storage.shared_delta_file(seq)
+    stamp = storage.new_stamp(seq)
+    keys = sorted((set(previous_raw) | set(previous_q) | set(new_rows)) - dropped)
+    old_raw = _whole(previous_raw, read_dictionary=list(TICKER_COLUMNS))
+    old_q = _whole(previous_q, schema=QUARANTINE_SCHEMA)
+    raw_out = _RawParquet(Path(raw_dir) / name)
+    q_out = _BufferedParquet(Path(q_dir) / name, QUARANTINE_SCHEMA)
+    for key in keys:
+        pieces, q_pieces = new_rows.get(key, ((), ()))
+        old = _group(old_raw, previous_raw.get(key))
+        bounds = _symbol_bounds(storage.sort_by_symbol(old) if old is not None else None, "Symbol")
+        new_by_symbol: dict[str, list] = {}
+        for symbol, sec_name, table in pieces:
+            if table is not None and table.num_rows:
+                new_by_symbol.setdefault(symbol, []).append((sec_name, table))
+        for symbol in sorted(set(bounds) | set(new_by_symbol)):
+            if symbol in bounds:
+                rows = old.slice(*bounds[symbol])
+                raw_out.add(rows, symbol, rows["Security Name"][0].as_py())
+            for sec_name, table in new_by_symbol.get(symbol, ()):
+                raw_out.add(table, symbol, sec_name)
+        part = previous_raw.get(key)
+        raw_out.end_group(key, stamp if new_by_symbol or part is None else part.stamp)
+        q_old = _group(old_q, previous_q.get(key))
+        q_tables = [t for t in ([q_old] if q_old is not None else []) + list(q_pieces) if t is not None and t.num_rows]
+        if q_tables:
+            q_out.add(storage.sort_by_symbol(pa.concat_tables(q_tables), "symbol"))
+        q_part = previous_q.get(key)
+        q_out.end_group(key, stamp if q_pieces or q_part is None else q_part.stamp)
+    raw_out.close()
+    q_out.close()
+
+
+def _whole(parts: dict, **kwargs) -> tuple[pa.Table, list[int]] | None:
+    """The previous delta file read whole (it is small: one read, not one per key), and its row groups' offsets."""
+    if not parts:
+        return None
+    path = next(iter(parts.values())).path
+    file = pq.ParquetFile(path, read_dictionary=kwargs.get("read_dictionary"))
+    table = file.read()
+    if "schema" in kwargs:
+        table = table.cast(kwargs["schema"])
+    sizes = [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)]
+    return table, [0, *np.cumsum(sizes).tolist()]
+
+
+def _group(whole, part) -> pa.Table | None:
+    """A key's rows of the previous delta (its row groups are consecutive)."""
+    if whole is None or part is None or not part.row_groups:
+        return None
+    table, offsets = whole
+    start, end = offsets[part.row_groups[0]], offsets[part.row_groups[-1] + 1]
+    return table.slice(start, end - start).unify_dictionaries() if end > start else None

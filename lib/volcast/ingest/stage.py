@@ -8,7 +8,7 @@ from pathlib import Path
 
 from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (ISA-L)
 
-from .. import config, storage
+from .. import config, partitions, storage
 from ..config import RAW_SCHEMA, Layout
 from ..executor import resolve as resolve_executor
 from . import delta
@@ -34,9 +34,9 @@ _RUN_ONLY = ("update", "update_reason", "rows_parsed")  # entry keys about this 
 
 def _code_fingerprint() -> str:
     """Incremental runs reuse earlier output only if the parsing code and schemas are the same."""
-    # Every file of this package; storage.py holds the partitioning scheme.
+    # Every file of this package; partitions.py holds the partitioning scheme.
     package = sorted(Path(__file__).parent.glob("*.py"))
-    return storage.code_digest(*package, storage.__file__, extra=(RAW_SCHEMA, STATE_VERSION))
+    return storage.code_digest(*package, storage.__file__, partitions.__file__, extra=(RAW_SCHEMA, STATE_VERSION))
 
 
 def _source_identity(src: ResolvedSource) -> dict:
@@ -243,18 +243,27 @@ def _write_partitions(
     seq = partitions["seq"] + 1
     previous_stamps = {e["rel"]: e for e in (state or {}).get("stamps", [])}
     eligible = delta.eligible_keys(plan, catalog, previous_stamps, incremental and src.path.is_dir())
+    # The previous version's members per partition (its base, legacy deltas, its part of the shared delta).
+    old_raw = storage.partition_groups(previous_raw) if previous_raw else {}
+    old_q = storage.partition_groups(previous_q) if previous_q else {}
+    raw_parts = _delta_parts(old_raw)
+    q_parts = _delta_parts(old_q)
+    total_rows = sum(e.get("rows_kept", 0) for e in old_entries.values())
+    fold = storage.keys_to_fold({k: p.rows for k, p in raw_parts.items()}, total_rows)
+    delta_last = _delta_last_dates(raw_parts)
     with (
         storage.publish_dir(layout.raw_dir, seed_from_current=incremental) as raw_stage,
         storage.publish_dir(layout.quarantine_dir, seed_from_current=incremental) as q_stage,
     ):
-        # A rewritten partition's delta files (hard-linked from the current version) go: whatever the
-        # task writes holds their rows. Tasks read the previous version, never the staging directory.
+        # The shared delta (hard-linked from the current version) is written anew below, and a rewritten
+        # partition's legacy delta files go: whatever the task writes holds their rows. Tasks read the previous
+        # version, never the staging directory.
         for stage_dir in (raw_stage, q_stage):
+            for path in storage.shared_deltas(stage_dir):
+                path.unlink()
             for key in plan["rewrite"]:
-                base = stage_dir / storage.partition_file(key)
-                for path in storage.partition_members(base):
-                    if path != base:
-                        path.unlink()
+                for path in storage.legacy_deltas(stage_dir / storage.partition_file(key)):
+                    path.unlink()
         tasks = []
         for key in sorted(plan["rewrite"]):
             files = by_key.get(key, [])
@@ -288,21 +297,32 @@ def _write_partitions(
                     sum(f.size for f in files if f.rel in plan["read"] or f.rel in grown),
                     limits,
                     append,
+                    tuple(old_raw.get(key, ())),
+                    tuple(old_q.get(key, ())),
                 )
             )
-        items = [_as_delta(t, eligible, raw_stage, q_stage, seq) if t.key in eligible else t for t in tasks]
+        items = [
+            _as_delta(t, eligible, raw_stage, q_stage, seq, fold, old_raw.get(key, ()), delta_last)
+            if (key := t.key) in eligible
+            else t
+            for t in tasks
+        ]
         if any(isinstance(i, delta._DeltaTask) for i in items):
             results = delta.run_tasks(items, jobs, executor, scheduler)
         else:
             n_files = sum(len(t.parse) + len(t.append) for t in tasks)
-            results = [(None, delta.REWRITE, _execute(tasks, jobs, n_files, executor, scheduler))]
+            results = [(None, delta.REWRITE, _execute(tasks, jobs, n_files, executor, scheduler), None)]
         epochs = dict(partitions["epochs"]) if incremental else {}
-        rewritten = {key for key, mode, _ in results if mode == delta.REWRITE}
+        rewritten = {key for key, mode, _, _ in results if mode == delta.REWRITE}
         if any(key is None for key in rewritten):
             rewritten = set(plan["rewrite"])
         for key in rewritten:
             epochs[key] = delta.new_epoch(seq)
-        for _, _, found in results:
+        # Keys whose delta rows are now in a new base: rewritten or folded (a task that returned no rows).
+        in_base = rewritten | {key for key, mode, _, rows in results if mode == delta.DELTA and rows is None}
+        new_rows = {key: rows for key, mode, _, rows in results if rows is not None}
+        delta.write_delta(raw_stage, q_stage, seq, raw_parts, q_parts, in_base, new_rows)
+        for _, _, found, _ in results:
             for entry in found:
                 entries[entry["file"]] = entry
                 this_run[entry["file"]] = {k: entry.pop(k) for k in _RUN_ONLY if k in entry}
@@ -321,18 +341,37 @@ def _write_partitions(
     return entries, this_run
 
 
-def _as_delta(task: _Task, eligible: dict, raw_stage: Path, q_stage: Path, seq: int) -> delta._DeltaTask:
-    """The delta form of a partition task (``delta.py``): its new files parsed whole, the rest appended."""
+def _as_delta(
+    task: _Task, eligible: dict, raw_stage: Path, q_stage: Path, seq: int, fold: set, members, delta_last: dict
+) -> delta._DeltaTask:
+    """The delta form of a partition task (``delta.py``): its new files parsed whole, the rest appended. It folds
+    (writes a new base) when chosen to (``fold``), when it has no base yet, or legacy per-partition deltas."""
     new_rels = {f.rel for f in eligible[task.key]}
     has_base = task.previous_raw is not None and Path(task.previous_raw).is_file()
+    legacy = any(isinstance(m, Path) and m.name != storage.partition_file(task.key) for m in members)
     return delta._DeltaTask(
         task,
         tuple(p for p in task.parse if p[0] in new_rels),
         str(raw_stage),
         str(q_stage),
         seq,
-        not has_base or storage.fold_due(task.key, seq),
+        not has_base or legacy or task.key in fold,
+        delta_last.get(task.key, {}),
     )
+
+
+def _delta_parts(groups: dict) -> dict:
+    """``{key: DeltaPart}`` of a version's shared delta (a version has at most one)."""
+    return {key: m for key, members in groups.items() for m in members if isinstance(m, storage.DeltaPart)}
+
+
+def _delta_last_dates(parts: dict) -> dict[str, dict[str, str]]:
+    """``{key: {ticker: its last Date}}`` in the shared delta, from its footer's summary (``write._RawParquet``)."""
+    by_key: dict[str, dict[str, str]] = {}
+    if parts:
+        for symbol, day in delta.last_dates([next(iter(parts.values())).path]).items():
+            by_key.setdefault(storage.partition_key(symbol), {})[symbol] = day
+    return by_key
 
 
 def _write_state(path: Path, state: dict) -> None:

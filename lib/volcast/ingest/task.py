@@ -39,6 +39,16 @@ class _Task(NamedTuple):
     bytes: int
     limits: Limits = DEFAULT_LIMITS
     append: tuple[Candidate, ...] = ()  # files expected to have grown by appended lines (append.py)
+    # The partition's previous members (``storage.partition_groups`` of the previous version: base, legacy
+    # deltas, its part of the shared delta); None: found from ``previous_raw`` / ``previous_quarantine``.
+    old_raw: tuple | None = None
+    old_q: tuple | None = None
+
+
+def _old_members(members: tuple | None, base: str | None) -> list:
+    if members is not None:
+        return list(members)
+    return storage.partition_members(base) if base else []
 
 
 _JOINED: _JoinedBodies | None = None  # one per process: reused by every partition task it runs
@@ -50,9 +60,9 @@ def _partition_task(task: _Task) -> list[dict]:
     carried = [*task.keep_symbols, *(c.symbol for c in task.append)]  # symbols whose stored rows stay
     old_bounds: dict[str, tuple[int, int]] = {}
     old_q_bounds: dict[str, tuple[int, int]] = {}
-    # A partition's previous rows: its base file and its delta files (daily appends), sorted by Symbol.
-    old_raw_files = storage.partition_members(task.previous_raw) if carried and task.previous_raw else []
-    old_q_files = storage.partition_members(task.previous_quarantine) if carried and task.previous_quarantine else []
+    # A partition's previous rows: its base file and its delta rows (daily appends), sorted by Symbol.
+    old_raw_files = _old_members(task.old_raw, task.previous_raw) if carried else []
+    old_q_files = _old_members(task.old_q, task.previous_quarantine) if carried else []
     if old_raw_files:
         # The ticker columns as dictionaries (the writer takes them per ticker, not per row): no string per row.
         old_raw = storage.read_partition(old_raw_files, read_dictionary=list(TICKER_COLUMNS))

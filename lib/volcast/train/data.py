@@ -205,13 +205,16 @@ def split_frame(
 
 
 def feature_files(features_dir: Path) -> list[Path]:
-    """Every partition file of the features dataset (bases and deltas), in path order."""
-    return [path for paths in feature_groups(features_dir).values() for path in paths]
+    """Every partition file of the features dataset (bases, then the delta file), each once, in path order."""
+    members = [m for paths in feature_groups(features_dir).values() for m in paths]
+    return sorted({Path(m) for m in members})
 
 
-def feature_groups(features_dir: Path) -> dict[str, list[Path]]:
-    """The features dataset's partitions: key -> its files, base first, then its deltas in sequence order
-    (``storage.partition_groups``); a ticker's rows run on from one file of its partition into the next."""
+def feature_groups(features_dir: Path) -> dict[str, list]:
+    """The features dataset's partitions: key -> its members, base first, then its delta rows
+    (``storage.partition_groups``: a legacy delta file, or a ``storage.DeltaPart``, its row groups of the shared
+    delta file); a ticker's rows run on from one member of its partition into the next. Read them with
+    ``_read_group``."""
     if not features_dir.exists():
         raise UserError(
             f"no features dataset at {features_dir}; run the features stage first "
@@ -236,15 +239,22 @@ def _day_numbers(dates: pa.Array) -> np.ndarray:
     return dates.cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
-def _read_group(paths: list[Path], columns, read_dictionary=None) -> pa.Table:
-    """One partition's rows: its files (base, then deltas) read and concatenated in path order."""
+def _read_group(paths: list, columns, read_dictionary=None) -> pa.Table:
+    """One partition's rows: its members (base, then delta rows; see ``feature_groups``) read and concatenated
+    in that order. A ``storage.DeltaPart`` reads only its row groups of the delta file."""
     tables = []
     for path in paths:
-        names = set(pq.read_schema(path).names)
+        in_delta = isinstance(path, storage.DeltaPart)
+        names = set(
+            (storage.delta_footer(path.path).schema.to_arrow_schema() if in_delta else pq.read_schema(path)).names
+        )
         missing = [c for c in columns if c not in names]
         if missing:
             raise UserError(f"{path} lacks column(s) {', '.join(missing)}; re-run the features stage")
-        tables.append(pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary))
+        if in_delta:
+            tables.append(storage.read_member(path, columns=list(columns), read_dictionary=read_dictionary))
+        else:
+            tables.append(pq.read_table(path, columns=list(columns), read_dictionary=read_dictionary))
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
 
 

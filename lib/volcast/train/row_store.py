@@ -42,6 +42,7 @@ from .rows import _SCAN_COLUMNS, TrainRows, market_at, market_ratio
 CACHE_DIR = ".warm_cache"
 VERSION = 1
 FIT, VALID, TEST, AHEAD = 1, 2, 4, 8  # role bits of a stored row
+PART = "part"  # file_digests: the entry of a partition's rows in the shared delta file
 
 
 def _day(iso) -> int:
@@ -53,11 +54,18 @@ def cache_root(models_dir) -> Path:
 
 
 def file_digests(paths, known: dict | None = None) -> dict:
-    """{name: [size, mtime_ns, sha256 of the content]}; a file whose name, size and mtime are in ``known`` keeps
-    its digest there (the stat check every up-to-date decision of volcast makes)."""
+    """{name: [size, mtime_ns, sha256 of the content]} of the files of ``paths`` (partition members: a
+    ``storage.DeltaPart`` stands for its delta file, each file digested once), plus for each ``DeltaPart``
+    ``{"~<key>": ["part", stamp, rows]}`` (its rows' identity: see ``_plan``). A file whose name, size and mtime
+    are in ``known`` keeps its digest there (the stat check every up-to-date decision of volcast makes)."""
     known = known or {}
     out = {}
-    for path in map(Path, paths):
+    for member in paths:
+        if isinstance(member, storage.DeltaPart):
+            out[storage.member_id(member)[0]] = [PART, member.stamp, member.rows]
+        path = Path(member)
+        if path.name in out:
+            continue
         st = path.stat()
         old = known.get(path.name)
         if old and old[0] == st.st_size and old[1] == st.st_mtime_ns:
@@ -73,10 +81,11 @@ def file_digests(paths, known: dict | None = None) -> dict:
 
 def fingerprint(digests: dict) -> str:
     """The card's data fingerprint: every file's name, size and content digest (the same data gives the same
-    value anywhere; mtimes are left out)."""
+    value anywhere; mtimes and the delta parts' stamps are left out: the delta file's digest covers them)."""
     digest = hashlib.sha256()
     for name in sorted(digests):
-        digest.update(f"{name}|{digests[name][0]}|{digests[name][2]}\n".encode())
+        if digests[name][0] != PART:
+            digest.update(f"{name}|{digests[name][0]}|{digests[name][2]}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -159,30 +168,52 @@ def features_state(features_dir) -> dict:
     return json_params(epochs=epochs, params=state.get("params") if isinstance(state, dict) else None)
 
 
+def _same(member, stored: dict) -> bool:
+    """Whether a partition member is the one the parent read: a file by its name, size and mtime (unchanged files
+    are hard links), a ``storage.DeltaPart`` by its stamp (it changes whenever rows are added to the part)."""
+    label, _ = storage.member_id(member)
+    entry = stored.get(label)
+    if isinstance(member, storage.DeltaPart):
+        return bool(entry) and entry[0] == PART and entry[1] == member.stamp
+    return bool(entry) and entry[0] != PART and _stat(Path(member)) == tuple(entry[:2])
+
+
+def _stored_key(label: str) -> str | None:
+    """The partition a stored entry belongs to (None: the shared delta file itself, not a partition member)."""
+    if label.startswith(storage.DELTA_MARK):
+        return label[len(storage.DELTA_MARK) :]
+    parsed = storage.split_partition_name(label)
+    return parsed[0] if parsed else None
+
+
 def _plan(meta: dict, groups: dict, current: dict) -> tuple[list, str]:
-    """The files to read per partition (whose rows after each ticker's stored last date are new), or a reason
+    """The members to read per partition (whose rows after each ticker's stored last date are new), or a reason
     why the store does not apply.
 
-    A partition whose stored files are all unchanged has only gained files; one whose files changed (a daily
-    delta rewritten with the day added, a base folded with its delta) keeps its stored rows while its epoch is
-    the stored one (it only grew): its changed files are read. Any other change means a full read."""
+    A partition whose stored members are all unchanged has only gained members; one whose members changed (its
+    delta rows with the day added, a base folded with its delta rows) keeps its stored rows while its epoch is
+    the stored one (it only grew): its changed members are read. Any other change means a full read."""
     stored, stored_epochs = meta["files"], (meta.get("features") or {}).get("epochs", {})
     epochs = current["epochs"] if (meta.get("features") or {}).get("params") == current["params"] else {}
-    keys = {storage.split_partition_name(name)[0] for name in stored}
-    gone = sorted(keys - set(groups))
+    by_key: dict[str, list[str]] = {}
+    for label in stored:
+        key = _stored_key(label)
+        if key is not None:
+            by_key.setdefault(key, []).append(label)
+    gone = sorted(set(by_key) - set(groups))
     if gone:
         return [], f"features partition {gone[0]} the parent read is gone"
     todo = []
     for key, paths in groups.items():
-        same = [p.name in stored and _stat(p) == tuple(stored[p.name][:2]) for p in paths]
-        kept = {p.name for p, ok in zip(paths, same) if ok}
-        added_only = key not in keys or all(n in kept for n in stored if storage.split_partition_name(n)[0] == key)
+        same = [_same(p, stored) for p in paths]
+        kept = {storage.member_id(p)[0] for p, ok in zip(paths, same) if ok}
+        added_only = key not in by_key or all(label in kept for label in by_key[key])
         if not added_only and (stored_epochs.get(key) is None or epochs.get(key) != stored_epochs.get(key)):
-            changed = next((p.name for p, ok in zip(paths, same) if not ok), key)
+            changed = next((str(p) for p, ok in zip(paths, same) if not ok), key)
             why = "rewritten" if epochs else "the features stage's parameters or code changed"
             return [], f"features file {changed} changed since the parent read it (partition {key}: {why})"
         fresh = [p for p, ok in zip(paths, same) if not ok]
-        if fresh:  # files only added: none of their rows may be stored already; else the stored ones are skipped
+        if fresh:  # members only added: none of their rows may be stored already; else the stored ones are skipped
             todo.append((fresh, not added_only))
     return todo, ""
 
@@ -398,7 +429,7 @@ def load_warm(
         "floats": floats[:, t_rows],
         "x": x[t_rows],
     }
-    files = [p for paths in groups.values() for p in paths]
+    files = [p for paths in groups.values() for p in paths]  # partition members (see file_digests)
     rows = TrainRows(
         all_day,
         np.concatenate([st["next_day"][s_take], next_day[keep_rows]]),
