@@ -574,6 +574,24 @@ def render(results: dict) -> str:
             lines.append(f"| {name} | {r['loss']} | {r['cpu']} | {r['mae']:.4f} | {r['medape']:.4f} | {cov} |")
         if tc.get("after"):
             lines += ["", tc["after"]]
+    t3 = results.get("third_round")
+    if t3:
+        lines += [
+            "",
+            "## Third round: weights, a volume-MAE point model, longer medians, ensembles (validation slice only)",
+            "",
+            t3["how"],
+            "",
+            "| group | setting | loss | fit CPU s | MAE / vma | median APE / vma | raw P10-P90 coverage | kept |",
+            "|---|---|---|---:|---:|---:|---:|---|",
+        ]
+        for r in t3["table"]:
+            cov = f"{100 * r['cov']:.1f} %" if r.get("cov") is not None else "–"
+            lines.append(
+                f"| {r['group']} | {r['setting']} | {r['loss']} | {r['cpu']} | {r['mae']:.4f} | {r['medape']:.4f} | "
+                f"{cov} | {'yes' if r.get('kept') else 'no'} |"
+            )
+        lines += ["", t3["after"]]
     s = results.get("scale")
     if s:
         sec = s["seconds"]
