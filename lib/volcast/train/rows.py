@@ -33,6 +33,17 @@ from .row_scan import group_rows, scan_stats, select_rows
 MARKET_WINDOW = BASE_WINDOW
 
 
+def _release_freed_memory() -> None:
+    """Hand the heap's freed pages back to the OS (glibc; elsewhere nothing). The passes free many arrays of a
+    few MB, which glibc keeps for reuse, so without this the process would stay as large as at its busiest."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @dataclass
 class TrainRows:
     """The chosen rows (compact, in file then row order) and each role's positions among them."""
@@ -134,6 +145,7 @@ def load_rows(
     udays, inverse = np.unique(np.concatenate([s.usable_days for s in stats]), return_inverse=True)
     ucounts = np.bincount(inverse, weights=np.concatenate([s.usable_counts for s in stats])).astype(np.int64)
     scan_seconds = time.perf_counter() - t0
+    _release_freed_memory()
 
     def count_added(p):  # random split with a warm start only: added rows are not a range of dates there
         def one(k):
@@ -157,13 +169,14 @@ def load_rows(
     p.band_dates = TEST_FORECAST_DATES  # this module's, read now: tests narrow the band through it
 
     t1 = time.perf_counter()
+
+    def select(k: int):
+        part = select_rows(groups[k], shift, p.roles_of(k), list(inputs), market, stats[k].tails)
+        _release_freed_memory()  # the group's columns, read and dropped
+        return part
+
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        parts = list(
-            pool.map(
-                lambda k: select_rows(groups[k], shift, p.roles_of(k), list(inputs), market, stats[k].tails),
-                range(len(groups)),
-            )
-        )
+        parts = list(pool.map(select, range(len(groups))))
     inputs_seconds = time.perf_counter() - t1
     return _assemble(
         stats,
@@ -192,12 +205,14 @@ def _assemble(stats, parts, p, inputs, files, counts, market, per_day, seconds) 
     tickers: list[str] = []
     lows: dict[str, list] = {}
     at = 0
-    for s, part in zip(stats, parts):
+    for k, (s, part) in enumerate(zip(stats, parts)):
         m = len(part.day)
         day[at : at + m], next_day[at : at + m] = part.day, part.next_day
         ticker[at : at + m] = part.ticker + len(tickers)
         floats[:, at : at + m], x[at : at + m] = part.floats, part.x
         part.x = part.floats = None
+        if k % 8 == 7:
+            _release_freed_memory()
         for name, rows in part.roles.items():
             roles[name].append(rows + at)
         for name in tail_parts:
@@ -215,6 +230,7 @@ def _assemble(stats, parts, p, inputs, files, counts, market, per_day, seconds) 
         for name in ("train", "validation", "test", "added")
     }
     udays, ucounts, mdays, market_totals = per_day
+    _release_freed_memory()
     return TrainRows(
         day,
         next_day,
