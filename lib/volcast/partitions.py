@@ -37,6 +37,7 @@ DELTA_KEY = "volcast.delta"  # the shared delta's footer: {"parts": {key: {"row_
 # Fold by size: a run folds partitions (largest delta first) back into their bases once the delta would carry
 # more than this share of the dataset's rows. See README "Daily updates" (Compaction) for why a size bound.
 DELTA_FRACTION = 0.02
+DELTA_COMPRESSION = "snappy"
 
 __all__ = [
     "DELTA_FRACTION",
@@ -291,16 +292,25 @@ def read_member(member, columns=None, read_dictionary=None, filters=None, schema
 
 
 def read_parts(parts, columns=None, read_dictionary=None) -> dict:
-    """Several ``DeltaPart`` read at once, ``{part: table}``: each delta file opened (its footer parsed) once,
-    then each part's row groups read from it."""
+    """Several ``DeltaPart`` read at once, ``{part: table}``: each delta file opened (its footer parsed) once and
+    all the parts' row groups read in one call, then sliced per part."""
     out: dict = {}
     by_path: dict = {}
     for part in parts:
         by_path.setdefault(part.path, []).append(part)
     for path, group in by_path.items():
-        file = pq.ParquetFile(path, metadata=delta_footer(path), read_dictionary=read_dictionary)
+        footer = delta_footer(path)
+        file = pq.ParquetFile(path, metadata=footer, read_dictionary=read_dictionary)
+        wanted = sorted({i for part in group for i in part.row_groups})
+        table = file.read_row_groups(wanted, columns=columns)
+        start, at = 0, {}
+        for i in wanted:
+            at[i] = start
+            start += footer.row_group(i).num_rows
         for part in group:
-            out[part] = file.read_row_groups(list(part.row_groups), columns=columns)
+            rows = sum(footer.row_group(i).num_rows for i in part.row_groups)
+            # A part's row groups are consecutive (written in one go), so its rows are one slice.
+            out[part] = table.slice(at[part.row_groups[0]], rows) if part.row_groups else table.slice(0, 0)
     return out
 
 
@@ -393,7 +403,14 @@ class DeltaWriter:
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
         self.schema = schema
-        self.options = {"store_schema": arrow_schema, **(options or parquet_options(schema))}
+        # Snappy, not the datasets' zstd: a delta is small and rewritten every day, one row group per partition,
+        # and zstd's per-column-chunk cost made the write twice as slow (README "Daily updates").
+        self.options = {
+            "store_schema": arrow_schema,
+            **(options or parquet_options(schema)),
+            "compression": DELTA_COMPRESSION,
+            "compression_level": None,
+        }
         self.writer = None
         self.groups = 0
         self.parts: dict[str, dict] = {}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -59,20 +60,20 @@ class Tail(NamedTuple):
 
 # One buffer per process, reused file after file: a fresh bytes object per file costs fresh pages (page
 # faults) each time, which is most of the cost of checking a file's old content.
-_BUFFER = bytearray(1 << 20)
+# One per thread: the delta tasks of a daily update run in threads (``delta.run_tasks``).
+_LOCAL = threading.local()
 
 
 def read_tail(path: str, c: Candidate, limits: Limits) -> Tail | str:
     """The appended part of a file, or why the file must be read whole (a short reason)."""
-    global _BUFFER
     try:
         fd, size = _open_regular(path, limits)
     except (Refused, OSError) as exc:
         return f"unreadable now ({exc})"
     try:
-        if len(_BUFFER) < size + 1:
-            _BUFFER = bytearray(max(size + 1, 2 * len(_BUFFER)))
-        buf = _BUFFER
+        buf = getattr(_LOCAL, "buffer", None)
+        if buf is None or len(buf) < size + 1:
+            buf = _LOCAL.buffer = bytearray(max(size + 1, 2 * len(buf) if buf else 1 << 20))
         view = memoryview(buf)
         n = os.preadv(fd, [view[: size + 1]], 0)  # one byte more than the size: a file still growing shows
         if n != size:

@@ -25,11 +25,12 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from isal.isal_zlib import crc32  # zlib's CRC-32 with the same values, faster (ISA-L)
 
 from .. import storage
-from ..config import TICKER_COLUMNS
+from ..config import RAW_DICTIONARY_SCHEMA, RAW_SCHEMA, TICKER_COLUMNS
 from .append import parse_appended
 from .limits import Refused
 from .lines import data_lines
@@ -171,13 +172,20 @@ def _run_one(item) -> tuple[str, str, list[dict], tuple | None]:
 
 
 def run_tasks(items: list, jobs: int, executor: str, scheduler: str) -> list[tuple]:
-    """Delta tasks and whole-partition tasks, on the stage's worker processes (or the dask cluster)."""
+    """Delta tasks and whole-partition tasks, on the stage's worker processes (or the dask cluster). A daily
+    update whose tasks are all delta tasks runs them in threads: each parses a few appended lines per file, and
+    starting worker processes would cost more than the work (Arrow's CSV reader, file reads and ISA-L's CRC
+    release the GIL)."""
     from ..executor import map_tasks
     from .workers import _init_worker, start_worker_server
 
-    def local_pool(workers: int):
-        from concurrent.futures import ProcessPoolExecutor
+    only_deltas = all(isinstance(i, _DeltaTask) for i in items)
 
+    def local_pool(workers: int):
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+        if only_deltas:
+            return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-delta")
         ctx = start_worker_server()
         return ProcessPoolExecutor(
             max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(None, os.getpid())
@@ -224,57 +232,118 @@ def write_delta(
 
     ``previous_raw`` / ``previous_q``: ``{key: DeltaPart}`` of the previous version's deltas; ``dropped``: the keys
     whose delta rows went into a new base (rewritten or folded); ``new_rows``: ``{key: (pieces, q pieces)}`` from
-    the delta tasks. Each key's group: its previous delta rows, then its new rows (per ticker: old, then new)."""
+    the delta tasks. Each key's group: its previous delta rows, then its new rows (per ticker: old, then new).
+    Built as one table (the previous delta is small: read whole, once) and written one row group per key."""
     name = storage.shared_delta_file(seq)
     stamp = storage.new_stamp(seq)
-    keys = sorted((set(previous_raw) | set(previous_q) | set(new_rows)) - dropped)
-    old_raw = _whole(previous_raw, read_dictionary=list(TICKER_COLUMNS))
-    old_q = _whole(previous_q, schema=QUARANTINE_SCHEMA)
-    raw_out = _RawParquet(Path(raw_dir) / name)
-    q_out = _BufferedParquet(Path(q_dir) / name, QUARANTINE_SCHEMA)
-    for key in keys:
-        pieces, q_pieces = new_rows.get(key, ((), ()))
-        old = _group(old_raw, previous_raw.get(key))
-        bounds = _symbol_bounds(storage.sort_by_symbol(old) if old is not None else None, "Symbol")
-        new_by_symbol: dict[str, list] = {}
-        for symbol, sec_name, table in pieces:
-            if table is not None and table.num_rows:
-                new_by_symbol.setdefault(symbol, []).append((sec_name, table))
-        for symbol in sorted(set(bounds) | set(new_by_symbol)):
-            if symbol in bounds:
-                rows = old.slice(*bounds[symbol])
-                raw_out.add(rows, symbol, rows["Security Name"][0].as_py())
-            for sec_name, table in new_by_symbol.get(symbol, ()):
-                raw_out.add(table, symbol, sec_name)
-        part = previous_raw.get(key)
-        raw_out.end_group(key, stamp if new_by_symbol or part is None else part.stamp)
-        q_old = _group(old_q, previous_q.get(key))
-        q_tables = [t for t in ([q_old] if q_old is not None else []) + list(q_pieces) if t is not None and t.num_rows]
-        if q_tables:
-            q_out.add(storage.sort_by_symbol(pa.concat_tables(q_tables), "symbol"))
-        q_part = previous_q.get(key)
-        q_out.end_group(key, stamp if q_pieces or q_part is None else q_part.stamp)
-    raw_out.close()
-    q_out.close()
+    pieces = [p for key in sorted(new_rows) for p in new_rows[key][0] if p[2] is not None and p[2].num_rows]
+    raw = _merged(_whole(previous_raw, read_dictionary=list(TICKER_COLUMNS)), _new_raw(pieces), "Symbol", dropped)
+    if raw is not None:
+        raw = raw.cast(RAW_DICTIONARY_SCHEMA)
+        writer = storage.DeltaWriter(
+            Path(raw_dir) / name, RAW_DICTIONARY_SCHEMA, arrow_schema=False, options=storage.parquet_options(RAW_SCHEMA)
+        )
+        grown = {storage.partition_key(s) for s, _, _ in pieces}
+        for key, (start, length) in _key_runs(raw["Symbol"]).items():
+            writer.add(key, raw.slice(start, length), stamp if key in grown else previous_raw[key].stamp)
+        writer.close({SUMMARY_KEY: json.dumps(_summary(raw))})
+    q_new = [q for key in sorted(new_rows) for q in new_rows[key][1]]
+    q_new = pa.concat_tables([q.cast(QUARANTINE_SCHEMA) for q in q_new]) if q_new else None
+    q = _merged(_whole(previous_q, schema=QUARANTINE_SCHEMA), q_new, "symbol", dropped)
+    if q is not None:
+        writer = storage.DeltaWriter(Path(q_dir) / name, QUARANTINE_SCHEMA)
+        grown = set(_key_runs(q_new["symbol"])) if q_new is not None else set()
+        for key, (start, length) in _key_runs(q["symbol"]).items():
+            writer.add(key, q.slice(start, length), stamp if key in grown else previous_q[key].stamp)
+        writer.close()
 
 
-def _whole(parts: dict, **kwargs) -> tuple[pa.Table, list[int]] | None:
-    """The previous delta file read whole (it is small: one read, not one per key), and its row groups' offsets."""
+def _whole(parts: dict, read_dictionary=None, schema=None) -> pa.Table | None:
+    """The previous delta file read whole: it is small, and one read beats one per key."""
     if not parts:
         return None
     path = next(iter(parts.values())).path
-    file = pq.ParquetFile(path, read_dictionary=kwargs.get("read_dictionary"))
-    table = file.read()
-    if "schema" in kwargs:
-        table = table.cast(kwargs["schema"])
-    sizes = [file.metadata.row_group(i).num_rows for i in range(file.metadata.num_row_groups)]
-    return table, [0, *np.cumsum(sizes).tolist()]
+    table = pq.ParquetFile(path, read_dictionary=read_dictionary).read()
+    return table.cast(schema) if schema is not None else table
 
 
-def _group(whole, part) -> pa.Table | None:
-    """A key's rows of the previous delta (its row groups are consecutive)."""
-    if whole is None or part is None or not part.row_groups:
+def _new_raw(pieces: list) -> pa.Table | None:
+    """The delta tasks' new rows ``(symbol, security name, rows)`` as one table with dictionary ticker columns
+    (built per piece, not hashed per row), in ``RAW_DICTIONARY_SCHEMA``."""
+    if not pieces:
         return None
-    table, offsets = whole
-    start, end = offsets[part.row_groups[0]], offsets[part.row_groups[-1] + 1]
-    return table.slice(start, end - start).unify_dictionaries() if end > start else None
+    counts = np.array([t.num_rows for _, _, t in pieces], np.int64)
+    bodies = [t.select(_BODY_SCHEMA.names) for _, _, t in pieces]
+    try:  # the parser's tables share one schema: no cast per piece
+        body = pa.concat_tables(bodies).cast(_BODY_SCHEMA)
+    except pa.ArrowInvalid:
+        body = pa.concat_tables([t.cast(_BODY_SCHEMA) for t in bodies])
+    columns = {}
+    for pos, column in enumerate(TICKER_COLUMNS):
+        values = [p[pos] for p in pieces]
+        unique = list(dict.fromkeys(v for v in values if v is not None))
+        code = {v: i for i, v in enumerate(unique)}
+        idx = np.repeat(np.array([code.get(v, -1) for v in values], np.int32), counts)
+        columns[column] = pa.DictionaryArray.from_arrays(pa.array(idx, mask=idx < 0), pa.array(unique, pa.string()))
+    return pa.table({**columns, **{c: body[c] for c in body.column_names}}, schema=RAW_DICTIONARY_SCHEMA)
+
+
+_BODY_SCHEMA = pa.schema([f for f in RAW_SCHEMA if f.name not in TICKER_COLUMNS])
+
+
+def _merged(old: pa.Table | None, new: pa.Table | None, column: str, dropped: set[str]) -> pa.Table | None:
+    """The previous delta's rows (sorted by key, Symbol, Date) and the new ones (each dated after its ticker's
+    stored rows), without the ``dropped`` partitions, stably sorted by Symbol (so by partition key too:
+    key order is Symbol order): per ticker its old rows, then its new ones. None when no row is left."""
+    tables = [t for t in (old, new) if t is not None and t.num_rows]
+    if not tables:
+        return None
+    if len(tables) > 1 and pa.types.is_dictionary(tables[0].schema.field(column).type):
+        tables = [t.cast(tables[0].schema) for t in tables]
+    table = pa.concat_tables(tables)
+    if pa.types.is_dictionary(table.schema.field(column).type):
+        table = table.unify_dictionaries()
+    if dropped:
+        keys = _row_keys(table[column])
+        table = table.filter(pa.array(~np.isin(keys, list(dropped))))
+    table = storage.sort_by_symbol(table, column).combine_chunks()
+    return table if table.num_rows else None
+
+
+def _row_keys(values: pa.ChunkedArray) -> np.ndarray:
+    """Each row's partition key (computed once per distinct Symbol)."""
+    array = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if not pa.types.is_dictionary(array.type):
+        array = pc.dictionary_encode(array)
+    key_of = np.array([storage.partition_key(s) for s in array.dictionary.to_pylist()] or [""], dtype=object)
+    return key_of[array.indices.to_numpy(zero_copy_only=False)]
+
+
+def _key_runs(values) -> dict[str, tuple[int, int]]:
+    """``{key: (offset, length)}`` of a table sorted by Symbol (a key's rows are contiguous)."""
+    keys = _row_keys(values)
+    if not len(keys):
+        return {}
+    change = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    ends = np.append(change, len(keys))
+    return {str(keys[a]): (int(a), int(b - a)) for a, b in zip(starts, ends)}
+
+
+def _summary(table: pa.Table) -> dict:
+    """The raw footer's summary (``write.SUMMARY_KEY``, as ``_RawParquet`` writes it) of a table sorted by Symbol
+    then Date: rows per Symbol and per year, first and last Date, each Symbol's last Date."""
+    symbols = table["Symbol"].combine_chunks()
+    names = symbols.dictionary.to_pylist()
+    codes = symbols.indices.to_numpy(zero_copy_only=False)
+    ends = np.append(np.flatnonzero(codes[1:] != codes[:-1]), len(codes) - 1)
+    dates = table["Date"].combine_chunks()
+    years = pc.value_counts(pc.utf8_slice_codeunits(dates, 0, 4))
+    bounds = pc.min_max(dates).as_py()
+    return {
+        "rows_per_symbol": storage.dictionary_value_counts(symbols),
+        "rows_per_year": dict(zip(years.field("values").to_pylist(), years.field("counts").to_pylist())),
+        "date_min": bounds["min"],
+        "date_max": bounds["max"],
+        "last_date": {names[codes[e]]: d for e, d in zip(ends.tolist(), dates.take(pa.array(ends)).to_pylist())},
+    }

@@ -4,6 +4,7 @@ write its raw and quarantine files."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -51,7 +52,9 @@ def _old_members(members: tuple | None, base: str | None) -> list:
     return storage.partition_members(base) if base else []
 
 
-_JOINED: _JoinedBodies | None = None  # one per process: reused by every partition task it runs
+# One per process (per thread: a daily update's delta tasks run in threads, and may fall back to this task),
+# reused by every partition task it runs.
+_JOINED = threading.local()
 
 
 def _partition_task(task: _Task) -> list[dict]:
@@ -97,10 +100,11 @@ def _partition_task(task: _Task) -> list[dict]:
     # (entry, the file's bytes, symbol, security name, result so far, index of its body in `joined`)
     batch: list[tuple[dict, bytes | None, str, str | None, ParsedFile | None, int | None]] = []
     batch_bytes = 0
-    global _JOINED
     joined = None
     if os.path.isdir(task.source_path):  # zip members are read as bytes
-        joined = _JOINED = _JOINED or _JoinedBodies()
+        joined = getattr(_JOINED, "bodies", None)
+        if joined is None:
+            joined = _JOINED.bodies = _JoinedBodies()
         joined.clear()
 
     def flush() -> None:

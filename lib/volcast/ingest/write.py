@@ -29,9 +29,6 @@ class _BufferedParquet:
         self.buffered = 0
         self.rows = 0
         self.writer = None
-        self.groups = 0  # row groups written
-        self.parts: dict[str, dict] = {}  # a shared delta's map: key -> its row groups, rows, stamp
-        self.group_from = (0, 0)  # row groups, rows when the current key's group began
 
     def add(self, table: pa.Table | None) -> None:
         if table is None or not table.num_rows:
@@ -47,24 +44,12 @@ class _BufferedParquet:
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp, self.schema, **storage.parquet_options(self.schema))
         self.writer.write_table(pa.concat_tables(self.buffer), row_group_size=ROW_GROUP_ROWS)
-        self.groups += -(-self.buffered // ROW_GROUP_ROWS)
         self.rows += self.buffered
         self.buffer, self.buffered = [], 0
-
-    def end_group(self, key: str, stamp: str) -> None:
-        """A shared delta (``storage.DeltaWriter``'s layout): the rows added since the last call are partition
-        ``key``'s, in row groups of their own."""
-        self._flush()
-        groups, rows = self.group_from
-        if self.rows > rows:
-            self.parts[key] = {"row_groups": list(range(groups, self.groups)), "rows": self.rows - rows, "stamp": stamp}
-        self.group_from = (self.groups, self.rows)
 
     def close(self) -> int:
         """Finish the file (replacing any hard-linked previous version); no rows -> no file."""
         self._flush()
-        if self.parts and self.writer is not None:
-            self.writer.add_key_value_metadata({storage.DELTA_KEY: json.dumps({"parts": self.parts})})
         if self.path.exists():
             self.path.unlink()  # a hard link to the previous version: never write through it
         if self.writer is not None:
@@ -142,6 +127,5 @@ class _RawParquet(_BufferedParquet):
         self.date_range += [d for d in pc.min_max(body["Date"]).as_py().values() if d is not None]
         table = pa.table({**columns, **{c: body[c] for c in body.column_names}}, schema=RAW_DICTIONARY_SCHEMA)
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-        self.groups += -(-self.buffered // ROW_GROUP_ROWS)
         self.rows += self.buffered
         self.buffer, self.buffered, self.tickers = [], 0, []
