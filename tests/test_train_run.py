@@ -319,3 +319,87 @@ def test_rows_of_partitions_written_as_base_and_deltas_equal_those_of_one_file_e
     assert len(got) > 0 and got.to_dict() == {s: float(at_cut[s]) for s in got.index}
     for role in ("fit", "valid", "test", "band"):
         pd.testing.assert_frame_equal(_role_frame(a, role, inputs), _role_frame(b, role, inputs))
+
+
+def _usable_frame_in_group_order(features_dir: Path) -> pd.DataFrame:
+    """Every usable row (next-day target, the features and ``log_vol_mean30`` present) as pandas sees it: each
+    partition group read whole, ordered by Symbol then Date, groups in the reader's order."""
+    from volcast.config import LOG_VOL_MEAN30
+    from volcast.train.data import _read_group, feature_groups, supervised_rows
+
+    frames = []
+    for members in feature_groups(features_dir).values():
+        df = _read_group(members, ["Symbol", "Date", "Volume", VOL, PRICE, LOG_VOL_MEAN30]).to_pandas()
+        df, target, keep, _ = supervised_rows(df, 1, required=(VOL, PRICE, LOG_VOL_MEAN30))
+        frames.append(df.loc[keep, ["Symbol", "Date"]].assign(target=target[keep]))
+    out = pd.concat(frames, ignore_index=True)
+    out["day"] = (pd.to_datetime(out["Date"]) - pd.Timestamp("1970-01-01")).dt.days
+    return out
+
+
+@pytest.mark.parametrize("split", ["chronological", "random"])
+def test_rows_chosen_from_per_date_counts_equal_a_plan_of_every_row(features_dir, split):
+    """The reader keeps per-date counts only and finds its sampled rows in a second pass: the rows must be those
+    ``data.plan_rows`` draws when it holds every usable row at once, in the same order."""
+    from volcast.train.data import plan_rows
+    from volcast.train.rows import load_rows
+
+    every = _usable_frame_in_group_order(features_dir)
+    plan = plan_rows(every["day"].to_numpy(), split, 0.2, 0.1, max_train_rows=700, seed=7)
+    got = load_rows(features_dir, train.FORECAST_MODEL_INPUTS, split=split, max_train_rows=700, seed=7, threads=2)
+    assert got.rows["usable"] == len(every) and got.rows["test"] == len(plan.test_rows)
+    assert got.rows["fit_pool"] == len(plan.fit_pool) and got.rows["validation_pool"] == len(plan.valid_pool)
+    for role, want in (("fit", plan.fit_rows), ("valid", plan.valid_rows), ("test", plan.test_rows)):
+        rows = getattr(got, role)
+        chosen = pd.DataFrame(
+            {"Symbol": np.asarray(got.tickers)[got.ticker[rows]], "day": got.day[rows], "target": got.target[rows]}
+        )
+        expected = every.iloc[want][["Symbol", "day", "target"]].reset_index(drop=True)
+        pd.testing.assert_frame_equal(chosen, expected, check_dtype=False)
+
+
+def test_rows_do_not_depend_on_the_thread_count(features_dir):
+    from volcast.train.rows import load_rows
+
+    kw = dict(max_train_rows=900, max_test_rows=1_500, seed=3)
+    a = load_rows(features_dir, train.FORECAST_MODEL_INPUTS, threads=1, **kw)
+    b = load_rows(features_dir, train.FORECAST_MODEL_INPUTS, threads=4, **kw)
+    assert a.rows == b.rows and a.counts == b.counts and a.dates == b.dates and a.tickers == b.tickers
+    for name in ("day", "ticker", "target", "x", "fit", "valid", "test", "band", "ahead"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    np.testing.assert_array_equal(a.store["usable_counts"], b.store["usable_counts"])
+
+
+def test_evaluation_predicted_in_chunks_equals_scores_of_the_whole_test_frame(features_dir, tmp_path, monkeypatch):
+    """Test rows are predicted a chunk at a time (a small chunk here: many chunks); every number the report gives
+    for the forecast model must be what scoring the whole test frame at once gives, computed with sklearn."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    from volcast.features.inputs import market_ratio_by_day
+    from volcast.train import evaluation
+
+    monkeypatch.setattr(evaluation, "PREDICT_CHUNK", 997)
+    out = _output_with(features_dir, tmp_path)
+    report = train.run(out, **dict(SMALL, max_test_rows=10**9))
+    inputs = list(train.FORECAST_MODEL_INPUTS)
+    df = pd.read_parquet(features_dir).sort_values(["Symbol", "Date"]).reset_index(drop=True)
+    totals = df.groupby("Date")["Volume"].sum()
+    df["market_vol_lr"] = df["Date"].map(pd.Series(market_ratio_by_day(totals.to_numpy()), index=totals.index))
+    df["y"] = df.groupby("Symbol")["Volume"].shift(-1)
+    test = df.dropna(subset=[VOL, PRICE, "log_vol_mean30", "y"])
+    test = test[test["Date"] >= report["split"]["test_start"]]
+    assert report["test_rows"] == len(test)
+    card = train.load_card(train.latest_model_dir(out))
+    forecaster = train.ForecastModel.load(train.latest_model_dir(out), card["models"]["forecast"])
+    p10, p50, p90 = forecaster.predict(test[inputs].to_numpy(np.float32))  # all rows in one call
+    y = test["y"].to_numpy(float)
+    got = report["metrics"]["forecast"]
+    assert got["mae"] == pytest.approx(mean_absolute_error(y, p50), rel=1e-12)
+    assert got["rmse"] == pytest.approx(mean_squared_error(y, p50) ** 0.5, rel=1e-12)
+    assert got["r2"] == pytest.approx(r2_score(y, p50), rel=1e-12)
+    assert got["medape"] == pytest.approx(np.median(np.abs(p50 - y) / np.maximum(y, 1)), rel=1e-12)
+    assert report["coverage_p10_p90"] == pytest.approx(np.mean((y >= p10) & (y <= p90)), rel=1e-12)
+    years = pd.to_datetime(test["Date"]).dt.year.to_numpy()
+    by_year = pd.Series(np.abs(p50 - y)).groupby(years).mean()
+    table = pd.DataFrame(report["by_year"]).set_index("year")["mae_forecast"]
+    pd.testing.assert_series_equal(table, by_year, check_names=False, check_index_type=False, rtol=1e-12)
