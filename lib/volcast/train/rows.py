@@ -44,6 +44,24 @@ def _release_freed_memory() -> None:
         pass
 
 
+@dataclass(frozen=True)
+class RowSettings:
+    """What decides the stage's rows (the split and the samples): passed as one value from the stage to the
+    readers (``warm.read_rows`` -> ``load_rows`` / ``row_store.load_warm``)."""
+
+    target_shift: int = 1
+    split: str = "chronological"
+    test_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    max_train_rows: int = 300_000
+    max_test_rows: int = DEFAULT_MAX_TEST_ROWS
+    seed: int = 42
+
+    def load_kwargs(self) -> dict:
+        """``load_rows``'s keyword arguments."""
+        return dict(vars(self))
+
+
 @dataclass
 class TrainRows:
     """The chosen rows (compact, in file then row order) and each role's positions among them."""

@@ -61,7 +61,7 @@ from .params import (
     _check_target_shift,
     _positive_int,
 )
-from .rows import TEST_FORECAST_DATES, load_rows, market_at  # noqa: F401 (re-exported)
+from .rows import TEST_FORECAST_DATES, RowSettings, load_rows, market_at  # noqa: F401 (re-exported)
 from .task_model import (
     FitResult,
     fit_model,
@@ -132,19 +132,9 @@ def run(
     inputs = list(FORECAST_MODEL_INPUTS)
     parent = W.find_parent(layout.output_dir, model, target_shift, inputs) if warm_start else None
     warm = parent is not None and parent.ok
+    settings = RowSettings(target_shift, split, test_fraction, validation_fraction, max_train_rows, max_test_rows, seed)
     data, read_note, digests, row_params = W.read_rows(
-        layout,
-        parent if warm else None,
-        inputs,
-        warm_compare=warm_compare,
-        target_shift=target_shift,
-        split=split,
-        test_fraction=test_fraction,
-        validation_fraction=validation_fraction,
-        max_train_rows=max_train_rows,
-        max_test_rows=max_test_rows,
-        seed=seed,
-        threads=threads,
+        layout, parent if warm else None, inputs, settings, warm_compare=warm_compare, threads=threads
     )
     fit_rows, valid_rows, test_rows = data.fit, data.valid, data.test
     task_rows = fit_rows

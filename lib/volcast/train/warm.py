@@ -28,7 +28,7 @@ import numpy as np
 
 from . import row_store as RS
 from .forecast_model import ForecastModel
-from .rows import TrainRows, load_rows
+from .rows import RowSettings, TrainRows, load_rows
 from .task_model import VolumeModel, latest_model_dir, load_model
 
 WARM_ITERATIONS = 30
@@ -131,46 +131,26 @@ def card_entry(parent: Parent, rows_added: int, added_dates: list, fit_pool: int
 
 
 def read_rows(
-    layout,
-    parent: Parent | None,
-    inputs,
-    *,
-    warm_compare: bool,
-    target_shift: int,
-    split: str,
-    test_fraction: float,
-    validation_fraction: float,
-    max_train_rows: int,
-    max_test_rows: int,
-    seed: int,
-    threads: int,
+    layout, parent: Parent | None, inputs, settings: RowSettings, *, warm_compare: bool, threads: int
 ) -> tuple[TrainRows, str, dict, dict]:
     """The stage's rows: ``(rows, what was read, file digests known so far, the row parameters)``.
 
     A warm start (``parent``) without ``warm_compare`` reads only what was written since its parent's run and
     takes the rest from the parent's row store (``volcast.train.row_store``); anything else reads every row."""
-    row_params = RS.json_params(
-        target_shift=target_shift,
-        split=split,
-        test_fraction=test_fraction,
-        validation_fraction=validation_fraction,
-        max_train_rows=max_train_rows,
-        max_test_rows=max_test_rows,
-        seed=seed,
-        inputs=list(inputs),
-    )
+    s = settings
+    row_params = RS.json_params(**s.load_kwargs(), inputs=list(inputs))
     data, note, digests = None, "every row of the features", {}
-    if parent is not None and not warm_compare and split == "chronological":
+    if parent is not None and not warm_compare and s.split == "chronological":
         data, why, digests = RS.load_warm(
             layout.features_dir,
             layout.models_dir,
             parent.card["model_id"],
             inputs,
             row_params,
-            shift=target_shift,
-            test_fraction=test_fraction,
-            validation_fraction=validation_fraction,
-            seed=seed,
+            shift=s.target_shift,
+            test_fraction=s.test_fraction,
+            validation_fraction=s.validation_fraction,
+            seed=s.seed,
             added_after_day=parent.train_end,
         )
         note = why if data is not None else f"every row of the features ({why})"
@@ -178,13 +158,7 @@ def read_rows(
         data = load_rows(
             layout.features_dir,
             inputs,
-            target_shift=target_shift,
-            split=split,
-            test_fraction=test_fraction,
-            validation_fraction=validation_fraction,
-            max_train_rows=max_train_rows,
-            max_test_rows=max_test_rows,
-            seed=seed,
+            **s.load_kwargs(),
             threads=threads,
             added_after_day=parent.train_end if parent is not None else None,
         )
