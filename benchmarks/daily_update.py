@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare(out: Path, full: Path) -> dict:
     """The updated datasets against the fresh ones, row for row after sorting by Symbol then Date (a daily
-    update's rows sit in delta files, read after their partition's base: README, Daily updates)."""
+    update's rows sit in the delta file, read after every base: README, Daily updates)."""
     import pandas as pd
 
     equal = {}
