@@ -86,8 +86,11 @@ def features_of_new_rows(
             previous = previous.append_column(name, pa.nulls(previous.num_rows, pa.float64()))
     if previous.num_rows:
         from_end = _from_end(previous[SYMBOL])
-        symbols = previous[SYMBOL].combine_chunks()
-        wanted = pc.is_in(symbols, value_set=pc.unique(new[SYMBOL].combine_chunks())).to_numpy(zero_copy_only=False)
+        # Per ticker, not per row: its first row stands for its run of rows (the table is sorted by Symbol).
+        starts = np.flatnonzero(np.r_[True, from_end[:-1] == 1])
+        runs = previous[SYMBOL].combine_chunks().take(pa.array(starts))
+        in_new = pc.is_in(runs, value_set=pc.unique(new[SYMBOL].combine_chunks())).to_numpy(zero_copy_only=False)
+        wanted = np.repeat(in_new, from_end[starts])
     else:
         from_end, wanted = np.zeros(0, np.int64), np.zeros(0, bool)
 
