@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -259,11 +260,10 @@ def _write_partitions(
         # partition's legacy delta files go: whatever the task writes holds their rows. Tasks read the previous
         # version, never the staging directory.
         for stage_dir in (raw_stage, q_stage):
-            for path in storage.shared_deltas(stage_dir):
-                path.unlink()
-            for key in plan["rewrite"]:
-                for path in storage.legacy_deltas(stage_dir / storage.partition_file(key)):
-                    path.unlink()
+            for name in os.listdir(stage_dir):
+                legacy = storage.split_partition_name(name)
+                if storage.split_delta_name(name) or (legacy and legacy[1] and legacy[0] in plan["rewrite"]):
+                    os.unlink(stage_dir / name)
         tasks = []
         for key in sorted(plan["rewrite"]):
             files = by_key.get(key, [])
