@@ -316,3 +316,30 @@ def test_partitions_file_round_trip_and_default(tmp_path):
     storage.write_partitions_file(tmp_path, 7, {"41": "7-abc"})
     assert storage.read_partitions_file(tmp_path) == {"seq": 7, "epochs": {"41": "7-abc"}}
     assert not (tmp_path / storage.PARTITIONS_FILE).name.startswith("part-")  # not data
+
+
+def test_old_versions_are_removed_in_the_background_and_leftovers_at_the_next_publish(tmp_path, monkeypatch):
+    import threading
+
+    final = tmp_path / "data" / "raw"
+    for k in range(3):
+        with storage.publish_dir(final) as staging:
+            storage.write_parquet(pa.table({"k": [k]}), staging / "part-00.parquet")
+    for thread in threading.enumerate():
+        if thread.name == "volcast-trash":
+            thread.join(10)
+    names = sorted(p.name for p in final.parent.iterdir() if p.name.startswith(".raw."))
+    assert len(names) == 2 and all(n.startswith(".raw.v") for n in names)  # current + previous, no trash left
+    # A removal cut short (the process ended): its trash is swept by the next publish.
+    monkeypatch.setattr(threading.Thread, "start", lambda self: None)
+    with storage.publish_dir(final) as staging:
+        storage.write_parquet(pa.table({"k": [3]}), staging / "part-00.parquet")
+    assert len(list(final.parent.glob(".raw.trash-*"))) == 1
+    monkeypatch.undo()
+    with storage.publish_dir(final) as staging:
+        storage.write_parquet(pa.table({"k": [4]}), staging / "part-00.parquet")
+    for thread in threading.enumerate():
+        if thread.name == "volcast-trash":
+            thread.join(10)
+    assert not list(final.parent.glob(".raw.trash-*"))
+    assert pd.read_parquet(final)["k"].tolist() == [4]

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -214,8 +215,8 @@ def publish_dir(final: str | os.PathLike, *, seed_from_current: bool = False) ->
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    # Sweep staging left by a killed run.
-    for stale in final.parent.glob(f".{final.name}.staging-*"):
+    # Sweep staging left by a killed run, and old versions a killed run did not finish removing.
+    for stale in [*final.parent.glob(f".{final.name}.staging-*"), *final.parent.glob(f".{final.name}.trash-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     staging = final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
@@ -242,10 +243,19 @@ def publish_dir(final: str | os.PathLike, *, seed_from_current: bool = False) ->
     # link decides here; the file makes a copied tree (to a store, or a filesystem without links) complete.
     atomic_write_text(pointer_file(final), version.name + "\n")
     # Keep the version just replaced: a reader that resolved the old link a moment ago (the
-    # dashboard, a notebook) can finish reading it. Older ones go.
+    # dashboard, a notebook) can finish reading it. Older ones go: renamed out of the versions at once,
+    # then removed in a background thread (unlinking a hundred files takes a noticeable part of a daily
+    # update on some filesystems, and nothing waits for it); a removal cut short by the process ending is
+    # finished by the next publish.
     for old in _versions(final):
         if old not in (version, previous):
-            shutil.rmtree(old, ignore_errors=True)
+            trash = final.parent / f".{final.name}.trash-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(old, trash)
+            except OSError:
+                shutil.rmtree(old, ignore_errors=True)
+                continue
+            threading.Thread(target=shutil.rmtree, args=(trash, True), name="volcast-trash", daemon=True).start()
 
 
 def pointer_file(final: str | os.PathLike) -> Path:
@@ -261,5 +271,5 @@ def remove_published(final: str | os.PathLike) -> None:
         final.unlink()
     elif final.exists():
         shutil.rmtree(final)
-    for old in _versions(final):
+    for old in [*_versions(final), *final.parent.glob(f".{final.name}.trash-*")]:
         shutil.rmtree(old, ignore_errors=True)
