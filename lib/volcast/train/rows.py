@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..features.inputs import BASE_WINDOW, market_ratio_by_day
 from .data import _iso, feature_groups
 from .params import DEFAULT_MAX_TEST_ROWS, SPLITS, _check_fraction, _check_target_shift
-from .row_plan import AHEAD_DATES, TEST_FORECAST_DATES, band, plan  # noqa: F401 (re-exported)
+from .row_plan import AHEAD_DATES, TEST_FORECAST_DATES, plan  # noqa: F401 (re-exported)
 from .row_scan import SCAN_COLUMNS as _SCAN_COLUMNS  # noqa: F401 (re-exported: row_store reads these)
 from .row_scan import group_rows, scan_stats, select_rows
 
@@ -114,9 +114,6 @@ def market_at(market: tuple[np.ndarray, np.ndarray], days) -> np.ndarray:
         return np.full(len(days), np.nan)
     at = np.clip(np.searchsorted(known, days), 0, len(known) - 1)
     return np.where(known[at] == days, ratio[at], np.nan)
-
-
-_band = band  # the old name
 
 
 def load_rows(
