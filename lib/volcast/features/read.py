@@ -33,7 +33,7 @@ def load_features(output_dir, symbol: str | None = None, columns: list[str] | No
     path = _features_path(output_dir)
     if symbol is None:
         return storage.read_dataset(path, columns=columns).to_pandas()
-    # Its partition's files (base, then delta files) when the dataset uses the current partitioning;
+    # Its partition's members (base, then its row groups of the delta) when the dataset uses the current partitioning;
     # otherwise (a dataset written before a change of scheme) the whole directory, pruned by statistics.
     files = storage.partition_members(path / storage.partition_file(storage.partition_key(symbol)))
     return storage.read_partition(

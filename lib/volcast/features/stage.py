@@ -75,7 +75,7 @@ _FEATURES_WRITE_SCHEMA = pa.schema(
 
 
 def _read_raw_partition(src) -> pa.Table:
-    """One raw partition (a file, or its base and delta files) with the ticker columns as (unified)
+    """One raw partition (a file, or its members: base, then its rows in the delta) with the ticker columns as (unified)
     dictionaries; a clear error if it is not one."""
     table = storage.read_partition(src, read_dictionary=list(config.TICKER_COLUMNS))
     missing = [c for c in config.RAW_COLUMNS if c not in table.column_names]
@@ -101,7 +101,7 @@ def latest_rows(table: pa.Table, starts: np.ndarray) -> pa.Table:
 def process_partition(
     src: str | os.PathLike | list, dst: str | os.PathLike, window=config.DEFAULT_WINDOW, min_periods=0
 ) -> tuple[dict, pa.Table]:
-    """Read one raw partition (a file, or a list: its base and deltas), add the features, write it to
+    """Read one raw partition (a file, or a list: its base and delta rows), add the features, write it to
     ``dst``; return its stats and latest rows."""
     stats, latest, _ = _process(src, dst, window, min_periods)
     return stats, latest
@@ -275,7 +275,7 @@ def run(
 
     Incremental: a partition whose raw files, parameters and this code are unchanged since the last run is
     carried over (hard links); one whose raw rows only grew (a daily append, ``volcast.ingest.delta``) has
-    only its new rows computed (``append.append_partitions``) and written as its delta file; any other is
+    only its new rows computed (``append.append_partitions``) and added to the features delta; any other is
     recomputed. The result equals a full run. ``executor="dask"`` computes the recomputed partitions on a
     dask cluster (``volcast.executor``), with the same result.
     """

@@ -19,8 +19,8 @@ from .write import SUMMARY_KEY
 
 def load_raw(output_dir: str | os.PathLike, columns: list[str] | None = None, **kwargs):
     """The raw dataset as a pandas DataFrame sorted by Symbol then Date (what ``pandas.read_parquet`` of
-    ``data/raw`` gives once a stable sort by Symbol is applied: daily appends sit in delta files read after
-    their partition's base). ``kwargs`` (``filters``, ...) go to ``pyarrow.parquet.read_table``."""
+    ``data/raw`` gives once a stable sort by Symbol is applied: daily appends sit in the delta file, read after
+    every base). ``kwargs`` (``filters``, ...) go to ``pyarrow.parquet.read_table``."""
     raw_dir = Layout.at(output_dir).raw_dir
     return storage.read_dataset(raw_dir.resolve(), columns=columns, **kwargs).to_pandas()
 

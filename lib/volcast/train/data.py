@@ -5,7 +5,8 @@
 ``plan_rows`` applies it to one array of days (test from all dates, validation from the train dates) and
 samples the fitted rows; ``split_frame`` applies it to one frame; ``chrono_split`` applies it to the distinct
 usable days (the stage's readers). The features dataset's partitions are read here too: ``feature_groups``
-(each partition's base file, then its delta files) and ``_read_group`` (one partition as one table).
+(each partition's base file, then its rows in the delta file: a ``storage.DeltaPart``) and ``_read_group`` (one
+partition as one table, reading only its row groups of the delta).
 """
 
 from __future__ import annotations
