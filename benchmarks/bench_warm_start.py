@@ -4,7 +4,9 @@ full train and against the warm start reading every row (no row store), on the s
     python benchmarks/bench_warm_start.py --scale 1             # the 2,758 real tickers
     python benchmarks/bench_warm_start.py --scale 3             # x3 (8,274 tickers): only when the task says so
 
-Steps: ``make_daily_source.py init`` from ``../shared/data/nasdaq-2023.parquet`` with ``--days`` days held back;
+Steps: ``make_daily_source.py init`` from ``../shared/data/nasdaq-2023.parquet`` with ``--hold-back`` days held back
+(default ``--days`` + 2: the source's last two trading days hold 250 and 26 of its 2,758 tickers, so releasing
+them measures a day of almost no rows; the days before hold about 2,600 each);
 ``run_pipeline.py --stages ingest,features`` (version 0); a full train (the parent). Then per day: release it,
 ``--stages ingest,features`` (the daily update: a delta file per partition), and the warm start
 (``--param train.warm_start=true --param train.warm_compare=false``): it reads the parent's row store and the
@@ -42,6 +44,7 @@ def measure(src: Path, out: Path, stages: str, jobs: int, extra: list, args) -> 
     row["train_seconds"] = report["seconds"]
     row["train_cpu"] = report.get("cpu_seconds")
     row["rows_read"] = (report.get("warm_start") or {}).get("rows_read")
+    row["rows_added"] = (report.get("warm_start") or {}).get("rows_added")
     row["test_scored"] = report.get("test_scored_rows")
     row["mae"] = {k: report["metrics"][k]["mae"] for k in ("model", "forecast")}
     return row
@@ -51,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", type=int, default=1)
     p.add_argument("--days", type=int, default=2, help="daily updates, each followed by a warm start")
+    p.add_argument(
+        "--hold-back",
+        type=int,
+        default=0,
+        help="trading days held back at init (default --days + 2: the source's last two days are sparse)",
+    )
     p.add_argument("--work", type=Path, default=Path("/tmp/volcast-warm-bench"))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--max-load", type=float, default=3.0)
@@ -62,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
     t0 = time.perf_counter()
-    mds.init(str(PARQUET), src, args.days, scale=args.scale)
+    hold_back = args.hold_back or args.days + 2
+    if hold_back < args.days:
+        raise SystemExit("error: --hold-back must be at least --days")
+    mds.init(str(PARQUET), src, hold_back, scale=args.scale)
     init_seconds = round(time.perf_counter() - t0, 1)
     run_stages(src, out, "ingest,features", args.jobs)
     parent = measure(src, out, "train", args.jobs, [], args)
@@ -83,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "jobs": args.jobs,
         "init_seconds": init_seconds,
+        "hold_back": hold_back,
         "parent_full_train": parent,
         "warm_days": days,
         "full_train_same_data": full,
@@ -107,20 +120,22 @@ def render(r: dict) -> str:
         f"# Warm-start train, x{r['scale']}, --jobs {r['jobs']}",
         "",
         f"Made by `benchmarks/bench_warm_start.py` on {r['host']} ({r['cpus']} CPUs, shared). Source: "
-        f"`make_daily_source.py init` from nasdaq-2023.parquet at x{r['scale']} ({r['init_seconds']} s), one "
+        f"`make_daily_source.py init` from nasdaq-2023.parquet at x{r['scale']} ({r['init_seconds']} s, "
+        f"{r.get('hold_back', len(r['warm_days']))} trading days held back), one "
         "trading day released per update, `run_pipeline.py --stages ingest,features` (delta files), then the train "
         "stage. Seconds: run manifest (notebook kernel included) / the stage's own (its report), with the report's "
         "parts. Load = 1-minute load average before / after the run.",
         "",
-        "| run | load | manifest / own seconds | test rows scored | MAE task / forecast | rows read |",
-        "|---|---|---|---|---|---|",
+        "| run | load | manifest / own seconds | test rows scored | MAE task / forecast | rows read | rows added (fitted) |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def row(label, d):
         mae = f"{d['mae']['model']:,.0f} / {d['mae']['forecast']:,.0f}"
         read = d.get("rows_read") or "every row (a full train)"
         load = f"{d['load_before']} / {d['load_after']}"
-        return f"| {label} | {load} | {_own(d)} | {d['test_scored']:,} | {mae} | {read} |"
+        added = "" if d.get("rows_added") is None else f"{d['rows_added']:,}"
+        return f"| {label} | {load} | {_own(d)} | {d['test_scored']:,} | {mae} | {read} | {added} |"
 
     lines.append(row("parent: full train on day N", r["parent_full_train"]))
     for d in r["warm_days"]:

@@ -403,3 +403,71 @@ def test_evaluation_predicted_in_chunks_equals_scores_of_the_whole_test_frame(fe
     by_year = pd.Series(np.abs(p50 - y)).groupby(years).mean()
     table = pd.DataFrame(report["by_year"]).set_index("year")["mae_forecast"]
     pd.testing.assert_series_equal(table, by_year, check_names=False, check_index_type=False, rtol=1e-12)
+
+
+def test_a_warm_started_models_card_metrics_equal_a_plain_evaluation_of_the_reloaded_models(tmp_path):
+    """A warm start from the row store (the daily path: ``warm_compare=False``) on a market grown by a few days:
+    the card's test metrics must be what the published models, reloaded from disk, score on every usable test row
+    recomputed from the features dataset with pandas and sklearn (not the stage's own code)."""
+    import importlib.util
+
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    from volcast import features, ingest
+    from volcast.features.inputs import market_ratio_by_day
+
+    spec = importlib.util.spec_from_file_location(
+        "make_daily_source", Path(__file__).resolve().parents[1] / "benchmarks" / "make_daily_source.py"
+    )
+    mds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mds)
+    tree = ingest.generate_demo_market(tmp_path / "full", n_tickers=10, years=2, seed=11)
+    src, out = tmp_path / "src", tmp_path / "out"
+    mds.init(str(tree), src, 12)
+    ingest.run(out, source=str(src))
+    features.run(out)
+    small = dict(SMALL, jobs=1, max_test_rows=10**9)
+    parent = train.run(out, **small)
+    assert mds.main(["release", str(src), "6"]) == 0  # six trading days: the split moves, rows are added
+    ingest.run(out, source=str(src))
+    features.run(out)
+    report = train.run(out, warm_start=True, warm_compare=False, **small)
+    entry = report["warm_start"]
+    assert entry["parent_model_id"] == parent["model_id"] and entry["rows_added"] > 0
+    assert entry["rows_read"].startswith("the parent's row store")
+
+    model_dir = train.latest_model_dir(out)
+    card = train.load_card(model_dir)
+    assert card["model_id"] == report["model_id"] and card["warm_start"]["parent_model_id"] == parent["model_id"]
+    forecaster = train.ForecastModel.load(model_dir, card["models"]["forecast"])
+    assert forecaster.estimator.tree_count_ == SMALL["forecast_iterations"] + train.warm.WARM_ITERATIONS
+    task = train.load_model(model_dir)
+
+    inputs = list(train.FORECAST_MODEL_INPUTS)
+    df = pd.read_parquet(config.Layout.at(out).features_dir).sort_values(["Symbol", "Date"]).reset_index(drop=True)
+    totals = df.groupby("Date")["Volume"].sum()
+    df["market_vol_lr"] = df["Date"].map(pd.Series(market_ratio_by_day(totals.to_numpy()), index=totals.index))
+    df["y"] = df.groupby("Symbol")["Volume"].shift(-1)
+    test = df.dropna(subset=[VOL, PRICE, "log_vol_mean30", "y"])
+    test = test[test["Date"] >= report["split"]["test_start"]]
+    assert card["rows"]["test_scored"] == card["rows"]["test"] == len(test)
+    y = test["y"].to_numpy(float)
+    p10, p50, p90 = forecaster.predict(test[inputs].to_numpy(np.float32))
+    pred = task.predict(test[VOL].to_numpy(), test[PRICE].to_numpy())
+    for name, p in (("forecast", p50), ("model", pred)):
+        got = card["metrics"][name]
+        assert got == report["metrics"][name]
+        assert got["mae"] == pytest.approx(mean_absolute_error(y, p), rel=1e-12)
+        assert got["rmse"] == pytest.approx(mean_squared_error(y, p) ** 0.5, rel=1e-12)
+        assert got["r2"] == pytest.approx(r2_score(y, p), rel=1e-12)
+        assert got["medape"] == pytest.approx(np.median(np.abs(p - y) / np.maximum(y, 1)), rel=1e-12)
+    assert card["coverage_p10_p90"] == pytest.approx(np.mean((y >= p10) & (y <= p90)), rel=1e-12)
+    years = pd.to_datetime(test["Date"]).dt.year.to_numpy()
+    table = pd.DataFrame(card["by_year"]).set_index("year")
+    for col, p in (("mae_forecast", p50), ("mae_model", pred)):
+        expected = pd.Series(np.abs(p - y)).groupby(years).mean()
+        pd.testing.assert_series_equal(table[col], expected, check_names=False, check_index_type=False, rtol=1e-12)
+    # ...and the continued models are what is served.
+    bundle = train.load_bundle(model_dir)
+    bundle.self_check()
+    assert bundle.model_id == report["model_id"]
