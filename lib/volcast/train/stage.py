@@ -9,6 +9,7 @@ as one (``volcast.train.forecast``); separate DAG stages would read the features
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -72,6 +73,23 @@ from .task_model import (
 )
 
 
+def _blas_in_one_thread(fn):
+    """Run ``fn`` with BLAS (OpenBLAS under numpy) limited to one thread. Its threads busy-wait after every call
+    (the metrics' dot products, the HAR fit and prediction): on a machine with few cores they took the cores from
+    CatBoost and the evaluation's own threads, and none of the stage's BLAS calls is large enough to gain from
+    them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_blas_in_one_thread
 def run(
     output_dir,
     model="catboost",
