@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import config, storage
@@ -30,15 +29,21 @@ def _test_forecasts(data, forecaster) -> pd.DataFrame | pa.Table:
         return _band_table(data, forecaster)
     new = _band_frame(data, forecaster)
     old = pq.read_table(data.band_from, read_dictionary=[SYMBOL])  # Symbol as codes: no string per row
-    start = pa.scalar(pd.Timestamp(data.split_info["test_start"]), old[DATE].type)
-    old = old.filter(pc.greater_equal(old[DATE], start)).combine_chunks()
-    codes = old[SYMBOL].chunk(0) if old.num_rows else pa.array([], old.schema.field(SYMBOL).type)
-    names = np.union1d(np.asarray(codes.dictionary.to_pylist(), dtype=str), np.asarray(new[SYMBOL], dtype=str))
-    old_rank = np.searchsorted(names, np.asarray(codes.dictionary.to_pylist(), dtype=str))[
-        codes.indices.to_numpy(zero_copy_only=False)
-    ]
+    # The parent's rows still in the test period, as positions: every column is copied once, by the last take.
+    start = np.datetime64(data.split_info["test_start"], "D").astype(np.int64)
+    old_day = _days_of(old[DATE])
+    kept = np.flatnonzero(old_day >= start)
+    old_day = old_day[kept]
+    if old.num_rows:
+        codes = old[SYMBOL].combine_chunks()  # one dictionary
+        old_names = np.asarray(codes.dictionary.to_pylist(), dtype=str)
+        old_codes = codes.indices.to_numpy(zero_copy_only=False)[kept]
+    else:
+        old_names, old_codes = np.zeros(0, str), np.zeros(0, np.int64)
+    names = np.union1d(old_names, np.asarray(new[SYMBOL], dtype=str))
+    old_rank = np.searchsorted(names, old_names)[old_codes]
     new_rank = np.searchsorted(names, np.asarray(new[SYMBOL], dtype=str))
-    old_day, new_day = _days_of(old[DATE]), _days_of(pa.array(new[DATE]))
+    new_day = _days_of(pa.array(new[DATE]))
     # The parent's rows are in Symbol, Date order and a ticker's new rows date after its old ones: each new
     # row goes in after its ticker's old rows (checked; anything else is sorted).
     at = np.searchsorted(old_rank, new_rank, side="right")
@@ -59,16 +64,20 @@ def _test_forecasts(data, forecaster) -> pd.DataFrame | pa.Table:
     ends = np.append(np.flatnonzero(ticker[1:] != ticker[:-1]) + 1, len(ticker))
     from_end = np.repeat(ends, np.diff(np.append(0, ends))) - np.arange(len(ticker))
     take = order[from_end <= TEST_FORECAST_DATES]
+    source = take - n_old + old.num_rows  # positions in the parent's whole table with the new rows after it
+    from_old = take < n_old
+    source[from_old] = kept[take[from_old]]
     # Symbol from the codes (a string per row only at the end); the other columns taken as numbers.
     schema = pq.read_schema(data.band_from)  # the parent's, Symbol's string type included
     symbol = pa.DictionaryArray.from_arrays(pa.array(rank[take].astype(np.int32)), pa.array(names))
     symbol = symbol.cast(schema.field(SYMBOL).type)
     new = pa.Table.from_pandas(new, preserve_index=False)
     columns = {SYMBOL: symbol}
+    positions = pa.array(source)
     for name in old.column_names:
         if name != SYMBOL:
-            both = pa.chunked_array([old[name].combine_chunks(), new[name].cast(old[name].type).combine_chunks()])
-            columns[name] = both.take(pa.array(take))
+            both = pa.chunked_array([*old[name].chunks, *new[name].cast(old[name].type).chunks], old[name].type)
+            columns[name] = both.take(positions)
     return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
