@@ -78,3 +78,20 @@ def pytest_collection_modifyitems(config, items):
             asked[key] = module is not None and _module_asks_for_shared(module)
         if asked[key] or _SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.uses_shared)
+
+
+@pytest.fixture
+def row_group_reads(monkeypatch) -> list:
+    """Every ``ParquetFile.read_row_groups`` call of the test, as (row groups asked for, rows returned)."""
+    import pyarrow.parquet as pq
+
+    read: list = []
+    original = pq.ParquetFile.read_row_groups
+
+    def spy(self, row_groups, *args, **kwargs):
+        table = original(self, row_groups, *args, **kwargs)
+        read.append((list(row_groups), table.num_rows))
+        return table
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    return read

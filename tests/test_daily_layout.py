@@ -161,7 +161,7 @@ def test_a_dataset_in_the_previous_layout_reads_correctly_and_folds_on_the_next_
     _assert_equal_to_full(src, out, tmp_path / "full")
 
 
-def test_train_reads_a_partition_from_the_shared_delta_row_group_only(daily, tmp_path, monkeypatch):
+def test_train_reads_a_partition_from_the_shared_delta_row_group_only(daily, tmp_path, row_group_reads):
     src, out = daily
     for _ in range(2):
         mds.release(src, "next")
@@ -169,15 +169,8 @@ def test_train_reads_a_partition_from_the_shared_delta_row_group_only(daily, tmp
     groups = train.data.feature_groups(out / "data" / "features")
     part = groups["4142"][-1]
     assert isinstance(part, storage.DeltaPart)
-    read = []
-    original = pq.ParquetFile.read_row_groups
-
-    def spy(self, row_groups, *args, **kwargs):
-        table = original(self, row_groups, *args, **kwargs)
-        read.append((list(row_groups), table.num_rows))
-        return table
-
-    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    read = row_group_reads
+    read.clear()  # the runs above read row groups too: only the read below counts
     table = train.data._read_group(groups["4142"], ["Symbol", "Date", "Volume"])
     assert read == [(list(part.row_groups), 4)]  # AB and ABD, two days each: its row group only
     full = pd.read_parquet(out / "data" / "features", columns=["Symbol", "Date", "Volume"])

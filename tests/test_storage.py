@@ -275,22 +275,14 @@ def test_the_shared_delta_sorts_after_every_base_and_holds_one_row_group_per_par
     assert one["v"].to_pylist() == [1, 2]
 
 
-def test_a_partition_read_takes_only_its_row_groups_of_the_delta(tmp_path, monkeypatch):
+def test_a_partition_read_takes_only_its_row_groups_of_the_delta(tmp_path, monkeypatch, row_group_reads):
     storage.write_parquet(_table(["A"], [1]), tmp_path / "part-41.parquet")
     storage.write_parquet(_table(["B"], [1]), tmp_path / "part-42.parquet")
     storage.write_parquet(_table(["C"], [1]), tmp_path / "part-43.parquet")
     _shared_delta(
         tmp_path, 2, {"41": (["A"] * 5, [2, 3, 4, 5, 6]), "42": (["B"] * 7, list(range(2, 9))), "43": (["C"], [2])}
     )
-    read = []
-    original = pq.ParquetFile.read_row_groups
-
-    def spy(self, row_groups, *args, **kwargs):
-        table = original(self, row_groups, *args, **kwargs)
-        read.append((list(row_groups), table.num_rows))
-        return table
-
-    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
+    read = row_group_reads
     monkeypatch.setattr(pq.ParquetFile, "read", lambda *a, **k: pytest.fail("the whole delta was read"))
     members = storage.partition_groups(tmp_path)["42"]
     table = storage.read_partition([m for m in members if isinstance(m, storage.DeltaPart)])

@@ -373,31 +373,20 @@ def test_rows_do_not_depend_on_the_thread_count(features_dir):
 def test_evaluation_predicted_in_chunks_equals_scores_of_the_whole_test_frame(features_dir, tmp_path, monkeypatch):
     """Test rows are predicted a chunk at a time (a small chunk here: many chunks); every number the report gives
     for the forecast model must be what scoring the whole test frame at once gives, computed with sklearn."""
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-    from volcast.features.inputs import market_ratio_by_day
     from volcast.train import evaluation
 
     monkeypatch.setattr(evaluation, "PREDICT_CHUNK", 997)
     out = _output_with(features_dir, tmp_path)
     report = train.run(out, **dict(SMALL, max_test_rows=10**9))
     inputs = list(train.FORECAST_MODEL_INPUTS)
-    df = pd.read_parquet(features_dir).sort_values(["Symbol", "Date"]).reset_index(drop=True)
-    totals = df.groupby("Date")["Volume"].sum()
-    df["market_vol_lr"] = df["Date"].map(pd.Series(market_ratio_by_day(totals.to_numpy()), index=totals.index))
-    df["y"] = df.groupby("Symbol")["Volume"].shift(-1)
-    test = df.dropna(subset=[VOL, PRICE, "log_vol_mean30", "y"])
-    test = test[test["Date"] >= report["split"]["test_start"]]
+    test = _test_frame(features_dir, report["split"]["test_start"])
     assert report["test_rows"] == len(test)
     card = train.load_card(train.latest_model_dir(out))
     forecaster = train.ForecastModel.load(train.latest_model_dir(out), card["models"]["forecast"])
     p10, p50, p90 = forecaster.predict(test[inputs].to_numpy(np.float32))  # all rows in one call
     y = test["y"].to_numpy(float)
-    got = report["metrics"]["forecast"]
-    assert got["mae"] == pytest.approx(mean_absolute_error(y, p50), rel=1e-12)
-    assert got["rmse"] == pytest.approx(mean_squared_error(y, p50) ** 0.5, rel=1e-12)
-    assert got["r2"] == pytest.approx(r2_score(y, p50), rel=1e-12)
-    assert got["medape"] == pytest.approx(np.median(np.abs(p50 - y) / np.maximum(y, 1)), rel=1e-12)
+    _assert_scores(report["metrics"]["forecast"], y, p50)
     assert report["coverage_p10_p90"] == pytest.approx(np.mean((y >= p10) & (y <= p90)), rel=1e-12)
     years = pd.to_datetime(test["Date"]).dt.year.to_numpy()
     by_year = pd.Series(np.abs(p50 - y)).groupby(years).mean()
@@ -411,10 +400,7 @@ def test_a_warm_started_models_card_metrics_equal_a_plain_evaluation_of_the_relo
     recomputed from the features dataset with pandas and sklearn (not the stage's own code)."""
     import importlib.util
 
-    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
-
     from volcast import features, ingest
-    from volcast.features.inputs import market_ratio_by_day
 
     spec = importlib.util.spec_from_file_location(
         "make_daily_source", Path(__file__).resolve().parents[1] / "benchmarks" / "make_daily_source.py"
@@ -444,23 +430,14 @@ def test_a_warm_started_models_card_metrics_equal_a_plain_evaluation_of_the_relo
     task = train.load_model(model_dir)
 
     inputs = list(train.FORECAST_MODEL_INPUTS)
-    df = pd.read_parquet(config.Layout.at(out).features_dir).sort_values(["Symbol", "Date"]).reset_index(drop=True)
-    totals = df.groupby("Date")["Volume"].sum()
-    df["market_vol_lr"] = df["Date"].map(pd.Series(market_ratio_by_day(totals.to_numpy()), index=totals.index))
-    df["y"] = df.groupby("Symbol")["Volume"].shift(-1)
-    test = df.dropna(subset=[VOL, PRICE, "log_vol_mean30", "y"])
-    test = test[test["Date"] >= report["split"]["test_start"]]
+    test = _test_frame(config.Layout.at(out).features_dir, report["split"]["test_start"])
     assert card["rows"]["test_scored"] == card["rows"]["test"] == len(test)
     y = test["y"].to_numpy(float)
     p10, p50, p90 = forecaster.predict(test[inputs].to_numpy(np.float32))
     pred = task.predict(test[VOL].to_numpy(), test[PRICE].to_numpy())
     for name, p in (("forecast", p50), ("model", pred)):
-        got = card["metrics"][name]
-        assert got == report["metrics"][name]
-        assert got["mae"] == pytest.approx(mean_absolute_error(y, p), rel=1e-12)
-        assert got["rmse"] == pytest.approx(mean_squared_error(y, p) ** 0.5, rel=1e-12)
-        assert got["r2"] == pytest.approx(r2_score(y, p), rel=1e-12)
-        assert got["medape"] == pytest.approx(np.median(np.abs(p - y) / np.maximum(y, 1)), rel=1e-12)
+        assert card["metrics"][name] == report["metrics"][name]
+        _assert_scores(card["metrics"][name], y, p)
     assert card["coverage_p10_p90"] == pytest.approx(np.mean((y >= p10) & (y <= p90)), rel=1e-12)
     years = pd.to_datetime(test["Date"]).dt.year.to_numpy()
     table = pd.DataFrame(card["by_year"]).set_index("year")
@@ -471,3 +448,26 @@ def test_a_warm_started_models_card_metrics_equal_a_plain_evaluation_of_the_relo
     bundle = train.load_bundle(model_dir)
     bundle.self_check()
     assert bundle.model_id == report["model_id"]
+
+
+def _test_frame(features_dir, test_start) -> pd.DataFrame:
+    """The scored test rows worked out with pandas: every usable row dated from ``test_start``, its
+    next-day Volume as ``y`` and the market ratio the stage adds, in Symbol, Date order."""
+    from volcast.features.inputs import market_ratio_by_day
+
+    df = pd.read_parquet(features_dir).sort_values(["Symbol", "Date"]).reset_index(drop=True)
+    totals = df.groupby("Date")["Volume"].sum()
+    df["market_vol_lr"] = df["Date"].map(pd.Series(market_ratio_by_day(totals.to_numpy()), index=totals.index))
+    df["y"] = df.groupby("Symbol")["Volume"].shift(-1)
+    test = df.dropna(subset=[VOL, PRICE, "log_vol_mean30", "y"])
+    return test[test["Date"] >= test_start]
+
+
+def _assert_scores(got: dict, y: np.ndarray, predicted: np.ndarray) -> None:
+    """A card's MAE, RMSE, R2 and median APE equal scikit-learn's / numpy's on the same rows."""
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    assert got["mae"] == pytest.approx(mean_absolute_error(y, predicted), rel=1e-12)
+    assert got["rmse"] == pytest.approx(mean_squared_error(y, predicted) ** 0.5, rel=1e-12)
+    assert got["r2"] == pytest.approx(r2_score(y, predicted), rel=1e-12)
+    assert got["medape"] == pytest.approx(np.median(np.abs(predicted - y) / np.maximum(y, 1)), rel=1e-12)
