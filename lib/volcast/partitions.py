@@ -1,4 +1,5 @@
-"""A dataset version's partitions: file names, the daily delta file, and reading a partition back.
+"""A dataset version's partitions: file names, the daily delta file, and reading a partition back (writing the
+delta and choosing folds: ``volcast.delta_write``).
 
 A dataset version holds one base file per partition key, ``part-<key>.parquet`` (a ticker's rows live in the
 partition of its first two bytes, hex-encoded), and at most one shared delta file, ``part-~<seq>.parquet``,
@@ -37,21 +38,17 @@ DELTA_KEY = "volcast.delta"  # the shared delta's footer: {"parts": {key: {"row_
 # Fold by size: a run folds partitions (largest delta first) back into their bases once the delta would carry
 # more than this share of the dataset's rows. See README "Daily updates" (Compaction) for why a size bound.
 DELTA_FRACTION = 0.02
-DELTA_COMPRESSION = "snappy"
 
 __all__ = [
     "DELTA_FRACTION",
     "DELTA_KEY",
     "DELTA_MARK",
     "PARTITION_PREFIX",
-    "PARTITIONS_FILE",
     "DeltaPart",
-    "DeltaWriter",
     "delta_file",
     "delta_footer",
     "delta_parts",
     "is_partition_file",
-    "keys_to_fold",
     "legacy_deltas",
     "member_id",
     "new_stamp",
@@ -63,14 +60,12 @@ __all__ = [
     "read_file",
     "read_member",
     "read_partition",
-    "read_partitions_file",
     "read_parts",
     "shared_delta_file",
     "shared_deltas",
     "sort_by_symbol",
     "split_delta_name",
     "split_partition_name",
-    "write_partitions_file",
 ]
 
 
@@ -376,92 +371,3 @@ def member_id(member) -> tuple[str, str]:
     from .storage import fingerprint_path
 
     return Path(member).name, fingerprint_path(member)
-
-
-def keys_to_fold(delta_rows: dict[str, int], total_rows: int, fraction: float | None = None) -> set[str]:
-    """The partitions to fold into their bases so that the delta carries at most ``fraction`` (default
-    ``DELTA_FRACTION``) of ``total_rows``: the largest delta groups first. Growth one day at a time then folds
-    a few partitions a day (the largest, i.e. oldest, groups), not all of them on one day."""
-    limit = (DELTA_FRACTION if fraction is None else fraction) * max(total_rows, 0)
-    carried = sum(delta_rows.values())
-    fold: set[str] = set()
-    for key, rows in sorted(delta_rows.items(), key=lambda kv: (-kv[1], kv[0])):
-        if carried <= limit:
-            break
-        fold.add(key)
-        carried -= rows
-    return fold
-
-
-class DeltaWriter:
-    """Write a shared delta file: ``add(key, table, stamp)`` once per partition key, in key order, each as its own
-    row group(s); ``close()`` adds the key -> row groups map and renames the file into place (no rows: no file)."""
-
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema, *, arrow_schema: bool = True, options=None):
-        from .storage import parquet_options
-
-        self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        self.schema = schema
-        # Snappy, not the datasets' zstd: a delta is small and rewritten every day, one row group per partition,
-        # and zstd's per-column-chunk cost made the write twice as slow (README "Daily updates").
-        self.options = {
-            "store_schema": arrow_schema,
-            **(options or parquet_options(schema)),
-            "compression": DELTA_COMPRESSION,
-            "compression_level": None,
-        }
-        self.writer = None
-        self.groups = 0
-        self.parts: dict[str, dict] = {}
-
-    def add(self, key: str, table: pa.Table | None, stamp: str) -> None:
-        if table is None or not table.num_rows:
-            return
-        if self.parts and key <= max(self.parts):
-            raise ValueError(f"delta partitions must come in key order ({key} after {max(self.parts)})")
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(self.tmp, self.schema, **self.options)
-        size = 1 << 20
-        self.writer.write_table(table, row_group_size=size)
-        n = -(-table.num_rows // size)
-        self.parts[key] = {
-            "row_groups": list(range(self.groups, self.groups + n)),
-            "rows": table.num_rows,
-            "stamp": stamp,
-        }
-        self.groups += n
-
-    def close(self, metadata: dict | None = None) -> Path | None:
-        if self.writer is None:
-            return None
-        try:
-            self.writer.add_key_value_metadata({DELTA_KEY: json.dumps({"parts": self.parts}), **(metadata or {})})
-            self.writer.close()
-            os.replace(self.tmp, self.path)
-        finally:
-            if self.tmp.exists():
-                self.tmp.unlink()
-        return self.path
-
-
-# A raw dataset version's partition record, written by ingest: the version's sequence number (each run that
-# writes raw adds one: it names the delta file) and each partition's "epoch", which changes whenever the
-# partition's stored rows may have changed other than by rows appended after them.
-PARTITIONS_FILE = "_partitions.json"
-
-
-def read_partitions_file(version_dir: str | os.PathLike | None) -> dict:
-    """``{"seq": int, "epochs": {key: str}}`` of a dataset version (``seq`` 0 and no epochs when absent)."""
-    from .storage import read_json
-
-    data = read_json(Path(version_dir) / PARTITIONS_FILE, default=None) if version_dir else None
-    if not isinstance(data, dict):
-        return {"seq": 0, "epochs": {}}
-    return {"seq": int(data.get("seq", 0)), "epochs": dict(data.get("epochs", {}))}
-
-
-def write_partitions_file(version_dir: str | os.PathLike, seq: int, epochs: dict[str, str]) -> None:
-    from .storage import atomic_write_text
-
-    atomic_write_text(Path(version_dir) / PARTITIONS_FILE, json.dumps({"seq": seq, "epochs": epochs}) + "\n")

@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 
 POINTER_SUFFIX = ".current"
 
-# The partition layout (names, the shared delta, reading a partition) lives in volcast.partitions; its names
-# are volcast.storage's too.
+# The partition layout (names, the shared delta, reading a partition) lives in volcast.partitions, writing the
+# delta and the partition record in volcast.delta_write; their names are volcast.storage's too.
+from .delta_write import *  # noqa: E402, F401, F403
 from .partitions import *  # noqa: E402, F401, F403
 
 
