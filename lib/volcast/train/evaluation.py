@@ -92,10 +92,7 @@ def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1
         test_forecasts = _test_forecasts(data, forecaster)
         done = {name: job.result() for name, job in jobs.items()}
     all_metrics = {name: done[name] for name in PREDICTORS}
-    base = all_metrics["baseline_vol_moving_avg"]
-    ratios_all = {
-        name: {k: (m[k] / base[k] if base[k] else None) for k in ("mae", "medape")} for name, m in all_metrics.items()
-    }
+    ratios_all = {name: M.ratios_vs_baseline(all_metrics, name) for name in all_metrics}
     test_coverage = M.coverage(y, p10, p90)
     by_year, by_decile, deciles = done["by_year"], done["by_decile"], done["deciles"]
     cover_year = pd.Series((y >= p10) & (y <= p90)).groupby(years).mean()

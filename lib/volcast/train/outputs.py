@@ -145,8 +145,10 @@ def _write_latest(src: Path, path: Path, inputs, market) -> None:
 
 
 def _days_of(dates) -> np.ndarray:
-    arr = dates.combine_chunks() if isinstance(dates, pa.ChunkedArray) else dates
-    return arr.cast(pa.date32()).cast(pa.int32()).to_numpy(zero_copy_only=False).astype(np.int64)
+    """Days since 1970-01-01 of a Date column (chunked or not), as int64 (``data._day_numbers``)."""
+    from .data import _day_numbers
+
+    return _day_numbers(dates.combine_chunks() if isinstance(dates, pa.ChunkedArray) else dates).astype(np.int64)
 
 
 def load_test_sample(model_dir) -> pd.DataFrame:

@@ -57,10 +57,10 @@ def evaluate(y, pred, volume, vol_moving_avg) -> dict[str, dict]:
     return out
 
 
-def ratios_vs_baseline(all_metrics: dict) -> dict:
-    """Model / vol_moving_avg-baseline ratio of MAE and median APE (the issue's goal: <= 0.90, 0.85)."""
-    model, base = all_metrics["model"], all_metrics["baseline_vol_moving_avg"]
-    return {k: (model[k] / base[k] if base[k] else None) for k in ("mae", "medape")}
+def ratios_vs_baseline(all_metrics: dict, name: str = "model") -> dict:
+    """Predictor ``name`` / vol_moving_avg-baseline ratio of MAE and median APE (None where the baseline's is 0)."""
+    scores, base = all_metrics[name], all_metrics["baseline_vol_moving_avg"]
+    return {k: (scores[k] / base[k] if base[k] else None) for k in ("mae", "medape")}
 
 
 def error_by_decile(y, pred, baseline, n: int = 10, order=None) -> pd.DataFrame:
