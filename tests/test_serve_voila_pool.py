@@ -70,14 +70,26 @@ async def _heat(manager) -> asyncio.Task:
     return task
 
 
+def _run_with_manager(scenario) -> None:
+    """Run ``scenario(manager)`` in a fresh event loop with a new pool manager, its periodic check stopped after."""
+
+    async def main():
+        manager = _Manager()
+        try:
+            await scenario(manager)
+        finally:
+            manager._pool_check.stop()
+
+    asyncio.run(main())
+
+
 async def _settle():
     for _ in range(5):  # the done-callback, then the shutdown coroutine it schedules
         await asyncio.sleep(0)
 
 
 def test_kernels_heated_on_a_replaced_model_are_dropped_shut_down_and_refilled(latest):
-    async def scenario():
-        manager = _Manager()
+    async def scenario(manager):
         latest("model-a")
         old = await _heat(manager)
         assert manager.drop_stale_kernels() == 0  # LATEST unchanged: the kernel is served
@@ -93,14 +105,12 @@ def test_kernels_heated_on_a_replaced_model_are_dropped_shut_down_and_refilled(l
         assert manager.shut_down == [old.result()["kernel_id"]]
         assert old.result()["task"].cancelled()  # its notebook rendering is stopped too
         assert manager.drop_stale_kernels() == 0
-        manager._pool_check.stop()
 
-    asyncio.run(scenario())
+    _run_with_manager(scenario)
 
 
 def test_a_kernel_still_starting_is_kept_and_a_failed_start_is_dropped(latest):
-    async def scenario():
-        manager = _Manager()
+    async def scenario(manager):
         latest("model-a")
         not_started = asyncio.get_running_loop().create_future()  # a pool task that has not run yet
         manager._pools["dashboard.ipynb"].append(not_started)
@@ -118,14 +128,12 @@ def test_a_kernel_still_starting_is_kept_and_a_failed_start_is_dropped(latest):
         assert manager._pools["dashboard.ipynb"] == [not_started]
         await _settle()
         assert manager.shut_down == []  # nothing was started, nothing to shut down
-        manager._pool_check.stop()
 
-    asyncio.run(scenario())
+    _run_with_manager(scenario)
 
 
 def test_a_kernel_the_culler_already_removed_is_not_shut_down_twice(latest):
-    async def scenario():
-        manager = _Manager()
+    async def scenario(manager):
         latest("model-a")
         task = await _heat(manager)
         manager.kernels.discard(task.result()["kernel_id"])  # gone already
@@ -133,6 +141,5 @@ def test_a_kernel_the_culler_already_removed_is_not_shut_down_twice(latest):
         assert manager.drop_stale_kernels() == 1
         await _settle()
         assert manager.shut_down == []
-        manager._pool_check.stop()
 
-    asyncio.run(scenario())
+    _run_with_manager(scenario)
