@@ -149,17 +149,29 @@ def _train_phase_at_peak(out: Path, result: dict) -> str | None:
     return "after the stage"
 
 
-def dataset_stats(out: Path) -> dict:
-    """Per dataset: partitions, rows (mean and largest partition), bytes on disk: what sizes the tasks."""
+def _member_rows(member) -> int:
+    """Rows of one partition member: a base or legacy delta file, or a ``storage.DeltaPart``."""
     import pyarrow.parquet as pq
 
+    from volcast import storage
+
+    if isinstance(member, storage.DeltaPart):
+        return member.rows
+    return pq.ParquetFile(member).metadata.num_rows
+
+
+def dataset_stats(out: Path) -> dict:
+    """Per dataset: partitions, rows (mean and largest partition), bytes on disk: what sizes the tasks."""
     from volcast import storage
 
     stats = {}
     for name in ("raw", "features"):
         groups = storage.partition_groups((out / "data" / name).resolve())
-        rows = sorted(sum(pq.ParquetFile(p).metadata.num_rows for p in files) for files in groups.values())
-        size = sum(p.stat().st_size for files in groups.values() for p in files)
+        # A partition's share of the day's shared delta file is a DeltaPart: count its own rows, and the file's
+        # bytes once for the whole dataset rather than once per partition that has rows in it.
+        rows = sorted(sum(_member_rows(p) for p in files) for files in groups.values())
+        paths = {Path(os.fspath(p)) for files in groups.values() for p in files}
+        size = sum(p.stat().st_size for p in paths)
         stats[name] = {
             "partitions": len(rows),
             "rows": sum(rows),
