@@ -347,3 +347,56 @@ def test_a_parent_without_its_test_forecasts_means_a_full_read(daily_versions, t
     assert report["warm_start"]["rows_read"].startswith("every row of the features")
     assert "test_forecasts.parquet" in report["warm_start"]["rows_read"]
     assert len(train.load_test_forecasts(train.latest_model_dir(out))) > 0
+
+
+def test_a_warm_start_scores_only_its_new_trees_and_gets_a_full_predicts_answers(daily_versions, tmp_path, monkeypatch):
+    """A continued model's raw output is its parent's plus its new trees': the evaluation of a warm start from the
+    row store predicts only the new trees on the test rows its parent scored, and gets what predicting every tree
+    of the reloaded continued models gives. Two warm starts in a row: the parent is itself a continued model."""
+    import shutil
+
+    import numpy as np
+
+    from volcast.train import evaluation, task_model
+    from volcast.train.task_model import FitResult
+
+    out = tmp_path / "out"
+    _point(out, daily_versions[0])
+    kw = dict(SMALL, max_test_rows=10**9)
+    train.run(out, **kw)
+    _point(out, daily_versions[1])
+    first = train.run(out, warm_start=True, warm_compare=False, **kw)
+    _point(out, daily_versions[2])
+    before = tmp_path / "before"  # the first warm start's store: the second one replaces it
+    shutil.copytree(out, before, symlinks=True)
+    second = train.run(out, warm_start=True, warm_compare=False, **kw)
+    assert second["warm_start"]["parent_model_id"] == first["model_id"] and second["warm_start"]["rows_added"] > 0
+
+    inputs = list(train.FORECAST_MODEL_INPUTS)
+    layout = config.Layout.at(before)
+    parent = train.warm.find_parent(before, "catboost", 1, inputs)
+    assert parent.card["model_id"] == first["model_id"]
+    settings = train.rows.RowSettings(1, "chronological", 0.2, 0.1, kw["max_train_rows"], kw["max_test_rows"], 42)
+    data, note, _, _ = train.warm.read_rows(layout, parent, inputs, settings, warm_compare=False, threads=1)
+    assert note.startswith("the parent's row store")
+    parent_raw, trees = data.parent_raw
+    known = ~np.isnan(parent_raw[:, 0])
+    assert known.sum() > 0 and (~known).sum() > 0  # the parent's test rows, and the new day's rows
+    assert trees == (parent.task.estimator.tree_count_, parent.forecaster.estimator.tree_count_)
+
+    model_dir = config.Layout.at(out).models_dir / second["model_id"]
+    task = train.load_model(model_dir)
+    forecaster = train.ForecastModel.load(model_dir, train.load_card(model_dir)["models"]["forecast"])
+    assert forecaster.estimator.tree_count_ == trees[1] + train.warm.WARM_ITERATIONS
+    partial = []
+    tree_range = task_model.tree_range
+    monkeypatch.setattr(task_model, "tree_range", lambda e, x, start: partial.append(len(x)) or tree_range(e, x, start))
+    har = np.zeros(4)  # the HAR reference is not what is tested here
+    test = data.test
+    got = evaluation.predict_test(data, test, FitResult(task, None), forecaster, har, inputs, data.parent_raw)
+    assert sum(partial) == 2 * int(known.sum())  # only the new trees, on the rows with a parent's output
+    p10, p50, p90 = forecaster.predict(data.x[test])
+    for name, want in (("model", task.predict(data.vol[test], data.price[test])), ("forecast", p50)):
+        np.testing.assert_allclose(got[name], want, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(got["p10"], p10, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(got["p90"], p90, rtol=1e-12, atol=1e-9)

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from ..config import DATE, LOG_VOL_MEAN30, VOLUME
+from . import raw_scores as RAW
 from . import scoring as M
 from .data import _sample
 from .params import FEATURES, TARGET
@@ -41,19 +42,37 @@ def forecast_rows(forecaster, x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarr
     return out
 
 
-def predict_test(data, rows, fit, forecaster, har_coef, inputs) -> dict:
-    """Every predictor's predictions of ``rows`` (and the interval: ``p10``, ``p90``), chunk by chunk."""
+def predict_test(data, rows, fit, forecaster, har_coef, inputs, parent_raw=None) -> dict:
+    """Every predictor's predictions of ``rows`` (and the interval: ``p10``, ``p90``), chunk by chunk, and both
+    models' raw outputs (``raw``, or None: see ``raw_scores``). ``parent_raw``: ``(raw, tree counts)`` of the
+    parent's models for these rows (a warm start): only the trees after the parent's are predicted on them."""
     n = len(rows)
     preds = {name: np.empty(n) for name in ("model", "forecast", "har", "p10", "p90")}
+    keep_raw = RAW.continuable(fit.model, forecaster)
+    if parent_raw is not None and (not keep_raw or np.less(RAW.trees(fit.model, forecaster), parent_raw[1]).any()):
+        parent_raw = None  # not this model's parent (cannot happen from a row store; checked all the same)
+    raw = np.empty((n, 1 + len(forecaster.quantiles))) if keep_raw else None
     for lo in range(0, n, PREDICT_CHUNK):
         r = rows[lo : lo + PREDICT_CHUNK]
         hi = lo + len(r)
         x = data.x[r]
-        preds["p10"][lo:hi], preds["forecast"][lo:hi], preds["p90"][lo:hi] = forecaster.predict(x)
+        if keep_raw:
+            old = parent_raw[0][lo:hi, 1:] if parent_raw is not None else None
+            raw[lo:hi, 1:] = RAW.predict(forecaster, old, parent_raw[1][1] if old is not None else 0, x)
+            preds["p10"][lo:hi], preds["forecast"][lo:hi], preds["p90"][lo:hi] = forecaster.from_raw(x, raw[lo:hi, 1:])
+        else:
+            preds["p10"][lo:hi], preds["forecast"][lo:hi], preds["p90"][lo:hi] = forecaster.predict(x)
         preds["har"][lo:hi] = M.predict_har(har_coef, *_har_inputs(x, inputs), fallback=data.vol[r])
         del x
-    preds["model"][:] = fit.model.predict(data.vol[rows], data.price[rows])
-    preds.update(M.baseline_predictions(data.volume[rows], data.vol[rows]))
+    vol, price = data.vol[rows], data.price[rows]
+    if keep_raw:
+        old = parent_raw[0][:, :1] if parent_raw is not None else None
+        raw[:, 0] = RAW.predict(fit.model, old, parent_raw[1][0] if old is not None else 0, vol, price)
+        preds["model"][:] = fit.model.from_raw(raw[:, 0], vol)
+    else:
+        preds["model"][:] = fit.model.predict(vol, price)
+    preds.update(M.baseline_predictions(data.volume[rows], vol))
+    preds["raw"] = raw
     return preds
 
 
@@ -68,9 +87,10 @@ class Evaluation(NamedTuple):
     deciles: pd.DataFrame
     test_forecasts: pd.DataFrame | pa.Table
     test_sample: pd.DataFrame
+    test_raw: np.ndarray | None = None  # both models' raw outputs of the test rows (``raw_scores``)
 
 
-def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1) -> Evaluation:
+def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1, parent_raw=None) -> Evaluation:
     """Score every predictor on the test rows; the tables, the test forecasts and the chart sample.
 
     The tables are independent of one another and numpy releases the GIL in them: they run side by side on
@@ -79,8 +99,8 @@ def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1
 
     y = data.target[test_rows]
     vol_test = data.vol[test_rows]
-    preds = predict_test(data, test_rows, fit, forecaster, har_coef, inputs)
-    p10, p50, p90 = preds.pop("p10"), preds["forecast"], preds.pop("p90")
+    preds = predict_test(data, test_rows, fit, forecaster, har_coef, inputs, parent_raw)
+    p10, p50, p90, raw = preds.pop("p10"), preds["forecast"], preds.pop("p90"), preds.pop("raw")
     years = (np.datetime64("1970-01-01") + data.day[test_rows].astype("timedelta64[D]")).astype("datetime64[Y]")
     years = years.astype(int) + 1970
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
@@ -114,4 +134,6 @@ def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1
             "har": preds["har"][sample],
         }
     )
-    return Evaluation(all_metrics, ratios_all, test_coverage, by_year, by_decile, deciles, test_forecasts, test_sample)
+    return Evaluation(
+        all_metrics, ratios_all, test_coverage, by_year, by_decile, deciles, test_forecasts, test_sample, raw
+    )

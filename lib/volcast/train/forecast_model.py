@@ -49,15 +49,26 @@ class ForecastModel:
 
     CHUNK = 1 << 20  # rows per estimator call: bounds CatBoost's copy of the inputs
 
-    def log_quantiles(self, x: np.ndarray) -> np.ndarray:
-        """Raw model output, (n, 3) log ratios, sorted per row (quantile lines must not cross)."""
+    def raw(self, x: np.ndarray, ntree_start: int = 0) -> np.ndarray:
+        """Raw model output, (n, 3) log ratios as the trees give them (unsorted). ``ntree_start``: only the trees
+        from that one on, without the model's bias (``raw_scores``)."""
+        from .task_model import tree_range
+
         x = np.asarray(x, dtype=np.float32)
         out = np.empty((len(x), len(self.quantiles)), dtype=np.float64)
         single = len(x) <= 1024  # few rows (the API): one thread starts faster than many
         for lo in range(0, len(x), self.CHUNK):
             part = x[lo : lo + self.CHUNK]
-            raw = self.estimator.predict(part, thread_count=1) if single else self.estimator.predict(part)
+            if ntree_start:
+                raw = tree_range(self.estimator, part, ntree_start)
+            else:
+                raw = self.estimator.predict(part, thread_count=1) if single else self.estimator.predict(part)
             out[lo : lo + len(part)] = np.asarray(raw, dtype=np.float64).reshape(len(part), -1)
+        return out
+
+    def log_quantiles(self, x: np.ndarray) -> np.ndarray:
+        """Raw model output, (n, 3) log ratios, sorted per row (quantile lines must not cross)."""
+        out = self.raw(x)
         out.sort(axis=1)
         return out
 
@@ -68,9 +79,13 @@ class ForecastModel:
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(P10, P50, P90) next-day volumes (float, >= 0); NaN where ``log_vol_mean30`` is missing."""
+        return self.from_raw(x, self.raw(x))
+
+    def from_raw(self, x: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``predict``'s answer from the rows' raw output ``raw`` (``raw(x)``: sorted here, not changed)."""
         x = np.asarray(x, dtype=np.float32)
         base = log_base(x, self.inputs, self.target_base)
-        low, mid, high = self.interval(self.log_quantiles(x))
+        low, mid, high = self.interval(np.sort(raw, axis=1))
         with np.errstate(over="ignore", invalid="ignore"):
             return tuple(np.maximum(np.expm1(np.clip(base + v, None, 700.0)), 0.0) for v in (low, mid, high))
 

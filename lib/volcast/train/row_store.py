@@ -2,7 +2,8 @@
 the features files written since (a daily update's delta files), not every row again.
 
 Kept for the newest model only, in ``DIR/models/.warm_cache/<model_id>/`` (hidden: not a model, never pushed to
-a remote store; ``rows.npz`` + ``meta.json``):
+a remote store; ``meta.json``, ``state.npz``, one directory of ``.npy`` files per segment of rows, read
+memory-mapped so that only the rows taken are copied, and the models' raw test outputs, ``raw_scores``):
 
 - the files it read, each by name, size and mtime (a dataset version hard-links its unchanged partition files
   from the previous one, so they keep both) with its content digest (the card's data fingerprint);
@@ -32,6 +33,7 @@ import numpy as np
 
 from .. import storage
 from ..config import SYMBOL, VOLUME
+from . import raw_scores as RAW
 from .data import _day_numbers, _iso, _read_group, chrono_split, day_counts, feature_groups
 from .forecast import TEST_FORECASTS_FILE
 from .params import FEATURES, MARKET_INPUT
@@ -39,8 +41,9 @@ from .row_changes import features_state, file_digests, fingerprint, json_params,
 from .rows import _SCAN_COLUMNS, TrainRows, market_at, market_ratio
 
 CACHE_DIR = ".warm_cache"
-VERSION = 1
+VERSION = 2  # 2: segments as directories of .npy files (memory-mapped), raw test outputs
 FIT, VALID, TEST, AHEAD = 1, 2, 4, 8  # role bits of a stored row
+SEGMENT_KEYS = ("day", "next_day", "ticker", "floats", "x", "bits")
 
 
 def _day(iso) -> int:
@@ -87,18 +90,29 @@ def save(models_dir, model_id: str, data: TrainRows, params: dict, digests: dict
         "features": data.store.get("features", {}),
         "ahead_to": data.store["ahead_to"],
         "test_rate": data.store["test_rate"],
-        "segments": [p.name for p in parents] + [f"rows-{model_id}.npz"],
+        "segments": [p.name for p in parents] + [f"rows-{model_id}"],
     }
     root = cache_root(models_dir)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        for path in parents:
-            os.link(path, tmp / path.name)
-        for name, arrays in ((f"rows-{model_id}.npz", segment), ("state.npz", state)):
-            with open(tmp / name, "wb") as handle:
-                np.savez(handle, **arrays)
+        for path in parents:  # a segment is a directory of .npy files: linked, not copied
+            (tmp / path.name).mkdir()
+            for item in path.iterdir():
+                os.link(item, tmp / path.name / item.name)
+        (tmp / f"rows-{model_id}").mkdir()
+        for key, value in segment.items():
+            np.save(tmp / f"rows-{model_id}" / f"{key}.npy", np.ascontiguousarray(value))
+        with open(tmp / "state.npz", "wb") as handle:
+            np.savez(handle, **state)
+        if data.store.get("test_raw") is not None:  # by store position: the old segments' rows, then ``keep``
+            test = data.test
+            pos = np.empty(len(test), np.int64)
+            old = test < new_from
+            pos[old] = np.asarray(data.store.get("positions", np.zeros(0, np.int64)))[test[old]]
+            pos[~old] = int(data.store.get("n_stored", 0)) + np.searchsorted(keep, test[~old])
+            RAW.save(tmp, pos, *data.store["test_raw"])
         storage.atomic_write_json(tmp / "meta.json", meta)
         final = root / model_id
         if final.exists():
@@ -150,6 +164,28 @@ def _read_new(groups_new: list, inputs: list, last_day: dict) -> dict | None:
     }
 
 
+class _Segments:
+    """A store's segments, memory-mapped: a row is copied out only when taken (no copy of the whole store)."""
+
+    def __init__(self, paths: list[Path]):
+        self.parts = [{k: np.load(p / f"{k}.npy", mmap_mode="r") for k in SEGMENT_KEYS} for p in paths]
+        self.starts = np.cumsum([0] + [len(part["day"]) for part in self.parts])
+
+    def whole(self, key: str) -> np.ndarray:
+        return np.concatenate([np.asarray(part[key]) for part in self.parts])
+
+    def take(self, key: str, rows: np.ndarray, out: np.ndarray) -> None:
+        """``out[i] = stored[key][rows[i]]`` (``floats``: along its rows axis); ``rows`` ascending."""
+        cuts = np.searchsorted(rows, self.starts)
+        for part, start, lo, hi in zip(self.parts, self.starts, cuts, cuts[1:]):
+            local = rows[lo:hi] - start
+            if key == "floats":  # (4, n): one contiguous output row at a time
+                for i in range(out.shape[0]):
+                    np.take(part[key][i], local, out=out[i, lo:hi], mode="clip")
+            else:
+                np.take(part[key], local, axis=0, out=out[lo:hi], mode="clip")
+
+
 def _merge(days_a, values_a, days_b, values_b) -> tuple[np.ndarray, np.ndarray]:
     days, inverse = np.unique(np.concatenate([days_a, days_b]), return_inverse=True)
     return days, np.bincount(inverse, weights=np.concatenate([values_a, values_b]).astype(np.float64))
@@ -188,14 +224,9 @@ def load_warm(
     with np.load(home / "state.npz", allow_pickle=False) as z:
         st = {k: z[k] for k in z.files}
     segments = [home / name for name in meta["segments"]]
-    parts = []
-    for path in segments:
-        with np.load(path, allow_pickle=False) as z:
-            parts.append({k: z[k] for k in z.files})
-    for key in ("day", "next_day", "ticker", "bits", "x"):
-        st[key] = np.concatenate([part[key] for part in parts])
-    st["floats"] = np.concatenate([part["floats"] for part in parts], axis=1)
-    del parts
+    stored = _Segments(segments)
+    for key in ("day", "bits"):  # what the roles are chosen by; the rest is copied out only where taken
+        st[key] = stored.whole(key)
     st_tickers = [str(t) for t in st["tickers"]]
     last_day: dict = {}
     for t, d in zip(st["tail_ticker"].tolist(), st["tail_day"].tolist()):
@@ -293,12 +324,19 @@ def load_warm(
     code_to_ticker = np.asarray([index[t] for t in uniq.tolist()], dtype=np.int32)
     keep_rows = np.flatnonzero(keep)[n_take]
     all_day = np.concatenate([s_day[s_take], day[keep_rows]])
-    xs = np.concatenate([st["x"][s_take], x[keep_rows]])
+    n_s = len(s_take)
+    xs = np.empty((n_s + len(keep_rows), len(inputs)), np.float32)
+    stored.take("x", s_take, xs[:n_s])
+    xs[n_s:] = x[keep_rows]
     if MARKET_INPUT in inputs:  # every row's market ratio from this run's market totals
         xs[:, inputs.index(MARKET_INPUT)] = market_at(market, all_day)
-    sf = st["floats"][:, s_take]
-    new_floats = np.vstack([volume, vol, price, target])[:, keep_rows]
-    fl = np.concatenate([sf, new_floats], axis=1)
+    fl = np.empty((4, len(xs)))
+    stored.take("floats", s_take, fl[:, :n_s])
+    fl[:, n_s:] = np.vstack([volume, vol, price, target])[:, keep_rows]
+    s_next, s_ticker = np.empty(n_s, np.int32), np.empty(n_s, np.int32)
+    stored.take("next_day", s_take, s_next)
+    stored.take("ticker", s_take, s_ticker)
+    del stored
     pools = {
         "usable": int(ucounts.sum()),
         "train_period": int(ucounts[udays < test_start].sum()),
@@ -329,8 +367,8 @@ def load_warm(
     files = [p for paths in groups.values() for p in paths]  # partition members (see file_digests)
     rows = TrainRows(
         all_day,
-        np.concatenate([st["next_day"][s_take], next_day[keep_rows]]),
-        np.concatenate([st["ticker"][s_take], code_to_ticker[code[keep_rows]]]).astype(np.int32),
+        np.concatenate([s_next, next_day[keep_rows]]),
+        np.concatenate([s_ticker, code_to_ticker[code[keep_rows]]]).astype(np.int32),
         fl[0],
         fl[1],
         fl[2],
@@ -358,9 +396,14 @@ def load_warm(
             "test_rate": rate,
             "segments": segments,
             "new_from": len(s_take),
+            "positions": s_take,
+            "n_stored": len(s_day),
             "features": state,
         },
         band_from=Path(models_dir) / parent_id / TEST_FORECASTS_FILE,
+        parent_raw=RAW.for_test_rows(
+            home, s_take, roles["test"], all_day, (st["market_days"], st["market_volume"]), market, inputs
+        ),
     )
     n_files = sum(len(p) for p, _ in groups_new)
     note = f"the parent's row store and the {n_files} features file(s) written since ({n_new:,} rows)"

@@ -95,6 +95,7 @@ class TrainRows:
     tails: dict = field(default_factory=dict)
     store: dict = field(default_factory=dict)  # usable rows and market Volume per day, ahead_to, test_rate
     band_from: object = None  # warm start: the parent's test forecasts, which the band extends
+    parent_raw: object = None  # warm start: (raw outputs of the test rows, tree counts) of the parent (raw_scores)
 
     def cols(self, names) -> np.ndarray:
         return self.x[:, [self.inputs.index(n) for n in names]]

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from .. import config, storage
 from ..errors import UserError
+from . import raw_scores as RAW
 from . import row_store as RS
 from . import scoring as M
 from . import warm as W
@@ -259,8 +260,10 @@ def run(
         warm_entry = {"requested": True, "note": parent.reason}
 
     t0 = time.perf_counter()
-    ev = _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads)
+    ev = _evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads, parent_raw=data.parent_raw)
     seconds["evaluate"] = time.perf_counter() - t0
+    if ev.test_raw is not None:  # the next warm start scores only its new trees on these rows
+        data.store["test_raw"] = (ev.test_raw, RAW.trees(fit.model, forecaster))
 
     rows = {
         "usable": data.rows["usable"],

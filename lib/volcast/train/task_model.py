@@ -117,6 +117,23 @@ class VolumeModel:
             out[lo : lo + len(v)] = from_model_output(self.formulation, self._raw_predict(design_matrix(v, p)), v)
         return out
 
+    def raw(self, vol_moving_avg, adj_close_rolling_med, ntree_start: int = 0) -> np.ndarray:
+        """The estimator's output before ``from_model_output`` (what ``predict`` scales back). ``ntree_start``
+        (CatBoost): only the trees from that one on, without the model's bias (``raw_scores``)."""
+        vol = np.atleast_1d(np.asarray(vol_moving_avg, dtype=np.float64))
+        price = np.atleast_1d(np.asarray(adj_close_rolling_med, dtype=np.float64))
+        vol, price = np.broadcast_arrays(vol, price)
+        out = np.empty(len(vol), dtype=np.float64)
+        for lo in range(0, len(vol), self.CHUNK):
+            x = design_matrix(vol[lo : lo + self.CHUNK], price[lo : lo + self.CHUNK])
+            raw = tree_range(self.estimator, x, ntree_start) if ntree_start else self._raw_predict(x)
+            out[lo : lo + len(x)] = raw
+        return out
+
+    def from_raw(self, raw, vol_moving_avg) -> np.ndarray:
+        """``predict``'s answer from the estimator's output ``raw`` for rows with these ``vol_moving_avg``."""
+        return from_model_output(self.formulation, raw, np.asarray(vol_moving_avg, dtype=np.float64))
+
     SMALL_BATCH = 1024
 
     def _raw_predict(self, x):
@@ -125,6 +142,15 @@ class VolumeModel:
         if len(x) <= self.SMALL_BATCH and type(self.estimator).__module__.startswith("catboost"):
             return self.estimator.predict(x, thread_count=1)
         return self.estimator.predict(x)
+
+
+def tree_range(estimator, x, ntree_start: int) -> np.ndarray:
+    """A CatBoost model's raw output (RawFormulaVal) from its trees ``ntree_start`` onwards: no bias (CatBoost adds
+    it only from tree 0), so a continued model's raw output is its parent's plus this (``raw_scores``)."""
+    return np.asarray(
+        estimator.predict(x, prediction_type="RawFormulaVal", ntree_start=ntree_start, ntree_end=estimator.tree_count_),
+        dtype=np.float64,
+    )
 
 
 @dataclass

@@ -1,0 +1,103 @@
+"""Scoring only a continued model's new trees (a warm start's test evaluation).
+
+A CatBoost model continued with ``init_model`` keeps its parent's trees first, and its bias: its raw output
+(RawFormulaVal) is the parent's plus that of the trees after the parent's (``predict(ntree_start=...)`` leaves the
+bias out). Every train run keeps its models' raw test outputs in the row store (the task model's, then the
+forecast model's three quantiles as the trees give them, unsorted), by the rows' positions in the store. A warm
+start gives the test rows it takes from the store their parent's raw outputs (``TrainRows.parent_raw``), and the
+evaluation predicts only the new trees on them: the same predictions as a full predict, to float rounding
+(tested). Rows without one (the new rows, or a parent whose market ratio of those dates differs) are predicted
+whole.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .params import MARKET_INPUT
+from .rows import market_at, market_ratio
+
+RAW_FILE = "test_raw.npz"  # pos (store positions, ascending), raw (rows, 1 + quantiles), trees (task, forecast)
+
+
+def continuable(fit_model, forecaster) -> bool:
+    """Whether both models' predictions are their raw output (then parent + new trees = the continued model)."""
+    for estimator in (fit_model.estimator, forecaster.estimator):
+        if not type(estimator).__module__.startswith("catboost"):
+            return False
+        default = getattr(estimator, "_get_default_prediction_type", None)
+        if default is None or default() != "RawFormulaVal":  # Poisson, Tweedie: exp() of it
+            return False
+    return True
+
+
+def trees(fit_model, forecaster) -> tuple[int, int]:
+    return int(fit_model.estimator.tree_count_), int(forecaster.estimator.tree_count_)
+
+
+def save(directory: Path, positions: np.ndarray, raw: np.ndarray, tree_counts: tuple[int, int]) -> None:
+    """Keep ``raw`` (one row per store position in ``positions``) in a store being written (``directory``)."""
+    order = np.argsort(positions, kind="stable")
+    with open(Path(directory) / RAW_FILE, "wb") as handle:
+        np.savez(handle, pos=np.asarray(positions, np.int64)[order], raw=raw[order], trees=np.asarray(tree_counts))
+
+
+def load(home: Path, positions: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """The stored raw outputs of the rows at these store positions (NaN rows where none is stored), and the tree
+    counts of the models that made them; None when the store has none."""
+    path = Path(home) / RAW_FILE
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        pos, raw, counts = z["pos"], z["raw"], z["trees"]
+    out = np.full((len(positions), raw.shape[1]), np.nan)
+    if len(pos):
+        at = np.clip(np.searchsorted(pos, positions), 0, len(pos) - 1)
+        found = pos[at] == positions
+        out[found] = raw[at[found]]
+    return out, (int(counts[0]), int(counts[1]))
+
+
+def for_test_rows(home, positions, test, day, parent_totals, market, inputs):
+    """``TrainRows.parent_raw`` of a warm start: the stored raw outputs of its ``test`` rows (the first
+    ``len(positions)`` rows are the store's rows at ``positions``, the rest new; ``day``: every row's), with NaN
+    rows where there is none, and the tree counts; None when the store has none. A row whose market ratio differs
+    from the one the parent scored it with (``parent_totals``: its market Volume per day) gets none."""
+    from_store = test < len(positions)
+    found = load(home, positions[test[from_store]])
+    if found is None:
+        return None
+    raw = np.full((len(test), found[0].shape[1]), np.nan)
+    raw[from_store] = found[0]
+    if MARKET_INPUT in inputs:
+        before = market_at(market_ratio(*parent_totals), day[test])
+        now = market_at(market, day[test])
+        raw[~((before == now) | (np.isnan(before) & np.isnan(now)))] = np.nan
+    return raw, found[1]
+
+
+def predict(model, parent_raw: np.ndarray | None, parent_trees: int, *inputs) -> np.ndarray:
+    """``model.raw(*inputs)`` of every row, from the parent's raw output plus the trees after the parent's where the
+    row has one (rows of ``parent_raw`` not NaN). ``model``: a ``VolumeModel`` or ``ForecastModel``."""
+    if parent_raw is None:
+        return model.raw(*inputs)
+    known = ~np.isnan(parent_raw[:, 0])
+    if known.all():
+        rows, out = None, parent_raw.copy()
+    else:
+        out = np.empty_like(parent_raw)
+        rows = np.flatnonzero(known)
+        whole = np.flatnonzero(~known)
+        out[whole] = model.raw(*(a[whole] for a in inputs)).reshape(len(whole), -1)
+        out[rows] = parent_raw[rows]
+    if model.estimator.tree_count_ > parent_trees and known.any():
+        part = inputs if rows is None else tuple(a[rows] for a in inputs)
+        added = model.raw(*part, ntree_start=parent_trees).reshape(len(part[0]), -1)
+        if rows is None:
+            out += added
+        else:
+            out[rows] += added
+    return out if out.shape[1] > 1 else out[:, 0]
