@@ -305,34 +305,105 @@ def test_stage_kernel_starts_with_its_imports_done_but_no_names_bound(tmp_path, 
     assert not km.is_alive()
 
 
-def test_no_kernel_outlives_its_stage_ok_or_failed(tmp_path):
-    """Each stage's kernel is shut down when its notebook ends, whether the stage passed or failed."""
+def _left_over(before: set[int]) -> list[str]:
+    """Kernels and what they started (ingest's worker server) not in ``before``: any still there after 10 s."""
     import psutil
 
-    before = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. this process's own forkserver
+    deadline = time.monotonic() + 10
+    while (
+        new := [
+            p
+            for p in psutil.Process().children(recursive=True)
+            if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
+    ) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [" ".join(p.cmdline())[:120] for p in new]
 
-    def left_over():  # kernels and what they started (ingest's worker server): gone within 10 s
-        deadline = time.monotonic() + 10
-        while (
-            new := [
-                p
-                for p in psutil.Process().children(recursive=True)
-                if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-            ]
-        ) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return [" ".join(p.cmdline())[:120] for p in new]
 
+def _children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. this process's own forkserver
+
+
+def test_no_kernel_outlives_its_stage_ok_or_failed(tmp_path):
+    """Each stage's kernel is shut down when its notebook ends, whether the stage passed or failed; so is a
+    kernel started ahead for a stage that then never runs (the run failed before it)."""
+    before = _children()
     demo = {"ingest": {"demo_tickers": 12, "demo_years": 2}}
     pipeline.run_pipeline(
         tmp_path, source="demo", stages=["ingest", "features"], params=demo, jobs=2, say=lambda _: None, progress=False
     )
-    assert left_over() == []
+    assert _left_over(before) == []
     with pytest.raises(pipeline.StageFailed):
         pipeline.run_pipeline(
             tmp_path, stages=["train"], params={"train": {"model": "no_such_model"}}, say=lambda _: None, progress=False
         )
-    assert left_over() == []
+    assert _left_over(before) == []
+    # features fails in its cell, after train's kernel was started ahead for it
+    with pytest.raises(pipeline.StageFailed):
+        pipeline.run_pipeline(
+            tmp_path,
+            stages=["features", "train"],
+            params={"features": {"window": "not-a-window"}},
+            force=True,
+            say=lambda _: None,
+            progress=False,
+        )
+    manifest = json.loads(max((tmp_path / "runs").glob("*/manifest.json")).read_text())
+    assert manifest["stages"]["features"]["status"] == "failed" and "train" not in manifest["stages"]
+    assert _left_over(before) == []
+
+
+def test_next_stage_kernel_starts_during_the_stage_before_and_the_stages_add_up_to_the_run(tmp_path):
+    """features' kernel is started while ingest runs; its seconds count from ingest's end, so the stages'
+    seconds still add up to (at most) the run's. A kernel started ahead for a stage that is then skipped (its
+    inputs unchanged) is shut down."""
+    from volcast import ingest
+
+    before = _children()
+    src = ingest.generate_demo_market(tmp_path / "market", n_tickers=6, years=1, seed=11)
+    out = tmp_path / "out"
+
+    def run() -> dict:
+        return pipeline.run_pipeline(
+            out, source=str(src), stages=["ingest", "features"], jobs=2, say=lambda _: None, progress=False
+        )
+
+    manifest = run()
+    ingest_stage, features = manifest["stages"]["ingest"], manifest["stages"]["features"]
+    assert ingest_stage["kernel_started_ahead"] is None  # the first stage starts its own
+    assert 0 < features["kernel_started_ahead"] < ingest_stage["seconds"]
+    assert ingest_stage["seconds"] + features["seconds"] <= manifest["seconds"]
+    assert _left_over(before) == []
+    # A file touched, not changed: ingest runs (its source's stamp changed), finds the same rows, and features
+    # (its input unchanged) is skipped.
+    touched = sorted((src / "stocks").glob("*.csv"))[0]
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    manifest = run()
+    assert manifest["stages"]["ingest"]["status"] == "ok"
+    assert manifest["stages"]["features"]["status"] == "skipped"
+    assert _left_over(before) == []
+
+
+def test_ingest_worker_server_starts_beside_the_kernel_only_when_every_file_is_read(tmp_path):
+    from volcast.execute import _reads_every_file
+
+    params = {"output_dir": str(tmp_path), "jobs": 2}
+    assert _reads_every_file(params)  # no raw dataset yet
+    pipeline.run_pipeline(
+        tmp_path,
+        source="demo",
+        stages=["ingest"],
+        params={"ingest": {"demo_tickers": 5, "demo_years": 1}},
+        say=lambda _: None,
+        progress=False,
+    )
+    assert not _reads_every_file(params)  # incremental: started by ingest if a task needs it
+    assert _reads_every_file({**params, "incremental": False})  # --force
+    assert not _reads_every_file({**params, "incremental": False, "jobs": 1})  # no worker processes
+    assert not _reads_every_file({**params, "incremental": False, "executor": "dask"})
 
 
 def test_a_py_twin_edited_and_not_synced_stops_the_run_before_it_starts(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
-"""Running one stage's notebook: its kernel (started ahead, with the notebook's imports), papermill, and
-a prompt, clean stop on Ctrl-C / SIGTERM / SIGHUP (``Stopper``)."""
+"""Running one stage's notebook: its kernel (started ahead, with the notebook's imports; the next stage's
+kernel started while this stage runs), papermill, and a prompt, clean stop on Ctrl-C / SIGTERM / SIGHUP
+(``Stopper``)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import dataclasses
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import config, notebooks
+from . import config, notebooks, storage
 from .errors import Interrupted
 
 if TYPE_CHECKING:
@@ -26,6 +28,9 @@ class StageResult:
     notebook: str | None = None
     reason: str | None = None
     error: str | None = None
+    # Seconds before the stage began that its kernel was started, while the stage before it ran (None: started
+    # by the stage). That start is counted in the earlier stage's seconds: the stages' seconds add up to the run's.
+    kernel_started_ahead: float | None = None
 
 
 def start_kernel(kernel: str, stage: Stage):
@@ -39,11 +44,31 @@ def start_kernel(kernel: str, stage: Stage):
     return km
 
 
-def _start_stage_kernel(km, stage: Stage) -> None:
+def _start_stage_kernel(km, stage: Stage, params: dict | None = None) -> None:
     modules = ["pandas", "matplotlib.pyplot", *(f"volcast.{name}" for name in stage.code)]
     # ingest's worker server first: it imports pandas on the other core while the kernel imports the rest
-    warm_up = "import volcast.ingest; volcast.ingest.start_worker_server(); " if stage.name == "ingest" else ""
+    warm = stage.name == "ingest" and (params is None or _reads_every_file(params))
+    warm_up = "import volcast.ingest; volcast.ingest.start_worker_server(); " if warm else ""
     notebooks.start_kernel(km, modules, warm_up)
+
+
+def _reads_every_file(params: dict) -> bool:
+    """Whether an ingest run with ``params`` will parse every file on local worker processes (no raw dataset
+    yet, or ``--force``), so its worker server is worth starting beside its kernel. Otherwise (an incremental
+    run: a daily update parses a few appended lines per file in threads) ingest starts it if a task needs it,
+    and its start does not take a core from the kernel's."""
+    from .executor import LOCAL, resolve
+    from .ingest.state import STATE_FILE
+
+    try:
+        if resolve(params.get("executor", LOCAL), params.get("scheduler", ""))[0] != LOCAL:
+            return False
+    except Exception:  # a bad choice: the stage says so itself
+        return False
+    if config.resolve_jobs(params.get("jobs", 0)) <= 1:
+        return False
+    current = storage.current_version(config.Layout.at(params["output_dir"]).raw_dir)
+    return not params.get("incremental", True) or current is None or not (current / STATE_FILE).exists()
 
 
 class Stopper:
@@ -75,6 +100,7 @@ class Stopper:
     def __init__(self):
         self.signum: int | None = None
         self.km = None  # the running stage's kernel manager
+        self.ahead: dict[str, tuple[Any, float]] = {}  # stage name -> (kernel manager, start time): started ahead
         self._previous: dict[int, Any] = {}
         self._holding = 0
         self._stage: str | None = None  # None, "running", or "closing" (shutting its kernel down)
@@ -89,10 +115,14 @@ class Stopper:
         return self
 
     def __exit__(self, *exc):
-        with self._lock:
-            for signum, handler in self._previous.items():
-                signal.signal(signum, handler)
-            self._previous = {}
+        try:
+            for name in list(self.ahead):  # a later stage that never ran (a failure, a stop): its kernel goes
+                self.drop_ahead(name)
+        finally:
+            with self._lock:
+                for signum, handler in self._previous.items():
+                    signal.signal(signum, handler)
+                self._previous = {}
 
     def _handle(self, signum, frame) -> None:
         first = self.signum is None
@@ -106,9 +136,32 @@ class Stopper:
             raise Interrupted(self.signum)
 
     def kill_kernel(self) -> None:
-        km = self.km
+        for km in [self.km, *(km for km, _ in list(self.ahead.values()))]:
+            if km is not None:
+                km.kill_group()
+
+    def start_ahead(self, kernel: str, stage: Stage) -> None:
+        """Start ``stage``'s kernel now, for a later ``execute_stage``; killed on a signal like the running one."""
+        if stage.name in self.ahead:
+            return
+        km = notebooks.kernel_manager(kernel)
+        self.ahead[stage.name] = (km, time.perf_counter())  # known before it forks: a signal kills it
+        with self.holding():
+            _start_stage_kernel(km, stage)
+
+    def claim_ahead(self, name: str):
+        """``(kernel manager, start time)`` of the kernel started ahead for stage ``name``, or ``(None, None)``."""
+        return self.ahead.get(name, (None, None))
+
+    def drop_ahead(self, name: str) -> None:
+        """Shut down the kernel started ahead for stage ``name`` (it will not run: skipped, or the run ended)."""
+        km, _ = self.ahead.get(name, (None, None))
         if km is not None:
-            km.kill_group()
+            try:
+                with contextlib.suppress(Exception):
+                    km.shut_down()
+            finally:
+                self.ahead.pop(name, None)
 
     def check(self) -> None:
         """Raise if a signal came (and something on the way swallowed the first raise, or held it)."""
@@ -131,6 +184,9 @@ class Stopper:
     def stage(self, km):
         """A stage's extent: its kernel ``km`` is killed on a signal, and shut down as the stage ends."""
         self.km, self._stage = km, "running"
+        for name, (ahead, _) in list(self.ahead.items()):
+            if ahead is km:  # now the running one
+                self.ahead.pop(name)
         try:
             self.check()
             yield km
@@ -165,17 +221,33 @@ def _quiet_event_loop() -> None:
 
 
 def execute_stage(
-    stage: Stage, params: dict, run_dir: Path, kernel: str, progress: bool, stopper: Stopper | None = None
+    stage: Stage,
+    params: dict,
+    run_dir: Path,
+    kernel: str,
+    progress: bool,
+    stopper: Stopper | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> StageResult:
-    """Run the stage's notebook with papermill in a fresh kernel, started first (see ``start_kernel``)."""
+    """Run the stage's notebook with papermill in a fresh kernel: one started ahead for it
+    (``Stopper.start_ahead``, while the stage before it ran) or one started first (see ``start_kernel``).
+
+    ``on_ready`` is called once the kernel answers, before the first cell: the pipeline starts the next
+    stage's kernel then, so that its start overlaps this stage's cells rather than this kernel's own start.
+    The stage's seconds count from this call: a kernel started ahead is counted in the stage before it.
+    """
     stopper = stopper or Stopper()
     output = run_dir / stage.notebook
     t0 = time.perf_counter()
-    with stopper.stage(notebooks.kernel_manager(kernel)) as km:
-        with stopper.holding():
-            _start_stage_kernel(km, stage)
+    km, started = stopper.claim_ahead(stage.name)
+    ahead = None if started is None else round(t0 - started, 3)
+    with stopper.stage(km or notebooks.kernel_manager(kernel)) as km:
+        if ahead is None:
+            with stopper.holding():
+                _start_stage_kernel(km, stage, params)
         papermill = notebooks.import_papermill()  # meanwhile the kernel starts (a process imports it once)
         stopper.check()
+        hooks = {"on_notebook_start": lambda **_: on_ready()} if on_ready else {}
         try:
             papermill.execute_notebook(
                 str(stage.notebook_path),
@@ -186,13 +258,15 @@ def execute_stage(
                 progress_bar=progress,
                 request_save_on_cell_execute=True,
                 km=km,
+                **hooks,
             )
         except papermill.PapermillExecutionError as exc:
             stopper.check()
             error = f"{exc.ename}: {str(exc.evalue).strip().splitlines()[0] if str(exc.evalue).strip() else ''}"
             reason = "user-error" if exc.ename == "UserError" else "cell-error"
-            return StageResult(stage.name, "failed", round(time.perf_counter() - t0, 3), str(output), reason, error)
+            seconds = round(time.perf_counter() - t0, 3)
+            return StageResult(stage.name, "failed", seconds, str(output), reason, error, ahead)
         except Exception:
             stopper.check()  # the kernel was killed by the stopper: papermill's error is only its echo
             raise
-    return StageResult(stage.name, "ok", round(time.perf_counter() - t0, 3), str(output))
+    return StageResult(stage.name, "ok", round(time.perf_counter() - t0, 3), str(output), kernel_started_ahead=ahead)

@@ -289,17 +289,21 @@ def _run_locked(
     say(f"volcast run {run_id} -> {layout.output_dir}")
     started = time.perf_counter()
     try:
-        for name in selected:
+        for position, name in enumerate(selected):
             stage = STAGES[name]
+            after = STAGES[selected[position + 1]] if position + 1 < len(selected) else None
 
-            def execute(params: dict[str, Any], stage: Stage = stage) -> StageResult:
+            def execute(params: dict[str, Any], stage: Stage = stage, after: Stage | None = after) -> StageResult:
                 if cluster is not None and "executor" in notebook_parameters(stage.name):
                     params.update(cluster.params())  # dask: the LocalCluster starts with the first such stage
-                return _execute_stage(stage, params, run_dir, kernel, progress, stopper)
+                # The next stage's kernel starts once this one is ready, overlapping this stage's cells.
+                on_ready = (lambda: stopper.start_ahead(kernel, after)) if after is not None else None
+                return _execute_stage(stage, params, run_dir, kernel, progress, stopper, on_ready)
 
             params = stage_parameters(name, layout, source, jobs, overrides, force)
             result = run_stage(stage, layout, run_dir, params, manifest, execute, force, say)
             if result.status == "skipped":
+                stopper.drop_ahead(name)  # started while the stage before ran, which changed nothing it reads
                 continue
             if target is not None:
                 target.stage_done(stage.outputs)  # a store: files first, then the pointers
