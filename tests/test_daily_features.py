@@ -78,3 +78,28 @@ def test_lookback_covers_the_longest_window():
     assert fa.lookback_rows(300) == 300
     assert fa.lookback_rows("400D") == 400  # at most one row per date
     assert fa.lookback_rows(inputs=("vol_lr_260",)) == 260
+
+
+def test_zero_volumes_and_missing_prices_near_the_52_week_edge_equal_a_full_recompute(raw):
+    """The 52-week inputs read exactly ``YEAR_ROWS`` rows: zero volumes and non-positive prices put just inside
+    and just outside that window (in the stored rows and among the new ones) give the full recompute's values."""
+    df = raw.to_pandas()
+    tickers = sorted(df["Symbol"].unique())
+    volume, price = df["Volume"].to_numpy().copy(), df["Adj Close"].to_numpy().copy()
+    long = [t for t in tickers[:4] if (df["Symbol"] == t).sum() > 260]  # tickers[4] is cut short by _split
+    assert len(long) >= 2
+    for k, t in enumerate(long):
+        rows = np.flatnonzero(df["Symbol"].to_numpy() == t)
+        for back in (1 + k, 250, 251, 252, 253):  # rows before the ticker's last row
+            volume[rows[-1 - back]] = 0
+        price[rows[-252 - k]] = price[rows[-1:]].max() * 10  # a high that leaves the window for k >= 1
+        price[rows[-2]] = 0.0 if k == 0 else -1.0
+    df["Volume"], df["Adj Close"] = volume, price
+    changed = pa.Table.from_pandas(df, preserve_index=False).cast(raw.schema)
+    previous, new, table, is_new = _split(changed)
+    inputs = (*config.FORECAST_INPUTS, "days_since_zero_volume")  # not a default input
+    got = fa.features_of_new_rows(previous, new, inputs=inputs).to_pandas()
+    full = features.add_features(table, inputs=inputs).filter(pa.array(is_new))
+    want = full.select(got.columns.tolist()).to_pandas()
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    assert set(got["days_since_zero_volume"]) > {float(fa.YEAR_ROWS)}  # zeros inside the window were found

@@ -28,15 +28,31 @@ from .. import config, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
 from .columns import _numeric
 from .core import add_features
-from .inputs import _PATTERNS, BASE_WINDOW, YEAR_ROWS, check_names, forecast_inputs
+from .inputs import _PATTERNS, BASE_WINDOW, YEAR_ROWS, _positive_log, check_names
 from .window import parse_window
 
 _DAY_NS = 86_400_000_000_000
 _COLUMNS = (SYMBOL, DATE, VOLUME, ADJ_CLOSE, HIGH, LOW, CLOSE)
 # Inside the features dataset (skipped by dataset readers: leading underscore). High, Low and Close are
-# not kept: the one input that reads them (range_hl) reads the current row only.
-TAIL_FILE = "_tail.parquet"
+# not kept: the one input that reads them (range_hl) reads the current row only. An Arrow IPC file (lz4), not
+# Parquet: it is read and rewritten whole by every daily update, and Parquet's encoding and decoding of its
+# ~250 rows per ticker cost several times the IPC copy.
+TAIL_FILE = "_tail.arrow"
 TAIL_SCHEMA = pa.schema([config.RAW_SCHEMA.field(c) for c in (SYMBOL, DATE, VOLUME, ADJ_CLOSE)])
+
+
+def read_tail(path: str | Path) -> pa.Table:
+    """The tail table ``TAIL_FILE`` (``write_tail``)."""
+    import pyarrow.feather as feather
+
+    return feather.read_table(str(path), memory_map=False)
+
+
+def write_tail(table: pa.Table, path: str | Path) -> None:
+    """Write the tail table to ``path`` (inside a staging directory: published with it)."""
+    import pyarrow.feather as feather
+
+    feather.write_feather(table.cast(TAIL_SCHEMA), str(path), compression="lz4")
 
 
 YEAR_INPUTS = ("dist_52w_high", "days_since_zero_volume")  # the inputs that read YEAR_ROWS rows back
@@ -111,29 +127,64 @@ def features_of_new_rows(
 
 def _year_columns(tail: pa.Table, new: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The 52-week inputs of ``new``'s rows (in its order), from ``tail`` (the stored rows they read, sorted by
-    Symbol then Date): the kernels ``add_features`` runs (``inputs.forecast_inputs``), on the rows grouped by
-    ticker with a stable sort of integer codes instead of a sort by Symbol and Date, and nothing else computed."""
-    new_order = pc.sort_indices(new, sort_keys=[(SYMBOL, "ascending"), (DATE, "ascending")])
+    Symbol then Date), gathered for the new rows only: each new row's window is its ticker's ``YEAR_ROWS`` rows up
+    to it (fewer at the ticker's start), taken from the tail and the ticker's earlier new rows, one matrix of
+    (new rows x ``YEAR_ROWS``) for all tickers. The same rules as ``inputs.forecast_inputs`` (NaN-ignoring
+    maximum of the positive prices; rows since the last zero volume, capped), which runs over every row."""
+    order = pc.sort_indices(new, sort_keys=[(SYMBOL, "ascending"), (DATE, "ascending")]).to_numpy()
+    symbols = _strings(new[SYMBOL]).take(pa.array(order))
+    m = len(order)
+    # Each new row's ticker in the tail: where its rows start and how many there are (none for a new ticker).
+    if tail.num_rows:
+        tail_symbols = _strings(tail[SYMBOL])
+        from_end = _from_end(tail_symbols)
+        run_starts = np.flatnonzero(np.r_[True, from_end[:-1] == 1])
+        run = pc.index_in(symbols, value_set=tail_symbols.take(pa.array(run_starts)))
+        run = pc.fill_null(run, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        t_start = np.where(run >= 0, run_starts[run], 0)
+        t_len = np.where(run >= 0, from_end[run_starts][run], 0)
+    else:
+        t_start = t_len = np.zeros(m, np.int64)
+    change = np.ones(m, bool)
+    if m > 1:
+        change[1:] = pc.not_equal(symbols.slice(1), symbols.slice(0, m - 1)).to_numpy(zero_copy_only=False)
+    first_new = np.maximum.accumulate(np.where(change, np.arange(m), 0))
+    back = np.arange(YEAR_ROWS)
+    at = (t_len + np.arange(m) - first_new)[:, None] - back  # position in the ticker's rows (tail, then new)
+    from_new = at >= t_len[:, None]
+    in_tail = (at >= 0) & ~from_new
+    new_at = np.where(from_new, first_new[:, None] + at - t_len[:, None], 0)
+    tail_at = np.where(in_tail, t_start[:, None] + at, 0)
 
-    def joined(name: str) -> pa.Array:
-        return pa.concat_arrays([tail[name].combine_chunks(), new[name].combine_chunks().take(new_order)])
+    def window(tail_values: np.ndarray, new_values: np.ndarray, outside) -> np.ndarray:
+        got = np.where(from_new, new_values[new_at], tail_values[tail_at] if len(tail_values) else outside)
+        return np.where(from_new | in_tail, got, outside)
 
-    codes = pc.dictionary_encode(joined(SYMBOL)).indices.to_numpy(zero_copy_only=False)
-    order = np.argsort(codes, kind="stable")  # a ticker's tail rows, then its new rows (dated after them)
-    grouped = codes[order]
-    starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]]) if len(order) else np.zeros(0, np.int64)
-    volume = _numeric(joined(VOLUME), VOLUME)[order]
-    adj_close = _numeric(joined(ADJ_CLOSE), ADJ_CLOSE)[order]
-    out = forecast_inputs(starts, np.zeros(len(order), np.int64), volume, adj_close, names=names)
-    position = np.empty(len(order), np.int64)
-    position[order] = np.arange(len(order))
-    at = position[tail.num_rows :]  # the new rows, in new_order
     result = {}
     for name in names:
-        values = np.empty(new.num_rows)
-        values[new_order.to_numpy()] = out[name][at]
-        result[name] = values
+        if name == "dist_52w_high":
+            price = _numeric(new[ADJ_CLOSE].combine_chunks().take(pa.array(order)), ADJ_CLOSE)
+            stored = _numeric(tail[ADJ_CLOSE].combine_chunks(), ADJ_CLOSE)
+            positive = [np.where(a > 0, a, np.nan) for a in (stored, price)]
+            with np.errstate(invalid="ignore"):
+                high = np.fmax.reduce(window(*positive, np.nan), axis=1)
+            values = _positive_log(price) - _positive_log(high)
+        elif name == "days_since_zero_volume":
+            volume = _numeric(new[VOLUME].combine_chunks().take(pa.array(order)), VOLUME)
+            stored = _numeric(tail[VOLUME].combine_chunks(), VOLUME)
+            zero = window(stored == 0, volume == 0, False)
+            values = np.where(zero.any(axis=1), zero.argmax(axis=1), YEAR_ROWS).astype(np.float64)
+        else:
+            raise ValueError(f"not a 52-week input: {name}")
+        out = np.empty(m)
+        out[order] = values
+        result[name] = out
     return result
+
+
+def _strings(column) -> pa.Array:
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.cast(pa.string()) if pa.types.is_dictionary(column.type) else column
 
 
 def _from_end(symbols: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -16,7 +16,16 @@ from .. import config, partitions, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
 from ..errors import UserError
 from ..executor import resolve as resolve_executor
-from .append import TAIL_FILE, TAIL_SCHEMA, append_partitions, key_ranges, lookback_rows, tail_rows
+from .append import (
+    TAIL_FILE,
+    TAIL_SCHEMA,
+    append_partitions,
+    key_ranges,
+    lookback_rows,
+    read_tail,
+    tail_rows,
+    write_tail,
+)
 from .columns import _date_ticks, _numeric, sort_order
 from .core import _symbol_key, compute_sorted
 from .read import LATEST_FILE
@@ -304,7 +313,7 @@ def run(
                 ):
                     item.unlink()
             old_latest = storage.read_file(staging / LATEST_FILE) if carried else None
-            old_tail = storage.read_file(staging / TAIL_FILE) if carried and (staging / TAIL_FILE).exists() else None
+            old_tail = read_tail(staging / TAIL_FILE) if carried and (staging / TAIL_FILE).exists() else None
             if append:
                 appended = append_partitions(
                     append,
@@ -330,7 +339,7 @@ def run(
             )
             storage.write_parquet(table, staging / LATEST_FILE)
             tail = _assembled(old_tail, set(reuse), {**{k: a.tail for k, a in appended.items()}, **tails}, TAIL_SCHEMA)
-            storage.write_parquet(tail, staging / TAIL_FILE)
+            write_tail(tail, staging / TAIL_FILE)
             stats = {**reuse, **{k: a.stats for k, a in appended.items()}, **computed}
             state = {
                 "version": STATE_VERSION,
