@@ -92,8 +92,9 @@ def features_of_new_rows(
     ``previous``: the stored rows (at least Symbol, Date, Volume, Adj Close; High, Low, Close may be left
     out: ``range_hl`` reads the current row only), sorted by Symbol then Date; only each ticker's last
     ``lookback_rows`` are used. ``new``: the rows appended, each dated after its ticker's stored rows (a
-    ticker may be new). Two passes: every feature but the 52-week inputs from the last
-    ``short_lookback_rows`` stored rows, the 52-week inputs from the last ``lookback_rows``.
+    ticker may be new). Every feature but the 52-week inputs: the full run's kernels over the last
+    ``short_lookback_rows`` stored rows and the new ones; the 52-week inputs, whose window is ``lookback_rows``
+    long: gathered for the new rows only (``_year_columns``), not computed for every tail row.
     """
     inputs = check_names(inputs)
     previous, new = _plain(previous), _plain(new)
@@ -109,6 +110,7 @@ def features_of_new_rows(
         wanted = np.repeat(in_new, from_end[starts])
     else:
         from_end, wanted = np.zeros(0, np.int64), np.zeros(0, bool)
+        starts, runs = np.zeros(0, np.int64), pa.array([], pa.string())
 
     def computed(depth: int, names: tuple[str, ...]) -> pa.Table:
         tail = previous.filter(pa.array(wanted & (from_end <= depth)))
@@ -119,32 +121,38 @@ def features_of_new_rows(
     out = computed(short_lookback_rows(window, min_periods, inputs), tuple(n for n in inputs if n not in year))
     columns = {n: out[n] for n in out.column_names}
     if year:
-        tail = previous.filter(pa.array(wanted & (from_end <= lookback_rows(window, min_periods, inputs))))
-        columns.update({n: pa.array(v) for n, v in _year_columns(tail, new, year).items()})
+        stored = _Stored(previous, starts, _strings(runs), from_end[starts], lookback_rows(window, min_periods, inputs))
+        columns.update({n: pa.array(v) for n, v in _year_columns(stored, new, year).items()})
     names = [config.VOL_FEATURE, config.PRICE_FEATURE, *inputs]
     return pa.table({n: columns[n] for n in names})
 
 
-def _year_columns(tail: pa.Table, new: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The 52-week inputs of ``new``'s rows (in its order), from ``tail`` (the stored rows they read, sorted by
-    Symbol then Date), gathered for the new rows only: each new row's window is its ticker's ``YEAR_ROWS`` rows up
-    to it (fewer at the ticker's start), taken from the tail and the ticker's earlier new rows, one matrix of
-    (new rows x ``YEAR_ROWS``) for all tickers. The same rules as ``inputs.forecast_inputs`` (NaN-ignoring
-    maximum of the positive prices; rows since the last zero volume, capped), which runs over every row."""
+class _Stored:
+    """The stored rows (sorted by Symbol then Date) as runs, one per ticker: where each starts, its Symbol, its
+    length; a new row's window reads at most its ticker's last ``depth`` rows of them."""
+
+    def __init__(self, table: pa.Table, starts: np.ndarray, symbols: pa.Array, lengths: np.ndarray, depth: int):
+        self.table, self.starts, self.symbols, self.lengths, self.depth = table, starts, symbols, lengths, depth
+
+
+def _year_columns(stored: _Stored, new: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The 52-week inputs of ``new``'s rows (in its order), gathered for the new rows only: each new row's window
+    is its ticker's ``YEAR_ROWS`` rows up to it (fewer at the ticker's start), taken from its stored rows (at most
+    the last ``stored.depth``) and its earlier new rows, one matrix of (new rows x ``YEAR_ROWS``) for all
+    tickers. The same rules as ``inputs.forecast_inputs`` (NaN-ignoring maximum of the positive prices; rows
+    since the last zero volume, capped), which runs over every row of a partition."""
     order = pc.sort_indices(new, sort_keys=[(SYMBOL, "ascending"), (DATE, "ascending")]).to_numpy()
     symbols = _strings(new[SYMBOL]).take(pa.array(order))
     m = len(order)
-    # Each new row's ticker in the tail: where its rows start and how many there are (none for a new ticker).
-    if tail.num_rows:
-        tail_symbols = _strings(tail[SYMBOL])
-        from_end = _from_end(tail_symbols)
-        run_starts = np.flatnonzero(np.r_[True, from_end[:-1] == 1])
-        run = pc.index_in(symbols, value_set=tail_symbols.take(pa.array(run_starts)))
-        run = pc.fill_null(run, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        t_start = np.where(run >= 0, run_starts[run], 0)
-        t_len = np.where(run >= 0, from_end[run_starts][run], 0)
+    # Each new row's ticker among the stored runs: where its window's stored rows start and how many (a new
+    # ticker has none).
+    if len(stored.lengths):
+        run = pc.fill_null(pc.index_in(symbols, value_set=stored.symbols), -1).to_numpy(zero_copy_only=False)
+        run = run.astype(np.int64)
+        t_len = np.where(run >= 0, np.minimum(stored.lengths[run], stored.depth), 0)
+        t_start = np.where(run >= 0, stored.starts[run] + stored.lengths[run] - t_len, 0)
     else:
-        t_start = t_len = np.zeros(m, np.int64)
+        t_len = t_start = np.zeros(m, np.int64)
     change = np.ones(m, bool)
     if m > 1:
         change[1:] = pc.not_equal(symbols.slice(1), symbols.slice(0, m - 1)).to_numpy(zero_copy_only=False)
@@ -164,15 +172,15 @@ def _year_columns(tail: pa.Table, new: pa.Table, names: tuple[str, ...]) -> dict
     for name in names:
         if name == "dist_52w_high":
             price = _numeric(new[ADJ_CLOSE].combine_chunks().take(pa.array(order)), ADJ_CLOSE)
-            stored = _numeric(tail[ADJ_CLOSE].combine_chunks(), ADJ_CLOSE)
-            positive = [np.where(a > 0, a, np.nan) for a in (stored, price)]
+            before = _numeric(stored.table[ADJ_CLOSE].combine_chunks(), ADJ_CLOSE)
+            positive = [np.where(a > 0, a, np.nan) for a in (before, price)]
             with np.errstate(invalid="ignore"):
                 high = np.fmax.reduce(window(*positive, np.nan), axis=1)
             values = _positive_log(price) - _positive_log(high)
         elif name == "days_since_zero_volume":
             volume = _numeric(new[VOLUME].combine_chunks().take(pa.array(order)), VOLUME)
-            stored = _numeric(tail[VOLUME].combine_chunks(), VOLUME)
-            zero = window(stored == 0, volume == 0, False)
+            before = _numeric(stored.table[VOLUME].combine_chunks(), VOLUME)
+            zero = window(before == 0, volume == 0, False)
             values = np.where(zero.any(axis=1), zero.argmax(axis=1), YEAR_ROWS).astype(np.float64)
         else:
             raise ValueError(f"not a 52-week input: {name}")
