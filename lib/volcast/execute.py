@@ -233,8 +233,9 @@ def execute_stage(
     (``Stopper.start_ahead``, while the stage before it ran) or one started first (see ``start_kernel``).
 
     ``on_ready`` is called once the kernel answers, before the first cell: the pipeline starts the next
-    stage's kernel then, so that its start overlaps this stage's cells rather than this kernel's own start.
-    The stage's seconds count from this call: a kernel started ahead is counted in the stage before it.
+    stage's kernel then, so that its start overlaps this stage's cells rather than this kernel's own start
+    (starting it after the stage's own cell instead left the next stage waiting for it). The stage's seconds
+    count from this call: a kernel started ahead is counted in the stage before it.
     """
     stopper = stopper or Stopper()
     output = run_dir / stage.notebook

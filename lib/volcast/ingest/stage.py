@@ -24,7 +24,17 @@ from .sources import (
     resolve_source,
     scan_source,
 )
-from .state import STAGE, STATE_FILE, STATE_VERSION, _code_fingerprint, _load_state, _report, _state, _write_state
+from .state import (
+    STAGE,
+    STATE_FILE,
+    STATE_VERSION,
+    _code_fingerprint,
+    _load_state,
+    _report,
+    _state,
+    _write_state,
+    write_report,
+)
 from .task import _Task
 from .workers import _execute
 
@@ -111,7 +121,7 @@ def run(
     )
     report["limits"] = limits.as_dict()
     report["executor"] = executor
-    storage.atomic_write_json(layout.report(STAGE), report)
+    write_report(layout.report(STAGE), report)
     t = report["totals"]
     print(
         f"ingest: {t['files_ingested']:,} files, {t['rows_kept']:,} rows kept, "

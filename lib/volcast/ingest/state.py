@@ -42,6 +42,19 @@ def _write_state(path: Path, state: dict) -> None:
     storage.atomic_write_text(path, json.dumps(state, separators=(",", ":")) + "\n")
 
 
+def write_report(path: Path, report: dict) -> None:
+    """The report as JSON, one key a line and a list of records (``files``) one record a line: json's C encoder
+    on each (``indent`` would make json use its pure-Python encoder, slow on thousands of files)."""
+
+    def value(v) -> str:
+        if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            return "[\n" + ",\n".join("    " + json.dumps(x, default=str) for x in v) + "\n  ]"
+        return json.dumps(v, default=str)
+
+    lines = ",\n".join(f"  {json.dumps(k)}: {value(v)}" for k, v in report.items())
+    storage.atomic_write_text(path, "{\n" + lines + "\n}\n")
+
+
 def _state(src, catalog, code_fp, entries, stamps) -> dict:
     return {
         "version": STATE_VERSION,
