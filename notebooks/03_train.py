@@ -107,9 +107,8 @@ ax.set_title("test error by year, relative to the 30-day mean"); plt.show()
 # ## Out-of-sample forecasts with their band (one ticker, last test dates)
 
 # %%
-band = train.load_test_forecasts(model_dir)
-pick = band["Symbol"].value_counts().index[0]
-one = band[band["Symbol"] == pick]
+pick = train.busiest_symbol(model_dir)  # the ticker with the most rows, from the Symbol column alone
+one = train.load_test_forecasts(model_dir, pick)
 fig, ax = plt.subplots(figsize=(8, 3.5))
 ax.fill_between(one["Date"], one["p10"], one["p90"], alpha=0.3, label="P10-P90")
 ax.plot(one["Date"], one["p50"], lw=1, label="forecast P50")
@@ -120,26 +119,26 @@ ax.set_title(f"{pick}: forecasts made on each date for the next trading day"); a
 # ## Learning curves (loss per iteration on the fitted rows and the validation slice)
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw=dict(wspace=0.3, bottom=0.15))
 for ax, name, title in zip(axes, ["learning_curve.csv", "learning_curve_forecast.csv"], ["task model", "forecast model"]):
     curve = pd.read_csv(model_dir / name)
     ax.plot(curve["iteration"], curve["train_loss"], label="train (fitted rows)")
     ax.plot(curve["iteration"], curve["validation_loss"], label="validation (later dates)")
     ax.set_xlabel("iteration"); ax.set_ylabel(curve["metric"].iloc[0].split(":")[0]); ax.legend(fontsize=8)
     ax.set_title(title)
-plt.tight_layout(); plt.show()
+plt.show()
 
 # %% [markdown]
 # ## Predicted vs actual (a sample of test rows, log-log)
 
 # %%
 rows = train.load_test_sample(model_dir)
-fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharex=True, sharey=True)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharex=True, sharey=True, gridspec_kw=dict(bottom=0.15))
 for ax, col, title in zip(axes, ["forecast", "prediction"], ["forecast model P50", "task model"]):
     ax.loglog(rows["target"].clip(lower=1), rows[col].clip(lower=1), ".", ms=2, alpha=0.3)
     lim = [1, max(rows["target"].max(), rows[col].max()) * 1.5]
     ax.plot(lim, lim, "k--", lw=0.8); ax.set_title(title); ax.set_xlabel("actual next-day volume")
-axes[0].set_ylabel("predicted"); plt.tight_layout(); plt.show()
+axes[0].set_ylabel("predicted"); plt.show()
 
 # %% [markdown]
 # ## Error by decile of the actual volume (all test rows)

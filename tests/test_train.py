@@ -250,3 +250,18 @@ def test_distinct_values_equal_numpy_unique(values):
     got = train._distinct(values)
     assert got.dtype == np.unique(values).dtype
     assert np.array_equal(got, np.unique(values))
+
+
+def test_market_at_gives_each_days_ratio_and_nan_for_unknown_days_with_few_or_many_rows():
+    """``market_at`` by binary search (few rows) and by a table of every day (many rows): the same answers as a
+    dict of day -> ratio, NaN for a day not in the market data (inside its span, before it and after it)."""
+    from volcast.train.rows import market_at
+
+    rng = np.random.default_rng(3)
+    known = np.sort(rng.choice(np.arange(1000, 3000), size=700, replace=False))
+    ratio = rng.normal(size=len(known))
+    lookup = dict(zip(known.tolist(), ratio.tolist()))
+    for n in (10, 50_000):  # 50,000 rows > 4 x the 2,000-day span: the table
+        days = rng.integers(900, 3100, size=n)
+        want = np.array([lookup.get(d, np.nan) for d in days.tolist()])
+        np.testing.assert_array_equal(market_at((known, ratio), days), want)

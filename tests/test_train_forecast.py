@@ -197,3 +197,32 @@ def test_a_card_without_target_base_measures_from_the_30_day_mean(model_dir, tmp
     x = latest[latest["rows"] >= 30][list(fc.inputs)].to_numpy(np.float32)
     raw = np.sort(np.asarray(fc.estimator.predict(x), dtype=np.float64).reshape(len(x), -1), axis=1)[:, 1]
     np.testing.assert_allclose(fc.predict(x)[1], np.expm1(raw + x[:, fc.inputs.index("log_vol_mean30")]), rtol=1e-6)
+
+
+def test_one_tickers_band_is_read_by_its_row_groups_and_the_busiest_ticker_from_symbols_alone(tmp_path, monkeypatch):
+    """The band is written in row groups of BAND_ROW_GROUP rows: reading one ticker gives exactly its rows (what
+    filtering the whole table gives), and ``busiest_symbol`` is the ticker with the most rows, the first in Symbol
+    order among equals (here BBB and CCC both have 5: BBB)."""
+    import pyarrow.parquet as pq
+
+    from volcast.train import outputs
+
+    monkeypatch.setattr(outputs, "BAND_ROW_GROUP", 4)
+    counts = {"AAA": 3, "BBB": 5, "CCC": 5, "DDD": 1}
+    symbols = [s for s, n in counts.items() for _ in range(n)]
+    days = [d for n in counts.values() for d in range(n)]
+    band = pd.DataFrame(
+        {
+            "Symbol": symbols,
+            "Date": pd.Timestamp("2020-01-01") + pd.to_timedelta(days, unit="D"),
+            "p50": np.arange(len(symbols), dtype=float),
+        }
+    )
+    path = tmp_path / train.forecast.TEST_FORECASTS_FILE
+    outputs.write_band(band, path)
+    assert pq.ParquetFile(path).num_row_groups == 4  # 14 rows in groups of 4
+    assert train.busiest_symbol(tmp_path) == "BBB"
+    for symbol in counts:
+        got = train.load_test_forecasts(tmp_path, symbol)
+        want = band[band["Symbol"] == symbol].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)

@@ -25,6 +25,7 @@ from .forecast import (
     ForecastError,
     NotEnoughHistory,
     UnknownSymbol,
+    busiest_symbol,
     load_bundle,
     load_test_forecasts,
 )
@@ -160,6 +161,7 @@ __all__ = [
     "load_rows",
     "market_ratio",
     "load_test_forecasts",
+    "busiest_symbol",
     "load_test_sample",
     "make_supervised",
     "metrics",

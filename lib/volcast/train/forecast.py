@@ -178,6 +178,23 @@ def load_test_forecasts(model_dir, symbol: str | None = None) -> pd.DataFrame:
     return pd.read_parquet(path, filters=filters)
 
 
+def busiest_symbol(model_dir) -> str | None:
+    """The ticker with the most rows in ``test_forecasts.parquet`` (the first in Symbol order among equals), read
+    from its Symbol column alone: what a chart of one ticker's band picks."""
+    import pyarrow.parquet as pq
+
+    path = Path(model_dir) / TEST_FORECASTS_FILE
+    if not path.exists():
+        raise UserError(f"{path} is missing; re-run the train stage")
+    column = pq.read_table(path, columns=[SYMBOL], read_dictionary=[SYMBOL])[SYMBOL].combine_chunks()
+    if not len(column):
+        return None
+    names = np.asarray(column.dictionary.to_pylist(), dtype=object)
+    counts = np.bincount(column.indices.to_numpy(zero_copy_only=False), minlength=len(names))
+    order = np.argsort(names.astype(str), kind="stable")
+    return str(names[order][np.argmax(counts[order])])
+
+
 __all__ = [
     "LATEST_FILE",
     "TEST_FORECASTS_FILE",
@@ -185,6 +202,7 @@ __all__ = [
     "ForecastError",
     "NotEnoughHistory",
     "UnknownSymbol",
+    "busiest_symbol",
     "load_bundle",
     "load_test_forecasts",
     "storage",

@@ -81,6 +81,19 @@ def _test_forecasts(data, forecaster) -> pd.DataFrame | pa.Table:
     return pa.table([columns[name] for name in schema.names], schema=schema)
 
 
+BAND_ROW_GROUP = 1 << 16  # rows per row group of the band: a reader of one ticker decodes about this many
+
+
+def write_band(table: pd.DataFrame | pa.Table, path: Path) -> None:
+    """``test_forecasts.parquet``, in row groups of ``BAND_ROW_GROUP`` rows: its Symbol statistics let a reader of
+    one ticker (``load_test_forecasts(model_dir, symbol)``: the notebook's chart, the explorer) skip the rest."""
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp, row_group_size=BAND_ROW_GROUP, **storage.parquet_options(table.schema))
+    tmp.replace(path)
+
+
 def _band_table(data, forecaster) -> pa.Table:
     """``_band_frame`` built in Arrow from the arrays (its schema, pandas metadata included): millions of rows at
     x10, and no pandas copy beside the table."""

@@ -20,7 +20,8 @@ import numpy as np
 from .params import MARKET_INPUT
 from .rows import market_at, market_ratio
 
-RAW_FILE = "test_raw.npz"  # pos (store positions, ascending), raw (rows, 1 + quantiles), trees (task, forecast)
+RAW_FILES = ("test_raw.npy", "test_raw_pos.npy", "test_raw_trees.npy")  # raw outputs, store positions (ascending),
+# the tree counts (task, forecast) of the models that made them
 
 
 def continuable(fit_model, forecaster) -> bool:
@@ -41,18 +42,17 @@ def trees(fit_model, forecaster) -> tuple[int, int]:
 def save(directory: Path, positions: np.ndarray, raw: np.ndarray, tree_counts: tuple[int, int]) -> None:
     """Keep ``raw`` (one row per store position in ``positions``) in a store being written (``directory``)."""
     order = np.argsort(positions, kind="stable")
-    with open(Path(directory) / RAW_FILE, "wb") as handle:
-        np.savez(handle, pos=np.asarray(positions, np.int64)[order], raw=raw[order], trees=np.asarray(tree_counts))
+    arrays = (raw[order], np.asarray(positions, np.int64)[order], np.asarray(tree_counts, np.int64))
+    for name, array in zip(RAW_FILES, arrays):
+        np.save(Path(directory) / name, array)
 
 
 def load(home: Path, positions: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | None:
     """The stored raw outputs of the rows at these store positions (NaN rows where none is stored), and the tree
     counts of the models that made them; None when the store has none."""
-    path = Path(home) / RAW_FILE
-    if not os.path.exists(path):
+    if not all(os.path.exists(Path(home) / name) for name in RAW_FILES):
         return None
-    with np.load(path, allow_pickle=False) as z:
-        pos, raw, counts = z["pos"], z["raw"], z["trees"]
+    raw, pos, counts = (np.load(Path(home) / name, allow_pickle=False) for name in RAW_FILES)
     out = np.full((len(positions), raw.shape[1]), np.nan)
     if len(pos):
         at = np.clip(np.searchsorted(pos, positions), 0, len(pos) - 1)
@@ -72,10 +72,12 @@ def for_test_rows(home, positions, test, day, parent_totals, market, inputs):
         return None
     raw = np.full((len(test), found[0].shape[1]), np.nan)
     raw[from_store] = found[0]
-    if MARKET_INPUT in inputs:
-        before = market_at(market_ratio(*parent_totals), day[test])
-        now = market_at(market, day[test])
-        raw[~((before == now) | (np.isnan(before) & np.isnan(now)))] = np.nan
+    if MARKET_INPUT in inputs:  # compared day by day; rows looked at only when a day differs
+        days = np.union1d(market[0], parent_totals[0])
+        before, now = market_at(market_ratio(*parent_totals), days), market_at(market, days)
+        changed = days[~((before == now) | (np.isnan(before) & np.isnan(now)))]
+        if len(changed):
+            raw[np.isin(day[test], changed)] = np.nan
     return raw, found[1]
 
 

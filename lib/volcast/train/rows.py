@@ -113,6 +113,11 @@ def market_at(market: tuple[np.ndarray, np.ndarray], days) -> np.ndarray:
     days = np.asarray(days, dtype=np.int64)
     if not len(known):
         return np.full(len(days), np.nan)
+    first, span = int(known[0]), int(known[-1]) - int(known[0]) + 1
+    if span <= 1 << 20 and len(days) > 4 * span:  # many rows: one look-up table of every day (no binary search)
+        table = np.full(span + 2, np.nan)  # [0] and [-1]: days before and after the known ones
+        table[np.asarray(known, np.int64) - first + 1] = ratio
+        return table[np.clip(days - first + 1, 0, span + 1)]
     at = np.clip(np.searchsorted(known, days), 0, len(known) - 1)
     return np.where(known[at] == days, ratio[at], np.nan)
 

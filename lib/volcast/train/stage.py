@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from .. import config, storage
 from ..errors import UserError
@@ -43,6 +42,7 @@ from .outputs import (  # noqa: F401 (re-exported: the stage's public readers)
     load_test_sample,
     metrics_table,
     read_report,
+    write_band,
 )
 from .params import (
     DEFAULT_DEPTH,
@@ -346,12 +346,7 @@ def run(
         FORECAST_FILE: forecaster.save,
         "learning_curve_forecast.csv": write_curve,
         LATEST_FILE: write_latest,
-        TEST_FORECASTS_FILE: lambda path: storage.write_parquet(
-            ev.test_forecasts
-            if isinstance(ev.test_forecasts, pa.Table)
-            else pa.Table.from_pandas(ev.test_forecasts, preserve_index=False),
-            path,
-        ),
+        TEST_FORECASTS_FILE: lambda path: write_band(ev.test_forecasts, path),
     }
     model_dir = save_model(
         fit.model, layout.models_dir / model_id, card, fit.learning_curve, ev.test_sample, extras=extras
