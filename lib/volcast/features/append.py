@@ -17,6 +17,7 @@ the raw partition has no delta rows (ingest folded it), into a new base file.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -240,15 +241,16 @@ def _raw_columns(table: pa.Table) -> pa.Table:
     return table.select(list(config.RAW_COLUMNS)).cast(config.RAW_DICTIONARY_SCHEMA)
 
 
-def _new_rows(files: list, last: dict[str, str], parts: dict) -> pa.Table:
+def _new_rows(files: list, last: tuple[pa.Array, pa.Array], parts: dict) -> pa.Table:
     """The rows of ``files`` (files, or ``DeltaPart``s read already: ``parts``) dated after their ticker's
-    ``last`` date (all rows of a ticker not in it)."""
+    last date (``last``: Symbols and their last Dates; all rows of a ticker not in it)."""
     tables = [_raw_columns(parts[p]) if p in parts else _read_raw(p) for p in files]
     table = pa.concat_tables(tables).unify_dictionaries() if len(tables) > 1 else tables[0]
     if not table.num_rows:
         return table
     symbols = table[SYMBOL].combine_chunks()
-    bound = pa.array([last.get(s, "") for s in symbols.dictionary.to_pylist()], pa.string())
+    names, dates = last
+    bound = pc.fill_null(pc.take(dates, pc.index_in(_strings(symbols.dictionary), value_set=names)), "")
     after = pc.greater(table[DATE], pc.take(bound, symbols.indices))
     return storage.sort_by_symbol(table.filter(after))
 
@@ -303,7 +305,7 @@ def append_partitions(
     """
     spec = parse_window(window, min_periods)
     back = lookback_rows(window, min_periods)
-    last = dict(zip(old_latest[SYMBOL].to_pylist(), old_latest[DATE].to_pylist()))
+    last = (_strings(old_latest[SYMBOL]), _strings(old_latest[DATE]))
     prev_rows = dict(zip(old_latest[SYMBOL].to_pylist(), old_latest["rows"].to_pylist()))
     keys = sorted(todo)
     old_members = old_members or {}
@@ -323,6 +325,11 @@ def append_partitions(
     cols = features_of_new_rows(old_tail, both, window, min_periods) if keys else None
     tail_at = key_ranges(old_tail[SYMBOL])
     latest_at = key_ranges(old_latest[SYMBOL])
+    legacy: dict[str, list[Path]] = {}  # legacy per-partition delta files (one listing, not one per partition)
+    for name in os.listdir(staging):
+        parsed = storage.split_partition_name(name)
+        if parsed and parsed[1]:
+            legacy.setdefault(parsed[0], []).append(staging / name)
 
     def write(i: int) -> Appended:
         key = keys[i]
@@ -351,7 +358,7 @@ def append_partitions(
             delta = table
         else:
             storage.write_parquet(table, base, arrow_schema=False)
-        for p in storage.legacy_deltas(base):  # legacy per-partition deltas: their rows are in the table
+        for p in legacy.get(key, []):  # legacy per-partition deltas: their rows are in the table
             p.unlink()
         ends = np.flatnonzero(_from_end(rows[SYMBOL]) == 1)
         latest = rows.take(pa.array(ends)).cast(config.FEATURES_SCHEMA)
