@@ -56,12 +56,15 @@ class DeltaWriter:
         self.tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.tmp")
         self.schema = schema
         # Snappy, not the datasets' zstd: a delta is small and rewritten every day, one row group per partition,
-        # and zstd's per-column-chunk cost made the write twice as slow (README "Daily updates").
+        # and zstd's per-column-chunk cost made the write twice as slow (README "Daily updates"). No dictionary
+        # pages either: a row group holds a few rows per ticker, and building one dictionary per column chunk
+        # cost about half of the write (readers dictionary-encode the ticker columns as they read, as for a base).
         self.options = {
             "store_schema": arrow_schema,
             **(options or parquet_options(schema)),
             "compression": DELTA_COMPRESSION,
             "compression_level": None,
+            "use_dictionary": False,
         }
         self.writer = None
         self.groups = 0
