@@ -205,9 +205,9 @@ def test_one_tickers_band_is_read_by_its_row_groups_and_the_busiest_ticker_from_
     order among equals (here BBB and CCC both have 5: BBB)."""
     import pyarrow.parquet as pq
 
-    from volcast.train import outputs
+    from volcast.train import band as BAND
 
-    monkeypatch.setattr(outputs, "BAND_ROW_GROUP", 4)
+    monkeypatch.setattr(BAND, "BAND_ROW_GROUP", 4)
     counts = {"AAA": 3, "BBB": 5, "CCC": 5, "DDD": 1}
     symbols = [s for s, n in counts.items() for _ in range(n)]
     days = [d for n in counts.values() for d in range(n)]
@@ -219,7 +219,7 @@ def test_one_tickers_band_is_read_by_its_row_groups_and_the_busiest_ticker_from_
         }
     )
     path = tmp_path / train.forecast.TEST_FORECASTS_FILE
-    outputs.write_band(band, path)
+    BAND.write(band, path)
     assert pq.ParquetFile(path).num_row_groups == 4  # 14 rows in groups of 4
     assert train.busiest_symbol(tmp_path) == "BBB"
     for symbol in counts:

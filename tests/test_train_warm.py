@@ -251,20 +251,35 @@ def _store_equals_full_read(out: Path, max_test_rows: int):
 
 
 def _band_as_a_full_read_chooses_it(out: Path, full) -> None:
-    bands = train.load_test_forecasts(train.latest_model_dir(out))
+    """The warm start's band: the rows a full read chooses, in Symbol then Date order; the forecasts of the dates
+    its parent's band has are the parent's, the others the continued model's."""
+    model_dir = train.latest_model_dir(out)
+    bands = train.load_test_forecasts(model_dir)
     want = _roles(full, "band", list(train.FORECAST_MODEL_INPUTS))
-    got = bands.assign(day=(bands["Date"] - pd.Timestamp("1970-01-01")).dt.days)[["Symbol", "day", "actual_next"]]
+    got = bands.assign(day=(bands["Date"] - pd.Timestamp("1970-01-01")).dt.days)
+    assert got.equals(got.sort_values(["Symbol", "day"]))
     pd.testing.assert_frame_equal(
-        got.sort_values(["Symbol", "day"]).reset_index(drop=True),
+        got[["Symbol", "day", "actual_next"]].reset_index(drop=True),
         want[["Symbol", "day", "target"]].rename(columns={"target": "actual_next"}),
         check_dtype=False,
     )
+    parent_id = train.load_card(model_dir)["warm_start"]["parent_model_id"]
+    parent = train.load_test_forecasts(config.Layout.at(out).models_dir / parent_id)
+    both = got.merge(parent, on=["Symbol", "Date"], how="left", suffixes=("", "_parent"), indicator=True)
+    old, new = both[both["_merge"] == "both"], both[both["_merge"] == "left_only"]
+    assert len(old) and len(new)
+    for column in ("p10", "p50", "p90"):
+        assert (old[column] == old[f"{column}_parent"]).all()
+    forecaster = train.ForecastModel.load(model_dir, train.load_card(model_dir)["models"]["forecast"])
+    rows = want.merge(new[["Symbol", "day"]], on=["Symbol", "day"])
+    p10, p50, p90 = forecaster.predict(rows[list(train.FORECAST_MODEL_INPUTS)].to_numpy("float32"))
+    assert (new["p50"].to_numpy() == p50).all() and (new["p90"].to_numpy() == p90).all()
 
 
 def test_rows_from_the_store_equal_a_full_read_day_after_day(daily_versions, tmp_path, monkeypatch):
-    from volcast.train import outputs, rows
+    from volcast.train import band, rows
 
-    for module in (rows, outputs):  # a band shorter than the test period, so that it moves day by day
+    for module in (rows, band):  # a band shorter than the test period, so that it moves day by day
         monkeypatch.setattr(module, "TEST_FORECAST_DATES", 40)
     out = tmp_path / "out"
     _point(out, daily_versions[0])

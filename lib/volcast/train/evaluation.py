@@ -88,6 +88,7 @@ class Evaluation(NamedTuple):
     test_forecasts: pd.DataFrame | pa.Table
     test_sample: pd.DataFrame
     test_raw: np.ndarray | None = None  # both models' raw outputs of the test rows (``raw_scores``)
+    band: dict | None = None  # the band's arrays, for the row store (``band``)
 
 
 def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1, parent_raw=None) -> Evaluation:
@@ -95,7 +96,7 @@ def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1
 
     The tables are independent of one another and numpy releases the GIL in them: they run side by side on
     ``threads`` threads (the same numbers)."""
-    from .outputs import _test_forecasts
+    from . import band as BAND
 
     y = data.target[test_rows]
     vol_test = data.vol[test_rows]
@@ -109,7 +110,7 @@ def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1
         y_order = np.argsort(y, kind="stable")
         jobs["deciles"] = pool.submit(M.error_by_decile, y, preds["model"], vol_test, order=y_order)
         jobs["by_decile"] = pool.submit(M.table_by, M.deciles(y, order=y_order), y, preds, "decile")
-        test_forecasts = _test_forecasts(data, forecaster)
+        test_forecasts, band = BAND.build(data, forecaster)
         done = {name: job.result() for name, job in jobs.items()}
     all_metrics = {name: done[name] for name in PREDICTORS}
     ratios_all = {name: M.ratios_vs_baseline(all_metrics, name) for name in all_metrics}
@@ -135,5 +136,5 @@ def evaluate(data, test_rows, fit, forecaster, har_coef, inputs, seed, threads=1
         }
     )
     return Evaluation(
-        all_metrics, ratios_all, test_coverage, by_year, by_decile, deciles, test_forecasts, test_sample, raw
+        all_metrics, ratios_all, test_coverage, by_year, by_decile, deciles, test_forecasts, test_sample, raw, band
     )

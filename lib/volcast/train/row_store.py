@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import storage
 from ..config import SYMBOL, VOLUME
+from . import band as BAND
 from . import raw_scores as RAW
 from .data import _day_numbers, _iso, _read_group, chrono_split, day_counts, feature_groups
 from .forecast import TEST_FORECASTS_FILE
@@ -106,6 +107,8 @@ def save(models_dir, model_id: str, data: TrainRows, params: dict, digests: dict
             np.save(tmp / f"rows-{model_id}" / f"{key}.npy", np.ascontiguousarray(value))
         with open(tmp / "state.npz", "wb") as handle:
             np.savez(handle, **state)
+        if data.store.get("band") is not None:
+            BAND.save(tmp, data.store["band"])
         if data.store.get("test_raw") is not None:  # by store position: the old segments' rows, then ``keep``
             test = data.test
             pos = np.empty(len(test), np.int64)
@@ -221,6 +224,8 @@ def load_warm(
     if not (Path(models_dir) / parent_id / TEST_FORECASTS_FILE).exists():
         return None, f"the parent's {TEST_FORECASTS_FILE} is missing", {}
     home = cache_root(models_dir) / parent_id
+    if not BAND.saved(home):
+        return None, "the parent's row store has no band", {}
     with np.load(home / "state.npz", allow_pickle=False) as z:
         st = {k: z[k] for k in z.files}
     segments = [home / name for name in meta["segments"]]
@@ -400,7 +405,7 @@ def load_warm(
             "n_stored": len(s_day),
             "features": state,
         },
-        band_from=Path(models_dir) / parent_id / TEST_FORECASTS_FILE,
+        band_from=home,
         parent_raw=RAW.for_test_rows(
             home, s_take, roles["test"], all_day, (st["market_days"], st["market_volume"]), market, inputs
         ),

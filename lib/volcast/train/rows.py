@@ -94,7 +94,7 @@ class TrainRows:
     ahead: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     tails: dict = field(default_factory=dict)
     store: dict = field(default_factory=dict)  # usable rows and market Volume per day, ahead_to, test_rate
-    band_from: object = None  # warm start: the parent's test forecasts, which the band extends
+    band_from: object = None  # warm start: the parent's row store, whose band this one extends (``band``)
     parent_raw: object = None  # warm start: (raw outputs of the test rows, tree counts) of the parent (raw_scores)
 
     def cols(self, names) -> np.ndarray:

@@ -264,6 +264,7 @@ def run(
     seconds["evaluate"] = time.perf_counter() - t0
     if ev.test_raw is not None:  # the next warm start scores only its new trees on these rows
         data.store["test_raw"] = (ev.test_raw, RAW.trees(fit.model, forecaster))
+    data.store["band"] = ev.band  # ... and extends this band
 
     rows = {
         "usable": data.rows["usable"],
