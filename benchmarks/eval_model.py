@@ -592,6 +592,30 @@ def render(results: dict) -> str:
                 f"{cov} | {'yes' if r.get('kept') else 'no'} |"
             )
         lines += ["", t3["after"]]
+    t4 = results.get("fourth_round")
+    if t4:
+        lines += [
+            "",
+            "## Fourth round: importance sampling, the point forecast, ticker-static inputs (validation slice only)",
+            "",
+            t4["how"],
+            "",
+            "| group | setting | seeds | fit CPU s (one fit) | MAE / vma, mean (range) | "
+            "median APE / vma, mean (range) | raw P10-P90 coverage |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+
+        def span(v):
+            return f"{np.mean(v):.4f} ({min(v):.4f}-{max(v):.4f})" if len(v) > 1 else f"{v[0]:.4f}"
+
+        for r in t4["table"]:
+            cov = f"{100 * r['cov']:.1f} %" if r.get("cov") is not None else "–"
+            cpu = r["cpu"] if r.get("cpu") is not None else "–"
+            lines.append(
+                f"| {r['group']} | {r['setting']} | {len(r['mae'])} | {cpu} | {span(r['mae'])} | "
+                f"{span(r['medape'])} | {cov} |"
+            )
+        lines += ["", t4["after"]]
     s = results.get("scale")
     if s:
         sec = s["seconds"]
