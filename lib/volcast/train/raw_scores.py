@@ -47,18 +47,12 @@ def save(directory: Path, positions: np.ndarray, raw: np.ndarray, tree_counts: t
         np.save(Path(directory) / name, array)
 
 
-def load(home: Path, positions: np.ndarray) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """The stored raw outputs of the rows at these store positions (NaN rows where none is stored), and the tree
-    counts of the models that made them; None when the store has none."""
+def load(home: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
+    """``(raw outputs (memory-mapped), their store positions, tree counts)`` kept in a store, or None."""
     if not all(os.path.exists(Path(home) / name) for name in RAW_FILES):
         return None
-    raw, pos, counts = (np.load(Path(home) / name, allow_pickle=False) for name in RAW_FILES)
-    out = np.full((len(positions), raw.shape[1]), np.nan)
-    if len(pos):
-        at = np.clip(np.searchsorted(pos, positions), 0, len(pos) - 1)
-        found = pos[at] == positions
-        out[found] = raw[at[found]]
-    return out, (int(counts[0]), int(counts[1]))
+    raw, pos, counts = (np.load(Path(home) / name, mmap_mode="r") for name in RAW_FILES)
+    return raw, np.asarray(pos), (int(counts[0]), int(counts[1]))
 
 
 def for_test_rows(home, positions, test, day, parent_totals, market, inputs):
@@ -66,19 +60,27 @@ def for_test_rows(home, positions, test, day, parent_totals, market, inputs):
     ``len(positions)`` rows are the store's rows at ``positions``, the rest new; ``day``: every row's), with NaN
     rows where there is none, and the tree counts; None when the store has none. A row whose market ratio differs
     from the one the parent scored it with (``parent_totals``: its market Volume per day) gets none."""
-    from_store = test < len(positions)
-    found = load(home, positions[test[from_store]])
-    if found is None:
+    stored = load(home)
+    if stored is None:
         return None
-    raw = np.full((len(test), found[0].shape[1]), np.nan)
-    raw[from_store] = found[0]
+    raw_stored, pos, counts = stored
+    raw = np.empty((len(test), raw_stored.shape[1]))
+    want = positions[test[test < len(positions)]]  # the stored rows come first among the test rows
+    at = np.clip(np.searchsorted(pos, want), 0, max(len(pos) - 1, 0))
+    found = pos[at] == want if len(pos) else np.zeros(len(want), bool)
+    if found.all():
+        np.take(raw_stored, at, axis=0, out=raw[: len(want)], mode="clip")
+    else:
+        raw[: len(want)] = np.nan
+        raw[np.flatnonzero(found)] = raw_stored[at[found]]
+    raw[len(want) :] = np.nan
     if MARKET_INPUT in inputs:  # compared day by day; rows looked at only when a day differs
         days = np.union1d(market[0], parent_totals[0])
         before, now = market_at(market_ratio(*parent_totals), days), market_at(market, days)
         changed = days[~((before == now) | (np.isnan(before) & np.isnan(now)))]
         if len(changed):
             raw[np.isin(day[test], changed)] = np.nan
-    return raw, found[1]
+    return raw, counts
 
 
 def predict(model, parent_raw: np.ndarray | None, parent_trees: int, *inputs) -> np.ndarray:
