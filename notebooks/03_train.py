@@ -53,7 +53,9 @@ import pandas as pd
 
 from volcast import train
 
-plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (6, 3.5)})
+# Figures drawn once, at their size (no "tight" bounding box: a second draw); margins set here instead.
+# %config InlineBackend.print_figure_kwargs = {"bbox_inches": None}
+plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (6, 3.5), "figure.subplot.bottom": 0.16})
 
 report = train.run(output_dir, model=model, target_shift=target_shift, split=split,
                    test_fraction=test_fraction, max_train_rows=max_train_rows, iterations=iterations,
