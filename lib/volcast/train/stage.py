@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -289,9 +290,12 @@ def run(
     known = (RS.load_meta(layout.models_dir, latest.name) or {}).get("files") if latest is not None else None
     digests = digests or RS.file_digests(files, known)
     data.store.setdefault("features", RS.features_state(layout.features_dir))
-    RS.save(layout.models_dir, model_id, data, row_params, digests)
-    seconds["row_store"] = time.perf_counter() - t0
-    data = None  # the rows are not needed any more: free them before publishing
+    # The row store is written while the model directory is published (both mostly file writes, which release
+    # the GIL); LATEST switches only once both are written, as before.
+    store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volcast-row-store")
+    storing = store_pool.submit(RS.save, layout.models_dir, model_id, data, row_params, digests)
+    store_pool.shutdown(wait=False)  # its one job still runs to the end
+    data = None  # the rows are not needed here any more: freed once the store is written
 
     parameters = {
         "model": model,
@@ -352,6 +356,8 @@ def run(
     model_dir = save_model(
         fit.model, layout.models_dir / model_id, card, fit.learning_curve, ev.test_sample, extras=extras
     )
+    storing.result()
+    seconds["publish"] = time.perf_counter() - t0  # the row store and the model directory, written side by side
     storage.atomic_write_text(layout.latest_file, model_id + "\n")  # last: readers switch only now
 
     report = build_report(
