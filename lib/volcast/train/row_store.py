@@ -32,19 +32,18 @@ from pathlib import Path
 import numpy as np
 
 from .. import storage
-from ..config import SYMBOL, VOLUME
 from . import band as BAND
 from . import raw_scores as RAW
-from .data import _day_numbers, _iso, _read_group, chrono_split, day_counts, feature_groups
+from .data import _iso, chrono_split, day_counts, feature_groups
 from .forecast import TEST_FORECASTS_FILE
-from .params import FEATURES, MARKET_INPUT
+from .params import MARKET_INPUT
 from .row_changes import features_state, file_digests, fingerprint, json_params, plan
-from .rows import _SCAN_COLUMNS, TrainRows, market_at, market_ratio
+from .rows import TrainRows, market_at, market_ratio
+from .store_reads import _read_new, _Segments
 
 CACHE_DIR = ".warm_cache"
 VERSION = 2  # 2: segments as directories of .npy files (memory-mapped), raw test outputs
 FIT, VALID, TEST, AHEAD = 1, 2, 4, 8  # role bits of a stored row
-SEGMENT_KEYS = ("day", "next_day", "ticker", "floats", "x", "bits")
 
 
 def _day(iso) -> int:
@@ -130,63 +129,6 @@ def save(models_dir, model_id: str, data: TrainRows, params: dict, digests: dict
 
 def load_meta(models_dir, model_id: str) -> dict | None:
     return storage.read_json(cache_root(models_dir) / model_id / "meta.json")
-
-
-def _read_new(groups_new: list, inputs: list, last_day: dict) -> dict | None:
-    """The rows of these files dated after their ticker's last stored date (``last_day``): names, days, the four
-    scan floats and the inputs (market column left NaN). None when a file that was only added holds a row
-    dated at or before its ticker's stored last date (history inserted: not an append)."""
-    file_inputs = [n for n in inputs if n != MARKET_INPUT]
-    names, days, floats, xs = [], [], [], []
-    for paths, may_repeat in groups_new:
-        table = _read_group(paths, list(dict.fromkeys([*_SCAN_COLUMNS, *file_inputs])))
-        name = np.asarray(table[SYMBOL].to_numpy(), dtype=object)
-        day = _day_numbers(table["Date"].combine_chunks())
-        uniq, inverse = np.unique(name.astype(str), return_inverse=True)
-        after = np.asarray([last_day.get(t, -(1 << 30)) for t in uniq.tolist()], np.int64)[inverse]
-        new = np.flatnonzero(day > after)
-        if len(new) < len(day) and not may_repeat:
-            return None
-        names.append(name[new])
-        days.append(day[new])
-        floats.append(
-            np.vstack(
-                [np.asarray(table[c].to_numpy(), np.float64)[new] for c in (VOLUME, *FEATURES, _SCAN_COLUMNS[-1])]
-            )
-        )
-        x = np.full((len(new), len(inputs)), np.nan, np.float32)
-        for j, col in enumerate(inputs):
-            if col != MARKET_INPUT:
-                x[:, j] = table[col].to_numpy()[new]
-        xs.append(x)
-    return {
-        "name": np.concatenate(names) if names else np.zeros(0, object),
-        "day": np.concatenate(days) if days else np.zeros(0, np.int32),
-        "floats": np.concatenate(floats, axis=1) if floats else np.zeros((4, 0)),
-        "x": np.concatenate(xs) if xs else np.zeros((0, len(inputs)), np.float32),
-    }
-
-
-class _Segments:
-    """A store's segments, memory-mapped: a row is copied out only when taken (no copy of the whole store)."""
-
-    def __init__(self, paths: list[Path]):
-        self.parts = [{k: np.load(p / f"{k}.npy", mmap_mode="r") for k in SEGMENT_KEYS} for p in paths]
-        self.starts = np.cumsum([0] + [len(part["day"]) for part in self.parts])
-
-    def whole(self, key: str) -> np.ndarray:
-        return np.concatenate([np.asarray(part[key]) for part in self.parts])
-
-    def take(self, key: str, rows: np.ndarray, out: np.ndarray) -> None:
-        """``out[i] = stored[key][rows[i]]`` (``floats``: along its rows axis); ``rows`` ascending."""
-        cuts = np.searchsorted(rows, self.starts)
-        for part, start, lo, hi in zip(self.parts, self.starts, cuts, cuts[1:]):
-            local = rows[lo:hi] - start
-            if key == "floats":  # (4, n): one contiguous output row at a time
-                for i in range(out.shape[0]):
-                    np.take(part[key][i], local, out=out[i, lo:hi], mode="clip")
-            else:
-                np.take(part[key], local, axis=0, out=out[lo:hi], mode="clip")
 
 
 def _merge(days_a, values_a, days_b, values_b) -> tuple[np.ndarray, np.ndarray]:
