@@ -103,6 +103,7 @@ fig, ax = plt.subplots()
 for label in names.values():
     ax.plot(by_year.index, by_year[label], marker=".", label=label)
 ax.axhline(1, color="k", lw=0.8, ls="--"); ax.set_ylabel("MAE / vol_moving_avg's"); ax.legend(fontsize=8)
+ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # whole years
 ax.set_title("test error by year, relative to the 30-day mean"); plt.show()
 
 # %% [markdown]
@@ -134,12 +135,16 @@ plt.show()
 # ## Predicted vs actual (a sample of test rows, log-log)
 
 # %%
+from matplotlib.ticker import EngFormatter, NullLocator
+
 rows = train.load_test_sample(model_dir)
 fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharex=True, sharey=True, gridspec_kw=dict(bottom=0.15))
 for ax, col, title in zip(axes, ["forecast", "prediction"], ["forecast model P50", "task model"]):
     ax.loglog(rows["target"].clip(lower=1), rows[col].clip(lower=1), ".", ms=2, alpha=0.3)
     lim = [1, max(rows["target"].max(), rows[col].max()) * 1.5]
     ax.plot(lim, lim, "k--", lw=0.8); ax.set_title(title); ax.set_xlabel("actual next-day volume")
+    for axis in (ax.xaxis, ax.yaxis):  # plain labels (1k, 1M), no minor ticks: a third of the drawing time
+        axis.set_major_formatter(EngFormatter(sep="")); axis.set_minor_locator(NullLocator())
 axes[0].set_ylabel("predicted"); plt.show()
 
 # %% [markdown]
