@@ -387,6 +387,29 @@ def test_next_stage_kernel_starts_during_the_stage_before_and_the_stages_add_up_
     assert _left_over(before) == []
 
 
+def test_a_kernel_that_fails_to_start_ahead_fails_nothing(tmp_path, monkeypatch):
+    """The next stage's kernel, started ahead, fails to start: the stage running then is not failed by it, and
+    the next stage starts its own kernel as it begins."""
+    from volcast import execute
+
+    real = execute._start_stage_kernel
+
+    def failing_ahead(km, stage, params=None):
+        if params is None:  # started ahead (a stage starting its own passes its parameters)
+            raise RuntimeError("no kernel")
+        return real(km, stage, params)
+
+    monkeypatch.setattr(execute, "_start_stage_kernel", failing_ahead)
+    before = _children()
+    demo = {"ingest": {"demo_tickers": 5, "demo_years": 1}}
+    manifest = pipeline.run_pipeline(
+        tmp_path, source="demo", stages=["ingest", "features"], params=demo, jobs=2, say=lambda _: None, progress=False
+    )
+    assert [s["status"] for s in manifest["stages"].values()] == ["ok", "ok"]
+    assert manifest["stages"]["features"]["kernel_started_ahead"] is None
+    assert _left_over(before) == []
+
+
 def test_ingest_worker_server_starts_beside_the_kernel_only_when_every_file_is_read(tmp_path):
     from volcast.execute import _reads_every_file
 

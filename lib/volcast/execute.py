@@ -146,8 +146,11 @@ class Stopper:
             return
         km = notebooks.kernel_manager(kernel)
         self.ahead[stage.name] = (km, time.perf_counter())  # known before it forks: a signal kills it
-        with self.holding():
-            _start_stage_kernel(km, stage)
+        try:
+            with self.holding():
+                _start_stage_kernel(km, stage)
+        except Exception:  # not this stage's failure: the later stage starts its own kernel as it begins
+            self.drop_ahead(stage.name)
 
     def claim_ahead(self, name: str):
         """``(kernel manager, start time)`` of the kernel started ahead for stage ``name``, or ``(None, None)``."""
