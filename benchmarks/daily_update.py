@@ -7,7 +7,8 @@
 Steps: ``make_daily_source.py init`` from ``../shared/data/nasdaq-2023.parquet`` with ``--updates`` days held
 back; a full ``run_pipeline.py --stages ingest,features`` on version 0; then each day released and the same
 command run again (the daily update). Measured per day: each stage's seconds as the run manifest counts
-them (notebook kernel included) and as the stage's report counts them (its own work), and the ingest
+them (notebook kernel included; features' kernel is started while ingest runs, and counted there: the two
+add up to the run's wall time) and as the stage's report counts them (its own work), and the ingest
 report's files appended / re-read / unchanged. After the last day: the datasets compared with a full run
 on the final tree (pandas.testing), and the features dataset's read time (``pandas.read_parquet``) against
 that freshly written one: one read of each first (not counted: the same warm page cache for both), then
