@@ -91,6 +91,29 @@ def _blas_in_one_thread(fn):
     return wrapper
 
 
+def _small_pages(fn):
+    """Run ``fn`` with numpy's huge-page advice off (numpy asks the kernel for transparent huge pages for every large
+    array; where the kernel honours that only for advised memory and compacts memory to find one, as on the
+    benchmark machine, each new array of the stage's many large temporaries paid a compaction in system time)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            from numpy._core import multiarray
+        except ImportError:  # numpy < 2
+            from numpy.core import multiarray
+        switch = getattr(multiarray, "_set_madvise_hugepage", None)
+        before = switch(False) if switch is not None else None
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if switch is not None:
+                switch(before)
+
+    return wrapper
+
+
+@_small_pages
 @_blas_in_one_thread
 def run(
     output_dir,
