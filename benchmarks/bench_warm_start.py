@@ -8,7 +8,7 @@ Steps: ``make_daily_source.py init`` from ``../shared/data/nasdaq-2023.parquet``
 (default ``--days`` + 2: the source's last two trading days hold 250 and 26 of its 2,758 tickers, so releasing
 them measures a day of almost no rows; the days before hold about 2,600 each);
 ``run_pipeline.py --stages ingest,features`` (version 0); a full train (the parent). Then per day: release it,
-``--stages ingest,features`` (the daily update: a delta file per partition), and the warm start
+``--stages ingest,features`` (the daily update: one delta file per dataset), and the warm start
 (``--param train.warm_start=true --param train.warm_compare=false``): it reads the parent's row store and the
 files written since. After the last day, on the same data: a full train (``--stages train --force``), then a
 warm start from that model with its row store removed (every row read: the warm start as it was). Each
@@ -139,7 +139,7 @@ def render(r: dict) -> str:
 
     lines.append(row("parent: full train on day N", r["parent_full_train"]))
     for d in r["warm_days"]:
-        lines.append(row(f"warm start, day N+{d['day']} ({d['delta_files']} delta files)", d))
+        lines.append(row(f"warm start, day N+{d['day']}", d))
     lines.append(row("full train, same data as the last warm start", r["full_train_same_data"]))
     lines.append(row("warm start reading every row (no row store), same data", r["warm_full_read_same_data"]))
     return "\n".join(lines) + "\n"
