@@ -53,7 +53,8 @@ def write_tail(table: pa.Table, path: str | Path) -> None:
     """Write the tail table to ``path`` (inside a staging directory: published with it)."""
     import pyarrow.feather as feather
 
-    feather.write_feather(table.cast(TAIL_SCHEMA), str(path), compression="lz4")
+    # One run of record batches, not one per partition piece: the next update reads and filters it whole.
+    feather.write_feather(table.cast(TAIL_SCHEMA).combine_chunks(), str(path), compression="lz4")
 
 
 YEAR_INPUTS = ("dist_52w_high", "days_since_zero_volume")  # the inputs that read YEAR_ROWS rows back
