@@ -265,3 +265,32 @@ def test_market_at_gives_each_days_ratio_and_nan_for_unknown_days_with_few_or_ma
         days = rng.integers(900, 3100, size=n)
         want = np.array([lookup.get(d, np.nan) for d in days.tolist()])
         np.testing.assert_array_equal(market_at((known, ratio), days), want)
+
+
+def test_a_warm_start_takes_its_parents_raw_outputs_only_where_the_market_ratio_is_unchanged(tmp_path):
+    """``raw_scores.for_test_rows``: the stored raw outputs go to the test rows taken from the store (by store
+    position); a new row, a row the store has no output for, and every row of a day whose market ratio differs
+    from the parent's get none (NaN), so they are predicted whole."""
+    from volcast.train import raw_scores
+    from volcast.train.params import MARKET_INPUT
+    from volcast.train.rows import market_ratio
+
+    stored_raw = np.arange(12, dtype=float).reshape(3, 4)
+    raw_scores.save(tmp_path, np.array([9, 2, 5]), stored_raw[[2, 0, 1]], (150, 200))  # positions 2, 5, 9
+    positions = np.array([1, 2, 5, 8, 9])  # data rows 0-4 are these store positions; rows 5 and 6 are new
+    test = np.array([1, 2, 3, 4, 5, 6])
+    day = np.array([100, 100, 101, 102, 102, 103, 103])
+    days = np.arange(40, 104)
+    totals = np.linspace(1.0, 2.0, len(days))
+    same = market_ratio(days, totals)
+    changed = (days, np.where(days == 102, same[1] + 0.5, same[1]))  # rows added to day 102 since the parent
+    # test rows 1, 2, 4 are store positions 2, 5, 9 (stored outputs 0, 1, 2); row 3 (position 8) has none
+    want = np.full((6, 4), np.nan)
+    want[0], want[1], want[3] = stored_raw
+    raw, trees = raw_scores.for_test_rows(tmp_path, positions, test, day, (days, totals), same, [MARKET_INPUT])
+    assert trees == (150, 200)
+    np.testing.assert_array_equal(raw, want)
+    raw, _ = raw_scores.for_test_rows(tmp_path, positions, test, day, (days, totals), changed, [MARKET_INPUT])
+    want[3] = np.nan  # row 4 is dated 102
+    np.testing.assert_array_equal(raw, want)
+    assert raw_scores.for_test_rows(tmp_path / "none", positions, test, day, (days, totals), same, []) is None
