@@ -44,6 +44,8 @@ import pandas as pd
 
 from volcast import ingest
 
+# Figures drawn once, at their size (no "tight" bounding box: a second draw); tight_layout sets the margins.
+# %config InlineBackend.print_figure_kwargs = {"bbox_inches": None}
 plt.rcParams.update({"figure.dpi": 80, "figure.figsize": (6, 3.2)})
 
 report = ingest.run(output_dir, source=source, jobs=jobs, demo_seed=demo_seed,
@@ -130,6 +132,7 @@ fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
 a.hist(per_ticker, bins=30)
 a.set_xlabel("rows (trading days) per ticker"); a.set_ylabel("tickers")
 b.bar(per_year.index, per_year.values)
+b.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # whole years, a label every few (not one per year)
 b.set_xlabel("year"); b.set_ylabel("rows"); b.tick_params(axis="x", labelrotation=90)
 fig.suptitle("generated demo data" if report["source"]["generated"] else report["source"]["label"])
 plt.tight_layout(); plt.show()

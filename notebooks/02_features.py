@@ -39,6 +39,8 @@ import pandas as pd
 
 from volcast import features
 
+# Figures drawn once, at their size (no "tight" bounding box: a second draw); tight_layout sets the margins.
+# %config InlineBackend.print_figure_kwargs = {"bbox_inches": None}
 plt.rcParams.update({"figure.dpi": 80})
 
 report = features.run(output_dir, window=window, min_periods=min_periods, jobs=jobs,
