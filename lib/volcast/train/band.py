@@ -133,7 +133,9 @@ def saved(home: Path) -> bool:
 
 
 def load(home: Path) -> dict:
-    return {key: np.load(Path(home) / f"band_{key}.npy", mmap_mode="r") for key in ARRAYS}
+    from .store_reads import npy_map
+
+    return {key: npy_map(Path(home) / f"band_{key}.npy") for key in ARRAYS}
 
 
 def write(table: pd.DataFrame | pa.Table, path: Path) -> None:

@@ -51,7 +51,9 @@ def load(home: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int]] | None:
     """``(raw outputs (memory-mapped), their store positions, tree counts)`` kept in a store, or None."""
     if not all(os.path.exists(Path(home) / name) for name in RAW_FILES):
         return None
-    raw, pos, counts = (np.load(Path(home) / name, mmap_mode="r") for name in RAW_FILES)
+    from .store_reads import npy_map
+
+    raw, pos, counts = (npy_map(Path(home) / name) for name in RAW_FILES)
     return raw, np.asarray(pos), (int(counts[0]), int(counts[1]))
 
 
