@@ -294,3 +294,22 @@ def test_a_warm_start_takes_its_parents_raw_outputs_only_where_the_market_ratio_
     want[3] = np.nan  # row 4 is dated 102
     np.testing.assert_array_equal(raw, want)
     assert raw_scores.for_test_rows(tmp_path / "none", positions, test, day, (days, totals), same, []) is None
+
+
+def test_the_row_stores_npy_files_read_back_as_saved(tmp_path):
+    """``store_reads.npy_map`` (a .npy file memory-mapped whole): the saved values, shape and dtype, read-only;
+    empty and Fortran-ordered arrays included."""
+    from volcast.train.store_reads import npy_map
+
+    arrays = [
+        np.arange(10, dtype=np.int32),
+        np.zeros((0, 21), np.float32),
+        np.arange(12.0).reshape(3, 4),
+        np.asfortranarray(np.arange(12.0).reshape(3, 4)),
+        np.array([True, False]),
+    ]
+    for i, array in enumerate(arrays):
+        np.save(tmp_path / f"a{i}.npy", array)
+        got = npy_map(tmp_path / f"a{i}.npy")
+        assert got.dtype == array.dtype and got.shape == array.shape and not got.flags.writeable
+        np.testing.assert_array_equal(got, array)
