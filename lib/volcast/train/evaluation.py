@@ -5,6 +5,8 @@ Rows are predicted ``PREDICT_CHUNK`` at a time from the stage's rows (``rows.Tra
 test rows' inputs is made, and what stays per test row is what the metrics need (the actual value, each
 predictor's prediction and the interval, float64: the same numbers as predicting all rows at once, since every
 predictor is row by row). The test rows are at most ``max_test_rows``, so this part is bounded by that setting.
+A warm start predicts only its new trees on the test rows its parent scored (``raw_scores``), and extends its
+parent's band (``band``).
 """
 
 from __future__ import annotations
