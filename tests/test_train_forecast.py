@@ -226,3 +226,27 @@ def test_one_tickers_band_is_read_by_its_row_groups_and_the_busiest_ticker_from_
         got = train.load_test_forecasts(tmp_path, symbol)
         want = band[band["Symbol"] == symbol].reset_index(drop=True)
         pd.testing.assert_frame_equal(got.reset_index(drop=True), want, check_dtype=False)
+
+
+def test_the_interval_is_calibrated_on_what_the_fitted_model_predicts_for_the_validation_slice():
+    """``fit_forecast`` takes the validation slice's outputs from the fit (CatBoost's own evaluation of it): the
+    widening factor and the coverage are what predicting the slice again with the fitted model gives, for a model
+    fitted from scratch and for one continued from it."""
+    from volcast.config import LOG_VOL_MEAN30
+    from volcast.train import forecast_model as FM
+
+    rng = np.random.default_rng(5)
+    inputs = (LOG_VOL_MEAN30, "a", "b")
+    x = np.column_stack([rng.normal(10, 1, 6000), rng.normal(size=6000), rng.normal(size=6000)]).astype(np.float32)
+    y = np.expm1(x[:, 0] + 0.3 * x[:, 1] + rng.normal(0, 0.5, 6000))
+    fit, valid = slice(0, 4000), slice(4000, None)
+    model, _, info = FM.fit_forecast(x[fit], y[fit], inputs, valid=(x[valid], y[valid]), iterations=20, threads=1)
+    more, _, more_info = FM.fit_forecast(
+        x[:2000], y[:2000], inputs, valid=(x[valid], y[valid]), iterations=5, threads=1, init=model
+    )
+    for m, i in ((model, info), (more, more_info)):
+        z = FM.log_target(y[valid], FM.log_base(x[valid], inputs, m.target_base))
+        q = m.log_quantiles(x[valid])
+        assert m.widen == pytest.approx(FM.calibrate(q, z), rel=1e-9)
+        low, _, high = m.interval(q)
+        assert i["validation_coverage"] == pytest.approx(np.mean((z >= low) & (z <= high)), abs=1e-12)

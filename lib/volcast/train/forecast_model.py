@@ -148,6 +148,21 @@ def calibrate(q: np.ndarray, z: np.ndarray, coverage: float = NOMINAL_COVERAGE) 
     return float(np.quantile(need, coverage)) if len(need) else 1.0
 
 
+def _validation_outputs(estimator, n: int) -> np.ndarray | None:
+    """The fitted model's raw outputs on its validation slice, as ``log_quantiles`` gives them (sorted per row):
+    what CatBoost computed for it while fitting (the same values as predicting it again, to float rounding; a
+    continued model's include its parent's trees). None when not available."""
+    try:
+        out = np.asarray(estimator.get_test_eval(), dtype=np.float64)
+    except Exception:  # noqa: BLE001 (an older CatBoost, no evaluation set: predict instead)
+        return None
+    if out.size != len(QUANTILES) * n:
+        return None
+    out = np.ascontiguousarray(out.reshape(-1, n).T)
+    out.sort(axis=1)
+    return out
+
+
 def fit_forecast(
     x,
     y,
@@ -205,7 +220,9 @@ def fit_forecast(
         "validation_coverage": None,
     }
     if eval_set is not None:
-        q = model.log_quantiles(valid[0])
+        q = _validation_outputs(estimator, len(zv))
+        if q is None:
+            q = model.log_quantiles(valid[0])
         low, _, high = model.interval(q, 1.0)
         info["validation_coverage_raw"] = float(np.mean((zv >= low) & (zv <= high)))
         model.widen = calibrate(q, zv)
