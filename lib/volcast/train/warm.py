@@ -21,11 +21,13 @@ written since its parent's run and takes the rest from the parent's row store (`
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .. import storage
 from . import row_store as RS
 from .forecast_model import ForecastModel
 from .rows import RowSettings, TrainRows, load_rows
@@ -43,9 +45,25 @@ MAE_TOLERANCE = 1.01  # issue 16: a continued model may be at most 1 % worse tha
 class Parent:
     model_dir: Path | None
     card: dict | None
-    task: VolumeModel | None
-    forecaster: ForecastModel | None
+    models: object  # (task model, forecast model), a Future of them (loading in a thread), or None
     reason: str  # why it cannot be continued ("" = it can)
+
+    def _loaded(self) -> tuple:
+        if isinstance(self.models, Future):
+            self.models = self.models.result()
+        return self.models or (None, None)
+
+    def wait(self) -> None:
+        """Until its models are loaded (an error loading them is raised here)."""
+        self._loaded()
+
+    @property
+    def task(self) -> VolumeModel | None:
+        return self._loaded()[0]
+
+    @property
+    def forecaster(self) -> ForecastModel | None:
+        return self._loaded()[1]
 
     @property
     def ok(self) -> bool:
@@ -69,12 +87,16 @@ class Parent:
 
 
 def find_parent(output_dir, model: str, target_shift: int, inputs) -> Parent:
-    """The model to continue, or a Parent whose ``reason`` says why there is none (then: a full retrain)."""
+    """The model to continue, or a Parent whose ``reason`` says why there is none (then: a full retrain).
+
+    Its card is read here; its two models load in a thread (CatBoost's import with them), beside the stage's
+    read of its rows, and are waited for when first used."""
     model_dir = latest_model_dir(output_dir)
     if model_dir is None:
-        return Parent(None, None, None, None, "no model to continue (models/LATEST is missing): trained from scratch")
-    task = load_model(model_dir)
-    card = task.card
+        return Parent(None, None, None, "no model to continue (models/LATEST is missing): trained from scratch")
+    card = storage.read_json(model_dir / "card.json")
+    if not isinstance(card, dict):
+        load_model(model_dir)  # raises the error a user sees for a directory that is not a model
     fcard = (card.get("models") or {}).get("forecast") or {}
     problems = []
     if model != "catboost" or card.get("model_kind") != "catboost":
@@ -90,11 +112,12 @@ def find_parent(output_dir, model: str, target_shift: int, inputs) -> Parent:
             model_dir,
             card,
             None,
-            None,
             f"{model_dir.name} cannot be continued ({'; '.join(problems)}): trained from scratch",
         )
-    forecaster = ForecastModel.load(model_dir, fcard)
-    return Parent(model_dir, card, task, forecaster, "")
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volcast-parent")
+    models = pool.submit(lambda: (load_model(model_dir), ForecastModel.load(model_dir, fcard)))
+    pool.shutdown(wait=False)  # its one job still runs to the end
+    return Parent(model_dir, card, models, "")
 
 
 def card_entry(parent: Parent, rows_added: int, added_dates: list, fit_pool: int, maes: dict | None) -> dict:
