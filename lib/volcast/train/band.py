@@ -80,13 +80,16 @@ def merge(old: dict, new: dict, tickers, test_start: int) -> dict:
     ends = np.append(np.flatnonzero(ticker[1:] != ticker[:-1]) + 1, len(ticker))
     from_end = np.repeat(ends, np.diff(np.append(0, ends))) - np.arange(len(ticker))
     take = order[from_end <= TEST_FORECAST_DATES]
-    from_old = take < n_old
-    old_rows, new_rows = kept[take[from_old]], take[~from_old] - n_old
+    new_at = np.flatnonzero(take >= n_old)
+    new_rows = take[new_at] - n_old
+    if not n_old:
+        return {key: np.asarray(new[key])[new_rows] for key in ARRAYS}
+    # One gather per column from the parent's arrays (the new rows' places get any old row), then the new rows.
+    source = kept[np.minimum(take, n_old - 1)]
     out = {}
     for key in ARRAYS:
-        column = np.empty(len(take), np.asarray(new[key]).dtype)
-        column[from_old] = np.asarray(old[key])[old_rows] if len(old_rows) else old[key][:0]
-        column[~from_old] = new[key][new_rows]
+        column = np.take(np.asarray(old[key]), source)
+        column[new_at] = new[key][new_rows]
         out[key] = column
     return out
 
