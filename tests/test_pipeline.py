@@ -327,7 +327,7 @@ def _children() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. this process's own forkserver
 
 
-def test_no_kernel_outlives_its_stage_ok_or_failed(tmp_path):
+def test_no_kernel_outlives_its_stage_ok_or_failed(tmp_path, monkeypatch):
     """Each stage's kernel is shut down when its notebook ends, whether the stage passed or failed; so is a
     kernel started ahead for a stage that then never runs (the run failed before it)."""
     before = _children()
@@ -341,18 +341,23 @@ def test_no_kernel_outlives_its_stage_ok_or_failed(tmp_path):
             tmp_path, stages=["train"], params={"train": {"model": "no_such_model"}}, say=lambda _: None, progress=False
         )
     assert _left_over(before) == []
-    # features fails in its cell, after train's kernel was started ahead for it
+    # features fails in a cell after its own (a ticker it does not have, to chart), once train's kernel was
+    # started ahead for it: that kernel goes too
+    started = []
+    real = pipeline._Stopper.start_ahead
+    monkeypatch.setattr(pipeline._Stopper, "start_ahead", lambda self, k, s: (started.append(s.name), real(self, k, s)))
     with pytest.raises(pipeline.StageFailed):
         pipeline.run_pipeline(
             tmp_path,
             stages=["features", "train"],
-            params={"features": {"window": "not-a-window"}},
+            params={"features": {"symbol": "NO-SUCH-TICKER"}},
             force=True,
             say=lambda _: None,
             progress=False,
         )
     manifest = json.loads(max((tmp_path / "runs").glob("*/manifest.json")).read_text())
     assert manifest["stages"]["features"]["status"] == "failed" and "train" not in manifest["stages"]
+    assert started == ["train"]
     assert _left_over(before) == []
 
 

@@ -223,6 +223,20 @@ def _quiet_event_loop() -> None:
     ensure_event_loop().set_exception_handler(lambda loop, context: None)
 
 
+def _after_stage_cell(stage: Stage, on_ready: Callable[[], None]):
+    """An nbclient ``on_cell_executed`` hook: ``on_ready()`` once, after the stage's own cell ran without error."""
+    call = f"{stage.name}.run("
+    called = []
+
+    def hook(cell, execute_reply=None, **_) -> None:
+        ok = (execute_reply or {}).get("content", {}).get("status") == "ok"
+        if ok and not called and call in cell.source:
+            called.append(True)
+            on_ready()
+
+    return hook
+
+
 def execute_stage(
     stage: Stage,
     params: dict,
@@ -235,10 +249,10 @@ def execute_stage(
     """Run the stage's notebook with papermill in a fresh kernel: one started ahead for it
     (``Stopper.start_ahead``, while the stage before it ran) or one started first (see ``start_kernel``).
 
-    ``on_ready`` is called once the kernel answers, before the first cell: the pipeline starts the next
-    stage's kernel then, so that its start overlaps this stage's cells rather than this kernel's own start
-    (starting it after the stage's own cell instead left the next stage waiting for it). The stage's seconds
-    count from this call: a kernel started ahead is counted in the stage before it.
+    ``on_ready`` is called once the stage's own cell (the one that calls ``<stage>.run(``) has ended well: the
+    pipeline starts the next stage's kernel then, so that its start overlaps this stage's remaining cells (its
+    report, its charts) and neither this kernel's start nor the stage's own work, whose cores it would take. The
+    stage's seconds count from this call: a kernel started ahead is counted in the stage during which it started.
     """
     stopper = stopper or Stopper()
     output = run_dir / stage.notebook
@@ -251,7 +265,7 @@ def execute_stage(
                 _start_stage_kernel(km, stage, params)
         papermill = notebooks.import_papermill()  # meanwhile the kernel starts (a process imports it once)
         stopper.check()
-        hooks = {"on_notebook_start": lambda **_: on_ready()} if on_ready else {}
+        hooks = {"on_cell_executed": _after_stage_cell(stage, on_ready)} if on_ready else {}
         try:
             papermill.execute_notebook(
                 str(stage.notebook_path),

@@ -296,7 +296,7 @@ def _run_locked(
             def execute(params: dict[str, Any], stage: Stage = stage, after: Stage | None = after) -> StageResult:
                 if cluster is not None and "executor" in notebook_parameters(stage.name):
                     params.update(cluster.params())  # dask: the LocalCluster starts with the first such stage
-                # The next stage's kernel starts once this one is ready, overlapping this stage's cells.
+                # The next stage's kernel starts after this stage's own cell, overlapping its remaining cells.
                 on_ready = (lambda: stopper.start_ahead(kernel, after)) if after is not None else None
                 return _execute_stage(stage, params, run_dir, kernel, progress, stopper, on_ready)
 
