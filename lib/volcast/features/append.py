@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.feather as feather
 
 from .. import config, storage
 from ..config import ADJ_CLOSE, CLOSE, DATE, HIGH, LOW, SYMBOL, VOLUME
@@ -44,15 +45,11 @@ TAIL_SCHEMA = pa.schema([config.RAW_SCHEMA.field(c) for c in (SYMBOL, DATE, VOLU
 
 def read_tail(path: str | Path) -> pa.Table:
     """The tail table ``TAIL_FILE`` (``write_tail``)."""
-    import pyarrow.feather as feather
-
     return feather.read_table(str(path), memory_map=False)
 
 
 def write_tail(table: pa.Table, path: str | Path) -> None:
     """Write the tail table to ``path`` (inside a staging directory: published with it)."""
-    import pyarrow.feather as feather
-
     # One run of record batches, not one per partition piece: the next update reads and filters it whole.
     feather.write_feather(table.cast(TAIL_SCHEMA).combine_chunks(), str(path), compression="lz4")
 

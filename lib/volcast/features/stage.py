@@ -162,6 +162,8 @@ def _compute(
     todo: list[tuple[str, list[Path], Path]], spec: WindowSpec, jobs: int, executor: str = "local", scheduler: str = ""
 ) -> tuple[dict[str, dict], dict[str, pa.Table], dict[str, pa.Table]]:
     """Compute whole partitions ``(key, raw files, dst)``: stats, latest rows and tail rows by key."""
+    if not todo:  # a daily update: nothing to compute whole (and no progress bar to import)
+        return {}, {}, {}
     from tqdm import tqdm  # a text bar: an executed notebook keeps a line, not a widget
 
     from ..executor import map_tasks
