@@ -9,7 +9,6 @@ as one (``volcast.train.forecast``); separate DAG stages would read the features
 
 from __future__ import annotations
 
-import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,6 +34,7 @@ from .evaluation import evaluate as _evaluate
 from .forecast import LATEST_FILE, TEST_FORECASTS_FILE
 from .forecast_model import MODEL_FILE as FORECAST_FILE
 from .forecast_model import fit_forecast
+from .machine import blas_in_one_thread, small_pages
 from .outputs import (  # noqa: F401 (re-exported: the stage's public readers)
     _test_forecasts,
     _write_latest,
@@ -75,46 +75,8 @@ from .task_model import (
 )
 
 
-def _blas_in_one_thread(fn):
-    """Run ``fn`` with BLAS (OpenBLAS under numpy) limited to one thread. Its threads busy-wait after every call
-    (the metrics' dot products, the HAR fit and prediction): on a machine with few cores they took the cores from
-    CatBoost and the evaluation's own threads, and none of the stage's BLAS calls is large enough to gain from
-    them."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from threadpoolctl import threadpool_limits  # scikit-learn's dependency
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def _small_pages(fn):
-    """Run ``fn`` with numpy's huge-page advice off (numpy asks the kernel for transparent huge pages for every large
-    array; where the kernel honours that only for advised memory and compacts memory to find one, as on the
-    benchmark machine, each new array of the stage's many large temporaries paid a compaction in system time)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            from numpy._core import multiarray
-        except ImportError:  # numpy < 2
-            from numpy.core import multiarray
-        switch = getattr(multiarray, "_set_madvise_hugepage", None)
-        before = switch(False) if switch is not None else None
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if switch is not None:
-                switch(before)
-
-    return wrapper
-
-
-@_small_pages
-@_blas_in_one_thread
+@small_pages
+@blas_in_one_thread
 def run(
     output_dir,
     model="catboost",
