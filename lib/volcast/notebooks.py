@@ -183,6 +183,10 @@ def _ready_client_class():
     from jupyter_client.blocking import BlockingKernelClient
     from jupyter_core.utils import ensure_async, run_sync
 
+    # It reuses jupyter_client's own steps; a release without them gets jupyter_client's own wait back.
+    if not all(hasattr(BlockingKernelClient, name) for name in ("_async_is_alive", "_handle_kernel_info_reply")):
+        return BlockingKernelClient
+
     class ReadyClient(BlockingKernelClient):
         async def _async_wait_for_ready(self, timeout: float | None = None) -> None:
             # jupyter_client's check (a kernel_info reply on shell, then a message on IOPub: both connected)
