@@ -108,21 +108,13 @@ class VolumeModel:
     CHUNK = 1 << 21  # rows per estimator call: bounds the temporary design matrix (~50 MB)
 
     def predict(self, vol_moving_avg, adj_close_rolling_med) -> np.ndarray:
-        vol = np.atleast_1d(np.asarray(vol_moving_avg, dtype=np.float64))
-        price = np.atleast_1d(np.asarray(adj_close_rolling_med, dtype=np.float64))
-        vol, price = np.broadcast_arrays(vol, price)
-        out = np.empty(len(vol), dtype=np.float64)
-        for lo in range(0, len(vol), self.CHUNK):
-            v, p = vol[lo : lo + self.CHUNK], price[lo : lo + self.CHUNK]
-            out[lo : lo + len(v)] = from_model_output(self.formulation, self._raw_predict(design_matrix(v, p)), v)
-        return out
+        vol, price = _float_rows(vol_moving_avg, adj_close_rolling_med)
+        return self.from_raw(self.raw(vol, price), vol)
 
     def raw(self, vol_moving_avg, adj_close_rolling_med, ntree_start: int = 0) -> np.ndarray:
         """The estimator's output before ``from_model_output`` (what ``predict`` scales back). ``ntree_start``
         (CatBoost): only the trees from that one on, without the model's bias (``raw_scores``)."""
-        vol = np.atleast_1d(np.asarray(vol_moving_avg, dtype=np.float64))
-        price = np.atleast_1d(np.asarray(adj_close_rolling_med, dtype=np.float64))
-        vol, price = np.broadcast_arrays(vol, price)
+        vol, price = _float_rows(vol_moving_avg, adj_close_rolling_med)
         out = np.empty(len(vol), dtype=np.float64)
         for lo in range(0, len(vol), self.CHUNK):
             x = design_matrix(vol[lo : lo + self.CHUNK], price[lo : lo + self.CHUNK])
@@ -142,6 +134,13 @@ class VolumeModel:
         if len(x) <= self.SMALL_BATCH and type(self.estimator).__module__.startswith("catboost"):
             return self.estimator.predict(x, thread_count=1)
         return self.estimator.predict(x)
+
+
+def _float_rows(vol_moving_avg, adj_close_rolling_med) -> tuple[np.ndarray, np.ndarray]:
+    """The two inputs as float64 arrays of one length (a scalar is one row, and broadcasts against the other)."""
+    vol = np.atleast_1d(np.asarray(vol_moving_avg, dtype=np.float64))
+    price = np.atleast_1d(np.asarray(adj_close_rolling_med, dtype=np.float64))
+    return tuple(np.broadcast_arrays(vol, price))
 
 
 def tree_range(estimator, x, ntree_start: int) -> np.ndarray:
