@@ -186,13 +186,8 @@ def busiest_symbol(model_dir) -> str | None:
     path = Path(model_dir) / TEST_FORECASTS_FILE
     if not path.exists():
         raise UserError(f"{path} is missing; re-run the train stage")
-    column = pq.read_table(path, columns=[SYMBOL], read_dictionary=[SYMBOL])[SYMBOL].combine_chunks()
-    if not len(column):
-        return None
-    names = np.asarray(column.dictionary.to_pylist(), dtype=object)
-    counts = np.bincount(column.indices.to_numpy(zero_copy_only=False), minlength=len(names))
-    order = np.argsort(names.astype(str), kind="stable")
-    return str(names[order][np.argmax(counts[order])])
+    rows = storage.dictionary_value_counts(pq.read_table(path, columns=[SYMBOL], read_dictionary=[SYMBOL])[SYMBOL])
+    return min(rows, key=lambda name: (-rows[name], name)) if rows else None
 
 
 __all__ = [
