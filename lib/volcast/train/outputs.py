@@ -14,18 +14,11 @@ import pyarrow.parquet as pq
 
 from .. import config, storage
 from ..config import DATE
-from . import band as BAND
 from .band import BAND_ROW_GROUP  # noqa: F401 (re-exported)
 from .band import write as write_band  # noqa: F401 (re-exported)
 from .params import MARKET_INPUT, STAGE
 from .rows import market_at
 from .task_model import TEST_SAMPLE_FILE
-
-
-def _test_forecasts(data, forecaster) -> pa.Table:
-    """Each ticker's last TEST_FORECAST_DATES test rows with their forecasts and the actual next-day Volume
-    (``volcast.train.band``)."""
-    return BAND.build(data, forecaster)[0]
 
 
 def _write_latest(src: Path, path: Path, inputs, market) -> None:

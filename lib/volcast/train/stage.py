@@ -36,7 +36,6 @@ from .forecast_model import MODEL_FILE as FORECAST_FILE
 from .forecast_model import fit_forecast
 from .machine import blas_in_one_thread, small_pages
 from .outputs import (  # noqa: F401 (re-exported: the stage's public readers)
-    _test_forecasts,
     _write_latest,
     load_card,
     load_learning_curve,
