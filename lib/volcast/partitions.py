@@ -50,6 +50,7 @@ __all__ = [
     "delta_parts",
     "is_partition_file",
     "legacy_deltas",
+    "legacy_deltas_by_key",
     "member_id",
     "new_stamp",
     "partition_file",
@@ -215,11 +216,18 @@ def legacy_deltas(base: str | os.PathLike) -> list[Path]:
     parsed = split_partition_name(base.name)
     if parsed is None or not base.parent.is_dir():
         return []
-    found = [
-        (split_partition_name(p.name), p)
-        for p in base.parent.glob(f"{PARTITION_PREFIX}{parsed[0]}{DELTA_MARK}*.parquet")
-    ]
-    return [p for name, p in sorted(f for f in found if f[0] and f[0][0] == parsed[0])]
+    return legacy_deltas_by_key(base.parent, f"{PARTITION_PREFIX}{parsed[0]}{DELTA_MARK}*.parquet").get(parsed[0], [])
+
+
+def legacy_deltas_by_key(directory: str | os.PathLike, pattern: str = "*.parquet") -> dict[str, list[Path]]:
+    """Every legacy per-partition delta file in ``directory`` (among the names matching ``pattern``), by partition
+    key, each key's in sequence order: one listing for all partitions."""
+    found: dict[str, list[tuple[int, Path]]] = {}
+    for path in Path(directory).glob(pattern):
+        parsed = split_partition_name(path.name)
+        if parsed is not None and parsed[1]:
+            found.setdefault(parsed[0], []).append((parsed[1], path))
+    return {key: [path for _, path in sorted(paths)] for key, paths in found.items()}
 
 
 def partition_members(base: str | os.PathLike) -> list:

@@ -17,7 +17,6 @@ the raw partition has no delta rows (ingest folded it), into a new base file.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -323,11 +322,7 @@ def append_partitions(
     cols = features_of_new_rows(old_tail, both, window, min_periods) if keys else None
     tail_at = key_ranges(old_tail[SYMBOL])
     latest_at = key_ranges(old_latest[SYMBOL])
-    legacy: dict[str, list[Path]] = {}  # legacy per-partition delta files (one listing, not one per partition)
-    for name in os.listdir(staging):
-        parsed = storage.split_partition_name(name)
-        if parsed and parsed[1]:
-            legacy.setdefault(parsed[0], []).append(staging / name)
+    legacy = storage.legacy_deltas_by_key(staging)  # legacy per-partition deltas: one listing, not one per partition
 
     def write(i: int) -> Appended:
         key = keys[i]
