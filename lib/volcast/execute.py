@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import config, notebooks, storage
+from . import config, notebooks
 from .errors import Interrupted
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def _reads_every_file(params: dict) -> bool:
     run: a daily update parses a few appended lines per file in threads) ingest starts it if a task needs it,
     and its start does not take a core from the kernel's."""
     from .executor import LOCAL, resolve
-    from .ingest.state import STATE_FILE
+    from .ingest.state import state_path
 
     try:
         if resolve(params.get("executor", LOCAL), params.get("scheduler", ""))[0] != LOCAL:
@@ -67,8 +67,8 @@ def _reads_every_file(params: dict) -> bool:
         return False
     if config.resolve_jobs(params.get("jobs", 0)) <= 1:
         return False
-    current = storage.current_version(config.Layout.at(params["output_dir"]).raw_dir)
-    return not params.get("incremental", True) or current is None or not (current / STATE_FILE).exists()
+    state = state_path(config.Layout.at(params["output_dir"]))
+    return not params.get("incremental", True) or state is None or not state.exists()
 
 
 class Stopper:

@@ -27,12 +27,18 @@ def _source_identity(src: ResolvedSource) -> dict:
     return {"kind": src.kind, "path": str(src.path), "label": src.label}
 
 
-def _load_state(layout: Layout) -> dict | None:
+def state_path(layout: Layout) -> Path | None:
+    """Where the current raw version keeps ingest's state file, or None when there is no raw version yet."""
     current = storage.current_version(layout.raw_dir)
-    if current is None:
+    return None if current is None else current / STATE_FILE
+
+
+def _load_state(layout: Layout) -> dict | None:
+    path = state_path(layout)
+    if path is None:
         return None
     try:
-        return storage.read_json(current / STATE_FILE)
+        return storage.read_json(path)
     except (OSError, ValueError):
         return None
 
