@@ -53,28 +53,25 @@ def predict_test(data, rows, fit, forecaster, har_coef, inputs, parent_raw=None)
     keep_raw = RAW.continuable(fit.model, forecaster)
     if parent_raw is not None and (not keep_raw or np.less(RAW.trees(fit.model, forecaster), parent_raw[1]).any()):
         parent_raw = None  # not this model's parent (cannot happen from a row store; checked all the same)
-    raw = np.empty((n, 1 + len(forecaster.quantiles))) if keep_raw else None
+    # Both models predict through their raw output (``predict`` is ``from_raw(raw(...))``), kept for the next
+    # warm start when it can be continued.
+    raw = np.empty((n, 1 + len(forecaster.quantiles)))
+    trees = parent_raw[1] if parent_raw is not None else (0, 0)
     for lo in range(0, n, PREDICT_CHUNK):
         r = rows[lo : lo + PREDICT_CHUNK]
         hi = lo + len(r)
         x = data.x[r]
-        if keep_raw:
-            old = parent_raw[0][lo:hi, 1:] if parent_raw is not None else None
-            raw[lo:hi, 1:] = RAW.predict(forecaster, old, parent_raw[1][1] if old is not None else 0, x)
-            preds["p10"][lo:hi], preds["forecast"][lo:hi], preds["p90"][lo:hi] = forecaster.from_raw(x, raw[lo:hi, 1:])
-        else:
-            preds["p10"][lo:hi], preds["forecast"][lo:hi], preds["p90"][lo:hi] = forecaster.predict(x)
+        old = parent_raw[0][lo:hi, 1:] if parent_raw is not None else None
+        raw[lo:hi, 1:] = RAW.predict(forecaster, old, trees[1], x)
+        preds["p10"][lo:hi], preds["forecast"][lo:hi], preds["p90"][lo:hi] = forecaster.from_raw(x, raw[lo:hi, 1:])
         preds["har"][lo:hi] = M.predict_har(har_coef, *_har_inputs(x, inputs), fallback=data.vol[r])
         del x
     vol, price = data.vol[rows], data.price[rows]
-    if keep_raw:
-        old = parent_raw[0][:, :1] if parent_raw is not None else None
-        raw[:, 0] = RAW.predict(fit.model, old, parent_raw[1][0] if old is not None else 0, vol, price)
-        preds["model"][:] = fit.model.from_raw(raw[:, 0], vol)
-    else:
-        preds["model"][:] = fit.model.predict(vol, price)
+    old = parent_raw[0][:, :1] if parent_raw is not None else None
+    raw[:, 0] = RAW.predict(fit.model, old, trees[0], vol, price)
+    preds["model"][:] = fit.model.from_raw(raw[:, 0], vol)
     preds.update(M.baseline_predictions(data.volume[rows], vol))
-    preds["raw"] = raw
+    preds["raw"] = raw if keep_raw else None
     return preds
 
 
