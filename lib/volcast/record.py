@@ -116,9 +116,11 @@ def run_stage(
     say(f"> {name}: running {stage.notebook}")
     notebook = str(run_dir / stage.notebook)
     manifest["stages"][name] = dataclasses.asdict(StageResult(name, "running", 0.0, notebook))
-    storage.atomic_write_json(manifest_path, manifest)
     t0 = time.perf_counter()
     try:
+        # Inside the try: a signal that lands while "running" is being written (the file may already be in
+        # place) still records the stage as interrupted.
+        storage.atomic_write_json(manifest_path, manifest)
         result = execute(params)
     except BaseException as exc:
         stopped = isinstance(exc, KeyboardInterrupt)
